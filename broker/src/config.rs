@@ -1,0 +1,206 @@
+//! Typed settings and their layered loading: the compiled-in default file
+//! (`configs/tidemq.toml`), then an optional file, then `TIDEMQ_*`
+//! environment variables, then CLI overrides. Validation errors name the key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The default configuration, also the reference for every key.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/tidemq.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listener: ListenerSettings,
+    pub limits: Limits,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    pub bind: Vec<SocketAddr>,
+    pub tcp_nodelay: bool,
+    pub tcp_keepalive_secs: u64,
+    pub max_connections: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_packet_size: usize,
+    pub max_keepalive_secs: u16,
+    pub max_inflight: usize,
+    pub max_queued_messages: usize,
+    pub inbound_queue: usize,
+    pub outbound_queue: usize,
+    pub router_queue: usize,
+    pub write_batch_bytes: usize,
+    pub write_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// Overrides given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub port: Option<u16>,
+}
+
+impl Settings {
+    /// Loads the layers in order: default, `file`, environment, `overrides`.
+    pub fn load(file: Option<&str>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("TIDEMQ")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("listener.bind")
+                .try_parsing(true),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if let Some(port) = overrides.port {
+            match settings.listener.bind.first_mut() {
+                Some(first) => first.set_port(port),
+                None => settings
+                    .listener
+                    .bind
+                    .push(SocketAddr::from(([0, 0, 0, 0], port))),
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone, for tests and embedding.
+    pub fn defaults() -> Result<Settings, ConfigError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values serde cannot: zero sizes, empty lists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, usize); 8] = [
+            ("listener.max_connections", self.listener.max_connections),
+            ("limits.max_inflight", self.limits.max_inflight),
+            (
+                "limits.max_queued_messages",
+                self.limits.max_queued_messages,
+            ),
+            ("limits.inbound_queue", self.limits.inbound_queue),
+            ("limits.outbound_queue", self.limits.outbound_queue),
+            ("limits.router_queue", self.limits.router_queue),
+            ("limits.write_batch_bytes", self.limits.write_batch_bytes),
+            (
+                "limits.write_timeout_ms",
+                self.limits.write_timeout_ms as usize,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.listener.bind.is_empty() {
+            return Err(invalid("listener.bind", "must list at least one address"));
+        }
+        if self.limits.max_packet_size < 64 {
+            return Err(invalid(
+                "limits.max_packet_size",
+                "must be at least 64 bytes",
+            ));
+        }
+        if self.limits.max_packet_size > tidemq_protocol::MAX_REMAINING_LENGTH + 5 {
+            return Err(invalid("limits.max_packet_size", "exceeds MQTT's 256 MB"));
+        }
+        if self.limits.max_inflight > usize::from(u16::MAX) {
+            return Err(invalid("limits.max_inflight", "must be at most 65535"));
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.listener.connect_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.write_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.limits.shutdown_grace_ms)
+    }
+}
+
+fn invalid(key: &'static str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_loads_and_validates() {
+        let settings = Settings::defaults().unwrap();
+        assert_eq!(settings.listener.bind[0].port(), 1883);
+        assert_eq!(settings.limits.max_packet_size, 1024 * 1024);
+        assert_eq!(settings.listener.connect_timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn port_override_changes_the_first_listener() {
+        let settings = Settings::load(None, &Overrides { port: Some(1999) }).unwrap();
+        assert_eq!(settings.listener.bind[0].port(), 1999);
+    }
+
+    #[test]
+    fn zero_window_names_the_key() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.limits.max_inflight = 0;
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("limits.max_inflight"), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("tidemq-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[limits]\nmax_inflihgt = 5\n").unwrap();
+        let message = Settings::load(path.to_str(), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("max_inflihgt"), "{message}");
+    }
+}

@@ -1,0 +1,168 @@
+//! The start of a connection: the CONNECT within the connect timeout, its
+//! checks, and the CONNACK. Runs before the stream is split, on the
+//! connection's own task.
+
+use bytes::BytesMut;
+use tidemq_protocol::{
+    decode_connect, encode, Connect, ConnectReturnCode, Framer, Outgoing, ProtocolError,
+    ProtocolVersion,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::Context;
+use crate::metrics::Metrics;
+use crate::types::{ClientId, ConnId};
+
+/// MQTT 3.1 limits client ids to 23 characters.
+const MQTT31_MAX_CLIENT_ID: usize = 23;
+
+/// A CONNECT that passed every check.
+pub struct Accepted {
+    pub connect: Connect,
+    pub client_id: ClientId,
+    /// Bytes read after the CONNECT; the read task starts from them.
+    pub leftover: BytesMut,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("peer closed before CONNECT")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Reads and checks the CONNECT; answers a refusal itself. `None` means the
+/// connection is over.
+pub async fn accept<S>(stream: &mut S, conn_id: ConnId, ctx: &Context) -> Option<Accepted>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let framer = Framer::new(ctx.settings.limits.max_packet_size);
+    let mut buf = BytesMut::with_capacity(256);
+    let read = tokio::time::timeout(
+        ctx.settings.connect_timeout(),
+        read_connect(stream, &mut buf, framer),
+    );
+    let connect = match read.await {
+        Err(_) => {
+            Metrics::incr(&ctx.metrics.connect_timeouts);
+            info!("closing: no CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Ok(connect)) => connect,
+        Ok(Err(HandshakeError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
+            // [MQTT-3.1.2-2]: answer 0x01 and close.
+            info!(level, "refusing unsupported protocol level");
+            refuse(stream, ctx, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            return None;
+        }
+        Ok(Err(HandshakeError::Protocol(error))) => {
+            let counter = match error {
+                ProtocolError::PacketTooLarge { .. } => &ctx.metrics.packets_too_large,
+                _ => &ctx.metrics.protocol_errors,
+            };
+            Metrics::incr(counter);
+            warn!(%error, "closing: bad CONNECT");
+            return None;
+        }
+        Ok(Err(error)) => {
+            debug!(%error, "connection ended before CONNECT");
+            return None;
+        }
+    };
+    if let Err(code) = check_keepalive(&connect, ctx) {
+        refuse(stream, ctx, code).await;
+        return None;
+    }
+    let client_id = match client_id(&connect, conn_id) {
+        Ok(id) => id,
+        Err(code) => {
+            info!(client_id = connect.client_id, "refusing client identifier");
+            refuse(stream, ctx, code).await;
+            return None;
+        }
+    };
+    Some(Accepted {
+        connect,
+        client_id,
+        leftover: buf,
+    })
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    framer: Framer,
+) -> Result<Connect, HandshakeError> {
+    loop {
+        if let Some(frame) = framer.next_frame(buf)? {
+            return Ok(decode_connect(&frame)?);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(HandshakeError::Closed);
+        }
+    }
+}
+
+/// A 3.1/3.1.1 client cannot be told a smaller keepalive, so one above the
+/// maximum is refused, as mosquitto does. 0 (no keepalive) is always accepted.
+fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<(), ConnectReturnCode> {
+    if connect.keep_alive > ctx.settings.limits.max_keepalive_secs {
+        info!(
+            keep_alive = connect.keep_alive,
+            "refusing keepalive above the maximum"
+        );
+        return Err(ConnectReturnCode::IdentifierRejected);
+    }
+    Ok(())
+}
+
+/// The client id rules: a zero-length id is assigned one when the session is
+/// clean [MQTT-3.1.3-6] and refused with 0x02 otherwise [MQTT-3.1.3-8];
+/// MQTT 3.1 requires 1 to 23 characters.
+fn client_id(connect: &Connect, conn_id: ConnId) -> Result<ClientId, ConnectReturnCode> {
+    let id = connect.client_id.as_str();
+    match connect.version {
+        ProtocolVersion::V31 if id.is_empty() || id.chars().count() > MQTT31_MAX_CLIENT_ID => {
+            Err(ConnectReturnCode::IdentifierRejected)
+        }
+        ProtocolVersion::V311 if id.is_empty() && !connect.clean_session => {
+            Err(ConnectReturnCode::IdentifierRejected)
+        }
+        ProtocolVersion::V311 if id.is_empty() => {
+            Ok(ClientId::new(&format!("tidemq-auto-{conn_id}")))
+        }
+        _ => Ok(ClientId::new(id)),
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &Context, code: ConnectReturnCode) {
+    Metrics::incr(&ctx.metrics.connacks_refused);
+    // [MQTT-3.2.2-4]: session present is 0 on a refusal.
+    let _ = send_connack(stream, ctx, false, code).await;
+    let _ = tokio::time::timeout(ctx.settings.write_timeout(), stream.shutdown()).await;
+}
+
+pub async fn send_connack<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    session_present: bool,
+    code: ConnectReturnCode,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4);
+    encode(
+        &Outgoing::ConnAck {
+            session_present,
+            code,
+        },
+        &mut buf,
+    );
+    match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}

@@ -1,0 +1,96 @@
+//! The read task: socket -> framer -> decoded packets -> the session.
+//!
+//! It owns the connection's read buffer and never writes to the socket. It
+//! ends at EOF, on a read error, on a packet that breaks the protocol (which
+//! it reports to the session), or when the connection is cancelled. Between
+//! bursts it gives a large buffer back, so an idle connection holds little.
+
+use std::io;
+
+use bytes::BytesMut;
+use tidemq_protocol::{decode_packet, Framer, Packet, ProtocolError, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+/// A buffer larger than this is released once it is empty.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
+
+/// What the read task tells the session.
+#[derive(Debug)]
+pub enum Inbound {
+    Packet(Packet),
+    Failed(ReadError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Reads until the stream ends, fails or `token` is cancelled. `buf` holds
+/// whatever followed the CONNECT in the handshake's reads.
+pub async fn run<R: AsyncRead + Unpin>(
+    reader: R,
+    buf: BytesMut,
+    framer: Framer,
+    version: ProtocolVersion,
+    tx: mpsc::Sender<Inbound>,
+    token: CancellationToken,
+) {
+    let mut task = ReadTask {
+        reader,
+        buf,
+        framer,
+        version,
+        tx,
+    };
+    let result = tokio::select! {
+        _ = token.cancelled() => return,
+        result = task.read_loop() => result,
+    };
+    if let Err(error) = result {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = task.tx.send(Inbound::Failed(error)) => {}
+        }
+    }
+}
+
+struct ReadTask<R> {
+    reader: R,
+    buf: BytesMut,
+    framer: Framer,
+    version: ProtocolVersion,
+    tx: mpsc::Sender<Inbound>,
+}
+
+impl<R: AsyncRead + Unpin> ReadTask<R> {
+    /// `Ok` when the session has gone; every other end is an error.
+    async fn read_loop(&mut self) -> Result<(), ReadError> {
+        loop {
+            while let Some(frame) = self.framer.next_frame(&mut self.buf)? {
+                let packet = decode_packet(&frame, self.version)?;
+                if self.tx.send(Inbound::Packet(packet)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_KEEP {
+                self.buf = BytesMut::new();
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Closed);
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The session task: the one place a client's logic runs. It owns the
+//! client's [`SessionState`] and keepalive timer, so nothing here needs a
+//! lock. It reacts to four things, in this order of priority:
+//!
+//! | event                         | action                                  |
+//! |-------------------------------|-----------------------------------------|
+//! | connection cancelled          | end: takeover, or broker shutdown       |
+//! | write task ended              | end: the socket is unusable             |
+//! | packet from the read task     | handle it, push the keepalive deadline  |
+//! | mailbox has mail, window room | move deliveries to the write task       |
+//! | keepalive deadline passed     | end [MQTT-3.1.2-24]                     |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemq_protocol::{Outgoing, Packet, PacketId, ProtocolError, Publish, QoS, SubAckCode};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::reader::{Inbound, ReadError};
+use super::writer::WriterEnd;
+use super::Context;
+use crate::metrics::Metrics;
+use crate::registry::SessionSlot;
+use crate::router::{RouterGone, RouterMsg};
+use crate::session::SessionState;
+use crate::types::{Delivery, Message};
+
+/// Deliveries moved per wake-up before the session looks at its socket again.
+const DELIVERY_BATCH: usize = 256;
+
+/// Why a connection ended; decides the log line, the counter and the will.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The peer closed the socket without DISCONNECT.
+    PeerClosed,
+    Io(std::io::Error),
+    Protocol(ProtocolError),
+    KeepAliveTimeout,
+    TakenOver,
+    /// The write task ended; the reason is fetched from it.
+    WriterEnded,
+    Writer(WriterEnd),
+    Shutdown,
+}
+
+impl End {
+    /// The will is published on every end but DISCONNECT [MQTT-3.1.2-10] and
+    /// broker shutdown.
+    pub fn publishes_will(&self) -> bool {
+        !matches!(self, End::Disconnect | End::Shutdown)
+    }
+}
+
+impl From<ReadError> for End {
+    fn from(error: ReadError) -> End {
+        match error {
+            ReadError::Closed => End::PeerClosed,
+            ReadError::Io(error) => End::Io(error),
+            ReadError::Protocol(error) => End::Protocol(error),
+        }
+    }
+}
+
+impl From<RouterGone> for End {
+    fn from(_: RouterGone) -> End {
+        End::Shutdown
+    }
+}
+
+pub struct Session {
+    pub ctx: Arc<Context>,
+    pub slot: Arc<SessionSlot>,
+    pub state: SessionState,
+    pub outgoing: mpsc::Sender<Outgoing>,
+    /// 1.5 x the client's keepalive; `None` when the client asked for 0.
+    pub keepalive: Option<Duration>,
+    /// Deliveries are waiting in the mailbox beyond the last batch.
+    pub more_mail: bool,
+}
+
+impl Session {
+    /// Runs until the connection ends; returns why.
+    pub async fn run(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        writer: &mut JoinHandle<WriterEnd>,
+        token: &CancellationToken,
+    ) -> End {
+        match self.serve(inbound, writer, token).await {
+            Ok(never) => match never {},
+            Err(End::WriterEnded) => match writer.await {
+                Ok(end) => End::Writer(end),
+                Err(_) => End::Writer(WriterEnd::Cancelled),
+            },
+            Err(end) => end,
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        writer: &mut JoinHandle<WriterEnd>,
+        token: &CancellationToken,
+    ) -> Result<std::convert::Infallible, End> {
+        for packet in self.state.outbound.resend() {
+            self.send(packet).await?;
+        }
+        self.deliver().await?;
+        let far_future = Duration::from_secs(86_400 * 365);
+        let keepalive = self.keepalive;
+        let deadline = tokio::time::sleep(keepalive.unwrap_or(far_future));
+        tokio::pin!(deadline);
+        let slot = Arc::clone(&self.slot);
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => {
+                    return Err(if self.ctx.shutdown.is_cancelled() { End::Shutdown } else { End::TakenOver });
+                }
+                end = &mut *writer => {
+                    return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
+                }
+                message = inbound.recv() => match message {
+                    Some(Inbound::Packet(packet)) => {
+                        if let Some(period) = keepalive {
+                            deadline.as_mut().reset(Instant::now() + period);
+                        }
+                        self.handle(packet).await?;
+                    }
+                    Some(Inbound::Failed(error)) => return Err(error.into()),
+                    None => return Err(End::PeerClosed),
+                },
+                _ = slot.mailbox.notified(), if self.state.outbound.has_room() => {
+                    self.deliver().await?;
+                }
+                _ = std::future::ready(()), if self.more_mail && self.state.outbound.has_room() => {
+                    self.deliver().await?;
+                }
+                _ = &mut deadline, if keepalive.is_some() => return Err(End::KeepAliveTimeout),
+            }
+        }
+    }
+
+    async fn send(&self, packet: Outgoing) -> Result<(), End> {
+        self.outgoing
+            .send(packet)
+            .await
+            .map_err(|_| End::WriterEnded)
+    }
+
+    /// Moves deliveries from the mailbox to the write task: QoS 0 always,
+    /// QoS 1/2 while the in-flight window has room (order is kept: a QoS 1
+    /// at the front waits for room and the rest waits behind it).
+    async fn deliver(&mut self) -> Result<(), End> {
+        for _ in 0..DELIVERY_BATCH {
+            let room = self.state.outbound.has_room();
+            let next = self
+                .slot
+                .mailbox
+                .pop_if(|d: &Delivery| d.qos == QoS::AtMostOnce || room);
+            let Some(delivery) = next else {
+                self.more_mail = false;
+                return Ok(());
+            };
+            let publish = self.state.outbound.send(&delivery);
+            Metrics::incr(&self.ctx.metrics.messages_sent);
+            self.send(Outgoing::Publish(publish)).await?;
+        }
+        self.more_mail = true;
+        Ok(())
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish) => self.publish(publish).await,
+            Packet::PubAck(id) => {
+                Self::acknowledged(self.state.outbound.puback(id), "PUBACK");
+                self.deliver().await
+            }
+            Packet::PubRec(id) => {
+                Self::acknowledged(self.state.outbound.pubrec(id), "PUBREC");
+                // [MQTT-4.3.3-1] answer PUBREC with PUBREL.
+                self.send(Outgoing::PubRel(id)).await
+            }
+            Packet::PubRel(id) => {
+                self.state.inbound.release(id);
+                self.send(Outgoing::PubComp(id)).await
+            }
+            Packet::PubComp(id) => {
+                Self::acknowledged(self.state.outbound.pubcomp(id), "PUBCOMP");
+                self.deliver().await
+            }
+            Packet::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
+            Packet::Unsubscribe { packet_id, filters } => {
+                let client_id = self.slot.client_id.clone();
+                self.ctx.router.unsubscribe(client_id, filters).await?;
+                // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
+                self.send(Outgoing::UnsubAck(packet_id)).await
+            }
+            Packet::PingReq => self.send(Outgoing::PingResp).await,
+            Packet::Disconnect => Err(End::Disconnect),
+        }
+    }
+
+    fn acknowledged<E: std::fmt::Display>(result: Result<(), E>, kind: &str) {
+        if let Err(error) = result {
+            // Late or duplicate acks happen after a resume; they are harmless.
+            debug!(%error, kind, "ignored acknowledgement");
+        }
+    }
+
+    async fn publish(&mut self, publish: Publish) -> Result<(), End> {
+        Metrics::incr(&self.ctx.metrics.messages_received);
+        let packet_id = publish.packet_id;
+        let route = match (publish.qos, packet_id) {
+            (QoS::ExactlyOnce, Some(id)) => self.state.inbound.receive(id),
+            _ => true,
+        };
+        if route {
+            let message = Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos: publish.qos,
+                retain: publish.retain,
+            };
+            self.ctx.router.publish(message).await?;
+        }
+        match (publish.qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(Outgoing::PubAck(id)).await,
+            (QoS::ExactlyOnce, Some(id)) => self.send(Outgoing::PubRec(id)).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        packet_id: PacketId,
+        filters: Vec<(tidemq_protocol::TopicFilter, QoS)>,
+    ) -> Result<(), End> {
+        let codes: Vec<SubAckCode> = self
+            .ctx
+            .router
+            .subscribe(self.slot.clone(), filters)
+            .await?;
+        self.send(Outgoing::SubAck { packet_id, codes }).await
+    }
+
+    /// Removes every subscription of this client (clean session).
+    pub async fn drop_subscriptions(ctx: &Context, slot: &SessionSlot) {
+        let msg = RouterMsg::DropSession {
+            client_id: slot.client_id.clone(),
+        };
+        // The router only stops at shutdown, when nothing survives anyway.
+        let _ = ctx.router.send(msg).await;
+    }
+}

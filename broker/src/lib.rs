@@ -1,0 +1,30 @@
+//! tidemq: an MQTT 3.1 / 3.1.1 broker.
+//!
+//! | module       | owns                                                      |
+//! |--------------|-----------------------------------------------------------|
+//! | `config`     | typed, layered, validated settings                        |
+//! | `server`     | listeners, the accept loop, start and shutdown            |
+//! | `connection` | one client: handshake, read task, write task, session task|
+//! | `session`    | pure QoS state machines (in-flight window, QoS 2 ids)     |
+//! | `registry`   | client id -> session slot; takeover                       |
+//! | `mailbox`    | the bounded queue from the router to one session          |
+//! | `router`     | subscriptions, retained messages, fan-out                 |
+//! | `metrics`    | counters for every decision the broker makes              |
+//!
+//! The path of one PUBLISH: publisher socket -> read task -> session task ->
+//! router channel -> router (trie match) -> each subscriber's mailbox ->
+//! subscriber's session task -> write task -> subscriber socket.
+
+pub mod config;
+mod connection;
+mod mailbox;
+pub mod metrics;
+mod registry;
+mod router;
+mod server;
+mod session;
+mod types;
+
+pub use config::{ConfigError, Overrides, Settings};
+pub use metrics::MetricsSnapshot;
+pub use server::{run, Broker, StartError};

@@ -1,0 +1,55 @@
+//! Broker-wide counters. Every refusal, drop and disconnect the broker decides
+//! on is counted here, next to its log line. Counters are monotonic except
+//! `connections_current`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// Live counters, shared by every task.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct MetricsSnapshot {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    connections_accepted: "TCP connections accepted.",
+    connections_current: "Connections open now.",
+    connections_refused_limit: "Connections closed at once because `max_connections` was reached.",
+    connect_timeouts: "Connections closed for sending no CONNECT in time.",
+    connacks_refused: "CONNECTs answered with a non-zero return code.",
+    protocol_errors: "Connections closed for a malformed packet or a protocol violation.",
+    packets_too_large: "Connections closed for a packet over `max_packet_size`.",
+    keepalive_timeouts: "Connections closed after 1.5 x keepalive without a packet.",
+    write_timeouts: "Connections closed because a write made no progress for `write_timeout_ms`.",
+    takeovers: "Connections closed because another connection took over their client id.",
+    wills_published: "Will messages published.",
+    messages_received: "PUBLISH packets received from clients.",
+    messages_sent: "PUBLISH packets handed to write tasks.",
+    dropped_qos0_offline: "QoS 0 messages not queued because their session was offline.",
+    dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages`.",
+}
+
+impl Metrics {
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn decr(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,275 @@
+//! Client id -> session slot. The registry decides which connection owns a
+//! session: at most one at a time, the newest one wins [MQTT-3.1.4-2].
+//!
+//! A [`SessionSlot`] outlives connections. It holds the session's mailbox,
+//! its parked state while no connection owns it, and the ownership token (a
+//! one-permit semaphore). A new connection *claims* the slot, which cancels
+//! the current owner, then waits for the permit; the old session parks its
+//! state and drops the permit on its way out. Claims and removals happen under
+//! the map's shard lock, so a slot is never removed while a newer connection
+//! is claiming it. No guard leaves this file.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::mailbox::Mailbox;
+use crate::session::SessionState;
+use crate::types::{ClientId, ConnId};
+
+#[derive(Debug)]
+struct Claim {
+    /// The newest connection that claimed the slot.
+    latest: ConnId,
+    /// Cancels the connection that owns the slot now.
+    owner_token: Option<CancellationToken>,
+}
+
+#[derive(Debug)]
+pub struct SessionSlot {
+    pub client_id: ClientId,
+    pub mailbox: Mailbox,
+    online: AtomicBool,
+    /// The last owner asked for a persistent session (clean session 0).
+    persistent: AtomicBool,
+    /// Set once the mailbox overflowed, so the drop is logged once.
+    overflow_logged: AtomicBool,
+    ownership: Arc<Semaphore>,
+    claim: Mutex<Claim>,
+    parked: Mutex<Option<SessionState>>,
+}
+
+/// Proof that a connection owns a session slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Ownership {
+    pub slot: Arc<SessionSlot>,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a single field update.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SessionSlot {
+    pub(crate) fn new(client_id: ClientId, conn_id: ConnId, mailbox_limit: usize) -> SessionSlot {
+        SessionSlot {
+            client_id,
+            mailbox: Mailbox::new(mailbox_limit),
+            online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
+            overflow_logged: AtomicBool::new(false),
+            ownership: Arc::new(Semaphore::new(1)),
+            claim: Mutex::new(Claim {
+                latest: conn_id,
+                owner_token: None,
+            }),
+            parked: Mutex::new(None),
+        }
+    }
+
+    /// Whether a connection is attached (QoS 0 is not queued for offline
+    /// sessions).
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Release);
+    }
+
+    /// `true` the first time the mailbox overflows since the last reset.
+    pub fn first_overflow(&self) -> bool {
+        !self.overflow_logged.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn reset_overflow(&self) {
+        self.overflow_logged.store(false, Ordering::Relaxed);
+    }
+
+    pub fn park(&self, state: SessionState) {
+        *lock(&self.parked) = Some(state);
+    }
+
+    pub fn take_parked(&self) -> Option<SessionState> {
+        lock(&self.parked).take()
+    }
+
+    fn claim(&self, conn_id: ConnId) -> bool {
+        let mut claim = lock(&self.claim);
+        claim.latest = conn_id;
+        match claim.owner_token.take() {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `conn_id` is still the newest claimant.
+    pub fn is_latest(&self, conn_id: ConnId) -> bool {
+        lock(&self.claim).latest == conn_id
+    }
+
+    /// Completes a claim: returns false if a newer connection claimed since.
+    fn install_owner(&self, conn_id: ConnId, token: CancellationToken) -> bool {
+        let mut claim = lock(&self.claim);
+        if claim.latest != conn_id {
+            return false;
+        }
+        claim.owner_token = Some(token);
+        true
+    }
+}
+
+/// Outcome of [`Registry::open`].
+#[derive(Debug)]
+pub enum Opened {
+    /// The connection owns the session. `took_over` says whether another
+    /// connection held it.
+    Owned {
+        ownership: Ownership,
+        took_over: bool,
+    },
+    /// A newer connection with the same client id claimed it meanwhile.
+    Superseded,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    slots: DashMap<ClientId, Arc<SessionSlot>>,
+    mailbox_limit: usize,
+}
+
+impl Registry {
+    pub fn new(mailbox_limit: usize) -> Registry {
+        Registry {
+            slots: DashMap::new(),
+            mailbox_limit,
+        }
+    }
+
+    /// Claims the slot of `client_id` (creating it if needed), cancels its
+    /// current owner, and waits until that owner has let go. `token` is the
+    /// new connection's; a later claim cancels it.
+    pub async fn open(
+        &self,
+        client_id: &ClientId,
+        conn_id: ConnId,
+        token: CancellationToken,
+    ) -> Opened {
+        let (slot, took_over) = self.claim(client_id, conn_id);
+        let Ok(permit) = slot.ownership.clone().acquire_owned().await else {
+            // The semaphore is never closed; treat it as superseded anyway.
+            return Opened::Superseded;
+        };
+        if !slot.install_owner(conn_id, token) {
+            return Opened::Superseded;
+        }
+        Opened::Owned {
+            ownership: Ownership {
+                slot,
+                _permit: permit,
+            },
+            took_over,
+        }
+    }
+
+    fn claim(&self, client_id: &ClientId, conn_id: ConnId) -> (Arc<SessionSlot>, bool) {
+        let entry = self.slots.entry(client_id.clone()).or_insert_with(|| {
+            Arc::new(SessionSlot::new(
+                client_id.clone(),
+                conn_id,
+                self.mailbox_limit,
+            ))
+        });
+        let slot = Arc::clone(entry.value());
+        let took_over = slot.claim(conn_id);
+        (slot, took_over)
+    }
+
+    /// Forgets a session whose owner `conn_id` ends it for good (clean
+    /// session), unless a newer connection has claimed it.
+    pub fn remove(&self, slot: &Arc<SessionSlot>, conn_id: ConnId) -> bool {
+        self.slots
+            .remove_if(&slot.client_id, |_, current| {
+                Arc::ptr_eq(current, slot) && current.is_latest(conn_id)
+            })
+            .is_some()
+    }
+
+    /// Sessions known, online or offline.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn mqtt_3_1_4_2_a_new_claim_cancels_the_owner_and_waits_for_it() {
+        let registry = Arc::new(Registry::new(10));
+        let id = ClientId::new("c");
+        let first_token = CancellationToken::new();
+        let Opened::Owned {
+            ownership,
+            took_over,
+        } = registry.open(&id, ConnId(1), first_token.clone()).await
+        else {
+            panic!("first open must own");
+        };
+        assert!(!took_over);
+        let second = tokio::spawn({
+            let registry = registry.clone();
+            let id = id.clone();
+            async move {
+                registry
+                    .open(&id, ConnId(2), CancellationToken::new())
+                    .await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(1), first_token.cancelled())
+            .await
+            .unwrap();
+        assert!(!second.is_finished(), "waits until the first owner lets go");
+        drop(ownership);
+        match second.await.unwrap() {
+            Opened::Owned { took_over, .. } => assert!(took_over),
+            Opened::Superseded => panic!("second claim must own"),
+        }
+    }
+
+    #[tokio::test]
+    async fn removal_is_refused_when_a_newer_connection_claimed() {
+        let registry = Registry::new(10);
+        let id = ClientId::new("c");
+        let Opened::Owned { ownership, .. } = registry
+            .open(&id, ConnId(1), CancellationToken::new())
+            .await
+        else {
+            panic!("must own");
+        };
+        let (_, _) = registry.claim(&id, ConnId(2));
+        assert!(!registry.remove(&ownership.slot, ConnId(1)));
+        assert_eq!(registry.len(), 1);
+    }
+}

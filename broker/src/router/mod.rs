@@ -1,0 +1,272 @@
+//! The router: the only owner of subscriptions and retained messages, and the
+//! fan-out from one published message to every matching session's mailbox.
+//!
+//! Sessions talk to it through a bounded channel (`limits.router_queue`; a
+//! publisher waits when it is full). Its logic is the synchronous
+//! [`Router::handle`]; the task around it only receives. It never waits on a
+//! session: a delivery is pushed into the session's mailbox, and a full or
+//! offline mailbox is a counted decision, not a wait:
+//!
+//! | session  | QoS 0                          | QoS 1 / 2                      |
+//! |----------|--------------------------------|--------------------------------|
+//! | online   | queued; dropped if mailbox full| queued; dropped if mailbox full|
+//! | offline  | not queued (`dropped_qos0_offline`) | queued; dropped if full   |
+
+mod retain;
+mod subs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::registry::SessionSlot;
+use crate::types::{ClientId, Delivery, Message};
+
+pub use retain::Retained;
+pub use subs::{Subscriber, Subscriptions};
+
+/// What sessions ask of the router.
+#[derive(Debug)]
+pub enum RouterMsg {
+    Publish(Arc<Message>),
+    Subscribe {
+        slot: Arc<SessionSlot>,
+        filters: Vec<(TopicFilter, QoS)>,
+        /// Answered after the subscriptions are in place and the retained
+        /// messages are in the mailbox, so SUBACK precedes them on the wire.
+        done: oneshot::Sender<Vec<SubAckCode>>,
+    },
+    Unsubscribe {
+        client_id: ClientId,
+        filters: Vec<TopicFilter>,
+        done: oneshot::Sender<()>,
+    },
+    /// Forget every subscription of a client (clean session start or end).
+    DropSession {
+        client_id: ClientId,
+    },
+}
+
+/// Senders' side of the router channel.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<RouterMsg>,
+}
+
+/// The router task has ended (the broker is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the router has stopped")]
+pub struct RouterGone;
+
+impl RouterHandle {
+    pub async fn send(&self, msg: RouterMsg) -> Result<(), RouterGone> {
+        self.tx.send(msg).await.map_err(|_| RouterGone)
+    }
+
+    pub async fn publish(&self, message: Message) -> Result<(), RouterGone> {
+        self.send(RouterMsg::Publish(Arc::new(message))).await
+    }
+
+    pub async fn subscribe(
+        &self,
+        slot: Arc<SessionSlot>,
+        filters: Vec<(TopicFilter, QoS)>,
+    ) -> Result<Vec<SubAckCode>, RouterGone> {
+        let (done, answer) = oneshot::channel();
+        self.send(RouterMsg::Subscribe {
+            slot,
+            filters,
+            done,
+        })
+        .await?;
+        answer.await.map_err(|_| RouterGone)
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        client_id: ClientId,
+        filters: Vec<TopicFilter>,
+    ) -> Result<(), RouterGone> {
+        let (done, answer) = oneshot::channel();
+        self.send(RouterMsg::Unsubscribe {
+            client_id,
+            filters,
+            done,
+        })
+        .await?;
+        answer.await.map_err(|_| RouterGone)
+    }
+}
+
+/// Most router messages handled per wake-up.
+const BATCH: usize = 256;
+
+/// Starts the router task; it ends when every handle is dropped.
+pub fn spawn(queue: usize, metrics: Arc<Metrics>) -> (RouterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel(queue);
+    let task = tokio::spawn(async move {
+        let mut router = Router::new(metrics);
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            for msg in batch.drain(..) {
+                router.handle(msg);
+            }
+        }
+    });
+    (RouterHandle { tx }, task)
+}
+
+#[derive(Debug)]
+pub struct Router {
+    subscriptions: Subscriptions,
+    /// Every filter of each client, to drop a session's subscriptions.
+    filters_by_client: HashMap<ClientId, Vec<TopicFilter>>,
+    retained: Retained,
+    metrics: Arc<Metrics>,
+    /// Reused per publish: matching client -> (highest QoS, slot).
+    scratch: HashMap<ClientId, (QoS, Arc<SessionSlot>)>,
+}
+
+impl Router {
+    pub fn new(metrics: Arc<Metrics>) -> Router {
+        Router {
+            subscriptions: Subscriptions::default(),
+            filters_by_client: HashMap::new(),
+            retained: Retained::default(),
+            metrics,
+            scratch: HashMap::new(),
+        }
+    }
+
+    pub fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Publish(message) => self.publish(&message),
+            RouterMsg::Subscribe {
+                slot,
+                filters,
+                done,
+            } => {
+                let codes = self.subscribe(&slot, filters);
+                // The session may have ended meanwhile; nothing to answer then.
+                let _ = done.send(codes);
+            }
+            RouterMsg::Unsubscribe {
+                client_id,
+                filters,
+                done,
+            } => {
+                for filter in &filters {
+                    self.unsubscribe(&client_id, filter);
+                }
+                let _ = done.send(());
+            }
+            RouterMsg::DropSession { client_id } => self.drop_session(&client_id),
+        }
+    }
+
+    /// Fans a message out: one delivery per client at the highest QoS of its
+    /// matching subscriptions, downgraded to the message's QoS.
+    fn publish(&mut self, message: &Arc<Message>) {
+        if message.retain {
+            self.retained.update(message);
+        }
+        let scratch = &mut self.scratch;
+        self.subscriptions
+            .for_each_match(&message.topic, |client_id, sub| {
+                scratch
+                    .entry(client_id.clone())
+                    .and_modify(|(qos, _)| *qos = (*qos).max(sub.qos))
+                    .or_insert_with(|| (sub.qos, Arc::clone(&sub.slot)));
+            });
+        for (_, (sub_qos, slot)) in scratch.drain() {
+            let delivery = Delivery {
+                message: Arc::clone(message),
+                qos: sub_qos.min(message.qos),
+                // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0.
+                retain: false,
+            };
+            offer(&slot, delivery, &self.metrics);
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        slot: &Arc<SessionSlot>,
+        filters: Vec<(TopicFilter, QoS)>,
+    ) -> Vec<SubAckCode> {
+        let client_id = &slot.client_id;
+        let mut codes = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            let subscriber = Subscriber {
+                qos,
+                slot: Arc::clone(slot),
+            };
+            self.subscriptions.insert(&filter, client_id, subscriber);
+            let known = self.filters_by_client.entry(client_id.clone()).or_default();
+            if !known.contains(&filter) {
+                known.push(filter.clone());
+            }
+            // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: retained messages go to the new
+            // subscription with RETAIN 1.
+            for message in self.retained.matching(&filter) {
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: qos.min(message.qos),
+                    retain: true,
+                };
+                offer(slot, delivery, &self.metrics);
+            }
+            codes.push(SubAckCode::Granted(qos));
+        }
+        codes
+    }
+
+    fn unsubscribe(&mut self, client_id: &ClientId, filter: &TopicFilter) {
+        self.subscriptions.remove(filter, client_id);
+        if let Some(known) = self.filters_by_client.get_mut(client_id) {
+            known.retain(|f| f != filter);
+            if known.is_empty() {
+                self.filters_by_client.remove(client_id);
+            }
+        }
+    }
+
+    fn drop_session(&mut self, client_id: &ClientId) {
+        for filter in self.filters_by_client.remove(client_id).unwrap_or_default() {
+            self.subscriptions.remove(&filter, client_id);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    #[cfg(test)]
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+}
+
+/// Puts a delivery in a session's mailbox, or counts why not.
+fn offer(slot: &SessionSlot, delivery: Delivery, metrics: &Metrics) {
+    if delivery.qos == QoS::AtMostOnce && !slot.is_online() {
+        Metrics::incr(&metrics.dropped_qos0_offline);
+        return;
+    }
+    if slot.mailbox.push(delivery).is_err() {
+        Metrics::incr(&metrics.dropped_queue_full);
+        if slot.first_overflow() {
+            warn!(client_id = %slot.client_id, "mailbox full: dropping messages for this session");
+        } else {
+            debug!(client_id = %slot.client_id, "mailbox full: message dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

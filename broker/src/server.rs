@@ -1,0 +1,201 @@
+//! Listeners and the broker's life cycle: bind, accept, spawn, shut down.
+//!
+//! The accept loop does nothing slow: accept (with backoff when the process
+//! is out of descriptors), enforce `max_connections`, set socket options,
+//! spawn. Everything after the accept runs on the connection's own task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{ListenerSettings, Settings};
+use crate::connection::{self, Context};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::router;
+
+/// Longest pause after a failed accept.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
+#[derive(Debug)]
+pub struct Broker {
+    ctx: Arc<Context>,
+    local_addrs: Vec<SocketAddr>,
+    accept_loops: Vec<JoinHandle<()>>,
+    connections: TaskTracker,
+    router: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Broker {
+    /// Binds every listener of `settings` and starts serving.
+    pub async fn start(settings: Settings) -> Result<Broker, StartError> {
+        let mut listeners = Vec::new();
+        for addr in &settings.listener.bind {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let (router, router_task) = router::spawn(settings.limits.router_queue, metrics.clone());
+        let shutdown = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(settings.listener.max_connections));
+        let ctx = Arc::new(Context::new(settings, router, metrics, shutdown));
+        let connections = TaskTracker::new();
+        let mut local_addrs = Vec::new();
+        let mut accept_loops = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            info!(%addr, "listening");
+            local_addrs.push(addr);
+            let task = accept_loop(listener, ctx.clone(), connections.clone(), limit.clone());
+            accept_loops.push(tokio::spawn(task));
+        }
+        Ok(Broker {
+            ctx,
+            local_addrs,
+            accept_loops,
+            connections,
+            router: router_task,
+        })
+    }
+
+    /// The bound addresses, in the order of `listener.bind` (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.ctx.metrics.snapshot()
+    }
+
+    /// Stops accepting, closes every connection (their writers flush), and
+    /// waits for them up to `limits.shutdown_grace_ms`.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.ctx.shutdown.cancel();
+        for task in self.accept_loops {
+            let _ = task.await;
+        }
+        self.connections.close();
+        let grace = self.ctx.settings.shutdown_grace();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.connections.len(),
+                "connections still open after the grace period"
+            );
+        }
+        let metrics = self.ctx.metrics.snapshot();
+        info!(?metrics, "stopped");
+        drop(self.ctx);
+        self.router.abort();
+    }
+}
+
+/// Runs the broker until `signal` resolves, then shuts it down.
+pub async fn run(
+    settings: Settings,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let broker = Broker::start(settings).await?;
+    signal.await;
+    broker.shutdown().await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    connections: TaskTracker,
+    limit: Arc<Semaphore>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: wait for descriptors to free up.
+                warn!(%error, "accept failed");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        Metrics::incr(&ctx.metrics.connections_accepted);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            Metrics::incr(&ctx.metrics.connections_refused_limit);
+            warn!(%peer, "closing: connection limit reached");
+            continue;
+        };
+        configure(&stream, &ctx.settings.listener);
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let _open = OpenConnection::new(&ctx.metrics);
+            connection::serve(stream, peer, ctx.clone()).await;
+        });
+    }
+}
+
+fn configure(stream: &TcpStream, listener: &ListenerSettings) {
+    if let Err(error) = stream.set_nodelay(listener.tcp_nodelay) {
+        debug!(%error, "TCP_NODELAY not set");
+    }
+    if listener.tcp_keepalive_secs > 0 {
+        let keepalive =
+            TcpKeepalive::new().with_time(Duration::from_secs(listener.tcp_keepalive_secs));
+        if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            debug!(%error, "SO_KEEPALIVE not set");
+        }
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Metrics::incr(&metrics.connections_current);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        Metrics::decr(&self.0.connections_current);
+    }
+}

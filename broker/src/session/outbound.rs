@@ -1,0 +1,229 @@
+//! QoS 1 and 2 towards the client: packet id allocation, the in-flight
+//! window, and what to resend when a session resumes [MQTT-4.4.0-1].
+//!
+//! | stage     | entered by           | left by                        |
+//! |-----------|----------------------|--------------------------------|
+//! | `Unacked` | PUBLISH sent         | PUBACK (QoS 1), PUBREC (QoS 2) |
+//! | `Released`| PUBREC, PUBREL sent  | PUBCOMP                        |
+//!
+//! Entries stay in sending order, so a resume resends them in order.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+use tidemq_protocol::{Outgoing, PacketId, Publish, QoS};
+
+use crate::types::Delivery;
+
+#[derive(Debug)]
+enum Stage {
+    Unacked(Publish),
+    Released,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    id: PacketId,
+    stage: Stage,
+}
+
+/// An acknowledgement named a packet id that is not in flight (or not in the
+/// stage it acknowledges).
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("no message in flight with packet id {0}")]
+pub struct UnknownPacketId(pub u16);
+
+#[derive(Debug)]
+pub struct Outbound {
+    window: usize,
+    inflight: VecDeque<Inflight>,
+    next_id: PacketId,
+}
+
+impl Outbound {
+    pub fn new(window: usize) -> Outbound {
+        Outbound {
+            window,
+            inflight: VecDeque::new(),
+            next_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not zero")),
+        }
+    }
+
+    /// Whether another QoS 1/2 message may be sent now.
+    pub fn has_room(&self) -> bool {
+        self.inflight.len() < self.window
+    }
+
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Turns a delivery into the PUBLISH to send, taking a packet id and a
+    /// place in the window when its QoS is above 0.
+    pub fn send(&mut self, delivery: &Delivery) -> Publish {
+        let message = &delivery.message;
+        let mut publish = Publish {
+            dup: false,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.clone(),
+            packet_id: None,
+            payload: message.payload.clone(),
+        };
+        if delivery.qos != QoS::AtMostOnce {
+            let id = self.allocate_id();
+            publish.packet_id = Some(id);
+            self.inflight.push_back(Inflight {
+                id,
+                stage: Stage::Unacked(publish.clone()),
+            });
+        }
+        publish
+    }
+
+    /// The next id not in flight. The window is at most 65535, so one is free.
+    fn allocate_id(&mut self) -> PacketId {
+        let mut id = self.next_id;
+        while self.inflight.iter().any(|entry| entry.id == id) {
+            id = id.next();
+        }
+        self.next_id = id.next();
+        id
+    }
+
+    fn position(&self, id: PacketId, released: bool) -> Result<usize, UnknownPacketId> {
+        self.inflight
+            .iter()
+            .position(|e| e.id == id && matches!(e.stage, Stage::Released) == released)
+            .ok_or(UnknownPacketId(id.get()))
+    }
+
+    /// PUBACK: a QoS 1 delivery is done.
+    pub fn puback(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+        let at = self.position(id, false)?;
+        self.inflight.remove(at);
+        Ok(())
+    }
+
+    /// PUBREC: a QoS 2 delivery moves to `Released`; the caller sends PUBREL.
+    pub fn pubrec(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+        let at = self.position(id, false)?;
+        if let Some(entry) = self.inflight.get_mut(at) {
+            entry.stage = Stage::Released;
+        }
+        Ok(())
+    }
+
+    /// PUBCOMP: a QoS 2 delivery is done.
+    pub fn pubcomp(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+        let at = self.position(id, true)?;
+        self.inflight.remove(at);
+        Ok(())
+    }
+
+    /// What to send again when a session resumes: unacknowledged PUBLISHes
+    /// with DUP set, and PUBRELs for released ones, in their original order
+    /// [MQTT-4.4.0-1].
+    pub fn resend(&self) -> Vec<Outgoing> {
+        self.inflight
+            .iter()
+            .map(|entry| match &entry.stage {
+                Stage::Unacked(publish) => Outgoing::Publish(Publish {
+                    dup: true,
+                    ..publish.clone()
+                }),
+                Stage::Released => Outgoing::PubRel(entry.id),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tidemq_protocol::TopicName;
+
+    use super::*;
+    use crate::types::Message;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: TopicName::new("a/b").unwrap(),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn id(n: u16) -> PacketId {
+        PacketId::new(n).unwrap()
+    }
+
+    #[test]
+    fn qos0_takes_no_id_and_no_room() {
+        let mut out = Outbound::new(1);
+        let publish = out.send(&delivery(QoS::AtMostOnce));
+        assert_eq!(publish.packet_id, None);
+        assert!(out.has_room());
+    }
+
+    #[test]
+    fn window_fills_and_puback_frees_it() {
+        let mut out = Outbound::new(2);
+        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let b = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        assert_ne!(a, b);
+        assert!(!out.has_room());
+        out.puback(a).unwrap();
+        assert!(out.has_room());
+        assert_eq!(out.puback(a), Err(UnknownPacketId(a.get())));
+    }
+
+    #[test]
+    fn qos2_goes_through_pubrec_and_pubcomp() {
+        let mut out = Outbound::new(4);
+        let a = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
+        assert!(out.pubcomp(a).is_err(), "PUBCOMP before PUBREC is unknown");
+        out.pubrec(a).unwrap();
+        assert_eq!(out.resend(), vec![Outgoing::PubRel(a)]);
+        out.pubcomp(a).unwrap();
+        assert_eq!(out.in_flight(), 0);
+    }
+
+    #[test]
+    fn mqtt_4_4_0_1_resume_resends_in_order_with_dup() {
+        let mut out = Outbound::new(4);
+        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let b = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
+        let c = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
+        out.pubrec(b).unwrap();
+        let resent = out.resend();
+        assert_eq!(resent.len(), 3);
+        match (&resent[0], &resent[1], &resent[2]) {
+            (Outgoing::Publish(p0), Outgoing::PubRel(r), Outgoing::Publish(p2)) => {
+                assert!(p0.dup && p2.dup);
+                assert_eq!((p0.packet_id, *r, p2.packet_id), (Some(a), b, Some(c)));
+            }
+            other => panic!("unexpected resend {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_wrap_and_skip_ids_in_flight() {
+        let mut out = Outbound::new(3);
+        out.next_id = id(65535);
+        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let b = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        assert_eq!((a, b), (id(65535), id(1)));
+        out.next_id = id(65535);
+        let c = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        assert_eq!(c, id(2), "65535 and 1 are still in flight");
+    }
+}

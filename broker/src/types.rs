@@ -1,0 +1,63 @@
+//! Small types shared across the broker: identities and the message that
+//! travels from a publisher through the router to every subscriber.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidemq_protocol::{QoS, TopicName};
+
+/// A client identifier, cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    pub fn new(id: &str) -> ClientId {
+        ClientId(Arc::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One TCP connection's number, never reused while the broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An application message as published, shared by every delivery of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// One message on its way to one session: the QoS is already downgraded to
+/// the subscription's, and `retain` says whether it is sent because of a new
+/// subscription [MQTT-3.3.1-8] or an established one [MQTT-3.3.1-9].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+}

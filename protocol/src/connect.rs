@@ -1,0 +1,244 @@
+//! CONNECT parsing for MQTT 3.1 (`MQIsdp`, level 3) and 3.1.1 (`MQTT`,
+//! level 4). `mqttbytes` only knows 3.1.1 and refuses `MQIsdp`, so the first
+//! packet of every connection is read here; its rules are checked in order
+//! of the specification's section 3.1.
+
+use bytes::{Buf, Bytes};
+
+use crate::error::{ProtocolError, SpecViolation};
+use crate::framer::Frame;
+use crate::packet::{Connect, LastWill, ProtocolVersion, QoS};
+use crate::topic::TopicName;
+
+const PACKET: &str = "CONNECT";
+
+const USERNAME: u8 = 0b1000_0000;
+const PASSWORD: u8 = 0b0100_0000;
+const WILL_RETAIN: u8 = 0b0010_0000;
+const WILL_QOS: u8 = 0b0001_1000;
+const WILL: u8 = 0b0000_0100;
+const CLEAN_SESSION: u8 = 0b0000_0010;
+const RESERVED: u8 = 0b0000_0001;
+
+/// Decodes the first packet of a connection, which must be a CONNECT
+/// [MQTT-3.1.0-1].
+pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
+    if frame.packet_type() != 1 {
+        return Err(SpecViolation::FirstPacketNotConnect.into());
+    }
+    if frame.flags() != 0 {
+        return Err(SpecViolation::ReservedFlags(1).into());
+    }
+    let mut body = frame.body();
+    let name = read_bytes(&mut body)?;
+    let level = read_u8(&mut body)?;
+    let version = match (name.as_ref(), level) {
+        (b"MQTT", 4) => ProtocolVersion::V311,
+        (b"MQIsdp", 3) => ProtocolVersion::V31,
+        (b"MQTT", other) | (b"MQIsdp", other) => {
+            return Err(ProtocolError::UnsupportedProtocolLevel(other))
+        }
+        _ => return Err(SpecViolation::ProtocolName.into()),
+    };
+    let flags = read_u8(&mut body)?;
+    check_flags(flags, version)?;
+    let keep_alive = read_u16(&mut body)?;
+    let client_id = read_string(&mut body)?;
+    let will = if flags & WILL != 0 {
+        let topic = TopicName::new(&read_string(&mut body)?)?;
+        let payload = read_bytes(&mut body)?;
+        let qos = QoS::from_bits((flags & WILL_QOS) >> 3).ok_or(SpecViolation::WillQoS)?;
+        Some(LastWill {
+            topic,
+            payload,
+            qos,
+            retain: flags & WILL_RETAIN != 0,
+        })
+    } else {
+        None
+    };
+    let username = optional(flags & USERNAME != 0, &mut body, read_string)?;
+    let password = optional(flags & PASSWORD != 0, &mut body, read_bytes)?;
+    Ok(Connect {
+        version,
+        client_id,
+        clean_session: flags & CLEAN_SESSION != 0,
+        keep_alive,
+        will,
+        username,
+        password,
+    })
+}
+
+fn check_flags(flags: u8, version: ProtocolVersion) -> Result<(), SpecViolation> {
+    if flags & RESERVED != 0 {
+        return Err(SpecViolation::ConnectReservedFlag);
+    }
+    if flags & WILL == 0 && flags & (WILL_QOS | WILL_RETAIN) != 0 {
+        return Err(SpecViolation::WillFlagsWithoutWill);
+    }
+    if flags & WILL_QOS == WILL_QOS {
+        return Err(SpecViolation::WillQoS);
+    }
+    // MQTT 3.1 allowed a password without a user name; 3.1.1 does not.
+    if version == ProtocolVersion::V311 && flags & PASSWORD != 0 && flags & USERNAME == 0 {
+        return Err(SpecViolation::PasswordWithoutUsername);
+    }
+    Ok(())
+}
+
+fn optional<T>(
+    present: bool,
+    body: &mut Bytes,
+    read: fn(&mut Bytes) -> Result<T, ProtocolError>,
+) -> Result<Option<T>, ProtocolError> {
+    present.then(|| read(body)).transpose()
+}
+
+fn truncated(field: &str) -> ProtocolError {
+    ProtocolError::Malformed {
+        packet: PACKET,
+        detail: format!("truncated {field}"),
+    }
+}
+
+fn read_u8(body: &mut Bytes) -> Result<u8, ProtocolError> {
+    body.try_get_u8().map_err(|_| truncated("byte"))
+}
+
+fn read_u16(body: &mut Bytes) -> Result<u16, ProtocolError> {
+    body.try_get_u16().map_err(|_| truncated("two-byte integer"))
+}
+
+fn read_bytes(body: &mut Bytes) -> Result<Bytes, ProtocolError> {
+    let len = usize::from(read_u16(body)?);
+    if body.len() < len {
+        return Err(truncated("length-prefixed field"));
+    }
+    Ok(body.split_to(len))
+}
+
+fn read_string(body: &mut Bytes) -> Result<String, ProtocolError> {
+    let bytes = read_bytes(body)?;
+    let s = String::from_utf8(bytes.to_vec()).map_err(|_| SpecViolation::InvalidUtf8)?;
+    if s.contains('\0') {
+        return Err(SpecViolation::NullCharacter.into());
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framer::Framer;
+    use bytes::{BufMut, BytesMut};
+
+    fn string(buf: &mut Vec<u8>, s: &[u8]) {
+        buf.put_u16(s.len() as u16);
+        buf.extend_from_slice(s);
+    }
+
+    fn connect_frame(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Frame {
+        let mut body = Vec::new();
+        string(&mut body, name);
+        body.push(level);
+        body.push(flags);
+        body.put_u16(30);
+        for field in payload {
+            string(&mut body, field);
+        }
+        let mut wire = BytesMut::from(&[0x10, body.len() as u8][..]);
+        wire.extend_from_slice(&body);
+        Framer::new(1024).next_frame(&mut wire).unwrap().unwrap()
+    }
+
+    #[test]
+    fn mqtt_3_1_1_connect_is_decoded() {
+        let frame = connect_frame(b"MQTT", 4, CLEAN_SESSION, &[b"dev1"]);
+        let connect = decode_connect(&frame).unwrap();
+        assert_eq!(connect.version, ProtocolVersion::V311);
+        assert_eq!(connect.client_id, "dev1");
+        assert!(connect.clean_session);
+        assert_eq!(connect.keep_alive, 30);
+    }
+
+    #[test]
+    fn mqtt_3_1_connect_with_mqisdp_is_decoded() {
+        // mqttbytes refuses this packet; see the test below.
+        let frame = connect_frame(b"MQIsdp", 3, CLEAN_SESSION, &[b"old-device"]);
+        let connect = decode_connect(&frame).unwrap();
+        assert_eq!(connect.version, ProtocolVersion::V31);
+        assert_eq!(connect.client_id, "old-device");
+        let mut wire = BytesMut::from(frame.bytes.as_ref());
+        assert!(mqttbytes::v4::read(&mut wire, 1024).is_err());
+    }
+
+    #[test]
+    fn will_user_and_password_are_read() {
+        let flags = WILL | (1 << 3) | WILL_RETAIN | USERNAME | PASSWORD;
+        let frame = connect_frame(b"MQTT", 4, flags, &[b"c", b"w/t", b"bye", b"u", b"p"]);
+        let connect = decode_connect(&frame).unwrap();
+        let will = connect.will.unwrap();
+        assert_eq!(will.topic.as_str(), "w/t");
+        assert_eq!(will.payload.as_ref(), b"bye");
+        assert_eq!(will.qos, QoS::AtLeastOnce);
+        assert!(will.retain);
+        assert_eq!(connect.username.as_deref(), Some("u"));
+        assert_eq!(connect.password.as_deref(), Some(&b"p"[..]));
+    }
+
+    #[test]
+    fn level_5_is_unsupported_not_malformed() {
+        let frame = connect_frame(b"MQTT", 5, 0, &[b"c"]);
+        assert_eq!(decode_connect(&frame), Err(ProtocolError::UnsupportedProtocolLevel(5)));
+    }
+
+    #[test]
+    fn mqtt_3_1_2_1_wrong_protocol_name() {
+        let frame = connect_frame(b"MQTX", 4, 0, &[b"c"]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::ProtocolName.into()));
+    }
+
+    #[test]
+    fn mqtt_3_1_2_3_reserved_flag_must_be_zero() {
+        let frame = connect_frame(b"MQTT", 4, RESERVED, &[b"c"]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::ConnectReservedFlag.into()));
+    }
+
+    #[test]
+    fn mqtt_3_1_2_11_will_qos_without_will_flag() {
+        let frame = connect_frame(b"MQTT", 4, 1 << 3, &[b"c"]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::WillFlagsWithoutWill.into()));
+    }
+
+    #[test]
+    fn mqtt_3_1_2_14_will_qos_3() {
+        let frame = connect_frame(b"MQTT", 4, WILL | WILL_QOS, &[b"c", b"t", b"m"]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::WillQoS.into()));
+    }
+
+    #[test]
+    fn mqtt_3_1_2_22_password_without_user_name() {
+        let frame = connect_frame(b"MQTT", 4, PASSWORD, &[b"c", b"p"]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::PasswordWithoutUsername.into()));
+    }
+
+    #[test]
+    fn mqtt_3_1_0_1_first_packet_must_be_connect() {
+        let mut wire = BytesMut::from(&[0xC0, 0x00][..]);
+        let frame = Framer::new(16).next_frame(&mut wire).unwrap().unwrap();
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::FirstPacketNotConnect.into()));
+    }
+
+    #[test]
+    fn truncated_connect_is_malformed_not_a_panic() {
+        let frame = connect_frame(b"MQTT", 4, USERNAME, &[b"c"]);
+        assert!(matches!(decode_connect(&frame), Err(ProtocolError::Malformed { .. })));
+    }
+
+    #[test]
+    fn mqtt_1_5_3_1_client_id_must_be_utf8() {
+        let frame = connect_frame(b"MQTT", 4, 0, &[&[0xC3, 0x28]]);
+        assert_eq!(decode_connect(&frame), Err(SpecViolation::InvalidUtf8.into()));
+    }
+}

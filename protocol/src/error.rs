@@ -1,0 +1,78 @@
+//! Errors of the wire format. Each [`SpecViolation`] names the normative
+//! statement of the MQTT specification it breaks, so a log line or a test can
+//! point at the rule.
+
+use thiserror::Error;
+
+/// Why a byte stream cannot be read as MQTT. Every variant ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// The fixed header announced more bytes than the configured maximum.
+    /// Detected before the body is buffered.
+    #[error("packet of {announced} bytes exceeds the limit of {limit} bytes")]
+    PacketTooLarge { announced: usize, limit: usize },
+    /// A rule of the specification was broken.
+    #[error("{0}")]
+    Violation(#[from] SpecViolation),
+    /// The body could not be parsed (truncated field, bad length prefix, ...).
+    #[error("malformed {packet} packet: {detail}")]
+    Malformed {
+        packet: &'static str,
+        detail: String,
+    },
+    /// CONNECT asked for a protocol level this broker does not speak.
+    /// The broker answers CONNACK 0x01 [MQTT-3.1.2-2].
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+}
+
+/// A broken normative statement of the MQTT 3.1.1 specification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SpecViolation {
+    #[error("[MQTT-2.2.3] remaining length uses more than four bytes")]
+    RemainingLengthTooLong,
+    #[error("[MQTT-2.2.2-2] reserved flag bits of packet type {0} are wrong")]
+    ReservedFlags(u8),
+    #[error("[MQTT-2.2.1] packet type {0} is reserved or not sent by a client")]
+    UnexpectedPacketType(u8),
+    #[error("[MQTT-2.3.1-1] packet identifier is zero")]
+    PacketIdZero,
+    #[error("[MQTT-3.1.0-1] the first packet must be CONNECT")]
+    FirstPacketNotConnect,
+    #[error("[MQTT-3.1.0-2] a second CONNECT on one connection")]
+    SecondConnect,
+    #[error("[MQTT-3.1.2-1] protocol name is not MQTT (or MQIsdp for level 3)")]
+    ProtocolName,
+    #[error("[MQTT-3.1.2-3] reserved CONNECT flag is set")]
+    ConnectReservedFlag,
+    #[error("[MQTT-3.1.2-11] will QoS or retain set without the will flag")]
+    WillFlagsWithoutWill,
+    #[error("[MQTT-3.1.2-14] will QoS is 3")]
+    WillQoS,
+    #[error("[MQTT-3.1.2-22] password flag set without the user name flag")]
+    PasswordWithoutUsername,
+    #[error("[MQTT-3.1.3-5] client identifier is not valid")]
+    ClientId,
+    #[error("[MQTT-3.3.1-4] PUBLISH with QoS 3")]
+    PublishQoS3,
+    #[error("[MQTT-3.3.2-2] PUBLISH topic contains a wildcard")]
+    WildcardInTopicName,
+    #[error("[MQTT-4.7.3-1] topic is empty")]
+    EmptyTopic,
+    #[error("[MQTT-1.5.3-1] string is not well-formed UTF-8")]
+    InvalidUtf8,
+    #[error("[MQTT-1.5.3-2] string contains U+0000")]
+    NullCharacter,
+    #[error("[MQTT-4.7.1-2] '#' must be last and alone in its level")]
+    MultiLevelWildcard,
+    #[error("[MQTT-4.7.1-3] '+' must occupy a whole level")]
+    SingleLevelWildcard,
+    #[error("[MQTT-3.8.3-3] SUBSCRIBE has no topic filter")]
+    EmptySubscribe,
+    #[error("[MQTT-3.8.3-4] SUBSCRIBE requested QoS is 3 or reserved bits are set")]
+    SubscribeOptions,
+    #[error("[MQTT-3.10.3-2] UNSUBSCRIBE has no topic filter")]
+    EmptyUnsubscribe,
+    #[error("[MQTT-2.2] packet has the wrong remaining length for its type")]
+    FixedLength,
+}

@@ -1,0 +1,39 @@
+//! MQTT wire format for tidemq: bytes in, typed packets out, and back.
+//!
+//! This crate knows nothing of sockets, tasks or time. The broker feeds the
+//! bytes it read into a [`Framer`], which answers with a whole [`Frame`], "need
+//! more", or an error that ends the connection. A frame is then decoded into a
+//! version-neutral [`Packet`] (the CONNECT by [`decode_connect`], everything
+//! after it by [`decode_packet`]); bodies are parsed by `mqttbytes` and every
+//! rule `mqttbytes` skips is checked here, each error naming its rule of the
+//! specification. Outgoing packets are written by [`encode`] straight into the
+//! connection's write buffer.
+//!
+//! | module     | owns                                                       |
+//! |------------|------------------------------------------------------------|
+//! | `framer`   | partial and sticky reads; the packet size limit            |
+//! | `connect`  | CONNECT parsing for MQTT 3.1 (`MQIsdp`) and 3.1.1 (`MQTT`) |
+//! | `decode`   | every other client packet, via `mqttbytes`                 |
+//! | `validate` | the spec rules `mqttbytes` does not check                  |
+//! | `topic`    | `TopicName` / `TopicFilter` and matching                   |
+//! | `encode`   | server packets into a write buffer                         |
+
+mod connect;
+mod decode;
+mod encode;
+mod error;
+mod framer;
+mod packet;
+mod topic;
+mod validate;
+
+pub use connect::decode_connect;
+pub use decode::decode_packet;
+pub use encode::{encode, encode_packet, encoded_publish_len};
+pub use error::{ProtocolError, SpecViolation};
+pub use framer::{Frame, Framer, MAX_REMAINING_LENGTH};
+pub use packet::{
+    ConnectReturnCode, Connect, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
+    QoS, SubAckCode,
+};
+pub use topic::{TopicError, TopicFilter, TopicName};

@@ -1,0 +1,57 @@
+//! The rules of the fixed header that `mqttbytes` does not check: reserved
+//! flag bits, packet types a client must not send, and the exact remaining
+//! length of fixed-size packets. Bodies are checked in `decode`.
+
+use crate::error::SpecViolation;
+use crate::framer::Frame;
+use crate::packet::ProtocolVersion;
+
+const PUBLISH: u8 = 3;
+const PUBREL: u8 = 6;
+const SUBSCRIBE: u8 = 8;
+const UNSUBSCRIBE: u8 = 10;
+
+/// Checks the fixed header of a packet a client sent after its CONNECT.
+pub fn check_fixed_header(frame: &Frame, version: ProtocolVersion) -> Result<(), SpecViolation> {
+    let kind = frame.packet_type();
+    let flags = match version {
+        // MQTT 3.1 set DUP on resent PUBREL, SUBSCRIBE and UNSUBSCRIBE.
+        ProtocolVersion::V31 if matches!(kind, PUBREL | SUBSCRIBE | UNSUBSCRIBE) => {
+            frame.flags() & 0b0111
+        }
+        _ => frame.flags(),
+    };
+    let expected_flags = match kind {
+        1 => return Err(SpecViolation::SecondConnect),
+        PUBLISH => return check_publish_flags(flags),
+        4 | 5 | 7 | 12 | 14 => 0b0000,
+        // [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]
+        PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
+        other => return Err(SpecViolation::UnexpectedPacketType(other)),
+    };
+    if flags != expected_flags {
+        return Err(SpecViolation::ReservedFlags(kind));
+    }
+    check_length(frame)
+}
+
+fn check_publish_flags(flags: u8) -> Result<(), SpecViolation> {
+    if flags & 0b0110 == 0b0110 {
+        return Err(SpecViolation::PublishQoS3);
+    }
+    Ok(())
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP carry exactly a packet id; PINGREQ and
+/// DISCONNECT carry nothing.
+fn check_length(frame: &Frame) -> Result<(), SpecViolation> {
+    let expected = match frame.packet_type() {
+        4..=7 => 2,
+        12 | 14 => 0,
+        _ => return Ok(()),
+    };
+    if frame.bytes.len() - frame.header_len != expected {
+        return Err(SpecViolation::FixedLength);
+    }
+    Ok(())
+}
