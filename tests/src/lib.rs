@@ -1,0 +1,350 @@
+//! Harness for the end-to-end tests in `tests/tests/`: starts the real
+//! broker on 127.0.0.1 port 0 and gives tests two kinds of client: a raw TCP
+//! client that reads and writes exact bytes, and `rumqttc`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tidemq::{Broker, MetricsSnapshot, Settings};
+use tidemq_protocol::{encode_packet, Framer, Packet, PacketId, Publish, QoS, TopicFilter, TopicName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A broker for one test.
+pub struct TestBroker {
+    broker: Option<Broker>,
+    pub addr: SocketAddr,
+}
+
+/// Default settings, listening on 127.0.0.1 port 0.
+pub fn settings() -> Settings {
+    let mut settings = Settings::defaults().unwrap();
+    settings.listener.bind = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    settings
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        TestBroker::start_with(settings()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> TestBroker {
+        let broker = Broker::start(settings).await.unwrap();
+        let addr = broker.local_addrs()[0];
+        TestBroker {
+            broker: Some(broker),
+            addr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.broker.as_ref().unwrap().metrics()
+    }
+
+    /// Waits until `check` holds for the metrics, or panics after [`WAIT`].
+    pub async fn wait_metrics(&self, what: &str, check: impl Fn(&MetricsSnapshot) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check(&self.metrics()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.metrics());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await;
+        }
+    }
+}
+
+/// A packet as the raw client read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPacket {
+    pub packet_type: u8,
+    pub flags: u8,
+    pub body: Vec<u8>,
+}
+
+impl RawPacket {
+    /// Topic and payload of a PUBLISH.
+    pub fn publish(&self) -> (String, Vec<u8>, QoS, Option<u16>) {
+        assert_eq!(self.packet_type, 3, "not a PUBLISH: {self:?}");
+        let qos = QoS::from_bits((self.flags >> 1) & 3).unwrap();
+        let len = usize::from(u16::from_be_bytes([self.body[0], self.body[1]]));
+        let topic = String::from_utf8(self.body[2..2 + len].to_vec()).unwrap();
+        let mut rest = &self.body[2 + len..];
+        let id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            let id = u16::from_be_bytes([rest[0], rest[1]]);
+            rest = &rest[2..];
+            Some(id)
+        };
+        (topic, rest.to_vec(), qos, id)
+    }
+}
+
+/// A client that writes and reads exact bytes.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Options of a raw CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions<'a> {
+    pub protocol_name: &'a str,
+    pub level: u8,
+    pub client_id: &'a str,
+    pub clean_session: bool,
+    pub keep_alive: u16,
+    /// topic, payload, qos, retain
+    pub will: Option<(&'a str, &'a [u8], u8, bool)>,
+}
+
+impl<'a> ConnectOptions<'a> {
+    pub fn new(client_id: &'a str) -> Self {
+        ConnectOptions {
+            protocol_name: "MQTT",
+            level: 4,
+            client_id,
+            clean_session: true,
+            keep_alive: 60,
+            will: None,
+        }
+    }
+}
+
+fn put_str(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_u16(s.len() as u16);
+    buf.put_slice(s);
+}
+
+fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        buf.put_u8(byte);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+/// Bytes of a CONNECT packet.
+pub fn connect_bytes(options: &ConnectOptions<'_>) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    put_str(&mut body, options.protocol_name.as_bytes());
+    body.put_u8(options.level);
+    let mut flags = 0u8;
+    if options.clean_session {
+        flags |= 0b10;
+    }
+    if let Some((_, _, qos, retain)) = options.will {
+        flags |= 0b100 | (qos << 3) | (u8::from(retain) << 5);
+    }
+    body.put_u8(flags);
+    body.put_u16(options.keep_alive);
+    put_str(&mut body, options.client_id.as_bytes());
+    if let Some((topic, payload, _, _)) = options.will {
+        put_str(&mut body, topic.as_bytes());
+        put_str(&mut body, payload);
+    }
+    let mut wire = BytesMut::new();
+    wire.put_u8(0x10);
+    put_remaining_length(&mut wire, body.len());
+    wire.put_slice(&body);
+    wire.to_vec()
+}
+
+/// Bytes of a client packet, via the protocol crate's encoder.
+pub fn packet_bytes(packet: &Packet) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_packet(packet, &mut buf);
+    buf.to_vec()
+}
+
+pub fn id(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+pub fn publish_bytes(topic: &str, qos: QoS, packet_id: u16, payload: &[u8], retain: bool) -> Vec<u8> {
+    packet_bytes(&Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: PacketId::new(packet_id),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }))
+}
+
+pub fn subscribe_bytes(packet_id: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
+    packet_bytes(&Packet::Subscribe {
+        packet_id: id(packet_id),
+        filters: filters.iter().map(|(f, q)| (TopicFilter::new(f).unwrap(), *q)).collect(),
+    })
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects, sends CONNECT, and asserts a CONNACK with return code 0.
+    /// Returns the session-present flag.
+    pub async fn connected(addr: SocketAddr, options: &ConnectOptions<'_>) -> (RawClient, bool) {
+        let mut client = RawClient::connect(addr).await;
+        client.send(&connect_bytes(options)).await;
+        let connack = client.recv().await.expect("CONNACK");
+        assert_eq!(connack.packet_type, 2, "expected CONNACK, got {connack:?}");
+        assert_eq!(connack.body[1], 0, "CONNACK refused: {connack:?}");
+        (client, connack.body[0] & 1 == 1)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends, ignoring errors (the broker may have closed already).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// The next packet within `wait`; `None` if the connection closed or
+    /// nothing came.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<RawPacket> {
+        let framer = Framer::new(usize::MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(frame) = framer.next_frame(&mut self.buf).unwrap() {
+                return Some(RawPacket {
+                    packet_type: frame.packet_type(),
+                    flags: frame.flags(),
+                    body: frame.body().to_vec(),
+                });
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<RawPacket> {
+        self.recv_within(WAIT).await
+    }
+
+    /// Whether the broker closed the connection within [`WAIT`] (reading and
+    /// discarding anything it sent first).
+    pub async fn closed_by_broker(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut scratch = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// rumqttc options for a client of `broker`.
+pub fn mqtt_options(broker: &TestBroker, client_id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// A rumqttc client whose event loop runs in the background, forwarding
+/// every incoming PUBLISH to a channel.
+pub struct Client {
+    pub client: rumqttc::AsyncClient,
+    pub publishes: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    pub connack: rumqttc::ConnAck,
+    subacks: tokio::sync::mpsc::UnboundedReceiver<rumqttc::SubAck>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub async fn connect(options: rumqttc::MqttOptions) -> Client {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let connack = loop {
+            match tokio::time::timeout(WAIT, eventloop.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => break ack,
+                Ok(Ok(_)) => {}
+                other => panic!("no CONNACK: {other:?}"),
+            }
+        };
+        let (tx, publishes) = tokio::sync::mpsc::unbounded_channel();
+        let (suback_tx, subacks) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => {
+                        let _ = tx.send(publish);
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) => {
+                        let _ = suback_tx.send(ack);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Client {
+            client,
+            publishes,
+            connack,
+            subacks,
+            task,
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK, so the subscription is in place.
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> rumqttc::SubAck {
+        self.client.subscribe(filter, qos).await.unwrap();
+        tokio::time::timeout(WAIT, self.subacks.recv())
+            .await
+            .expect("a SUBACK in time")
+            .expect("event loop alive")
+    }
+
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        tokio::time::timeout(WAIT, self.publishes.recv())
+            .await
+            .expect("a PUBLISH in time")
+            .expect("event loop alive")
+    }
+
+    /// Asserts nothing arrives for [`QUIET`].
+    pub async fn assert_no_publish(&mut self) {
+        if let Ok(Some(publish)) = tokio::time::timeout(QUIET, self.publishes.recv()).await {
+            panic!("unexpected PUBLISH {publish:?}");
+        }
+    }
+
+    /// Stops the event loop without DISCONNECT (the socket just closes).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
