@@ -271,3 +271,6 @@ fn report(end: &End, metrics: &Metrics) {
         End::Writer(_) | End::WriterEnded => debug!("write side closed"),
     }
 }
+
+#[cfg(test)]
+mod tests;

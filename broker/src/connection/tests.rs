@@ -1,0 +1,179 @@
+//! In-memory connection tests over `tokio::io::duplex`, with paused time:
+//! keepalive, connect timeout, and that a failure of either side ends every
+//! task of the connection.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tidemq_protocol::{encode_packet, Packet, PacketId, QoS, TopicFilter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::router;
+
+fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
+    let mut settings = Settings::defaults().unwrap();
+    edit(&mut settings);
+    let metrics = Arc::new(Metrics::default());
+    let (router, _task) = router::spawn(settings.limits.router_queue, metrics.clone());
+    Arc::new(Context::new(settings, router, metrics, CancellationToken::new()))
+}
+
+fn peer() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1))
+}
+
+fn connect_bytes(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_u16(4);
+    body.put_slice(b"MQTT");
+    body.put_u8(4);
+    body.put_u8(0b10);
+    body.put_u16(keep_alive);
+    body.put_u16(client_id.len() as u16);
+    body.put_slice(client_id.as_bytes());
+    let mut wire = vec![0x10, body.len() as u8];
+    wire.extend_from_slice(&body);
+    wire
+}
+
+fn start<S>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(serve(stream, peer(), ctx.clone()))
+}
+
+async fn handshake(client: &mut DuplexStream, keep_alive: u16) {
+    client.write_all(&connect_bytes("c", keep_alive)).await.unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+}
+
+async fn ends_within(task: JoinHandle<()>, limit: Duration) {
+    tokio::time::timeout(limit, task)
+        .await
+        .expect("every task of the connection ended")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_2_24_keepalive_closes_after_one_and_a_half_periods() {
+    let ctx = context(|_| {});
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    handshake(&mut client, 10).await;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_secs(14), client.read(&mut byte)).await;
+    assert!(early.is_err(), "still open after 14 s of a 10 s keepalive");
+    let closed = tokio::time::timeout(Duration::from_secs(2), client.read(&mut byte)).await;
+    assert_eq!(closed.unwrap().unwrap(), 0, "closed by 16 s");
+    ends_within(task, Duration::from_secs(1)).await;
+    assert_eq!(ctx.metrics.snapshot().keepalive_timeouts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_zero_never_times_out() {
+    let ctx = context(|_| {});
+    let (mut client, server) = tokio::io::duplex(4096);
+    let _task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3600), client.read(&mut byte)).await;
+    assert!(read.is_err(), "an hour of silence is fine with keepalive 0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_connect_within_the_timeout_closes() {
+    let ctx = context(|s| s.listener.connect_timeout_ms = 10_000);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(11), client.read(&mut byte)).await;
+    assert_eq!(read.unwrap().unwrap(), 0);
+    ends_within(task, Duration::from_secs(1)).await;
+    assert_eq!(ctx.metrics.snapshot().connect_timeouts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_the_read_side_ends_the_writer_and_the_session() {
+    let ctx = context(|_| {});
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    let (_client_read, mut client_write) = tokio::io::split(client);
+    client_write.shutdown().await.unwrap();
+    drop(client_write);
+    ends_within(task, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_write_side_ends_the_reader_and_the_session() {
+    let ctx = context(|s| {
+        s.limits.write_timeout_ms = 1000;
+        s.limits.outbound_queue = 4;
+    });
+    // A 64-byte pipe the client never reads: the broker's writes stall.
+    let (mut client, server) = tokio::io::duplex(64);
+    let task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    let mut wire = BytesMut::new();
+    let filters = vec![(TopicFilter::new("t").unwrap(), QoS::AtMostOnce)];
+    let packet_id = PacketId::new(1).unwrap();
+    encode_packet(&Packet::Subscribe { packet_id, filters }, &mut wire);
+    client.write_all(&wire).await.unwrap();
+    // The SUBACK alone fits; PINGRESPs pile up behind a full pipe.
+    for _ in 0..64 {
+        if tokio::time::timeout(Duration::from_millis(10), client.write_all(&[0xC0, 0])).await.is_err() {
+            break;
+        }
+    }
+    ends_within(task, Duration::from_secs(5)).await;
+    assert_eq!(ctx.metrics.snapshot().write_timeouts, 1);
+}
+
+/// A stream whose writes fail once `budget` bytes were written.
+struct FailingWrites {
+    inner: DuplexStream,
+    budget: usize,
+}
+
+impl AsyncRead for FailingWrites {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FailingWrites {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.budget < buf.len() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        self.budget -= buf.len();
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_ends_the_reader_and_the_session() {
+    let ctx = context(|_| {});
+    let (mut client, server) = tokio::io::duplex(4096);
+    // Room for the CONNACK only.
+    let task = start(FailingWrites { inner: server, budget: 4 }, &ctx);
+    handshake(&mut client, 0).await;
+    client.write_all(&[0xC0, 0]).await.unwrap();
+    ends_within(task, Duration::from_secs(1)).await;
+}
