@@ -25,21 +25,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemq_protocol::{Framer, ProtocolError};
+use bytes::BytesMut;
+use tidemq_protocol::{ConnectReturnCode, Framer, Outgoing, ProtocolError, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::registry::{Opened, Registry};
+use crate::registry::{Opened, Registry, SessionSlot};
 use crate::router::RouterHandle;
 use crate::session::SessionState;
 use crate::types::{ConnId, Message};
 
+use reader::Inbound;
 use session::{End, Session};
 use writer::{WriterConfig, WriterEnd};
+
+/// Longest wait for the writer to flush after DISCONNECT or at shutdown.
+const GRACEFUL_FLUSH: Duration = Duration::from_secs(5);
 
 /// What every connection shares: settings, the router, the registry, the
 /// counters and the broker's shutdown signal.
@@ -97,108 +103,55 @@ where
     };
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
     let token = ctx.shutdown.child_token();
+    let opened = ctx
+        .registry
+        .open(&accepted.client_id, conn_id, token.clone());
     let Opened::Owned {
         ownership,
         took_over,
-    } = ctx
-        .registry
-        .open(&accepted.client_id, conn_id, token.clone())
-        .await
+    } = opened.await
     else {
         debug!("a newer connection claimed this client id first");
         return;
     };
-    let slot = Arc::clone(&ownership.slot);
     let clean = accepted.connect.clean_session;
-    let session_present = !clean && slot.is_persistent();
-    let state = if clean {
-        slot.mailbox.clear();
-        slot.take_parked();
-        Session::drop_subscriptions(&ctx, &slot).await;
-        SessionState::new(ctx.settings.limits.max_inflight)
-    } else {
-        slot.take_parked()
-            .unwrap_or_else(|| SessionState::new(ctx.settings.limits.max_inflight))
-    };
-    slot.set_persistent(!clean);
-    slot.set_online(true);
-    slot.reset_overflow();
-    if handshake::send_connack(
-        &mut stream,
-        &ctx,
-        session_present,
-        tidemq_protocol::ConnectReturnCode::Accepted,
-    )
-    .await
-    .is_err()
+    let slot = Arc::clone(&ownership.slot);
+    let (state, session_present) = take_up_session(&ctx, &slot, clean).await;
+    let accepted_code = ConnectReturnCode::Accepted;
+    if handshake::send_connack(&mut stream, &ctx, session_present, accepted_code)
+        .await
+        .is_err()
     {
-        // Nothing was sent to anyone yet; park and leave as if never here.
         finish(&ctx, &slot, conn_id, clean, state).await;
         return;
     }
+    let keep_alive = accepted.connect.keep_alive;
     info!(
         clean,
-        session_present,
-        took_over,
-        keep_alive = accepted.connect.keep_alive,
-        "client connected"
+        session_present, took_over, keep_alive, "client connected"
     );
 
-    let (read_half, write_half) = tokio::io::split(stream);
-    let limits = &ctx.settings.limits;
-    let (inbound_tx, mut inbound_rx) = mpsc::channel(limits.inbound_queue);
-    let (outgoing_tx, outgoing_rx) = mpsc::channel(limits.outbound_queue);
-    let framer = Framer::new(limits.max_packet_size);
-    let reader = tokio::spawn(reader::run(
-        read_half,
+    let tasks = Tasks::spawn(
+        stream,
+        &ctx,
         accepted.leftover,
-        framer,
         accepted.connect.version,
-        inbound_tx,
-        token.clone(),
-    ));
-    let writer_config = WriterConfig {
-        batch_bytes: limits.write_batch_bytes,
-        write_timeout: ctx.settings.write_timeout(),
-    };
-    let mut writer = tokio::spawn(writer::run(
-        write_half,
-        outgoing_rx,
-        writer_config,
-        token.clone(),
-    ));
-
-    let keepalive = match accepted.connect.keep_alive {
-        0 => None,
-        secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
-    };
-    let mut session = Session {
+        &token,
+    );
+    let session = Session {
         ctx: Arc::clone(&ctx),
         slot: Arc::clone(&slot),
         state,
-        outgoing: outgoing_tx,
-        keepalive,
+        outgoing: tasks.outgoing.clone(),
+        keepalive: match keep_alive {
+            0 => None,
+            secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+        },
         more_mail: false,
+        token,
     };
-    let end = session.run(&mut inbound_rx, &mut writer, &token).await;
+    let (end, state) = tasks.run(session, &ctx).await;
     report(&end, &ctx.metrics);
-
-    // Graceful ends let the writer flush what is queued; others stop at once.
-    let Session {
-        state, outgoing, ..
-    } = session;
-    drop(outgoing);
-    if matches!(end, End::Disconnect | End::Shutdown) && !writer.is_finished() {
-        let grace = ctx.settings.write_timeout().min(Duration::from_secs(5));
-        let _ = tokio::time::timeout(grace, &mut writer).await;
-    }
-    token.cancel();
-    drop(inbound_rx);
-    let _ = reader.await;
-    if !writer.is_finished() {
-        let _ = writer.await;
-    }
-
     if end.publishes_will() {
         if let Some(will) = accepted.connect.will {
             publish_will(&ctx, will).await;
@@ -208,11 +161,112 @@ where
     drop(ownership);
 }
 
+/// Takes up the session's state: a clean session starts empty (and drops
+/// what an earlier persistent session left); a persistent one resumes.
+/// Returns the state and the CONNACK's session-present flag.
+async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (SessionState, bool) {
+    let session_present = !clean && slot.is_persistent();
+    let parked = slot.take_parked();
+    let state = match parked {
+        Some(state) if !clean => state,
+        _ => SessionState::new(ctx.settings.limits.max_inflight),
+    };
+    if clean {
+        slot.mailbox.clear();
+        Session::drop_subscriptions(ctx, slot).await;
+    }
+    slot.set_persistent(!clean);
+    slot.set_online(true);
+    slot.reset_overflow();
+    (state, session_present)
+}
+
+/// The read and write tasks of one connection and the channels to them.
+struct Tasks {
+    reader: JoinHandle<()>,
+    writer: JoinHandle<WriterEnd>,
+    inbound: mpsc::Receiver<Inbound>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// The writer has its own token so that a graceful end (DISCONNECT,
+    /// shutdown) can let it flush before it is stopped.
+    writer_token: CancellationToken,
+    token: CancellationToken,
+}
+
+impl Tasks {
+    fn spawn<S>(
+        stream: S,
+        ctx: &Context,
+        leftover: BytesMut,
+        version: ProtocolVersion,
+        token: &CancellationToken,
+    ) -> Tasks
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let limits = &ctx.settings.limits;
+        let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
+        let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
+        let framer = Framer::new(limits.max_packet_size);
+        let reader = tokio::spawn(reader::run(
+            read_half,
+            leftover,
+            framer,
+            version,
+            inbound_tx,
+            token.clone(),
+        ));
+        let config = WriterConfig {
+            batch_bytes: limits.write_batch_bytes,
+            write_timeout: ctx.settings.write_timeout(),
+        };
+        let writer_token = CancellationToken::new();
+        let writer = tokio::spawn(writer::run(
+            write_half,
+            outgoing_rx,
+            config,
+            writer_token.clone(),
+        ));
+        Tasks {
+            reader,
+            writer,
+            inbound,
+            outgoing,
+            writer_token,
+            token: token.clone(),
+        }
+    }
+
+    /// Runs the session to its end, then stops both tasks and waits for them:
+    /// no task outlives the connection.
+    async fn run(mut self, mut session: Session, ctx: &Context) -> (End, SessionState) {
+        let end = session.run(&mut self.inbound, &mut self.writer).await;
+        let Session {
+            state, outgoing, ..
+        } = session;
+        drop(outgoing);
+        drop(self.outgoing);
+        if matches!(end, End::Disconnect | End::Shutdown) && !self.writer.is_finished() {
+            let grace = ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
+            let _ = tokio::time::timeout(grace, &mut self.writer).await;
+        }
+        self.token.cancel();
+        self.writer_token.cancel();
+        drop(self.inbound);
+        let _ = self.reader.await;
+        if !self.writer.is_finished() {
+            let _ = self.writer.await;
+        }
+        (end, state)
+    }
+}
+
 /// Decides what survives the connection: a persistent session parks its
 /// state (and keeps its mailbox and subscriptions); a clean one is forgotten.
 async fn finish(
     ctx: &Context,
-    slot: &Arc<crate::registry::SessionSlot>,
+    slot: &Arc<SessionSlot>,
     conn_id: ConnId,
     clean: bool,
     state: SessionState,

@@ -82,6 +82,8 @@ pub struct Session {
     pub keepalive: Option<Duration>,
     /// Deliveries are waiting in the mailbox beyond the last batch.
     pub more_mail: bool,
+    /// Cancelled on takeover or broker shutdown.
+    pub token: CancellationToken,
 }
 
 impl Session {
@@ -90,9 +92,8 @@ impl Session {
         &mut self,
         inbound: &mut mpsc::Receiver<Inbound>,
         writer: &mut JoinHandle<WriterEnd>,
-        token: &CancellationToken,
     ) -> End {
-        match self.serve(inbound, writer, token).await {
+        match self.serve(inbound, writer).await {
             Ok(never) => match never {},
             Err(End::WriterEnded) => match writer.await {
                 Ok(end) => End::Writer(end),
@@ -106,7 +107,6 @@ impl Session {
         &mut self,
         inbound: &mut mpsc::Receiver<Inbound>,
         writer: &mut JoinHandle<WriterEnd>,
-        token: &CancellationToken,
     ) -> Result<std::convert::Infallible, End> {
         for packet in self.state.outbound.resend() {
             self.send(packet).await?;
@@ -117,12 +117,11 @@ impl Session {
         let deadline = tokio::time::sleep(keepalive.unwrap_or(far_future));
         tokio::pin!(deadline);
         let slot = Arc::clone(&self.slot);
+        let token = self.token.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = token.cancelled() => {
-                    return Err(if self.ctx.shutdown.is_cancelled() { End::Shutdown } else { End::TakenOver });
-                }
+                _ = token.cancelled() => return Err(self.cancelled()),
                 end = &mut *writer => {
                     return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
                 }
@@ -147,11 +146,22 @@ impl Session {
         }
     }
 
+    /// Why the token was cancelled.
+    fn cancelled(&self) -> End {
+        if self.ctx.shutdown.is_cancelled() {
+            End::Shutdown
+        } else {
+            End::TakenOver
+        }
+    }
+
+    /// Queues a packet for the write task, waiting while its queue is full
+    /// (unless the connection is cancelled meanwhile).
     async fn send(&self, packet: Outgoing) -> Result<(), End> {
-        self.outgoing
-            .send(packet)
-            .await
-            .map_err(|_| End::WriterEnded)
+        tokio::select! {
+            sent = self.outgoing.send(packet) => sent.map_err(|_| End::WriterEnded),
+            _ = self.token.cancelled() => Err(self.cancelled()),
+        }
     }
 
     /// Moves deliveries from the mailbox to the write task: QoS 0 always,

@@ -20,7 +20,12 @@ fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     edit(&mut settings);
     let metrics = Arc::new(Metrics::default());
     let (router, _task) = router::spawn(settings.limits.router_queue, metrics.clone());
-    Arc::new(Context::new(settings, router, metrics, CancellationToken::new()))
+    Arc::new(Context::new(
+        settings,
+        router,
+        metrics,
+        CancellationToken::new(),
+    ))
 }
 
 fn peer() -> SocketAddr {
@@ -49,7 +54,10 @@ where
 }
 
 async fn handshake(client: &mut DuplexStream, keep_alive: u16) {
-    client.write_all(&connect_bytes("c", keep_alive)).await.unwrap();
+    client
+        .write_all(&connect_bytes("c", keep_alive))
+        .await
+        .unwrap();
     let mut connack = [0u8; 4];
     client.read_exact(&mut connack).await.unwrap();
     assert_eq!(connack, [0x20, 2, 0, 0]);
@@ -129,7 +137,10 @@ async fn a_stalled_write_side_ends_the_reader_and_the_session() {
     client.write_all(&wire).await.unwrap();
     // The SUBACK alone fits; PINGRESPs pile up behind a full pipe.
     for _ in 0..64 {
-        if tokio::time::timeout(Duration::from_millis(10), client.write_all(&[0xC0, 0])).await.is_err() {
+        if tokio::time::timeout(Duration::from_millis(10), client.write_all(&[0xC0, 0]))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -144,13 +155,21 @@ struct FailingWrites {
 }
 
 impl AsyncRead for FailingWrites {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for FailingWrites {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.budget < buf.len() {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
@@ -162,7 +181,10 @@ impl AsyncWrite for FailingWrites {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -172,7 +194,13 @@ async fn a_failed_write_ends_the_reader_and_the_session() {
     let ctx = context(|_| {});
     let (mut client, server) = tokio::io::duplex(4096);
     // Room for the CONNACK only.
-    let task = start(FailingWrites { inner: server, budget: 4 }, &ctx);
+    let task = start(
+        FailingWrites {
+            inner: server,
+            budget: 4,
+        },
+        &ctx,
+    );
     handshake(&mut client, 0).await;
     client.write_all(&[0xC0, 0]).await.unwrap();
     ends_within(task, Duration::from_secs(1)).await;

@@ -38,7 +38,9 @@ mod tests {
         let id = PacketId::new(7).unwrap();
         assert!(inbound.receive(id));
         assert!(!inbound.receive(id), "the DUP resend is not routed again");
+        assert_eq!(inbound.held(), 1);
         inbound.release(id);
+        assert_eq!(inbound.held(), 0);
         assert!(
             inbound.receive(id),
             "after PUBREL the id starts a new message"

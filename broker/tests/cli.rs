@@ -1,0 +1,157 @@
+//! The `tidemq` binary as an operator meets it: exit code 2 and the key's
+//! name on a bad config, environment and CLI overrides, and a clean exit 0
+//! on SIGTERM and SIGINT with connected clients closed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn tidemq() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidemq"));
+    command
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn connect_when_up(port: u16) -> TcpStream {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => return stream,
+            Err(error) if Instant::now() > deadline => panic!("broker not up: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "broker did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// CONNECT for client "cli", clean session, keepalive 60.
+const CONNECT: [u8; 17] = [
+    0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 3, b'c', b'l', b'i',
+];
+
+fn run_until_signal(name: &str) {
+    let port = free_port();
+    let mut child = tidemq()
+        .env("TIDEMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let mut client = connect_when_up(port);
+    client.write_all(&CONNECT).unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    signal(&child, name);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    let read = client.read_to_end(&mut rest);
+    assert!(
+        read.is_ok(),
+        "the broker closed the client's socket: {read:?}"
+    );
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[test]
+fn sigterm_closes_clients_and_exits_0() {
+    run_until_signal("TERM");
+}
+
+#[test]
+fn sigint_closes_clients_and_exits_0() {
+    run_until_signal("INT");
+}
+
+#[test]
+fn port_flag_overrides_the_config() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tidemq-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("listen.toml");
+    std::fs::write(&file, "[listener]\nbind = [\"127.0.0.1:1\"]\n").unwrap();
+    let mut child = tidemq()
+        .args(["-c", file.to_str().unwrap(), "-p", &port.to_string()])
+        .spawn()
+        .unwrap();
+    let mut client = connect_when_up(port);
+    client.write_all(&CONNECT).unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[3], 0);
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+fn bad_config_output(configure: impl FnOnce(&mut Command)) -> (i32, String) {
+    let mut command = tidemq();
+    configure(&mut command);
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_value_in_the_environment_exits_2_naming_the_key() {
+    let (code, stderr) = bad_config_output(|c| {
+        c.env("TIDEMQ_LIMITS__MAX_INFLIGHT", "0");
+    });
+    assert_eq!(code, 2);
+    assert!(stderr.contains("limits.max_inflight"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn an_unknown_key_in_a_file_exits_2_naming_it() {
+    let dir = std::env::temp_dir().join(format!("tidemq-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[limits]\nmax_packet_sise = 10\n").unwrap();
+    let (code, stderr) = bad_config_output(|c| {
+        c.args(["-c", file.to_str().unwrap()]);
+    });
+    assert_eq!(code, 2);
+    assert!(stderr.contains("max_packet_sise"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_exits_2() {
+    let (code, stderr) = bad_config_output(|c| {
+        c.args(["-c", "/nonexistent/tidemq.toml"]);
+    });
+    assert_eq!(code, 2, "{stderr}");
+}
