@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `tidemq` binary as an operator meets it: exit code 2 and the key's
 //! name on a bad config, environment and CLI overrides, and a clean exit 0
 //! on SIGTERM and SIGINT with connected clients closed.
