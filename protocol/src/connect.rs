@@ -59,6 +59,9 @@ pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
     };
     let username = optional(flags & USERNAME != 0, &mut body, read_string)?;
     let password = optional(flags & PASSWORD != 0, &mut body, read_bytes)?;
+    if !body.is_empty() {
+        return Err(SpecViolation::ConnectTrailingBytes.into());
+    }
     Ok(Connect {
         version,
         client_id,
@@ -107,7 +110,8 @@ fn read_u8(body: &mut Bytes) -> Result<u8, ProtocolError> {
 }
 
 fn read_u16(body: &mut Bytes) -> Result<u16, ProtocolError> {
-    body.try_get_u16().map_err(|_| truncated("two-byte integer"))
+    body.try_get_u16()
+        .map_err(|_| truncated("two-byte integer"))
 }
 
 fn read_bytes(body: &mut Bytes) -> Result<Bytes, ProtocolError> {
@@ -190,25 +194,37 @@ mod tests {
     #[test]
     fn level_5_is_unsupported_not_malformed() {
         let frame = connect_frame(b"MQTT", 5, 0, &[b"c"]);
-        assert_eq!(decode_connect(&frame), Err(ProtocolError::UnsupportedProtocolLevel(5)));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(ProtocolError::UnsupportedProtocolLevel(5))
+        );
     }
 
     #[test]
     fn mqtt_3_1_2_1_wrong_protocol_name() {
         let frame = connect_frame(b"MQTX", 4, 0, &[b"c"]);
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::ProtocolName.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::ProtocolName.into())
+        );
     }
 
     #[test]
     fn mqtt_3_1_2_3_reserved_flag_must_be_zero() {
         let frame = connect_frame(b"MQTT", 4, RESERVED, &[b"c"]);
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::ConnectReservedFlag.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::ConnectReservedFlag.into())
+        );
     }
 
     #[test]
     fn mqtt_3_1_2_11_will_qos_without_will_flag() {
         let frame = connect_frame(b"MQTT", 4, 1 << 3, &[b"c"]);
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::WillFlagsWithoutWill.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::WillFlagsWithoutWill.into())
+        );
     }
 
     #[test]
@@ -220,25 +236,37 @@ mod tests {
     #[test]
     fn mqtt_3_1_2_22_password_without_user_name() {
         let frame = connect_frame(b"MQTT", 4, PASSWORD, &[b"c", b"p"]);
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::PasswordWithoutUsername.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::PasswordWithoutUsername.into())
+        );
     }
 
     #[test]
     fn mqtt_3_1_0_1_first_packet_must_be_connect() {
         let mut wire = BytesMut::from(&[0xC0, 0x00][..]);
         let frame = Framer::new(16).next_frame(&mut wire).unwrap().unwrap();
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::FirstPacketNotConnect.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::FirstPacketNotConnect.into())
+        );
     }
 
     #[test]
     fn truncated_connect_is_malformed_not_a_panic() {
         let frame = connect_frame(b"MQTT", 4, USERNAME, &[b"c"]);
-        assert!(matches!(decode_connect(&frame), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            decode_connect(&frame),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn mqtt_1_5_3_1_client_id_must_be_utf8() {
         let frame = connect_frame(b"MQTT", 4, 0, &[&[0xC3, 0x28]]);
-        assert_eq!(decode_connect(&frame), Err(SpecViolation::InvalidUtf8.into()));
+        assert_eq!(
+            decode_connect(&frame),
+            Err(SpecViolation::InvalidUtf8.into())
+        );
     }
 }

@@ -15,8 +15,12 @@ use crate::validate::check_fixed_header;
 /// Decodes one frame from a connected client.
 pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, ProtocolError> {
     check_fixed_header(frame, version)?;
-    let remaining = frame.bytes.len() - frame.header_len;
-    let header = FixedHeader::new(frame.first_byte, frame.header_len - 1, remaining);
+    let remaining = frame.bytes.len().saturating_sub(frame.header_len);
+    let header = FixedHeader::new(
+        frame.first_byte,
+        frame.header_len.saturating_sub(1),
+        remaining,
+    );
     let bytes = frame.bytes.clone();
     let packet = match frame.packet_type() {
         3 => Packet::Publish(publish(header, bytes)?),

@@ -45,7 +45,10 @@ pub fn encode_packet(packet: &Packet, buf: &mut BytesMut) {
         Packet::PubRel(id) => put_id_packet(buf, 0x62, *id),
         Packet::PubComp(id) => put_id_packet(buf, 0x70, *id),
         Packet::Subscribe { packet_id, filters } => {
-            let len = 2 + filters.iter().map(|(f, _)| 3 + f.as_str().len()).sum::<usize>();
+            let len = 2 + filters
+                .iter()
+                .map(|(f, _)| 3 + f.as_str().len())
+                .sum::<usize>();
             buf.put_u8(0x82);
             put_remaining_length(buf, len);
             buf.put_u16(packet_id.get());
@@ -75,7 +78,12 @@ pub fn encoded_publish_len(publish: &Publish) -> usize {
 }
 
 fn publish_remaining_len(publish: &Publish) -> usize {
-    let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
+    // The id is written only when there is one, so length and bytes agree
+    // even for a (broker bug) QoS 1 PUBLISH without an id.
+    let id_len = match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
+        _ => 0,
+    };
     2 + publish.topic.as_str().len() + id_len + publish.payload.len()
 }
 

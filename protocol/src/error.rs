@@ -51,8 +51,12 @@ pub enum SpecViolation {
     WillQoS,
     #[error("[MQTT-3.1.2-22] password flag set without the user name flag")]
     PasswordWithoutUsername,
-    #[error("[MQTT-3.1.3-5] client identifier is not valid")]
-    ClientId,
+    #[error("[MQTT-3.3.1-2] DUP is set on a QoS 0 PUBLISH")]
+    DupOnQoS0,
+    #[error("[MQTT-1.5.3] a string is longer than 65535 bytes")]
+    StringTooLong,
+    #[error("[MQTT-3.1.3] CONNECT has bytes after its last field")]
+    ConnectTrailingBytes,
     #[error("[MQTT-3.3.1-4] PUBLISH with QoS 3")]
     PublishQoS3,
     #[error("[MQTT-3.3.2-2] PUBLISH topic contains a wildcard")]

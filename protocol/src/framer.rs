@@ -48,7 +48,7 @@ impl Frame {
 
     /// Variable header and payload.
     pub fn body(&self) -> Bytes {
-        self.bytes.slice(self.header_len..)
+        self.bytes.slice(self.header_len.min(self.bytes.len())..)
     }
 }
 
@@ -224,7 +224,17 @@ mod tests {
 
     #[test]
     fn remaining_length_round_trips() {
-        for len in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_REMAINING_LENGTH] {
+        for len in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            MAX_REMAINING_LENGTH,
+        ] {
             let mut buf = BytesMut::new();
             put_remaining_length(&mut buf, len);
             assert_eq!(buf.len(), remaining_length_len(len));

@@ -33,7 +33,7 @@ pub use encode::{encode, encode_packet, encoded_publish_len};
 pub use error::{ProtocolError, SpecViolation};
 pub use framer::{Frame, Framer, MAX_REMAINING_LENGTH};
 pub use packet::{
-    ConnectReturnCode, Connect, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
+    Connect, ConnectReturnCode, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
     QoS, SubAckCode,
 };
 pub use topic::{TopicError, TopicFilter, TopicName};

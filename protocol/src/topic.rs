@@ -21,6 +21,9 @@ fn check_string(s: &str) -> Result<(), SpecViolation> {
     if s.is_empty() {
         return Err(SpecViolation::EmptyTopic);
     }
+    if s.len() > usize::from(u16::MAX) {
+        return Err(SpecViolation::StringTooLong);
+    }
     if s.contains('\0') {
         return Err(SpecViolation::NullCharacter);
     }
@@ -132,9 +135,18 @@ mod tests {
 
     #[test]
     fn mqtt_3_3_2_2_wildcards_are_not_allowed_in_topic_names() {
-        assert_eq!(TopicName::new("a/+"), Err(SpecViolation::WildcardInTopicName));
-        assert_eq!(TopicName::new("a/#"), Err(SpecViolation::WildcardInTopicName));
-        assert_eq!(TopicName::new("a+b"), Err(SpecViolation::WildcardInTopicName));
+        assert_eq!(
+            TopicName::new("a/+"),
+            Err(SpecViolation::WildcardInTopicName)
+        );
+        assert_eq!(
+            TopicName::new("a/#"),
+            Err(SpecViolation::WildcardInTopicName)
+        );
+        assert_eq!(
+            TopicName::new("a+b"),
+            Err(SpecViolation::WildcardInTopicName)
+        );
     }
 
     #[test]
@@ -153,7 +165,11 @@ mod tests {
     #[test]
     fn mqtt_4_7_1_2_multi_level_wildcard_is_last_and_alone() {
         for bad in ["a/#/b", "a#", "a/b#", "#/a", "##"] {
-            assert_eq!(TopicFilter::new(bad), Err(SpecViolation::MultiLevelWildcard), "{bad}");
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(SpecViolation::MultiLevelWildcard),
+                "{bad}"
+            );
         }
         for good in ["#", "a/#", "/#", "+/#"] {
             assert!(TopicFilter::new(good).is_ok(), "{good}");
@@ -163,7 +179,11 @@ mod tests {
     #[test]
     fn mqtt_4_7_1_3_single_level_wildcard_is_a_whole_level() {
         for bad in ["a+", "a/+b", "+a/b", "++"] {
-            assert_eq!(TopicFilter::new(bad), Err(SpecViolation::SingleLevelWildcard), "{bad}");
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(SpecViolation::SingleLevelWildcard),
+                "{bad}"
+            );
         }
         for good in ["+", "+/+", "a/+/b", "/+"] {
             assert!(TopicFilter::new(good).is_ok(), "{good}");

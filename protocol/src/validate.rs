@@ -39,6 +39,9 @@ fn check_publish_flags(flags: u8) -> Result<(), SpecViolation> {
     if flags & 0b0110 == 0b0110 {
         return Err(SpecViolation::PublishQoS3);
     }
+    if flags & 0b1110 == 0b1000 {
+        return Err(SpecViolation::DupOnQoS0);
+    }
     Ok(())
 }
 
@@ -50,7 +53,7 @@ fn check_length(frame: &Frame) -> Result<(), SpecViolation> {
         12 | 14 => 0,
         _ => return Ok(()),
     };
-    if frame.bytes.len() - frame.header_len != expected {
+    if frame.bytes.len().saturating_sub(frame.header_len) != expected {
         return Err(SpecViolation::FixedLength);
     }
     Ok(())
