@@ -348,3 +348,110 @@ impl Client {
         self.task.abort();
     }
 }
+
+/// A length-prefixed UTF-8 string field, for bodies built by hand.
+pub fn string_field(s: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    put_str(&mut buf, s.as_bytes());
+    buf.to_vec()
+}
+
+/// Bytes of a packet built by hand: `first_byte`, the remaining length, then
+/// `body`. For packets the encoder refuses to build (reserved flags, QoS 3,
+/// wildcards in a topic name, packet id 0).
+pub fn raw_packet_bytes(first_byte: u8, body: &[u8]) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    wire.put_u8(first_byte);
+    put_remaining_length(&mut wire, body.len());
+    wire.put_slice(body);
+    wire.to_vec()
+}
+
+impl RawPacket {
+    /// The packet as it was on the wire, fixed header included.
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        raw_packet_bytes((self.packet_type << 4) | self.flags, &self.body)
+    }
+
+    pub fn retain(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    pub fn dup(&self) -> bool {
+        self.flags & 0b1000 != 0
+    }
+}
+
+impl RawClient {
+    /// Sends SUBSCRIBE and asserts a SUBACK granting every filter the QoS it
+    /// asked for. The subscriptions are in place when this returns.
+    pub async fn subscribe_granted(&mut self, packet_id: u16, filters: &[(&str, QoS)]) {
+        self.send(&subscribe_bytes(packet_id, filters)).await;
+        let suback = self.recv().await.expect("SUBACK");
+        let mut expected = vec![0x90, 2 + filters.len() as u8];
+        expected.extend_from_slice(&packet_id.to_be_bytes());
+        expected.extend(filters.iter().map(|(_, qos)| *qos as u8));
+        assert_eq!(suback.wire_bytes(), expected, "SUBACK for {filters:?}");
+    }
+
+    /// Sends PINGREQ and waits for its PINGRESP. The session handles packets
+    /// in order, so every PUBLISH sent before has reached the router.
+    pub async fn ping(&mut self) {
+        self.send(&[0xC0, 0x00]).await;
+        let pingresp = self.recv().await.expect("PINGRESP");
+        assert_eq!(pingresp.wire_bytes(), [0xD0, 0x00]);
+    }
+
+    /// Publishes and completes the flow of its QoS: PUBACK for 1, PUBREC,
+    /// PUBREL, PUBCOMP for 2, a PINGREQ round trip for 0. The message has
+    /// reached the router when this returns.
+    pub async fn publish_acked(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        packet_id: u16,
+        payload: &[u8],
+        retain: bool,
+    ) {
+        self.send(&publish_bytes(topic, qos, packet_id, payload, retain))
+            .await;
+        let [hi, lo] = packet_id.to_be_bytes();
+        match qos {
+            QoS::AtMostOnce => self.ping().await,
+            QoS::AtLeastOnce => {
+                let puback = self.recv().await.expect("PUBACK");
+                assert_eq!(puback.wire_bytes(), [0x40, 0x02, hi, lo]);
+            }
+            QoS::ExactlyOnce => {
+                let pubrec = self.recv().await.expect("PUBREC");
+                assert_eq!(pubrec.wire_bytes(), [0x50, 0x02, hi, lo]);
+                self.send(&[0x62, 0x02, hi, lo]).await;
+                let pubcomp = self.recv().await.expect("PUBCOMP");
+                assert_eq!(pubcomp.wire_bytes(), [0x70, 0x02, hi, lo]);
+            }
+        }
+    }
+
+    /// The next packet, which must be a PUBLISH arriving within [`WAIT`].
+    pub async fn next_publish(&mut self) -> RawPacket {
+        let packet = self.recv().await.expect("a PUBLISH in time");
+        assert_eq!(packet.packet_type, 3, "expected PUBLISH, got {packet:?}");
+        packet
+    }
+
+    /// Asserts that the broker closes the connection within [`WAIT`] and
+    /// sends nothing before it does.
+    pub async fn assert_closed_without_reply(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes before the close: {:?}",
+            self.buf
+        );
+        let mut scratch = [0u8; 256];
+        match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("expected a close, got bytes {:02x?}", &scratch[..n]),
+            Err(_) => panic!("the broker did not close the connection within {WAIT:?}"),
+        }
+    }
+}
