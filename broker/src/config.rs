@@ -17,7 +17,14 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../configs/tidemq.toml");
 pub struct Settings {
     pub listener: ListenerSettings,
     pub limits: Limits,
+    pub sys: SysSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysSettings {
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +159,11 @@ impl Settings {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.write_timeout_ms)
+    }
+
+    /// `None` when `$SYS` publication is off.
+    pub fn sys_interval(&self) -> Option<Duration> {
+        (self.sys.interval_secs > 0).then(|| Duration::from_secs(self.sys.interval_secs))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -10,6 +10,7 @@
 //! | `mailbox`    | the bounded queue from the router to one session          |
 //! | `router`     | subscriptions, retained messages, fan-out                 |
 //! | `metrics`    | counters for every decision the broker makes              |
+//! | `sys`        | publishes the counters under `$SYS/broker/`               |
 //!
 //! The path of one PUBLISH: publisher socket -> read task -> session task ->
 //! router channel -> router (trie match) -> each subscriber's mailbox ->
@@ -23,6 +24,7 @@ mod registry;
 mod router;
 mod server;
 mod session;
+mod sys;
 mod types;
 
 pub use config::{ConfigError, Overrides, Settings};

@@ -60,6 +60,10 @@ impl Broker {
         let (router, router_task) = router::spawn(settings.limits.router_queue, metrics.clone());
         let shutdown = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(settings.listener.max_connections));
+        if let Some(interval) = settings.sys_interval() {
+            let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
+            tokio::spawn(sys);
+        }
         let ctx = Arc::new(Context::new(settings, router, metrics, shutdown));
         let connections = TaskTracker::new();
         let mut local_addrs = Vec::new();
