@@ -41,6 +41,7 @@ pub struct ListenerSettings {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_packet_size: usize,
+    pub max_connect_packet_size: usize,
     pub max_keepalive_secs: u16,
     pub max_inflight: usize,
     pub max_queued_messages: usize,
@@ -146,6 +147,12 @@ impl Settings {
         }
         if self.limits.max_packet_size > tidemq_protocol::MAX_REMAINING_LENGTH + 5 {
             return Err(invalid("limits.max_packet_size", "exceeds MQTT's 256 MB"));
+        }
+        if self.limits.max_connect_packet_size < 64 {
+            return Err(invalid(
+                "limits.max_connect_packet_size",
+                "must be at least 64 bytes",
+            ));
         }
         if self.limits.max_inflight > usize::from(u16::MAX) {
             return Err(invalid("limits.max_inflight", "must be at most 65535"));

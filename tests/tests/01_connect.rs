@@ -260,3 +260,24 @@ async fn mqtt_3_2_2_2_rumqttc_client_connects_with_session_present_false() {
     assert!(!client.connack.session_present);
     assert_eq!(broker.metrics().connections_current, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_above_the_connect_size_limit_is_closed_unanswered() {
+    // A will payload of 70 000 bytes makes the CONNECT larger than the
+    // default 64 KiB allowed before a client is known.
+    let broker = TestBroker::start().await;
+    let payload = vec![b'w'; 70_000];
+    let mut options = ConnectOptions::new("big-will");
+    options.will = Some(("w", &payload, 0, false));
+    let mut client = RawClient::connect(broker.addr).await;
+    client.try_send(&connect_bytes(&options)).await;
+    client.assert_closed_without_reply().await;
+    broker
+        .wait_metrics("packets_too_large", |m| m.packets_too_large == 1)
+        .await;
+
+    let small = vec![b'w'; 1_000];
+    options.will = Some(("w", &small, 0, false));
+    let (_client, present) = RawClient::connected(broker.addr, &options).await;
+    assert!(!present);
+}

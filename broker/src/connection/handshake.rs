@@ -41,7 +41,8 @@ pub async fn accept<S>(stream: &mut S, conn_id: ConnId, ctx: &Context) -> Option
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let framer = Framer::new(ctx.settings.limits.max_packet_size);
+    let limits = &ctx.settings.limits;
+    let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     let mut buf = BytesMut::with_capacity(256);
     let read = tokio::time::timeout(
         ctx.settings.connect_timeout(),
