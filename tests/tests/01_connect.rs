@@ -263,10 +263,10 @@ async fn mqtt_3_2_2_2_rumqttc_client_connects_with_session_present_false() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_above_the_connect_size_limit_is_closed_unanswered() {
-    // A will payload of 70 000 bytes makes the CONNECT larger than the
+    // A will payload of 65 535 bytes makes the CONNECT larger than the
     // default 64 KiB allowed before a client is known.
     let broker = TestBroker::start().await;
-    let payload = vec![b'w'; 70_000];
+    let payload = vec![b'w'; 65_535];
     let mut options = ConnectOptions::new("big-will");
     options.will = Some(("w", &payload, 0, false));
     let mut client = RawClient::connect(broker.addr).await;
