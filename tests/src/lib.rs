@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tidemq::{Broker, MetricsSnapshot, Settings};
-use tidemq_protocol::{encode_packet, Framer, Packet, PacketId, Publish, QoS, TopicFilter, TopicName};
+use tidemq_protocol::{
+    encode_packet, Framer, Packet, PacketId, Publish, QoS, TopicFilter, TopicName,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,7 +58,11 @@ impl TestBroker {
     pub async fn wait_metrics(&self, what: &str, check: impl Fn(&MetricsSnapshot) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !check(&self.metrics()) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.metrics());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.metrics()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -182,7 +188,13 @@ pub fn id(n: u16) -> PacketId {
     PacketId::new(n).unwrap()
 }
 
-pub fn publish_bytes(topic: &str, qos: QoS, packet_id: u16, payload: &[u8], retain: bool) -> Vec<u8> {
+pub fn publish_bytes(
+    topic: &str,
+    qos: QoS,
+    packet_id: u16,
+    payload: &[u8],
+    retain: bool,
+) -> Vec<u8> {
     packet_bytes(&Packet::Publish(Publish {
         dup: false,
         qos,
@@ -196,7 +208,10 @@ pub fn publish_bytes(topic: &str, qos: QoS, packet_id: u16, payload: &[u8], reta
 pub fn subscribe_bytes(packet_id: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
     packet_bytes(&Packet::Subscribe {
         packet_id: id(packet_id),
-        filters: filters.iter().map(|(f, q)| (TopicFilter::new(f).unwrap(), *q)).collect(),
+        filters: filters
+            .iter()
+            .map(|(f, q)| (TopicFilter::new(f).unwrap(), *q))
+            .collect(),
     })
 }
 

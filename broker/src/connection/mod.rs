@@ -172,8 +172,7 @@ async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (Ses
         _ => SessionState::new(ctx.settings.limits.max_inflight),
     };
     if clean {
-        slot.mailbox.clear();
-        Session::drop_subscriptions(ctx, slot).await;
+        Session::discard(ctx, slot).await;
     }
     slot.set_persistent(!clean);
     slot.set_online(true);
@@ -273,8 +272,7 @@ async fn finish(
 ) {
     slot.set_online(false);
     if clean {
-        slot.mailbox.clear();
-        Session::drop_subscriptions(ctx, slot).await;
+        Session::discard(ctx, slot).await;
         slot.set_persistent(false);
         ctx.registry.remove(slot, conn_id);
     } else {

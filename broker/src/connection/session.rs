@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidemq_protocol::{Outgoing, Packet, PacketId, ProtocolError, Publish, QoS, SubAckCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -261,12 +261,19 @@ impl Session {
         self.send(Outgoing::SubAck { packet_id, codes }).await
     }
 
-    /// Removes every subscription of this client (clean session).
-    pub async fn drop_subscriptions(ctx: &Context, slot: &SessionSlot) {
+    /// Discards a session's subscriptions and queued messages (clean
+    /// session). The mailbox is emptied only after the router confirms, so a
+    /// message routed under the old subscriptions cannot slip in after.
+    pub async fn discard(ctx: &Context, slot: &SessionSlot) {
+        let (done, answer) = oneshot::channel();
         let msg = RouterMsg::DropSession {
             client_id: slot.client_id.clone(),
+            done,
         };
         // The router only stops at shutdown, when nothing survives anyway.
-        let _ = ctx.router.send(msg).await;
+        if ctx.router.send(msg).await.is_ok() {
+            let _ = answer.await;
+        }
+        slot.mailbox.clear();
     }
 }

@@ -11,7 +11,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tidemq_protocol::{encode, Outgoing};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -35,6 +35,31 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
 }
 
+/// Writes the whole buffer. The timeout applies to each write call, so a
+/// slow reader that keeps taking bytes is served; one that takes none for
+/// `timeout` is not.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &mut BytesMut,
+    timeout: Duration,
+    token: &CancellationToken,
+) -> Result<(), WriterEnd> {
+    while !buf.is_empty() {
+        let written = tokio::select! {
+            _ = token.cancelled() => return Err(WriterEnd::Cancelled),
+            written = tokio::time::timeout(timeout, writer.write(buf)) => written,
+        };
+        match written {
+            Ok(Ok(0)) => return Err(WriterEnd::Failed(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => buf.advance(n),
+            Ok(Err(error)) => return Err(WriterEnd::Failed(error)),
+            Err(_) => return Err(WriterEnd::Stalled),
+        }
+    }
+    buf.clear();
+    Ok(())
+}
+
 pub async fn run<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -56,16 +81,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        // write_all is not cancel-safe, but a cancelled connection abandons
-        // the socket anyway.
-        let written = tokio::select! {
-            _ = token.cancelled() => return WriterEnd::Cancelled,
-            written = tokio::time::timeout(config.write_timeout, writer.write_all(&buf)) => written,
-        };
-        match written {
-            Ok(Ok(())) => buf.clear(),
-            Ok(Err(error)) => return WriterEnd::Failed(error),
-            Err(_) => return WriterEnd::Stalled,
+        if let Err(end) = write_batch(&mut writer, &mut buf, config.write_timeout, &token).await {
+            return end;
         }
         if buf.capacity() > config.batch_bytes * 2 {
             // A burst grew the buffer; do not hold it while idle.

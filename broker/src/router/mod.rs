@@ -46,8 +46,11 @@ pub enum RouterMsg {
         done: oneshot::Sender<()>,
     },
     /// Forget every subscription of a client (clean session start or end).
+    /// Answered once done, so no delivery under the old subscriptions can
+    /// follow the answer.
     DropSession {
         client_id: ClientId,
+        done: oneshot::Sender<()>,
     },
 }
 
@@ -164,7 +167,10 @@ impl Router {
                 }
                 let _ = done.send(());
             }
-            RouterMsg::DropSession { client_id } => self.drop_session(&client_id),
+            RouterMsg::DropSession { client_id, done } => {
+                self.drop_session(&client_id);
+                let _ = done.send(());
+            }
         }
     }
 

@@ -253,8 +253,10 @@ fn unsubscribe_and_drop_session_remove_everything() {
         done,
     });
     assert_eq!(router.subscription_count(), 2);
+    let (done, _answer) = oneshot::channel();
     router.handle(RouterMsg::DropSession {
         client_id: ClientId::new("c"),
+        done,
     });
     assert_eq!(router.subscription_count(), 0);
     router.handle(RouterMsg::Publish(message(

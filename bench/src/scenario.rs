@@ -1,0 +1,551 @@
+//! Runs one scenario from start to report. The publish/subscribe scenarios
+//! (fanin, fanout, pairs, latency) differ only in their [`Topology`]; `conns`
+//! is in its own module.
+//!
+//! A run, every step bounded in time:
+//!
+//! 1. resolve the host (loopback only), check the broker pid;
+//! 2. connect and subscribe every subscriber, then connect the publishers
+//!    ([`SETUP_TIMEOUT`] each, [`SETUP_CONCURRENCY`] at once);
+//! 3. sample the broker, start the clock; publishers publish for `--duration`;
+//! 4. drain: wait until every expected message arrived, nothing arrived for
+//!    [`DRAIN_IDLE`], or `--drain` passed;
+//! 5. stop the subscribers, sample the broker again, add up.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemq_protocol::{QoS, TopicFilter, TopicName};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{check_loopback, RunArgs, Scenario, DEFAULT_LATENCY_RATE};
+use crate::client::Client;
+use crate::error::BenchError;
+use crate::histogram::Histogram;
+use crate::payload::{Clock, HEADER_LEN};
+use crate::procfs::{self, ProcSample};
+use crate::progress::{self, Counters, Show};
+use crate::publisher::{self, PublisherPlan, PublisherResult};
+use crate::report::{Latency, RunReport};
+use crate::subscriber::{self, SubscriberPlan, SubscriberResult};
+use crate::tracker::Counts;
+use crate::wire::Version;
+
+/// Time for one client to get its CONNACK (and SUBACK).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once during setup.
+pub const SETUP_CONCURRENCY: usize = 64;
+/// The drain ends early when nothing arrived for this long.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+/// Extra time for tasks to notice a cancellation before they are aborted.
+pub const JOIN_GRACE: Duration = Duration::from_secs(2);
+/// Bytes of packet overhead allowed above `--payload` when framing.
+const PACKET_SLACK: usize = 64 * 1024;
+
+/// What every part of a run needs to know.
+pub struct Context {
+    pub scenario: Scenario,
+    pub args: RunArgs,
+    pub addr: SocketAddr,
+    pub version: Version,
+    pub qos: QoS,
+    pub run_id: u64,
+}
+
+impl Context {
+    pub fn report(&self) -> RunReport {
+        RunReport {
+            scenario: self.scenario.name().into(),
+            label: self.args.label.clone(),
+            mqtt: self.version.level(),
+            qos: self.qos as u8,
+            payload: self.args.payload,
+            run_id: format!("{:016x}", self.run_id),
+            duration_s: self.args.duration.as_secs_f64(),
+            ..RunReport::default()
+        }
+    }
+
+    pub fn max_packet(&self) -> usize {
+        self.args.payload + PACKET_SLACK
+    }
+
+    pub fn sample(&self) -> Option<ProcSample> {
+        self.args
+            .broker_pid
+            .and_then(|pid| procfs::sample(pid).ok())
+    }
+}
+
+/// Runs `scenario` and reports; a run that could not be done has `error` set.
+pub async fn run(scenario: Scenario, args: RunArgs) -> RunReport {
+    let ctx = match prepare(scenario, args.clone()).await {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            let mut report = RunReport {
+                scenario: scenario.name().into(),
+                label: args.label,
+                mqtt: args.mqtt,
+                qos: args.qos,
+                ..RunReport::default()
+            };
+            report.error = Some(error);
+            return report;
+        }
+    };
+    let outcome = match scenario {
+        Scenario::Conns => crate::conns::run(&ctx).await,
+        _ => match topology(scenario, &ctx.args, ctx.run_id) {
+            Ok(topology) => pubsub(&ctx, topology).await,
+            Err(e) => Err(BenchError::Setup(e)),
+        },
+    };
+    outcome.unwrap_or_else(|error| RunReport {
+        error: Some(error.to_string()),
+        ..ctx.report()
+    })
+}
+
+async fn prepare(scenario: Scenario, args: RunArgs) -> Result<Context, String> {
+    if args.payload < HEADER_LEN {
+        return Err(format!(
+            "--payload must be at least {HEADER_LEN} bytes (the header)"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", args.host))?
+        .collect();
+    let addr = check_loopback(&args.host, &addrs)?;
+    if let Some(pid) = args.broker_pid {
+        procfs::sample(pid).map_err(|e| format!("--broker-pid {pid}: {e}"))?;
+    }
+    let version = if args.mqtt == 5 {
+        Version::V5
+    } else {
+        Version::V4
+    };
+    let qos = QoS::from_bits(args.qos).ok_or("--qos must be 0, 1 or 2")?;
+    Ok(Context {
+        scenario,
+        args,
+        addr,
+        version,
+        qos,
+        run_id: run_id(),
+    })
+}
+
+/// A random run id, from std's randomly keyed hasher (no rand dependency).
+fn run_id() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
+/// Who publishes where and who listens to whom. Publisher ids are indexes
+/// into `publishers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub publishers: Vec<TopicName>,
+    pub subscribers: Vec<(TopicFilter, Range<u32>)>,
+    /// Messages per second per publisher.
+    pub rate_per_publisher: Option<f64>,
+}
+
+pub fn topology(scenario: Scenario, args: &RunArgs, run_id: u64) -> Result<Topology, String> {
+    let prefix = format!("tidemq-bench/{run_id:016x}");
+    let name = |s: String| TopicName::new(&s).map_err(|e| format!("topic {s}: {e}"));
+    let filter = |s: String| TopicFilter::new(&s).map_err(|e| format!("filter {s}: {e}"));
+    let (publishers, subscribers, rate) = match scenario {
+        Scenario::Fanin => {
+            let p = args.publishers;
+            let publishers = (0..p)
+                .map(|i| name(format!("{prefix}/fanin/{i}")))
+                .collect::<Result<_, _>>()?;
+            (
+                publishers,
+                vec![(filter(format!("{prefix}/fanin/+"))?, 0..p)],
+                args.rate,
+            )
+        }
+        Scenario::Fanout => {
+            let topic = format!("{prefix}/fanout");
+            let subscribers = (0..args.subscribers)
+                .map(|_| Ok((filter(topic.clone())?, 0..1)))
+                .collect::<Result<_, String>>()?;
+            (vec![name(topic)?], subscribers, args.rate)
+        }
+        Scenario::Pairs => {
+            let mut publishers = Vec::new();
+            let mut subscribers = Vec::new();
+            for i in 0..args.pairs {
+                let topic = format!("{prefix}/pair/{i}");
+                subscribers.push((filter(topic.clone())?, i..i + 1));
+                publishers.push(name(topic)?);
+            }
+            (publishers, subscribers, args.rate)
+        }
+        Scenario::Latency => {
+            let topic = format!("{prefix}/latency");
+            let rate = Some(args.rate.unwrap_or(DEFAULT_LATENCY_RATE));
+            (
+                vec![name(topic.clone())?],
+                vec![(filter(topic)?, 0..1)],
+                rate,
+            )
+        }
+        Scenario::Conns => return Err("conns has no topology".into()),
+    };
+    let count = publishers.len().max(1) as f64;
+    Ok(Topology {
+        rate_per_publisher: rate.map(|r| r / count),
+        publishers,
+        subscribers,
+    })
+}
+
+/// Connects `ids.len()` clients, each subscribing to its filter if it has
+/// one; fails as soon as one fails.
+async fn connect_all(
+    ctx: &Context,
+    ids: Vec<(String, Option<TopicFilter>)>,
+) -> Result<Vec<Client>, BenchError> {
+    let permits = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
+    let mut set = JoinSet::new();
+    let count = ids.len();
+    for (index, (id, filter)) in ids.into_iter().enumerate() {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let (addr, version, qos) = (ctx.addr, ctx.version, ctx.qos);
+        let (keep_alive, max_packet) = (ctx.args.keepalive, ctx.max_packet());
+        set.spawn(async move {
+            let _permit = permit;
+            let mut client =
+                Client::connect(addr, version, &id, keep_alive, max_packet, SETUP_TIMEOUT).await?;
+            if let Some(filter) = filter {
+                client.subscribe(&filter, qos, SETUP_TIMEOUT).await?;
+            }
+            Ok::<_, BenchError>((index, client))
+        });
+    }
+    let mut clients: Vec<Option<Client>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (index, client) = joined.map_err(|e| BenchError::Setup(e.to_string()))??;
+        if let Some(slot) = clients.get_mut(index) {
+            *slot = Some(client);
+        }
+    }
+    Ok(clients.into_iter().flatten().collect())
+}
+
+async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchError> {
+    let run = format!("{:x}", ctx.run_id);
+    let sub_ids = topology
+        .subscribers
+        .iter()
+        .enumerate()
+        .map(|(i, (filter, _))| (format!("tb-{run}-s{i}"), Some(filter.clone())))
+        .collect();
+    let subscribers = connect_all(ctx, sub_ids).await?;
+    let pub_ids = (0..topology.publishers.len())
+        .map(|i| (format!("tb-{run}-p{i}"), None))
+        .collect();
+    let publishers = connect_all(ctx, pub_ids).await?;
+
+    let counters = Arc::new(Counters::default());
+    let before = ctx.sample();
+    let clock = Clock::new();
+    let start = Instant::now();
+    let deadline = start + ctx.args.duration;
+    let hard_deadline = deadline + ctx.args.drain;
+    let stop = CancellationToken::new();
+    let progress_stop = CancellationToken::new();
+    let progress = (!ctx.args.quiet).then(|| {
+        tokio::spawn(progress::run(
+            ctx.scenario.name(),
+            Show::Messages,
+            counters.clone(),
+            start,
+            progress_stop.clone(),
+        ))
+    });
+
+    let mut sub_tasks = Vec::new();
+    for (client, (_, expected)) in subscribers.into_iter().zip(&topology.subscribers) {
+        let plan = SubscriberPlan {
+            run_id: ctx.run_id,
+            expected: expected.clone(),
+            hard_deadline: hard_deadline + JOIN_GRACE,
+            keep_alive: ctx.args.keepalive,
+            clock,
+        };
+        sub_tasks.push(tokio::spawn(subscriber::run(
+            client,
+            plan,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+    let mut pub_tasks = Vec::new();
+    let mut smallest_window = None;
+    for (id, (client, topic)) in publishers.into_iter().zip(&topology.publishers).enumerate() {
+        let window = usize::from(ctx.args.inflight)
+            .min(usize::from(client.receive_maximum.unwrap_or(u16::MAX)));
+        smallest_window = Some(smallest_window.map_or(window, |w: usize| w.min(window)));
+        let plan = PublisherPlan {
+            id: id as u32,
+            run_id: ctx.run_id,
+            topic: topic.clone(),
+            qos: ctx.qos,
+            payload: ctx.args.payload,
+            window,
+            rate: topology.rate_per_publisher,
+            start,
+            deadline,
+            hard_deadline,
+            keep_alive: ctx.args.keepalive,
+            clock,
+        };
+        pub_tasks.push(tokio::spawn(publisher::run(client, plan, counters.clone())));
+    }
+
+    let mut published = Vec::new();
+    for task in pub_tasks {
+        published.push(join(task, hard_deadline + JOIN_GRACE).await);
+    }
+    let sent: Vec<u64> = published
+        .iter()
+        .map(|p| p.as_ref().map_or(0, |p| p.sent))
+        .collect();
+    let expected: u64 = topology
+        .subscribers
+        .iter()
+        .map(|(_, range)| {
+            range
+                .clone()
+                .map(|p| sent.get(p as usize).copied().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .sum();
+    drain(&counters, expected, hard_deadline).await;
+    stop.cancel();
+    let mut received = Vec::new();
+    for task in sub_tasks {
+        received.push(join(task, Instant::now() + JOIN_GRACE).await);
+    }
+    let after = ctx.sample();
+    progress_stop.cancel();
+    if let Some(task) = progress {
+        let _ = task.await;
+    }
+    Ok(summarize(
+        ctx, &topology, start, &sent, published, received, before, after,
+    ))
+}
+
+/// Waits until `expected` unique messages arrived, nothing arrived for
+/// [`DRAIN_IDLE`], or `hard_deadline`.
+async fn drain(counters: &Counters, expected: u64, hard_deadline: Instant) {
+    let mut last = Counters::get(&counters.received);
+    let mut last_change = Instant::now();
+    while Counters::get(&counters.unique) < expected && Instant::now() < hard_deadline {
+        sleep(Duration::from_millis(10)).await;
+        let now = Counters::get(&counters.received);
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() >= DRAIN_IDLE {
+            return;
+        }
+    }
+}
+
+/// Awaits a task until `limit`, then aborts it; `Err` says why it gave nothing.
+pub async fn join<T>(task: tokio::task::JoinHandle<T>, limit: Instant) -> Result<T, String> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(limit, task).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("client task failed: {e}")),
+        Err(_) => {
+            abort.abort();
+            Err("client task did not stop in time".into())
+        }
+    }
+}
+
+/// "N x message" for each distinct error, most frequent first.
+pub fn summarize_errors(errors: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for error in errors {
+        *counts.entry(error).or_default() += 1;
+    }
+    let mut list: Vec<(String, u64)> = counts.into_iter().collect();
+    list.sort_by_key(|e| std::cmp::Reverse(e.1));
+    list.into_iter()
+        .map(|(e, n)| format!("{n} x {e}"))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    ctx: &Context,
+    topology: &Topology,
+    start: Instant,
+    sent: &[u64],
+    published: Vec<Result<PublisherResult, String>>,
+    received: Vec<Result<SubscriberResult, String>>,
+    before: Option<ProcSample>,
+    after: Option<ProcSample>,
+) -> RunReport {
+    let mut report = ctx.report();
+    report.publishers = topology.publishers.len() as u32;
+    report.subscribers = topology.subscribers.len() as u32;
+    let mut errors = Vec::new();
+    for p in published {
+        match p {
+            Ok(p) => {
+                report.acked += p.acked;
+                report.refused += p.refused;
+                report.unacked += p.unacked;
+                errors.extend(p.error.map(|e| format!("publisher: {e}")));
+            }
+            Err(e) => errors.push(format!("publisher: {e}")),
+        }
+    }
+    report.sent = sent.iter().sum();
+    let mut counts = Counts::default();
+    let mut latency = Histogram::new();
+    let mut last_arrival = None;
+    for s in received {
+        match s {
+            Ok(s) => {
+                counts.add(&s.tracker.counts(sent));
+                latency.merge(&s.latency);
+                last_arrival = last_arrival.max(s.last_arrival);
+                errors.extend(s.error.map(|e| format!("subscriber: {e}")));
+            }
+            Err(e) => errors.push(format!("subscriber: {e}")),
+        }
+    }
+    report.client_errors = summarize_errors(errors);
+    report.expected = topology
+        .subscribers
+        .iter()
+        .map(|(_, r)| {
+            r.clone()
+                .map(|p| sent.get(p as usize).copied().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .sum();
+    report.received = counts.unique + counts.duplicates;
+    report.lost = report.expected.saturating_sub(counts.unique);
+    report.duplicates = counts.duplicates;
+    report.reordered = counts.reordered;
+    report.foreign = counts.foreign;
+    let end = last_arrival
+        .unwrap_or_else(Instant::now)
+        .max(start + ctx.args.duration);
+    report.elapsed_s = end.duration_since(start).as_secs_f64();
+    if report.elapsed_s > 0.0 {
+        report.msgs_per_s = report.received as f64 / report.elapsed_s;
+        report.sent_per_s = report.sent as f64 / ctx.args.duration.as_secs_f64().max(1e-9);
+    }
+    if let (Some(b), Some(a)) = (before, after) {
+        let cpu = b.cpu_seconds_until(&a);
+        report.broker_cpu_s = Some(cpu);
+        report.msgs_per_cpu_s = (cpu > 0.0).then(|| report.received as f64 / cpu);
+    }
+    report.broker_rss_kib_before = before.map(|s| s.rss_kib);
+    report.broker_rss_kib_after = after.map(|s| s.rss_kib);
+    let us = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1000.0;
+    report.latency_us = (!latency.is_empty()).then(|| Latency {
+        p50: us(latency.percentile(0.50)),
+        p99: us(latency.percentile(0.99)),
+        p999: us(latency.percentile(0.999)),
+        max: us(latency.max()),
+        samples: latency.len(),
+    });
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["tidemq-bench", "fanin"];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Fanin(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn fanin_is_many_topics_into_one_wildcard() {
+        let t = topology(Scenario::Fanin, &args(&["--publishers", "3"]), 0xAB).unwrap();
+        assert_eq!(t.publishers.len(), 3);
+        assert_eq!(t.subscribers.len(), 1);
+        let (filter, range) = &t.subscribers[0];
+        assert_eq!(range, &(0..3));
+        assert!(t.publishers.iter().all(|p| filter.matches(p)));
+        assert!(
+            filter.as_str().contains("00000000000000ab"),
+            "run id in topics"
+        );
+    }
+
+    #[test]
+    fn fanout_is_one_topic_to_many() {
+        let t = topology(Scenario::Fanout, &args(&["--subscribers", "5"]), 1).unwrap();
+        assert_eq!(t.publishers.len(), 1);
+        assert_eq!(t.subscribers.len(), 5);
+        assert!(t
+            .subscribers
+            .iter()
+            .all(|(f, r)| f.matches(&t.publishers[0]) && *r == (0..1)));
+    }
+
+    #[test]
+    fn pairs_listen_only_to_their_partner() {
+        let t = topology(
+            Scenario::Pairs,
+            &args(&["--pairs", "4", "--rate", "400"]),
+            1,
+        )
+        .unwrap();
+        assert_eq!(t.rate_per_publisher, Some(100.0));
+        for (i, (filter, range)) in t.subscribers.iter().enumerate() {
+            assert_eq!(*range, i as u32..i as u32 + 1);
+            let matching: Vec<usize> = (0..4)
+                .filter(|p| filter.matches(&t.publishers[*p]))
+                .collect();
+            assert_eq!(matching, vec![i]);
+        }
+    }
+
+    #[test]
+    fn latency_has_a_default_rate() {
+        let t = topology(Scenario::Latency, &args(&[]), 1).unwrap();
+        assert_eq!(t.rate_per_publisher, Some(DEFAULT_LATENCY_RATE));
+        assert_eq!((t.publishers.len(), t.subscribers.len()), (1, 1));
+        let t = topology(Scenario::Fanin, &args(&[]), 1).unwrap();
+        assert_eq!(t.rate_per_publisher, None);
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let list = summarize_errors(["b".to_string(), "a".into(), "b".into()]);
+        assert_eq!(list, vec!["2 x b".to_string(), "1 x a".into()]);
+    }
+}
