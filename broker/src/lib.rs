@@ -16,6 +16,8 @@
 //! router channel -> router (trie match) -> each subscriber's mailbox ->
 //! subscriber's session task -> write task -> subscriber socket.
 
+#[doc(hidden)]
+pub mod bench_api;
 pub mod config;
 mod connection;
 mod mailbox;

@@ -247,6 +247,15 @@ impl Router {
         }
     }
 
+    /// Calls `visit` for every subscription matching `topic`.
+    pub fn for_each_match(
+        &self,
+        topic: &tidemq_protocol::TopicName,
+        visit: impl FnMut(&ClientId, &Subscriber),
+    ) {
+        self.subscriptions.for_each_match(topic, visit);
+    }
+
     #[cfg(test)]
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()

@@ -1,0 +1,69 @@
+//! Entry points for the criterion benchmarks in `broker/benches/`. Not part
+//! of the broker's API: they reach into the router, which is private.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidemq_protocol::{QoS, TopicFilter, TopicName};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::registry::SessionSlot;
+use crate::router::{Router, RouterMsg};
+use crate::types::{ClientId, ConnId, Message};
+
+/// A router filled with subscriptions, one client each.
+pub struct RouterBench {
+    router: Router,
+    slots: Vec<Arc<SessionSlot>>,
+}
+
+impl RouterBench {
+    /// `filters[i]` is subscribed by client `i` at QoS 0.
+    pub fn new(filters: impl IntoIterator<Item = String>) -> RouterBench {
+        let mut router = Router::new(Arc::new(Metrics::default()));
+        let mut slots = Vec::new();
+        for (i, filter) in filters.into_iter().enumerate() {
+            let Ok(filter) = TopicFilter::new(&filter) else {
+                continue;
+            };
+            let slot = Arc::new(SessionSlot::new(
+                ClientId::new(&format!("c{i}")),
+                ConnId(0),
+                usize::MAX,
+            ));
+            slot.set_online(true);
+            let (done, _answer) = oneshot::channel();
+            router.handle(RouterMsg::Subscribe {
+                slot: slot.clone(),
+                filters: vec![(filter, QoS::AtMostOnce)],
+                done,
+            });
+            slots.push(slot);
+        }
+        RouterBench { router, slots }
+    }
+
+    /// How many subscriptions match `topic` (the trie walk alone).
+    pub fn count_matches(&self, topic: &TopicName) -> usize {
+        let mut count = 0;
+        self.router.for_each_match(topic, |_, _| count += 1);
+        count
+    }
+
+    /// Routes one message and drains every mailbox it reached (the whole
+    /// fan-out path short of the sockets). Returns the deliveries.
+    pub fn publish_and_drain(&mut self, topic: &TopicName, payload: &Bytes) -> usize {
+        let message = Arc::new(Message {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        self.router.handle(RouterMsg::Publish(message));
+        self.slots
+            .iter()
+            .filter(|slot| slot.mailbox.pop_if(|_| true).is_some())
+            .count()
+    }
+}
