@@ -8,6 +8,7 @@
 //! |--------------|-----------------------------------------------------------|
 //! | `cli`        | the command line, durations, the loopback-only rule       |
 //! | `scenario`   | one run: setup, clock, drain, summary; the topologies     |
+//! | `topology`   | who publishes where and who listens to whom, per scenario |
 //! | `conns`      | the idle-connections scenario                             |
 //! | `publisher`  | one publisher task: batches, rate, in-flight window       |
 //! | `subscriber` | one subscriber task: counting, acks, latency              |
@@ -35,6 +36,7 @@ mod publisher;
 mod report;
 mod scenario;
 mod subscriber;
+mod topology;
 mod tracker;
 mod window;
 mod wire;

@@ -55,7 +55,9 @@ pub struct PublisherPlan {
 
 #[derive(Debug, Clone, Default)]
 pub struct PublisherResult {
-    /// Messages written, numbered 0..sent.
+    /// Messages handed to the socket, numbered 0..sent. When the publisher
+    /// ends on a write error the last batch (at most [`BATCH_MESSAGES`]) may
+    /// not have left, and shows as lost.
     pub sent: u64,
     /// QoS 1/2 exchanges completed (refused ones included).
     pub acked: u64,

@@ -1,6 +1,6 @@
 //! Runs one scenario from start to report. The publish/subscribe scenarios
-//! (fanin, fanout, pairs, latency) differ only in their [`Topology`]; `conns`
-//! is in its own module.
+//! (fanin, fanout, pairs, latency) differ only in their [`Topology`] (see
+//! `topology`); `conns` is in its own module.
 //!
 //! A run, every step bounded in time:
 //!
@@ -13,17 +13,16 @@
 //! 5. stop the subscribers, sample the broker again, add up.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemq_protocol::{QoS, TopicFilter, TopicName};
+use tidemq_protocol::{QoS, TopicFilter};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{check_loopback, RunArgs, Scenario, DEFAULT_LATENCY_RATE};
+use crate::cli::{check_loopback, RunArgs, Scenario};
 use crate::client::Client;
 use crate::error::BenchError;
 use crate::histogram::Histogram;
@@ -33,6 +32,7 @@ use crate::progress::{self, Counters, Show};
 use crate::publisher::{self, PublisherPlan, PublisherResult};
 use crate::report::{Latency, RunReport};
 use crate::subscriber::{self, SubscriberPlan, SubscriberResult};
+use crate::topology::{topology, Topology};
 use crate::tracker::Counts;
 use crate::wire::Version;
 
@@ -145,68 +145,6 @@ async fn prepare(scenario: Scenario, args: RunArgs) -> Result<Context, String> {
 fn run_id() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-}
-
-/// Who publishes where and who listens to whom. Publisher ids are indexes
-/// into `publishers`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Topology {
-    pub publishers: Vec<TopicName>,
-    pub subscribers: Vec<(TopicFilter, Range<u32>)>,
-    /// Messages per second per publisher.
-    pub rate_per_publisher: Option<f64>,
-}
-
-pub fn topology(scenario: Scenario, args: &RunArgs, run_id: u64) -> Result<Topology, String> {
-    let prefix = format!("tidemq-bench/{run_id:016x}");
-    let name = |s: String| TopicName::new(&s).map_err(|e| format!("topic {s}: {e}"));
-    let filter = |s: String| TopicFilter::new(&s).map_err(|e| format!("filter {s}: {e}"));
-    let (publishers, subscribers, rate) = match scenario {
-        Scenario::Fanin => {
-            let p = args.publishers;
-            let publishers = (0..p)
-                .map(|i| name(format!("{prefix}/fanin/{i}")))
-                .collect::<Result<_, _>>()?;
-            (
-                publishers,
-                vec![(filter(format!("{prefix}/fanin/+"))?, 0..p)],
-                args.rate,
-            )
-        }
-        Scenario::Fanout => {
-            let topic = format!("{prefix}/fanout");
-            let subscribers = (0..args.subscribers)
-                .map(|_| Ok((filter(topic.clone())?, 0..1)))
-                .collect::<Result<_, String>>()?;
-            (vec![name(topic)?], subscribers, args.rate)
-        }
-        Scenario::Pairs => {
-            let mut publishers = Vec::new();
-            let mut subscribers = Vec::new();
-            for i in 0..args.pairs {
-                let topic = format!("{prefix}/pair/{i}");
-                subscribers.push((filter(topic.clone())?, i..i + 1));
-                publishers.push(name(topic)?);
-            }
-            (publishers, subscribers, args.rate)
-        }
-        Scenario::Latency => {
-            let topic = format!("{prefix}/latency");
-            let rate = Some(args.rate.unwrap_or(DEFAULT_LATENCY_RATE));
-            (
-                vec![name(topic.clone())?],
-                vec![(filter(topic)?, 0..1)],
-                rate,
-            )
-        }
-        Scenario::Conns => return Err("conns has no topology".into()),
-    };
-    let count = publishers.len().max(1) as f64;
-    Ok(Topology {
-        rate_per_publisher: rate.map(|r| r / count),
-        publishers,
-        subscribers,
-    })
 }
 
 /// Connects `ids.len()` clients, each subscribing to its filter if it has
@@ -325,16 +263,7 @@ async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchErr
         .iter()
         .map(|p| p.as_ref().map_or(0, |p| p.sent))
         .collect();
-    let expected: u64 = topology
-        .subscribers
-        .iter()
-        .map(|(_, range)| {
-            range
-                .clone()
-                .map(|p| sent.get(p as usize).copied().unwrap_or(0))
-                .sum::<u64>()
-        })
-        .sum();
+    let expected = topology.expected(&sent);
     drain(&counters, expected, hard_deadline).await;
     stop.cancel();
     let mut received = Vec::new();
@@ -435,15 +364,7 @@ fn summarize(
         }
     }
     report.client_errors = summarize_errors(errors);
-    report.expected = topology
-        .subscribers
-        .iter()
-        .map(|(_, r)| {
-            r.clone()
-                .map(|p| sent.get(p as usize).copied().unwrap_or(0))
-                .sum::<u64>()
-        })
-        .sum();
+    report.expected = topology.expected(sent);
     report.received = counts.unique + counts.duplicates;
     report.lost = report.expected.saturating_sub(counts.unique);
     report.duplicates = counts.duplicates;
@@ -477,71 +398,7 @@ fn summarize(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::{Cli, Command};
-
-    fn args(extra: &[&str]) -> RunArgs {
-        let mut argv = vec!["tidemq-bench", "fanin"];
-        argv.extend(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Fanin(args) => args,
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn fanin_is_many_topics_into_one_wildcard() {
-        let t = topology(Scenario::Fanin, &args(&["--publishers", "3"]), 0xAB).unwrap();
-        assert_eq!(t.publishers.len(), 3);
-        assert_eq!(t.subscribers.len(), 1);
-        let (filter, range) = &t.subscribers[0];
-        assert_eq!(range, &(0..3));
-        assert!(t.publishers.iter().all(|p| filter.matches(p)));
-        assert!(
-            filter.as_str().contains("00000000000000ab"),
-            "run id in topics"
-        );
-    }
-
-    #[test]
-    fn fanout_is_one_topic_to_many() {
-        let t = topology(Scenario::Fanout, &args(&["--subscribers", "5"]), 1).unwrap();
-        assert_eq!(t.publishers.len(), 1);
-        assert_eq!(t.subscribers.len(), 5);
-        assert!(t
-            .subscribers
-            .iter()
-            .all(|(f, r)| f.matches(&t.publishers[0]) && *r == (0..1)));
-    }
-
-    #[test]
-    fn pairs_listen_only_to_their_partner() {
-        let t = topology(
-            Scenario::Pairs,
-            &args(&["--pairs", "4", "--rate", "400"]),
-            1,
-        )
-        .unwrap();
-        assert_eq!(t.rate_per_publisher, Some(100.0));
-        for (i, (filter, range)) in t.subscribers.iter().enumerate() {
-            assert_eq!(*range, i as u32..i as u32 + 1);
-            let matching: Vec<usize> = (0..4)
-                .filter(|p| filter.matches(&t.publishers[*p]))
-                .collect();
-            assert_eq!(matching, vec![i]);
-        }
-    }
-
-    #[test]
-    fn latency_has_a_default_rate() {
-        let t = topology(Scenario::Latency, &args(&[]), 1).unwrap();
-        assert_eq!(t.rate_per_publisher, Some(DEFAULT_LATENCY_RATE));
-        assert_eq!((t.publishers.len(), t.subscribers.len()), (1, 1));
-        let t = topology(Scenario::Fanin, &args(&[]), 1).unwrap();
-        assert_eq!(t.rate_per_publisher, None);
-    }
 
     #[test]
     fn errors_are_counted_by_kind() {

@@ -32,7 +32,6 @@ struct Claim {
 pub struct SessionSlot {
     pub client_id: ClientId,
     pub mailbox: Mailbox,
-    online: AtomicBool,
     /// The last owner asked for a persistent session (clean session 0).
     persistent: AtomicBool,
     /// Set once the mailbox overflowed, so the drop is logged once.
@@ -61,7 +60,6 @@ impl SessionSlot {
         SessionSlot {
             client_id,
             mailbox: Mailbox::new(mailbox_limit),
-            online: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
             ownership: Arc::new(Semaphore::new(1)),
@@ -74,13 +72,9 @@ impl SessionSlot {
     }
 
     /// Whether a connection is attached (QoS 0 is not queued for offline
-    /// sessions).
-    pub fn is_online(&self) -> bool {
-        self.online.load(Ordering::Acquire)
-    }
-
+    /// sessions; held receipts are released on the way out).
     pub fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::Release);
+        self.mailbox.set_online(online);
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -15,6 +15,7 @@
 //! Works over any `AsyncRead + AsyncWrite` stream, so TLS or WebSocket can be
 //! put underneath without touching the session.
 
+mod acks;
 mod handshake;
 mod reader;
 mod session;
@@ -149,6 +150,7 @@ where
         },
         more_mail: false,
         token,
+        acks: acks::PendingAcks::new(ctx.settings.limits.max_inbound_unacked),
     };
     let (end, state) = tasks.run(session, &ctx).await;
     report(&end, &ctx.metrics);
@@ -289,7 +291,7 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
         qos: will.qos,
         retain: will.retain,
     };
-    let _ = ctx.router.publish(message).await;
+    let _ = ctx.router.publish(message, None).await;
 }
 
 /// The one place an end becomes a log line and a counter.

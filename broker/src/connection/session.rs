@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError};
 use super::writer::WriterEnd;
 use super::Context;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg};
 use crate::session::SessionState;
-use crate::types::{Delivery, Message};
+use crate::types::{Delivery, Message, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
 const DELIVERY_BATCH: usize = 256;
@@ -84,6 +85,8 @@ pub struct Session {
     pub more_mail: bool,
     /// Cancelled on takeover or broker shutdown.
     pub token: CancellationToken,
+    /// PUBACKs / PUBRECs waiting for their messages' receipts.
+    pub acks: PendingAcks,
 }
 
 impl Session {
@@ -125,7 +128,8 @@ impl Session {
                 end = &mut *writer => {
                     return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
                 }
-                message = inbound.recv() => match message {
+                _ = self.acks.front_released() => self.send_released_acks().await?,
+                message = inbound.recv(), if self.acks.has_room() => match message {
                     Some(Inbound::Packet(packet)) => {
                         if let Some(period) = keepalive {
                             deadline.as_mut().reset(Instant::now() + period);
@@ -232,6 +236,17 @@ impl Session {
             (QoS::ExactlyOnce, Some(id)) => self.state.inbound.receive(id),
             _ => true,
         };
+        let ack = match (publish.qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(Outgoing::PubAck(id)),
+            (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(id)),
+            _ => None,
+        };
+        // The receipt is created for every acknowledged PUBLISH, routed or a
+        // resend, so acknowledgements keep the order of the PUBLISHes.
+        let (receipt, released) = Receipt::new();
+        if let Some(ack) = ack {
+            self.acks.push(ack, released);
+        }
         if route {
             let message = Message {
                 topic: publish.topic,
@@ -239,13 +254,18 @@ impl Session {
                 qos: publish.qos,
                 retain: publish.retain,
             };
-            self.ctx.router.publish(message).await?;
+            let receipt = (publish.qos != QoS::AtMostOnce).then_some(receipt);
+            self.ctx.router.publish(message, receipt).await?;
         }
-        match (publish.qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(Outgoing::PubAck(id)).await,
-            (QoS::ExactlyOnce, Some(id)) => self.send(Outgoing::PubRec(id)).await,
-            _ => Ok(()),
+        Ok(())
+    }
+
+    /// Sends the acknowledgements whose messages every subscriber has taken.
+    async fn send_released_acks(&mut self) -> Result<(), End> {
+        for ack in self.acks.pop_released() {
+            self.send(ack).await?;
         }
+        Ok(())
     }
 
     async fn subscribe(

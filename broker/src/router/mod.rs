@@ -4,13 +4,11 @@
 //! Sessions talk to it through a bounded channel (`limits.router_queue`; a
 //! publisher waits when it is full). Its logic is the synchronous
 //! [`Router::handle`]; the task around it only receives. It never waits on a
-//! session: a delivery is pushed into the session's mailbox, and a full or
-//! offline mailbox is a counted decision, not a wait:
-//!
-//! | session  | QoS 0                          | QoS 1 / 2                      |
-//! |----------|--------------------------------|--------------------------------|
-//! | online   | queued; dropped if mailbox full| queued; dropped if mailbox full|
-//! | offline  | not queued (`dropped_qos0_offline`) | queued; dropped if full   |
+//! session: a delivery is offered to the session's mailbox, which queues it,
+//! holds it with the publisher's receipt (QoS 1/2 beyond the limit, session
+//! online: the publisher's acknowledgement waits), or drops it
+//! (`dropped_qos0_offline`, `dropped_queue_full`). See `mailbox` for the
+//! table.
 
 mod retain;
 mod subs;
@@ -22,9 +20,10 @@ use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::mailbox::Offered;
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::types::{ClientId, Delivery, Message};
+use crate::types::{ClientId, Delivery, Message, Receipt};
 
 pub use retain::Retained;
 pub use subs::{Subscriber, Subscriptions};
@@ -32,7 +31,11 @@ pub use subs::{Subscriber, Subscriptions};
 /// What sessions ask of the router.
 #[derive(Debug)]
 pub enum RouterMsg {
-    Publish(Arc<Message>),
+    Publish {
+        message: Arc<Message>,
+        /// Present for QoS 1/2 from a client: gates its acknowledgement.
+        receipt: Option<Receipt>,
+    },
     Subscribe {
         slot: Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
@@ -70,8 +73,13 @@ impl RouterHandle {
         self.tx.send(msg).await.map_err(|_| RouterGone)
     }
 
-    pub async fn publish(&self, message: Message) -> Result<(), RouterGone> {
-        self.send(RouterMsg::Publish(Arc::new(message))).await
+    pub async fn publish(
+        &self,
+        message: Message,
+        receipt: Option<Receipt>,
+    ) -> Result<(), RouterGone> {
+        let message = Arc::new(message);
+        self.send(RouterMsg::Publish { message, receipt }).await
     }
 
     pub async fn subscribe(
@@ -147,7 +155,7 @@ impl Router {
 
     pub fn handle(&mut self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Publish(message) => self.publish(&message),
+            RouterMsg::Publish { message, receipt } => self.publish(&message, receipt.as_ref()),
             RouterMsg::Subscribe {
                 slot,
                 filters,
@@ -176,7 +184,7 @@ impl Router {
 
     /// Fans a message out: one delivery per client at the highest QoS of its
     /// matching subscriptions, downgraded to the message's QoS.
-    fn publish(&mut self, message: &Arc<Message>) {
+    fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
         if message.retain {
             self.retained.update(message);
         }
@@ -194,8 +202,9 @@ impl Router {
                 qos: sub_qos.min(message.qos),
                 // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0.
                 retain: false,
+                receipt: None,
             };
-            offer(&slot, delivery, &self.metrics);
+            offer(&slot, delivery, receipt, &self.metrics);
         }
     }
 
@@ -223,8 +232,9 @@ impl Router {
                     message: Arc::clone(message),
                     qos: qos.min(message.qos),
                     retain: true,
+                    receipt: None,
                 };
-                offer(slot, delivery, &self.metrics);
+                offer(slot, delivery, None, &self.metrics);
             }
             codes.push(SubAckCode::Granted(qos));
         }
@@ -267,13 +277,16 @@ impl Router {
     }
 }
 
-/// Puts a delivery in a session's mailbox, or counts why not.
-fn offer(slot: &SessionSlot, delivery: Delivery, metrics: &Metrics) {
-    if delivery.qos == QoS::AtMostOnce && !slot.is_online() {
-        Metrics::incr(&metrics.dropped_qos0_offline);
-        return;
+/// Offers a delivery to a session's mailbox, and counts what was not queued.
+fn offer(slot: &SessionSlot, delivery: Delivery, receipt: Option<&Receipt>, metrics: &Metrics) {
+    let offered = slot.mailbox.offer(delivery, receipt);
+    if offered == Offered::Held {
+        Metrics::incr(&metrics.held_for_slow_subscribers);
     }
-    if slot.mailbox.push(delivery).is_err() {
+    if offered == Offered::DroppedOffline {
+        Metrics::incr(&metrics.dropped_qos0_offline);
+    }
+    if offered == Offered::DroppedFull {
         Metrics::incr(&metrics.dropped_queue_full);
         if slot.first_overflow() {
             warn!(client_id = %slot.client_id, "mailbox full: dropping messages for this session");

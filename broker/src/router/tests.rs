@@ -43,6 +43,13 @@ fn drain(slot: &SessionSlot) -> Vec<Delivery> {
     std::iter::from_fn(|| slot.mailbox.pop_if(|_| true)).collect()
 }
 
+fn publish(message: Arc<Message>) -> RouterMsg {
+    RouterMsg::Publish {
+        message,
+        receipt: None,
+    }
+}
+
 fn router() -> Router {
     Router::new(Arc::new(Metrics::default()))
 }
@@ -65,12 +72,7 @@ fn wildcard_table_delivers_to_matching_sessions_only() {
     for (slot, (filter, _)) in slots.iter().zip(&table) {
         subscribe(&mut router, slot, &[(filter, QoS::AtMostOnce)]);
     }
-    router.handle(RouterMsg::Publish(message(
-        "a/b",
-        QoS::AtMostOnce,
-        false,
-        b"x",
-    )));
+    router.handle(publish(message("a/b", QoS::AtMostOnce, false, b"x")));
     for (slot, (filter, expected)) in slots.iter().zip(&table) {
         assert_eq!(drain(slot).len(), usize::from(*expected), "filter {filter}");
     }
@@ -89,12 +91,7 @@ fn overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
             ("a/b", QoS::AtLeastOnce),
         ],
     );
-    router.handle(RouterMsg::Publish(message(
-        "a/b",
-        QoS::ExactlyOnce,
-        false,
-        b"x",
-    )));
+    router.handle(publish(message("a/b", QoS::ExactlyOnce, false, b"x")));
     let got = drain(&s);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
@@ -105,18 +102,8 @@ fn qos_is_downgraded_to_the_subscription() {
     let mut router = router();
     let s = slot("c", 10);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
-    router.handle(RouterMsg::Publish(message(
-        "t",
-        QoS::ExactlyOnce,
-        false,
-        b"x",
-    )));
-    router.handle(RouterMsg::Publish(message(
-        "t",
-        QoS::AtMostOnce,
-        false,
-        b"y",
-    )));
+    router.handle(publish(message("t", QoS::ExactlyOnce, false, b"x")));
+    router.handle(publish(message("t", QoS::AtMostOnce, false, b"y")));
     let qos: Vec<_> = drain(&s).iter().map(|d| d.qos).collect();
     assert_eq!(qos, vec![QoS::AtLeastOnce, QoS::AtMostOnce]);
 }
@@ -124,18 +111,8 @@ fn qos_is_downgraded_to_the_subscription() {
 #[test]
 fn mqtt_3_3_1_retained_set_replace_clear() {
     let mut router = router();
-    router.handle(RouterMsg::Publish(message(
-        "r",
-        QoS::AtLeastOnce,
-        true,
-        b"one",
-    )));
-    router.handle(RouterMsg::Publish(message(
-        "r",
-        QoS::AtLeastOnce,
-        true,
-        b"two",
-    )));
+    router.handle(publish(message("r", QoS::AtLeastOnce, true, b"one")));
+    router.handle(publish(message("r", QoS::AtLeastOnce, true, b"two")));
     let s = slot("a", 10);
     subscribe(&mut router, &s, &[("r", QoS::AtLeastOnce)]);
     let got = drain(&s);
@@ -146,18 +123,13 @@ fn mqtt_3_3_1_retained_set_replace_clear() {
         "[MQTT-3.3.1-8] sent because of a new subscription"
     );
 
-    router.handle(RouterMsg::Publish(message(
-        "r",
-        QoS::AtLeastOnce,
-        true,
-        b"three",
-    )));
+    router.handle(publish(message("r", QoS::AtLeastOnce, true, b"three")));
     assert!(
         !drain(&s)[0].retain,
         "[MQTT-3.3.1-9] established subscription gets RETAIN 0"
     );
 
-    router.handle(RouterMsg::Publish(message("r", QoS::AtMostOnce, true, b"")));
+    router.handle(publish(message("r", QoS::AtMostOnce, true, b"")));
     assert_eq!(
         router.retained_count(),
         0,
@@ -179,12 +151,7 @@ fn mqtt_4_7_2_1_hash_does_not_see_dollar_topics() {
         &[("#", QoS::AtMostOnce), ("+/x", QoS::AtMostOnce)],
     );
     subscribe(&mut router, &sys, &[("$SYS/#", QoS::AtMostOnce)]);
-    router.handle(RouterMsg::Publish(message(
-        "$SYS/x",
-        QoS::AtMostOnce,
-        false,
-        b"x",
-    )));
+    router.handle(publish(message("$SYS/x", QoS::AtMostOnce, false, b"x")));
     assert!(drain(&all).is_empty());
     assert_eq!(drain(&sys).len(), 1);
 }
@@ -196,12 +163,7 @@ fn full_mailbox_drops_and_counts() {
     let s = slot("slow", 2);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
     for _ in 0..5 {
-        router.handle(RouterMsg::Publish(message(
-            "t",
-            QoS::AtLeastOnce,
-            false,
-            b"x",
-        )));
+        router.handle(publish(message("t", QoS::AtLeastOnce, false, b"x")));
     }
     assert_eq!(drain(&s).len(), 2);
     assert_eq!(metrics.snapshot().dropped_queue_full, 3);
@@ -214,18 +176,8 @@ fn offline_sessions_queue_qos1_but_not_qos0() {
     let s = slot("away", 10);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
     s.set_online(false);
-    router.handle(RouterMsg::Publish(message(
-        "t",
-        QoS::AtMostOnce,
-        false,
-        b"0",
-    )));
-    router.handle(RouterMsg::Publish(message(
-        "t",
-        QoS::AtLeastOnce,
-        false,
-        b"1",
-    )));
+    router.handle(publish(message("t", QoS::AtMostOnce, false, b"0")));
+    router.handle(publish(message("t", QoS::AtLeastOnce, false, b"1")));
     let got = drain(&s);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message.payload.as_ref(), b"1");
@@ -259,11 +211,6 @@ fn unsubscribe_and_drop_session_remove_everything() {
         done,
     });
     assert_eq!(router.subscription_count(), 0);
-    router.handle(RouterMsg::Publish(message(
-        "a/b",
-        QoS::AtMostOnce,
-        false,
-        b"x",
-    )));
+    router.handle(publish(message("a/b", QoS::AtMostOnce, false, b"x")));
     assert!(drain(&s).is_empty());
 }
