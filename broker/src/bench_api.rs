@@ -60,10 +60,7 @@ impl RouterBench {
             qos: QoS::AtMostOnce,
             retain: false,
         });
-        self.router.handle(RouterMsg::Publish {
-            message,
-            receipt: None,
-        });
+        self.router.handle(RouterMsg::Publish(message));
         self.slots
             .iter()
             .filter(|slot| slot.mailbox.pop_if(|_| true).is_some())

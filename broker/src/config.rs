@@ -44,7 +44,6 @@ pub struct Limits {
     pub max_connect_packet_size: usize,
     pub max_keepalive_secs: u16,
     pub max_inflight: usize,
-    pub max_inbound_unacked: usize,
     pub max_queued_messages: usize,
     pub inbound_queue: usize,
     pub outbound_queue: usize,
@@ -116,13 +115,9 @@ impl Settings {
 
     /// Checks the values serde cannot: zero sizes, empty lists.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, usize); 9] = [
+        let positive: [(&'static str, usize); 8] = [
             ("listener.max_connections", self.listener.max_connections),
             ("limits.max_inflight", self.limits.max_inflight),
-            (
-                "limits.max_inbound_unacked",
-                self.limits.max_inbound_unacked,
-            ),
             (
                 "limits.max_queued_messages",
                 self.limits.max_queued_messages,

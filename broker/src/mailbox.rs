@@ -5,20 +5,22 @@
 //! messages for a persistent session queue here while its client is offline
 //! and are drained by the next connection.
 //!
-//! | offered                  | session online                | offline       |
-//! |--------------------------|-------------------------------|---------------|
-//! | QoS 0, below the limit   | queued                        | dropped       |
-//! | QoS 0, at the limit      | dropped                       | dropped       |
-//! | QoS 1/2, below the limit | queued                        | queued        |
-//! | QoS 1/2, at the limit    | held: queued with the receipt | dropped       |
+//! | offered                    | session online                  | offline |
+//! |----------------------------|---------------------------------|---------|
+//! | QoS 0, below the limit     | queued                          | dropped |
+//! | QoS 0, at the limit        | dropped                         | dropped |
+//! | QoS 1/2, below the limit   | queued                          | queued  |
+//! | QoS 1/2, at the limit      | queued; the session is closed as too slow (`Overflowed`) | dropped |
+//! | QoS 1/2, at twice the limit| dropped                         | dropped |
 //!
-//! "Held" deliveries carry the publisher's [`Receipt`], so its PUBACK waits
-//! until this session takes them: slow subscribers slow QoS 1/2 publishers
-//! down instead of losing what was acknowledged. Each publisher has at most
-//! `limits.max_inbound_unacked` messages waiting so, which bounds what can be
-//! held. When the session goes offline the receipts are released (the
-//! deliveries stay queued), so an absent client never blocks publishers; from
-//! then on the limit drops, as mosquitto's `max_queued_messages` does.
+//! So a subscriber that is online never loses an acknowledged QoS 1/2
+//! message to the limit: it is disconnected instead, and its messages wait
+//! for it (persistent session) or go with it (clean session). Messages for
+//! an offline session beyond the limit are dropped and counted, as
+//! mosquitto's `max_queued_messages` does. Twice the limit bounds what
+//! arrives between the overflow and the session going offline. Retained
+//! messages for a new subscription waive the limit ([MQTT-3.3.1-6]; they are
+//! bounded by the retained store).
 //!
 //! The lock is held only for one offer or one pop, never across an `.await`.
 
@@ -28,12 +30,14 @@ use std::sync::{Mutex, MutexGuard};
 use tidemq_protocol::QoS;
 use tokio::sync::Notify;
 
-use crate::types::{Delivery, Receipt};
+use crate::types::Delivery;
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Delivery>,
     online: bool,
+    /// An overflow was reported since the session came online.
+    overflowed: bool,
 }
 
 #[derive(Debug)]
@@ -43,15 +47,24 @@ pub struct Mailbox {
     limit: usize,
 }
 
+/// Whether an offer respects the mailbox's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Enforced,
+    /// Retained messages sent because of a new subscription.
+    Waived,
+}
+
 /// What became of an offered delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     Queued,
-    /// Queued beyond the limit, holding the publisher's receipt.
-    Held,
+    /// Queued beyond the limit of an online session, for the first time
+    /// since it came online: the session must be disconnected as too slow.
+    Overflowed,
     /// QoS 0 for an offline session.
     DroppedOffline,
-    /// The limit was reached and the delivery could not be held.
+    /// The limit was reached (offline, QoS 0, or twice the limit).
     DroppedFull,
 }
 
@@ -74,29 +87,38 @@ impl Mailbox {
 
     /// Offers a delivery, following the table in the module docs, and wakes
     /// the session when it was queued.
-    pub fn offer(&self, mut delivery: Delivery, receipt: Option<&Receipt>) -> Offered {
+    pub fn offer(&self, delivery: Delivery, limit: Limit) -> Offered {
         let offered = {
             let mut inner = self.inner();
-            let qos0 = delivery.qos == QoS::AtMostOnce;
-            if qos0 && !inner.online {
-                return Offered::DroppedOffline;
+            let offered = self.decide(&mut inner, delivery.qos, limit);
+            if matches!(offered, Offered::Queued | Offered::Overflowed) {
+                inner.queue.push_back(delivery);
             }
-            let offered = if inner.queue.len() < self.limit {
-                Offered::Queued
-            } else {
-                match receipt {
-                    Some(receipt) if inner.online && !qos0 => {
-                        delivery.receipt = Some(receipt.clone());
-                        Offered::Held
-                    }
-                    _ => return Offered::DroppedFull,
-                }
-            };
-            inner.queue.push_back(delivery);
             offered
         };
-        self.notify.notify_one();
+        if matches!(offered, Offered::Queued | Offered::Overflowed) {
+            self.notify.notify_one();
+        }
         offered
+    }
+
+    fn decide(&self, inner: &mut Inner, qos: QoS, limit: Limit) -> Offered {
+        let qos0 = qos == QoS::AtMostOnce;
+        let len = inner.queue.len();
+        if qos0 && !inner.online {
+            return Offered::DroppedOffline;
+        }
+        if len < self.limit || limit == Limit::Waived {
+            return Offered::Queued;
+        }
+        if qos0 || !inner.online || len >= self.limit.saturating_mul(2) {
+            return Offered::DroppedFull;
+        }
+        if inner.overflowed {
+            return Offered::Queued;
+        }
+        inner.overflowed = true;
+        Offered::Overflowed
     }
 
     /// Pops the front delivery if `accept` takes it.
@@ -109,14 +131,11 @@ impl Mailbox {
         }
     }
 
-    /// Marks the session online or offline; going offline releases every
-    /// held receipt.
+    /// Marks the session online or offline.
     pub fn set_online(&self, online: bool) {
         let mut inner = self.inner();
         inner.online = online;
-        if !online {
-            inner.queue.iter_mut().for_each(|d| d.receipt = None);
-        }
+        inner.overflowed = false;
     }
 
     pub fn clear(&self) {
@@ -150,7 +169,6 @@ mod tests {
             }),
             qos,
             retain: false,
-            receipt: None,
         }
     }
 
@@ -170,15 +188,15 @@ mod tests {
     fn keeps_order_and_drops_qos0_at_the_limit() {
         let mailbox = online(2);
         assert_eq!(
-            mailbox.offer(delivery(1, QoS::AtMostOnce), None),
+            mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced),
             Offered::Queued
         );
         assert_eq!(
-            mailbox.offer(delivery(2, QoS::AtMostOnce), None),
+            mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Enforced),
             Offered::Queued
         );
         assert_eq!(
-            mailbox.offer(delivery(3, QoS::AtMostOnce), None),
+            mailbox.offer(delivery(3, QoS::AtMostOnce), Limit::Enforced),
             Offered::DroppedFull
         );
         assert_eq!(
@@ -186,74 +204,46 @@ mod tests {
             (Some(1), Some(2), None)
         );
         assert_eq!(
-            mailbox.offer(delivery(4, QoS::AtMostOnce), None),
+            mailbox.offer(delivery(4, QoS::AtMostOnce), Limit::Enforced),
             Offered::Queued
         );
     }
 
     #[test]
-    fn qos1_beyond_the_limit_is_held_until_taken() {
-        let mailbox = online(1);
-        let (receipt, mut released) = Receipt::new();
-        assert_eq!(
-            mailbox.offer(delivery(1, QoS::AtLeastOnce), Some(&receipt)),
-            Offered::Queued
-        );
-        assert_eq!(
-            mailbox.offer(delivery(2, QoS::AtLeastOnce), Some(&receipt)),
-            Offered::Held
-        );
-        drop(receipt);
-        assert!(released.try_recv().is_err(), "still held by delivery 2");
-        assert_eq!(pop(&mailbox), Some(1));
-        assert!(matches!(
-            released.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        ));
-        assert_eq!(pop(&mailbox), Some(2));
-        assert!(matches!(
-            released.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-        ));
-    }
-
-    #[test]
-    fn going_offline_releases_receipts_but_keeps_the_messages() {
-        let mailbox = online(1);
-        let (receipt, mut released) = Receipt::new();
-        mailbox.offer(delivery(1, QoS::AtLeastOnce), Some(&receipt));
-        mailbox.offer(delivery(2, QoS::AtLeastOnce), Some(&receipt));
-        drop(receipt);
-        mailbox.set_online(false);
-        assert!(matches!(
-            released.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-        ));
-        assert_eq!((pop(&mailbox), pop(&mailbox)), (Some(1), Some(2)));
+    fn qos1_beyond_the_limit_is_kept_and_reported_once_up_to_twice_the_limit() {
+        let mailbox = online(2);
+        let offer = |n| mailbox.offer(delivery(n, QoS::AtLeastOnce), Limit::Enforced);
+        assert_eq!((offer(1), offer(2)), (Offered::Queued, Offered::Queued));
+        assert_eq!(offer(3), Offered::Overflowed);
+        assert_eq!(offer(4), Offered::Queued, "reported once");
+        assert_eq!(offer(5), Offered::DroppedFull, "twice the limit");
+        let all: Vec<_> = std::iter::from_fn(|| pop(&mailbox)).collect();
+        assert_eq!(all, vec![1, 2, 3, 4]);
     }
 
     #[test]
     fn offline_drops_qos0_and_qos1_beyond_the_limit() {
         let mailbox = Mailbox::new(1);
-        let (receipt, _released) = Receipt::new();
+        let offer = |n, qos| mailbox.offer(delivery(n, qos), Limit::Enforced);
+        assert_eq!(offer(0, QoS::AtMostOnce), Offered::DroppedOffline);
+        assert_eq!(offer(1, QoS::AtLeastOnce), Offered::Queued);
+        assert_eq!(offer(2, QoS::AtLeastOnce), Offered::DroppedFull);
+    }
+
+    #[test]
+    fn retained_for_a_new_subscription_waives_the_limit() {
+        let mailbox = online(1);
+        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced);
         assert_eq!(
-            mailbox.offer(delivery(0, QoS::AtMostOnce), None),
-            Offered::DroppedOffline
-        );
-        assert_eq!(
-            mailbox.offer(delivery(1, QoS::AtLeastOnce), Some(&receipt)),
+            mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Waived),
             Offered::Queued
-        );
-        assert_eq!(
-            mailbox.offer(delivery(2, QoS::AtLeastOnce), Some(&receipt)),
-            Offered::DroppedFull
         );
     }
 
     #[tokio::test]
     async fn a_push_before_waiting_is_not_lost() {
         let mailbox = online(4);
-        mailbox.offer(delivery(1, QoS::AtMostOnce), None);
+        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced);
         tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.notified())
             .await
             .unwrap();

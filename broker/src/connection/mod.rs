@@ -15,7 +15,6 @@
 //! Works over any `AsyncRead + AsyncWrite` stream, so TLS or WebSocket can be
 //! put underneath without touching the session.
 
-mod acks;
 mod handshake;
 mod reader;
 mod session;
@@ -150,7 +149,6 @@ where
         },
         more_mail: false,
         token,
-        acks: acks::PendingAcks::new(ctx.settings.limits.max_inbound_unacked),
     };
     let (end, state) = tasks.run(session, &ctx).await;
     report(&end, &ctx.metrics);
@@ -177,6 +175,7 @@ async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (Ses
         Session::discard(ctx, slot).await;
     }
     slot.set_persistent(!clean);
+    slot.take_slow();
     slot.set_online(true);
     slot.reset_overflow();
     (state, session_present)
@@ -273,6 +272,7 @@ async fn finish(
     state: SessionState,
 ) {
     slot.set_online(false);
+    slot.release_owner(conn_id);
     if clean {
         Session::discard(ctx, slot).await;
         slot.set_persistent(false);
@@ -291,7 +291,7 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
         qos: will.qos,
         retain: will.retain,
     };
-    let _ = ctx.router.publish(message, None).await;
+    let _ = ctx.router.publish(message).await;
 }
 
 /// The one place an end becomes a log line and a counter.
@@ -312,6 +312,9 @@ fn report(end: &End, metrics: &Metrics) {
         End::KeepAliveTimeout => {
             Metrics::incr(&metrics.keepalive_timeouts);
             info!("closing: keepalive timeout");
+        }
+        End::SlowSubscriber => {
+            warn!("closing: too slow, its mailbox overflowed with QoS 1/2 messages")
         }
         End::TakenOver => {
             Metrics::incr(&metrics.takeovers);

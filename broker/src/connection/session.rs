@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError};
 use super::writer::WriterEnd;
 use super::Context;
@@ -28,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg};
 use crate::session::SessionState;
-use crate::types::{Delivery, Message, Receipt};
+use crate::types::{Delivery, Message};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
 const DELIVERY_BATCH: usize = 256;
@@ -44,6 +43,8 @@ pub enum End {
     Protocol(ProtocolError),
     KeepAliveTimeout,
     TakenOver,
+    /// A QoS 1/2 message found the mailbox full while online.
+    SlowSubscriber,
     /// The write task ended; the reason is fetched from it.
     WriterEnded,
     Writer(WriterEnd),
@@ -85,8 +86,6 @@ pub struct Session {
     pub more_mail: bool,
     /// Cancelled on takeover or broker shutdown.
     pub token: CancellationToken,
-    /// PUBACKs / PUBRECs waiting for their messages' receipts.
-    pub acks: PendingAcks,
 }
 
 impl Session {
@@ -128,8 +127,7 @@ impl Session {
                 end = &mut *writer => {
                     return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
                 }
-                _ = self.acks.front_released() => self.send_released_acks().await?,
-                message = inbound.recv(), if self.acks.has_room() => match message {
+                message = inbound.recv() => match message {
                     Some(Inbound::Packet(packet)) => {
                         if let Some(period) = keepalive {
                             deadline.as_mut().reset(Instant::now() + period);
@@ -154,6 +152,8 @@ impl Session {
     fn cancelled(&self) -> End {
         if self.ctx.shutdown.is_cancelled() {
             End::Shutdown
+        } else if self.slot.take_slow() {
+            End::SlowSubscriber
         } else {
             End::TakenOver
         }
@@ -241,12 +241,6 @@ impl Session {
             (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(id)),
             _ => None,
         };
-        // The receipt is created for every acknowledged PUBLISH, routed or a
-        // resend, so acknowledgements keep the order of the PUBLISHes.
-        let (receipt, released) = Receipt::new();
-        if let Some(ack) = ack {
-            self.acks.push(ack, released);
-        }
         if route {
             let message = Message {
                 topic: publish.topic,
@@ -254,18 +248,14 @@ impl Session {
                 qos: publish.qos,
                 retain: publish.retain,
             };
-            let receipt = (publish.qos != QoS::AtMostOnce).then_some(receipt);
-            self.ctx.router.publish(message, receipt).await?;
+            // Once the router has the message it reaches every matching
+            // session's mailbox (see `mailbox` for the limits).
+            self.ctx.router.publish(message).await?;
         }
-        Ok(())
-    }
-
-    /// Sends the acknowledgements whose messages every subscriber has taken.
-    async fn send_released_acks(&mut self) -> Result<(), End> {
-        for ack in self.acks.pop_released() {
-            self.send(ack).await?;
+        match ack {
+            Some(ack) => self.send(ack).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn subscribe(

@@ -4,11 +4,11 @@
 //! Sessions talk to it through a bounded channel (`limits.router_queue`; a
 //! publisher waits when it is full). Its logic is the synchronous
 //! [`Router::handle`]; the task around it only receives. It never waits on a
-//! session: a delivery is offered to the session's mailbox, which queues it,
-//! holds it with the publisher's receipt (QoS 1/2 beyond the limit, session
-//! online: the publisher's acknowledgement waits), or drops it
-//! (`dropped_qos0_offline`, `dropped_queue_full`). See `mailbox` for the
-//! table.
+//! session: a delivery is offered to the session's mailbox, which queues it
+//! or drops it (`dropped_qos0_offline`, `dropped_queue_full`); a QoS 1/2
+//! delivery beyond the limit of an online session is queued and that session
+//! is disconnected as too slow (`slow_subscriber_disconnects`). See `mailbox`
+//! for the table.
 
 mod retain;
 mod subs;
@@ -20,10 +20,10 @@ use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::mailbox::Offered;
+use crate::mailbox::{Limit, Offered};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::types::{ClientId, Delivery, Message, Receipt};
+use crate::types::{ClientId, Delivery, Message};
 
 pub use retain::Retained;
 pub use subs::{Subscriber, Subscriptions};
@@ -31,11 +31,7 @@ pub use subs::{Subscriber, Subscriptions};
 /// What sessions ask of the router.
 #[derive(Debug)]
 pub enum RouterMsg {
-    Publish {
-        message: Arc<Message>,
-        /// Present for QoS 1/2 from a client: gates its acknowledgement.
-        receipt: Option<Receipt>,
-    },
+    Publish(Arc<Message>),
     Subscribe {
         slot: Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
@@ -73,13 +69,8 @@ impl RouterHandle {
         self.tx.send(msg).await.map_err(|_| RouterGone)
     }
 
-    pub async fn publish(
-        &self,
-        message: Message,
-        receipt: Option<Receipt>,
-    ) -> Result<(), RouterGone> {
-        let message = Arc::new(message);
-        self.send(RouterMsg::Publish { message, receipt }).await
+    pub async fn publish(&self, message: Message) -> Result<(), RouterGone> {
+        self.send(RouterMsg::Publish(Arc::new(message))).await
     }
 
     pub async fn subscribe(
@@ -155,7 +146,7 @@ impl Router {
 
     pub fn handle(&mut self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Publish { message, receipt } => self.publish(&message, receipt.as_ref()),
+            RouterMsg::Publish(message) => self.publish(&message),
             RouterMsg::Subscribe {
                 slot,
                 filters,
@@ -184,7 +175,7 @@ impl Router {
 
     /// Fans a message out: one delivery per client at the highest QoS of its
     /// matching subscriptions, downgraded to the message's QoS.
-    fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
+    fn publish(&mut self, message: &Arc<Message>) {
         if message.retain {
             self.retained.update(message);
         }
@@ -202,9 +193,8 @@ impl Router {
                 qos: sub_qos.min(message.qos),
                 // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0.
                 retain: false,
-                receipt: None,
             };
-            offer(&slot, delivery, receipt, &self.metrics);
+            offer(&slot, delivery, Limit::Enforced, &self.metrics);
         }
     }
 
@@ -232,9 +222,10 @@ impl Router {
                     message: Arc::clone(message),
                     qos: qos.min(message.qos),
                     retain: true,
-                    receipt: None,
                 };
-                offer(slot, delivery, None, &self.metrics);
+                // [MQTT-3.3.1-6]: retained messages go to a new subscription
+                // even beyond the limit (bounded by the retained store).
+                offer(slot, delivery, Limit::Waived, &self.metrics);
             }
             codes.push(SubAckCode::Granted(qos));
         }
@@ -278,10 +269,12 @@ impl Router {
 }
 
 /// Offers a delivery to a session's mailbox, and counts what was not queued.
-fn offer(slot: &SessionSlot, delivery: Delivery, receipt: Option<&Receipt>, metrics: &Metrics) {
-    let offered = slot.mailbox.offer(delivery, receipt);
-    if offered == Offered::Held {
-        Metrics::incr(&metrics.held_for_slow_subscribers);
+fn offer(slot: &SessionSlot, delivery: Delivery, limit: Limit, metrics: &Metrics) {
+    let offered = slot.mailbox.offer(delivery, limit);
+    if offered == Offered::Overflowed {
+        Metrics::incr(&metrics.slow_subscriber_disconnects);
+        warn!(client_id = %slot.client_id, "mailbox full: disconnecting slow subscriber");
+        slot.disconnect_slow();
     }
     if offered == Offered::DroppedOffline {
         Metrics::incr(&metrics.dropped_qos0_offline);

@@ -44,10 +44,7 @@ fn drain(slot: &SessionSlot) -> Vec<Delivery> {
 }
 
 fn publish(message: Arc<Message>) -> RouterMsg {
-    RouterMsg::Publish {
-        message,
-        receipt: None,
-    }
+    RouterMsg::Publish(message)
 }
 
 fn router() -> Router {
@@ -157,16 +154,37 @@ fn mqtt_4_7_2_1_hash_does_not_see_dollar_topics() {
 }
 
 #[test]
-fn full_mailbox_drops_and_counts() {
+fn full_mailbox_drops_qos0_and_counts() {
+    let metrics = Arc::new(Metrics::default());
+    let mut router = Router::new(metrics.clone());
+    let s = slot("slow", 2);
+    subscribe(&mut router, &s, &[("t", QoS::AtMostOnce)]);
+    for _ in 0..5 {
+        router.handle(publish(message("t", QoS::AtMostOnce, false, b"x")));
+    }
+    assert_eq!(drain(&s).len(), 2);
+    assert_eq!(metrics.snapshot().dropped_queue_full, 3);
+}
+
+#[test]
+fn full_mailbox_of_an_online_session_keeps_qos1_and_disconnects_it() {
     let metrics = Arc::new(Metrics::default());
     let mut router = Router::new(metrics.clone());
     let s = slot("slow", 2);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
-    for _ in 0..5 {
+    for _ in 0..3 {
         router.handle(publish(message("t", QoS::AtLeastOnce, false, b"x")));
     }
-    assert_eq!(drain(&s).len(), 2);
-    assert_eq!(metrics.snapshot().dropped_queue_full, 3);
+    assert!(s.take_slow(), "the session is told to go");
+    assert_eq!(drain(&s).len(), 3, "nothing acknowledged was dropped");
+    let snapshot = metrics.snapshot();
+    assert_eq!(
+        (
+            snapshot.slow_subscriber_disconnects,
+            snapshot.dropped_queue_full
+        ),
+        (1, 0)
+    );
 }
 
 #[test]

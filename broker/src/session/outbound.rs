@@ -159,7 +159,6 @@ mod tests {
             }),
             qos,
             retain: false,
-            receipt: None,
         }
     }
 
