@@ -53,6 +53,13 @@ pub enum SpecViolation {
     PasswordWithoutUsername,
     #[error("[MQTT-3.3.1-2] DUP is set on a QoS 0 PUBLISH")]
     DupOnQoS0,
+    /// Not a rule of the specification but a limit of tidemq (as of
+    /// mosquitto): matching walks one level at a time.
+    #[error(
+        "[tidemq] topic has more than {} levels",
+        crate::topic::MAX_TOPIC_LEVELS
+    )]
+    TopicTooDeep,
     #[error("[MQTT-1.5.3] a string is longer than 65535 bytes")]
     StringTooLong,
     #[error("[MQTT-3.1.3] CONNECT has bytes after its last field")]

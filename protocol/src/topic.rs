@@ -8,6 +8,10 @@ use crate::error::SpecViolation;
 
 pub type TopicError = SpecViolation;
 
+/// Most levels a topic name or filter may have. The specification sets no
+/// limit; mosquitto uses 200. Bounds the depth of the router's trie walk.
+pub const MAX_TOPIC_LEVELS: usize = 200;
+
 /// A topic name: non-empty UTF-8 without U+0000 and without wildcards.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName(Arc<str>);
@@ -23,6 +27,9 @@ fn check_string(s: &str) -> Result<(), SpecViolation> {
     }
     if s.len() > usize::from(u16::MAX) {
         return Err(SpecViolation::StringTooLong);
+    }
+    if s.bytes().filter(|b| *b == b'/').count() >= MAX_TOPIC_LEVELS {
+        return Err(SpecViolation::TopicTooDeep);
     }
     if s.contains('\0') {
         return Err(SpecViolation::NullCharacter);

@@ -744,11 +744,29 @@ fn every_violation_has_a_test() {
             SpecViolation::EmptyUnsubscribe => mqtt_3_10_3_2_unsubscribe_needs_a_topic_filter,
             SpecViolation::FixedLength => mqtt_3_4_1_ack_packets_have_remaining_length_2,
             SpecViolation::DupOnQoS0 => mqtt_3_3_1_2_dup_must_be_0_on_qos_0,
+            SpecViolation::TopicTooDeep => topics_deeper_than_the_level_limit_are_refused,
             SpecViolation::StringTooLong => mqtt_1_5_3_topics_fit_a_two_byte_length,
             SpecViolation::ConnectTrailingBytes => mqtt_3_1_3_connect_has_nothing_after_its_fields,
         })
     }
     assert!(covered_by(SpecViolation::DupOnQoS0).is_some());
+}
+
+#[test]
+fn topics_deeper_than_the_level_limit_are_refused() {
+    // Not a spec rule: a bound on the router's per-level work. A filter of
+    // 32 768 levels would otherwise fit in one packet.
+    let limit = tidemq_protocol::MAX_TOPIC_LEVELS;
+    let deepest = vec!["a"; limit].join("/");
+    let deeper = vec!["a"; limit + 1].join("/");
+    assert!(tidemq_protocol::TopicName::new(&deepest).is_ok());
+    assert!(tidemq_protocol::TopicFilter::new(&deepest).is_ok());
+    assert_eq!(
+        tidemq_protocol::TopicName::new(&deeper),
+        Err(SpecViolation::TopicTooDeep)
+    );
+    let bytes = wire(0x82, &subscribe_body(1, &[(deeper.as_bytes(), 0)]));
+    assert_eq!(decode(&bytes), violation(SpecViolation::TopicTooDeep));
 }
 
 #[test]

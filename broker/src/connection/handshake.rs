@@ -134,11 +134,19 @@ fn client_id(connect: &Connect, conn_id: ConnId) -> Result<ClientId, ConnectRetu
         ProtocolVersion::V311 if id.is_empty() && !connect.clean_session => {
             Err(ConnectReturnCode::IdentifierRejected)
         }
-        ProtocolVersion::V311 if id.is_empty() => {
-            Ok(ClientId::new(&format!("tidemq-auto-{conn_id}")))
-        }
+        ProtocolVersion::V311 if id.is_empty() => Ok(assigned_client_id(conn_id)),
         _ => Ok(ClientId::new(id)),
     }
+}
+
+/// An id for a client that sent none: unique (the connection number) and
+/// not guessable (a randomly keyed hash), so no other client can name it
+/// and take its session over.
+fn assigned_client_id(conn_id: ConnId) -> ClientId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(conn_id.0);
+    ClientId::new(&format!("tidemq-{:016x}-{conn_id}", hasher.finish()))
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &Context, code: ConnectReturnCode) {

@@ -98,18 +98,24 @@ async fn run<S>(mut stream: S, conn_id: ConnId, ctx: Arc<Context>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(accepted) = handshake::accept(&mut stream, conn_id, &ctx).await else {
+    // Shutdown does not wait for clients that have not finished connecting.
+    let accepted = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        accepted = handshake::accept(&mut stream, conn_id, &ctx) => accepted,
+    };
+    let Some(accepted) = accepted else {
         return;
     };
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
     let token = ctx.shutdown.child_token();
-    let opened = ctx
-        .registry
-        .open(&accepted.client_id, conn_id, token.clone());
+    let opened = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        opened = ctx.registry.open(&accepted.client_id, conn_id, token.clone()) => opened,
+    };
     let Opened::Owned {
         ownership,
         took_over,
-    } = opened.await
+    } = opened
     else {
         debug!("a newer connection claimed this client id first");
         return;

@@ -57,7 +57,16 @@ async fn write_batch<W: AsyncWrite + Unpin>(
         }
     }
     buf.clear();
-    Ok(())
+    // A no-op on TCP; a TLS stream underneath sends its buffered record.
+    let flushed = tokio::select! {
+        _ = token.cancelled() => return Err(WriterEnd::Cancelled),
+        flushed = tokio::time::timeout(timeout, writer.flush()) => flushed,
+    };
+    match flushed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(WriterEnd::Failed(error)),
+        Err(_) => Err(WriterEnd::Stalled),
+    }
 }
 
 pub async fn run<W: AsyncWrite + Unpin>(

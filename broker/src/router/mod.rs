@@ -13,7 +13,7 @@
 mod retain;
 mod subs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
@@ -126,7 +126,7 @@ pub fn spawn(queue: usize, metrics: Arc<Metrics>) -> (RouterHandle, tokio::task:
 pub struct Router {
     subscriptions: Subscriptions,
     /// Every filter of each client, to drop a session's subscriptions.
-    filters_by_client: HashMap<ClientId, Vec<TopicFilter>>,
+    filters_by_client: HashMap<ClientId, HashSet<TopicFilter>>,
     retained: Retained,
     metrics: Arc<Metrics>,
     /// Reused per publish: matching client -> (highest QoS, slot).
@@ -211,10 +211,10 @@ impl Router {
                 slot: Arc::clone(slot),
             };
             self.subscriptions.insert(&filter, client_id, subscriber);
-            let known = self.filters_by_client.entry(client_id.clone()).or_default();
-            if !known.contains(&filter) {
-                known.push(filter.clone());
-            }
+            self.filters_by_client
+                .entry(client_id.clone())
+                .or_default()
+                .insert(filter.clone());
             // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: retained messages go to the new
             // subscription with RETAIN 1.
             for message in self.retained.matching(&filter) {
@@ -235,7 +235,7 @@ impl Router {
     fn unsubscribe(&mut self, client_id: &ClientId, filter: &TopicFilter) {
         self.subscriptions.remove(filter, client_id);
         if let Some(known) = self.filters_by_client.get_mut(client_id) {
-            known.retain(|f| f != filter);
+            known.remove(filter);
             if known.is_empty() {
                 self.filters_by_client.remove(client_id);
             }
