@@ -14,6 +14,8 @@ mod retain;
 mod subs;
 
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
@@ -126,21 +128,22 @@ pub fn spawn(queue: usize, metrics: Arc<Metrics>) -> (RouterHandle, tokio::task:
 pub struct Router {
     subscriptions: Subscriptions,
     /// Every filter of each client, to drop a session's subscriptions.
-    filters_by_client: HashMap<ClientId, HashSet<TopicFilter>>,
+    filters_by_client: HashMap<ClientId, HashSet<TopicFilter, RandomState>, RandomState>,
     retained: Retained,
     metrics: Arc<Metrics>,
     /// Reused per publish: matching client -> (highest QoS, slot).
-    scratch: HashMap<ClientId, (QoS, Arc<SessionSlot>)>,
+    /// Reused per publish: (slot address, QoS, slot) of every match.
+    scratch: Vec<(usize, QoS, Arc<SessionSlot>)>,
 }
 
 impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
             subscriptions: Subscriptions::default(),
-            filters_by_client: HashMap::new(),
+            filters_by_client: HashMap::default(),
             retained: Retained::default(),
             metrics,
-            scratch: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -180,14 +183,12 @@ impl Router {
             self.retained.update(message);
         }
         let scratch = &mut self.scratch;
-        self.subscriptions
-            .for_each_match(&message.topic, |client_id, sub| {
-                scratch
-                    .entry(client_id.clone())
-                    .and_modify(|(qos, _)| *qos = (*qos).max(sub.qos))
-                    .or_insert_with(|| (sub.qos, Arc::clone(&sub.slot)));
-            });
-        for (_, (sub_qos, slot)) in scratch.drain() {
+        self.subscriptions.for_each_match(&message.topic, |_, sub| {
+            let address = Arc::as_ptr(&sub.slot) as usize;
+            scratch.push((address, sub.qos, Arc::clone(&sub.slot)));
+        });
+        merge_overlapping(scratch);
+        for (_, sub_qos, slot) in scratch.drain(..) {
             let delivery = Delivery {
                 message: Arc::clone(message),
                 qos: sub_qos.min(message.qos),
@@ -266,6 +267,18 @@ impl Router {
     pub fn retained_count(&self) -> usize {
         self.retained.len()
     }
+}
+
+/// Leaves one entry per session, at the highest QoS of its matching
+/// subscriptions (one copy per client [MQTT-3.3.5-1]). Sorting by address
+/// avoids hashing on the common single-match path.
+fn merge_overlapping(matches: &mut Vec<(usize, QoS, Arc<SessionSlot>)>) {
+    if matches.len() < 2 {
+        return;
+    }
+    // Highest QoS first within a session, so dedup keeps it.
+    matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    matches.dedup_by_key(|entry| entry.0);
 }
 
 /// Offers a delivery to a session's mailbox, and counts what was not queued.
