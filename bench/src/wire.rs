@@ -94,7 +94,7 @@ pub fn encode_connect(buf: &mut BytesMut, version: Version, client_id: &str, kee
     // protocol name (6), level (1), flags (1), keep alive (2), client id
     let remaining = 10 + properties + 2 + id.len();
     buf.put_u8(0x10);
-    put_varint(buf, remaining);
+    tidemq_protocol::put_remaining_length(buf, remaining);
     buf.put_slice(&[0, 4, b'M', b'Q', b'T', b'T', version.level(), 0x02]);
     buf.put_u16(keep_alive);
     if version == Version::V5 {
@@ -122,7 +122,7 @@ pub fn encode_subscribe(
         Version::V5 => {
             let name = filter.as_str().as_bytes();
             buf.put_u8(0x82);
-            put_varint(buf, 2 + 1 + 2 + name.len() + 1);
+            tidemq_protocol::put_remaining_length(buf, 2 + 1 + 2 + name.len() + 1);
             buf.put_u16(packet_id.get());
             buf.put_u8(0); // no properties
             put_string(buf, name);
@@ -146,7 +146,7 @@ pub fn encode_publish(buf: &mut BytesMut, version: Version, publish: Publish) {
                 | u8::from(publish.retain);
             buf.reserve(5 + remaining);
             buf.put_u8(0x30 | flags);
-            put_varint(buf, remaining);
+            tidemq_protocol::put_remaining_length(buf, remaining);
             put_string(buf, topic);
             if let Some(id) = publish.packet_id {
                 buf.put_u16(id.get());
@@ -307,21 +307,6 @@ fn get_varint(body: &mut Bytes, name: &'static str) -> Result<u64, WireError> {
         }
     }
     Err(WireError::VarIntTooLong)
-}
-
-/// Appends `len` as a variable byte integer (remaining length).
-fn put_varint(buf: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        buf.put_u8(byte);
-        if len == 0 {
-            return;
-        }
-    }
 }
 
 /// Strings here are client ids and validated topics, far below 64 KiB.

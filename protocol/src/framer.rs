@@ -113,8 +113,9 @@ fn parse_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolErro
     Ok(None)
 }
 
-/// Appends `len` as an MQTT variable byte integer.
-pub(crate) fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
+/// Appends `len` as an MQTT variable byte integer (the remaining length of
+/// a fixed header; also what MQTT 5 calls a Variable Byte Integer).
+pub fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;

@@ -31,7 +31,7 @@ pub use connect::decode_connect;
 pub use decode::decode_packet;
 pub use encode::{encode, encode_packet, encoded_publish_len};
 pub use error::{ProtocolError, SpecViolation};
-pub use framer::{Frame, Framer, MAX_REMAINING_LENGTH};
+pub use framer::{put_remaining_length, Frame, Framer, MAX_REMAINING_LENGTH};
 pub use packet::{
     Connect, ConnectReturnCode, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
     QoS, SubAckCode,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tidemq::{Broker, MetricsSnapshot, Settings};
 use tidemq_protocol::{
-    encode_packet, Framer, Packet, PacketId, Publish, QoS, TopicFilter, TopicName,
+    encode_packet, put_remaining_length, Framer, Packet, PacketId, Publish, QoS, TopicFilter,
+    TopicName,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,20 +136,6 @@ impl<'a> ConnectOptions<'a> {
 fn put_str(buf: &mut BytesMut, s: &[u8]) {
     buf.put_u16(s.len() as u16);
     buf.put_slice(s);
-}
-
-fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        buf.put_u8(byte);
-        if len == 0 {
-            break;
-        }
-    }
 }
 
 /// Bytes of a CONNECT packet.
