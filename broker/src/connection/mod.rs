@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  socket --read task--> inbound (limits.inbound_queue) --> session task
-//!  session task --> outgoing (limits.outbound_queue) --write task--> socket
+//!  session task --> encoded chunks (limits.outbound_queue) --write task--> socket
 //!  router --> mailbox (limits.max_queued_messages) --> session task
 //! ```
 //!
@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tidemq_protocol::{ConnectReturnCode, Framer, Outgoing, ProtocolError, ProtocolVersion};
+use bytes::{Bytes, BytesMut};
+use tidemq_protocol::{ConnectReturnCode, Framer, ProtocolError, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -149,6 +149,8 @@ where
         slot: Arc::clone(&slot),
         state,
         outgoing: tasks.outgoing.clone(),
+        out: BytesMut::new(),
+        out_limit: ctx.settings.limits.write_batch_bytes,
         keepalive: match keep_alive {
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
@@ -192,7 +194,7 @@ struct Tasks {
     reader: JoinHandle<()>,
     writer: JoinHandle<WriterEnd>,
     inbound: mpsc::Receiver<Inbound>,
-    outgoing: mpsc::Sender<Outgoing>,
+    outgoing: mpsc::Sender<Bytes>,
     /// The writer has its own token so that a graceful end (DISCONNECT,
     /// shutdown) can let it flush before it is stopped.
     writer_token: CancellationToken,

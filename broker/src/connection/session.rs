@@ -13,7 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemq_protocol::{Outgoing, Packet, PacketId, ProtocolError, Publish, QoS, SubAckCode};
+use bytes::{Bytes, BytesMut};
+use tidemq_protocol::{
+    encode, Outgoing, Packet, PacketId, ProtocolError, Publish, QoS, SubAckCode,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -79,7 +82,11 @@ pub struct Session {
     pub ctx: Arc<Context>,
     pub slot: Arc<SessionSlot>,
     pub state: SessionState,
-    pub outgoing: mpsc::Sender<Outgoing>,
+    pub outgoing: mpsc::Sender<Bytes>,
+    /// Packets encoded since the last hand-over to the write task.
+    pub out: BytesMut,
+    /// Hand a chunk over once it is this large (`write_batch_bytes`).
+    pub out_limit: usize,
     /// 1.5 x the client's keepalive; `None` when the client asked for 0.
     pub keepalive: Option<Duration>,
     /// Deliveries are waiting in the mailbox beyond the last batch.
@@ -121,6 +128,7 @@ impl Session {
         let slot = Arc::clone(&self.slot);
         let token = self.token.clone();
         loop {
+            self.flush().await?;
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Err(self.cancelled()),
@@ -159,11 +167,25 @@ impl Session {
         }
     }
 
-    /// Queues a packet for the write task, waiting while its queue is full
-    /// (unless the connection is cancelled meanwhile).
-    async fn send(&self, packet: Outgoing) -> Result<(), End> {
+    /// Encodes a packet for the write task; the chunk is handed over at the
+    /// end of the current wake-up, or now if it is full.
+    async fn send(&mut self, packet: Outgoing) -> Result<(), End> {
+        encode(&packet, &mut self.out);
+        if self.out.len() >= self.out_limit {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the encoded packets to the write task, waiting while its queue
+    /// is full (unless the connection is cancelled meanwhile).
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.out.split().freeze();
         tokio::select! {
-            sent = self.outgoing.send(packet) => sent.map_err(|_| End::WriterEnded),
+            sent = self.outgoing.send(chunk) => sent.map_err(|_| End::WriterEnded),
             _ = self.token.cancelled() => Err(self.cancelled()),
         }
     }

@@ -1,7 +1,8 @@
-//! The write task: outgoing packets -> one buffer -> one write per batch.
+//! The write task: encoded chunks -> the socket, one write per batch.
 //!
-//! It gathers every packet already queued (up to `write_batch_bytes`) before
-//! each write, so a burst costs one syscall. It sends to nobody. A write that
+//! The session encodes its packets into chunks (one per wake-up, up to
+//! `write_batch_bytes`); this task writes a lone chunk as it is and gathers
+//! several queued chunks into one buffer first, so a burst costs one syscall. It sends to nobody. A write that
 //! makes no progress for `write_timeout` ends the connection as abnormal: a
 //! peer that vanished without a FIN is otherwise only found when a write
 //! fails. When the session drops its sender, the task flushes what is queued
@@ -11,8 +12,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tidemq_protocol::{encode, Outgoing};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,14 +40,14 @@ pub struct WriterConfig {
 /// `timeout` is not.
 async fn write_batch<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    buf: &mut BytesMut,
+    buf: &mut impl Buf,
     timeout: Duration,
     token: &CancellationToken,
 ) -> Result<(), WriterEnd> {
-    while !buf.is_empty() {
+    while buf.has_remaining() {
         let written = tokio::select! {
             _ = token.cancelled() => return Err(WriterEnd::Cancelled),
-            written = tokio::time::timeout(timeout, writer.write(buf)) => written,
+            written = tokio::time::timeout(timeout, writer.write(buf.chunk())) => written,
         };
         match written {
             Ok(Ok(0)) => return Err(WriterEnd::Failed(io::ErrorKind::WriteZero.into())),
@@ -56,7 +56,6 @@ async fn write_batch<W: AsyncWrite + Unpin>(
             Err(_) => return Err(WriterEnd::Stalled),
         }
     }
-    buf.clear();
     // A no-op on TCP; a TLS stream underneath sends its buffered record.
     let flushed = tokio::select! {
         _ = token.cancelled() => return Err(WriterEnd::Cancelled),
@@ -71,7 +70,7 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 
 pub async fn run<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Bytes>,
     config: WriterConfig,
     token: CancellationToken,
 ) -> WriterEnd {
@@ -82,17 +81,25 @@ pub async fn run<W: AsyncWrite + Unpin>(
             _ = token.cancelled() => return WriterEnd::Cancelled,
             packet = rx.recv() => packet,
         };
-        let Some(first) = first else { break };
-        encode(&first, &mut buf);
-        while buf.len() < config.batch_bytes {
-            match rx.try_recv() {
-                Ok(packet) => encode(&packet, &mut buf),
-                Err(_) => break,
+        let Some(mut first) = first else { break };
+        let written = match rx.try_recv() {
+            Err(_) => write_batch(&mut writer, &mut first, config.write_timeout, &token).await,
+            Ok(second) => {
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&second);
+                while buf.len() < config.batch_bytes {
+                    match rx.try_recv() {
+                        Ok(chunk) => buf.extend_from_slice(&chunk),
+                        Err(_) => break,
+                    }
+                }
+                write_batch(&mut writer, &mut buf, config.write_timeout, &token).await
             }
-        }
-        if let Err(end) = write_batch(&mut writer, &mut buf, config.write_timeout, &token).await {
+        };
+        if let Err(end) = written {
             return end;
         }
+        buf.clear();
         if buf.capacity() > config.batch_bytes * 2 {
             // A burst grew the buffer; do not hold it while idle.
             buf = BytesMut::new();
