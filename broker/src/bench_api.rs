@@ -60,7 +60,10 @@ impl RouterBench {
             qos: QoS::AtMostOnce,
             retain: false,
         });
-        self.router.handle(RouterMsg::Publish(message));
+        self.router.handle(RouterMsg::Publish {
+            message,
+            receipt: None,
+        });
         self.slots
             .iter()
             .filter(|slot| slot.mailbox.pop_if(|_| true).is_some())

@@ -50,6 +50,7 @@ pub struct Limits {
     pub router_queue: usize,
     pub write_batch_bytes: usize,
     pub write_timeout_ms: u64,
+    pub slow_subscriber_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
 
@@ -162,6 +163,10 @@ impl Settings {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.listener.connect_timeout_ms)
+    }
+
+    pub fn slow_subscriber_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.slow_subscriber_timeout_ms)
     }
 
     pub fn write_timeout(&self) -> Duration {

@@ -5,22 +5,26 @@
 //! messages for a persistent session queue here while its client is offline
 //! and are drained by the next connection.
 //!
-//! | offered                    | session online                  | offline |
-//! |----------------------------|---------------------------------|---------|
-//! | QoS 0, below the limit     | queued                          | dropped |
-//! | QoS 0, at the limit        | dropped                         | dropped |
-//! | QoS 1/2, below the limit   | queued                          | queued  |
-//! | QoS 1/2, at the limit      | queued; the session is closed as too slow (`Overflowed`) | dropped |
-//! | QoS 1/2, at twice the limit| dropped                         | dropped |
+//! | offered                       | session online                   | offline |
+//! |-------------------------------|----------------------------------|---------|
+//! | QoS 0, below the limit        | queued                           | dropped |
+//! | QoS 0, at the limit           | dropped                          | dropped |
+//! | QoS 1/2, below the limit      | queued                           | queued  |
+//! | QoS 1/2 from a client, at it  | held: queued with the receipt    | dropped |
+//! | QoS 1/2 will/`$SYS`, at it    | queued up to twice the limit     | dropped |
 //!
-//! So a subscriber that is online never loses an acknowledged QoS 1/2
-//! message to the limit: it is disconnected instead, and its messages wait
-//! for it (persistent session) or go with it (clean session). Messages for
-//! an offline session beyond the limit are dropped and counted, as
-//! mosquitto's `max_queued_messages` does. Twice the limit bounds what
-//! arrives between the overflow and the session going offline. Retained
-//! messages for a new subscription waive the limit ([MQTT-3.3.1-6]; they are
-//! bounded by the retained store).
+//! A held delivery carries its publisher's [`Receipt`], so that publisher's
+//! PUBACK/PUBREC waits until this session takes the delivery: an online
+//! subscriber that falls behind slows the QoS 1/2 publishers feeding it
+//! instead of losing what they were told was received. What can be held is
+//! bounded by the publishers' own in-flight windows (at most 65535 each). A
+//! session that stays over its limit for `limits.slow_subscriber_timeout_ms`
+//! is disconnected as too slow; going offline releases its receipts (the
+//! messages stay queued), so no subscriber blocks publishers for long, and
+//! an absent one never does. Beyond the limit, messages for an offline
+//! session are dropped and counted, as mosquitto's `max_queued_messages`
+//! does. Retained messages for a new subscription waive the limit
+//! ([MQTT-3.3.1-6]; they are bounded by the retained store).
 //!
 //! The lock is held only for one offer or one pop, never across an `.await`.
 
@@ -30,14 +34,12 @@ use std::sync::{Mutex, MutexGuard};
 use tidemq_protocol::QoS;
 use tokio::sync::Notify;
 
-use crate::types::Delivery;
+use crate::types::{Delivery, Receipt};
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Delivery>,
     online: bool,
-    /// An overflow was reported since the session came online.
-    overflowed: bool,
 }
 
 #[derive(Debug)]
@@ -59,12 +61,11 @@ pub enum Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     Queued,
-    /// Queued beyond the limit of an online session, for the first time
-    /// since it came online: the session must be disconnected as too slow.
-    Overflowed,
+    /// Queued beyond the limit, holding the publisher's receipt.
+    Held,
     /// QoS 0 for an offline session.
     DroppedOffline,
-    /// The limit was reached (offline, QoS 0, or twice the limit).
+    /// The limit was reached and the delivery could not be held.
     DroppedFull,
 }
 
@@ -87,22 +88,30 @@ impl Mailbox {
 
     /// Offers a delivery, following the table in the module docs, and wakes
     /// the session when it was queued.
-    pub fn offer(&self, delivery: Delivery, limit: Limit) -> Offered {
+    pub fn offer(
+        &self,
+        mut delivery: Delivery,
+        limit: Limit,
+        receipt: Option<&Receipt>,
+    ) -> Offered {
         let offered = {
             let mut inner = self.inner();
-            let offered = self.decide(&mut inner, delivery.qos, limit);
-            if matches!(offered, Offered::Queued | Offered::Overflowed) {
+            let offered = self.decide(&inner, delivery.qos, limit, receipt.is_some());
+            if offered == Offered::Held {
+                delivery.receipt = receipt.cloned();
+            }
+            if matches!(offered, Offered::Queued | Offered::Held) {
                 inner.queue.push_back(delivery);
             }
             offered
         };
-        if matches!(offered, Offered::Queued | Offered::Overflowed) {
+        if matches!(offered, Offered::Queued | Offered::Held) {
             self.notify.notify_one();
         }
         offered
     }
 
-    fn decide(&self, inner: &mut Inner, qos: QoS, limit: Limit) -> Offered {
+    fn decide(&self, inner: &Inner, qos: QoS, limit: Limit, has_receipt: bool) -> Offered {
         let qos0 = qos == QoS::AtMostOnce;
         let len = inner.queue.len();
         if qos0 && !inner.online {
@@ -111,14 +120,21 @@ impl Mailbox {
         if len < self.limit || limit == Limit::Waived {
             return Offered::Queued;
         }
-        if qos0 || !inner.online || len >= self.limit.saturating_mul(2) {
+        if qos0 || !inner.online {
             return Offered::DroppedFull;
         }
-        if inner.overflowed {
+        if has_receipt {
+            return Offered::Held;
+        }
+        if len < self.limit.saturating_mul(2) {
             return Offered::Queued;
         }
-        inner.overflowed = true;
-        Offered::Overflowed
+        Offered::DroppedFull
+    }
+
+    /// Whether more than `max_queued_messages` deliveries wait.
+    pub fn is_over_limit(&self) -> bool {
+        self.inner().queue.len() > self.limit
     }
 
     /// Pops the front delivery if `accept` takes it.
@@ -131,11 +147,14 @@ impl Mailbox {
         }
     }
 
-    /// Marks the session online or offline.
+    /// Marks the session online or offline; going offline releases every
+    /// held receipt (the deliveries stay queued).
     pub fn set_online(&self, online: bool) {
         let mut inner = self.inner();
         inner.online = online;
-        inner.overflowed = false;
+        if !online {
+            inner.queue.iter_mut().for_each(|d| d.receipt = None);
+        }
     }
 
     pub fn clear(&self) {
@@ -156,6 +175,8 @@ mod tests {
     use bytes::Bytes;
     use tidemq_protocol::TopicName;
 
+    use tokio::sync::oneshot::error::TryRecvError;
+
     use super::*;
     use crate::types::Message;
 
@@ -169,6 +190,7 @@ mod tests {
             }),
             qos,
             retain: false,
+            receipt: None,
         }
     }
 
@@ -187,44 +209,77 @@ mod tests {
     #[test]
     fn keeps_order_and_drops_qos0_at_the_limit() {
         let mailbox = online(2);
+        let offer = |n| mailbox.offer(delivery(n, QoS::AtMostOnce), Limit::Enforced, None);
         assert_eq!(
-            mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced),
-            Offered::Queued
-        );
-        assert_eq!(
-            mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Enforced),
-            Offered::Queued
-        );
-        assert_eq!(
-            mailbox.offer(delivery(3, QoS::AtMostOnce), Limit::Enforced),
-            Offered::DroppedFull
+            (offer(1), offer(2), offer(3)),
+            (Offered::Queued, Offered::Queued, Offered::DroppedFull)
         );
         assert_eq!(
             (pop(&mailbox), pop(&mailbox), pop(&mailbox)),
             (Some(1), Some(2), None)
         );
-        assert_eq!(
-            mailbox.offer(delivery(4, QoS::AtMostOnce), Limit::Enforced),
-            Offered::Queued
-        );
+        assert_eq!(offer(4), Offered::Queued);
     }
 
     #[test]
-    fn qos1_beyond_the_limit_is_kept_and_reported_once_up_to_twice_the_limit() {
-        let mailbox = online(2);
-        let offer = |n| mailbox.offer(delivery(n, QoS::AtLeastOnce), Limit::Enforced);
-        assert_eq!((offer(1), offer(2)), (Offered::Queued, Offered::Queued));
-        assert_eq!(offer(3), Offered::Overflowed);
-        assert_eq!(offer(4), Offered::Queued, "reported once");
-        assert_eq!(offer(5), Offered::DroppedFull, "twice the limit");
-        let all: Vec<_> = std::iter::from_fn(|| pop(&mailbox)).collect();
-        assert_eq!(all, vec![1, 2, 3, 4]);
+    fn qos1_beyond_the_limit_is_held_until_taken() {
+        let mailbox = online(1);
+        let (receipt, mut released) = Receipt::new();
+        let offer = |n| {
+            mailbox.offer(
+                delivery(n, QoS::AtLeastOnce),
+                Limit::Enforced,
+                Some(&receipt),
+            )
+        };
+        assert_eq!((offer(1), offer(2)), (Offered::Queued, Offered::Held));
+        assert!(mailbox.is_over_limit());
+        drop(receipt);
+        assert_eq!(pop(&mailbox), Some(1));
+        assert_eq!(
+            released.try_recv(),
+            Err(TryRecvError::Empty),
+            "held by delivery 2"
+        );
+        assert_eq!(pop(&mailbox), Some(2));
+        assert_eq!(released.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn going_offline_releases_receipts_but_keeps_the_messages() {
+        let mailbox = online(1);
+        let (receipt, mut released) = Receipt::new();
+        mailbox.offer(
+            delivery(1, QoS::AtLeastOnce),
+            Limit::Enforced,
+            Some(&receipt),
+        );
+        mailbox.offer(
+            delivery(2, QoS::AtLeastOnce),
+            Limit::Enforced,
+            Some(&receipt),
+        );
+        drop(receipt);
+        mailbox.set_online(false);
+        assert_eq!(released.try_recv(), Err(TryRecvError::Closed));
+        assert_eq!((pop(&mailbox), pop(&mailbox)), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn without_a_receipt_qos1_is_queued_up_to_twice_the_limit() {
+        let mailbox = online(1);
+        let offer = |n| mailbox.offer(delivery(n, QoS::AtLeastOnce), Limit::Enforced, None);
+        assert_eq!(
+            (offer(1), offer(2), offer(3)),
+            (Offered::Queued, Offered::Queued, Offered::DroppedFull)
+        );
     }
 
     #[test]
     fn offline_drops_qos0_and_qos1_beyond_the_limit() {
         let mailbox = Mailbox::new(1);
-        let offer = |n, qos| mailbox.offer(delivery(n, qos), Limit::Enforced);
+        let (receipt, _released) = Receipt::new();
+        let offer = |n, qos| mailbox.offer(delivery(n, qos), Limit::Enforced, Some(&receipt));
         assert_eq!(offer(0, QoS::AtMostOnce), Offered::DroppedOffline);
         assert_eq!(offer(1, QoS::AtLeastOnce), Offered::Queued);
         assert_eq!(offer(2, QoS::AtLeastOnce), Offered::DroppedFull);
@@ -233,9 +288,9 @@ mod tests {
     #[test]
     fn retained_for_a_new_subscription_waives_the_limit() {
         let mailbox = online(1);
-        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced);
+        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced, None);
         assert_eq!(
-            mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Waived),
+            mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Waived, None),
             Offered::Queued
         );
     }
@@ -243,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn a_push_before_waiting_is_not_lost() {
         let mailbox = online(4);
-        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced);
+        mailbox.offer(delivery(1, QoS::AtMostOnce), Limit::Enforced, None);
         tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.notified())
             .await
             .unwrap();

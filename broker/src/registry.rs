@@ -36,8 +36,6 @@ pub struct SessionSlot {
     persistent: AtomicBool,
     /// Set once the mailbox overflowed, so the drop is logged once.
     overflow_logged: AtomicBool,
-    /// The router asked the owner to go: its mailbox overflowed.
-    slow: AtomicBool,
     ownership: Arc<Semaphore>,
     claim: Mutex<Claim>,
     parked: Mutex<Option<SessionState>>,
@@ -64,7 +62,6 @@ impl SessionSlot {
             mailbox: Mailbox::new(mailbox_limit),
             persistent: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
-            slow: AtomicBool::new(false),
             ownership: Arc::new(Semaphore::new(1)),
             claim: Mutex::new(Claim {
                 latest: conn_id,
@@ -95,19 +92,6 @@ impl SessionSlot {
 
     pub fn reset_overflow(&self) {
         self.overflow_logged.store(false, Ordering::Relaxed);
-    }
-
-    /// Disconnects the owning connection because its mailbox overflowed.
-    pub fn disconnect_slow(&self) {
-        self.slow.store(true, Ordering::Release);
-        if let Some(token) = &lock(&self.claim).owner_token {
-            token.cancel();
-        }
-    }
-
-    /// Whether the owner was disconnected as too slow (and clears it).
-    pub fn take_slow(&self) -> bool {
-        self.slow.swap(false, Ordering::AcqRel)
     }
 
     /// Forgets the owner's token when `conn_id` lets go of the slot, unless

@@ -39,7 +39,7 @@ pub async fn run(
                 qos: QoS::AtMostOnce,
                 retain: true,
             };
-            if router.publish(message).await.is_err() {
+            if router.publish(message, None).await.is_err() {
                 return;
             }
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tidemq_protocol::{QoS, TopicName};
+use tokio::sync::oneshot;
 
 /// A client identifier, cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +53,28 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// Gates a publisher's acknowledgement. Every delivery that had to be queued
+/// beyond a session's `max_queued_messages` holds a clone; when the last clone
+/// is dropped (the subscriber's session took the delivery, or went offline)
+/// the receiver resolves and the PUBACK / PUBREC goes out.
+#[derive(Debug, Clone)]
+pub struct Receipt(#[allow(dead_code)] Arc<oneshot::Sender<()>>);
+
+impl Receipt {
+    pub fn new() -> (Receipt, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Receipt(Arc::new(tx)), rx)
+    }
+}
+
+impl PartialEq for Receipt {
+    fn eq(&self, other: &Receipt) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Receipt {}
+
 /// One message on its way to one session: the QoS is already downgraded to
 /// the subscription's, and `retain` says whether it is sent because of a new
 /// subscription [MQTT-3.3.1-8] or an established one [MQTT-3.3.1-9].
@@ -60,4 +83,6 @@ pub struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    /// Set only on deliveries held beyond the mailbox's limit.
+    pub receipt: Option<Receipt>,
 }

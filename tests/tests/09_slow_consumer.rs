@@ -228,25 +228,9 @@ async fn a_stalled_subscriber_can_be_taken_over() {
     broker.stop().await;
 }
 
-/// A subscriber that is online but too slow for its QoS 1 messages is not
-/// silently robbed of them: at `max_queued_messages` the broker keeps the
-/// message and disconnects the subscriber; its persistent session then holds
-/// what was queued (up to twice the limit; beyond it, as for any offline
-/// session, messages are dropped and counted) and delivers it on return.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_qos1_subscriber_is_disconnected_and_finds_its_messages_on_return() {
-    let mut config = settings();
-    config.limits.max_queued_messages = 3;
-    config.limits.max_inflight = 1;
-    let broker = TestBroker::start_with(config).await;
-    let mut options = ConnectOptions::new("slow-q1");
-    options.clean_session = false;
-    let (mut subscriber, _) = RawClient::connected(broker.addr, &options).await;
-    subscriber
-        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
-        .await;
-    let (mut publisher, _) =
-        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
+/// Publishes 10 QoS 1 messages to `slow/t` in one write and returns how many
+/// PUBACKs came at once (the rest wait for the slow subscriber).
+async fn burst_of_ten(publisher: &mut RawClient) -> u16 {
     let mut burst = Vec::new();
     for n in 1..=10u16 {
         burst.extend(publish_bytes(
@@ -258,18 +242,104 @@ async fn a_slow_qos1_subscriber_is_disconnected_and_finds_its_messages_on_return
         ));
     }
     publisher.send(&burst).await;
+    let mut acked = Vec::new();
+    while let Some(ack) = publisher.recv_within(tidemq_tests::QUIET).await {
+        assert_eq!(ack.packet_type, 4, "PUBACK expected: {ack:?}");
+        acked.push(u16::from_be_bytes([ack.body[0], ack.body[1]]));
+    }
+    // Three queued, plus one in flight if the subscriber's session took it
+    // before the rest arrived.
+    let immediate = acked.len() as u16;
+    assert!(
+        (3..=4).contains(&immediate),
+        "acknowledged at once: {acked:?}"
+    );
+    assert_eq!(
+        acked,
+        (1..=immediate).collect::<Vec<_>>(),
+        "[MQTT-4.6.0-2] in order"
+    );
+    immediate
+}
+
+/// Reads the ten messages in order, acknowledging each.
+async fn read_ten_in_order(subscriber: &mut RawClient) {
     for n in 1..=10u16 {
-        let ack = publisher
-            .recv()
-            .await
-            .expect("every PUBLISH is acknowledged");
+        let (_, payload, qos, packet_id) = subscriber.next_publish().await.publish();
+        assert_eq!((payload, qos), (n.to_be_bytes().to_vec(), QoS::AtLeastOnce));
+        let ack = tidemq_protocol::Packet::PubAck(tidemq_tests::id(packet_id.unwrap()));
+        subscriber.send(&tidemq_tests::packet_bytes(&ack)).await;
+    }
+}
+
+fn slow_settings(slow_timeout_ms: u64) -> tidemq::Settings {
+    let mut config = settings();
+    config.limits.max_queued_messages = 3;
+    config.limits.max_inflight = 1;
+    config.limits.slow_subscriber_timeout_ms = slow_timeout_ms;
+    config
+}
+
+/// An online subscriber that falls behind on QoS 1 loses nothing that was
+/// acknowledged: beyond `max_queued_messages` the broker holds the message
+/// and delays the publisher's PUBACK until the subscriber takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_beyond_the_queue_limit_is_held_and_the_publisher_waits() {
+    let broker = TestBroker::start_with(slow_settings(60_000)).await;
+    let (mut subscriber, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("slow-q1")).await;
+    subscriber
+        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
+    let immediate = burst_of_ten(&mut publisher).await;
+    // While its acknowledgements wait, the publisher is still read and
+    // answered [MQTT-3.1.2-24]: a PINGREQ gets its PINGRESP at once.
+    publisher.ping().await;
+
+    read_ten_in_order(&mut subscriber).await;
+    for n in immediate + 1..=10 {
+        let ack = publisher.recv().await.expect("the held PUBACKs follow");
         assert_eq!(ack.wire_bytes(), [0x40, 2, 0, n as u8]);
     }
+    let metrics = broker.metrics();
+    assert_eq!(
+        metrics.dropped_queue_full, 0,
+        "nothing acknowledged was dropped"
+    );
+    assert_eq!(metrics.held_for_slow_subscribers, u64::from(10 - immediate));
+    assert_eq!(metrics.slow_subscriber_disconnects, 0);
+}
+
+/// A subscriber that stops taking QoS 1 messages cannot hold publishers for
+/// long: after `slow_subscriber_timeout_ms` over its limit it is closed, the
+/// publishers get their PUBACKs, and its persistent session keeps every
+/// message for its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_qos1_subscriber_is_closed_and_finds_its_messages_on_return() {
+    let broker = TestBroker::start_with(slow_settings(1_000)).await;
+    let mut options = ConnectOptions::new("stalled-q1");
+    options.clean_session = false;
+    let (mut subscriber, _) = RawClient::connected(broker.addr, &options).await;
+    subscriber
+        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
+    let immediate = burst_of_ten(&mut publisher).await;
 
     assert!(
         subscriber.closed_by_broker().await,
-        "the slow subscriber is closed"
+        "the stalled subscriber is closed"
     );
+    for n in immediate + 1..=10 {
+        let ack = publisher
+            .recv()
+            .await
+            .expect("released when the subscriber went");
+        assert_eq!(ack.wire_bytes(), [0x40, 2, 0, n as u8]);
+    }
     broker
         .wait_metrics("slow_subscriber_disconnects", |m| {
             m.slow_subscriber_disconnects == 1
@@ -281,20 +351,37 @@ async fn a_slow_qos1_subscriber_is_disconnected_and_finds_its_messages_on_return
 
     let (mut back, present) = RawClient::connected(broker.addr, &options).await;
     assert!(present);
-    let mut received = Vec::new();
-    while let Some(packet) = back.recv_within(tidemq_tests::QUIET).await {
-        let (_, payload, qos, packet_id) = packet.publish();
-        assert_eq!(qos, QoS::AtLeastOnce);
-        received.push(u16::from_be_bytes([payload[0], payload[1]]));
-        let ack = tidemq_protocol::Packet::PubAck(tidemq_tests::id(packet_id.unwrap()));
-        back.send(&tidemq_tests::packet_bytes(&ack)).await;
+    read_ten_in_order(&mut back).await;
+    assert_eq!(broker.metrics().dropped_queue_full, 0);
+}
+
+/// A client subscribed to the topic it publishes to, with tiny limits: its
+/// PUBACKs wait on its own mailbox, which drains only through the PUBACKs it
+/// sends for what it receives. The session keeps reading those, so the loop
+/// never locks up and every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publishing_to_its_own_subscription_never_locks_up() {
+    let mut config = slow_settings(60_000);
+    config.limits.max_inflight = 10;
+    let broker = TestBroker::start_with(config).await;
+    let mut client =
+        tidemq_tests::Client::connect(tidemq_tests::mqtt_options(&broker, "echo")).await;
+    client.subscribe("self/t", rumqttc::QoS::AtLeastOnce).await;
+    for n in 0..300u32 {
+        client
+            .client
+            .publish(
+                "self/t",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                n.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
     }
-    let dropped = broker.metrics().dropped_queue_full as u16;
-    let kept = 10 - dropped;
-    assert!(kept >= 6, "at least twice the limit is kept: {received:?}");
-    assert_eq!(
-        received,
-        (1..=kept).collect::<Vec<_>>(),
-        "in order, none lost silently"
-    );
+    for n in 0..300u32 {
+        let publish = client.next_publish().await;
+        assert_eq!(publish.payload.as_ref(), n.to_be_bytes());
+    }
+    assert_eq!(broker.metrics().dropped_queue_full, 0);
 }

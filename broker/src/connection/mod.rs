@@ -15,6 +15,7 @@
 //! Works over any `AsyncRead + AsyncWrite` stream, so TLS or WebSocket can be
 //! put underneath without touching the session.
 
+mod acks;
 mod handshake;
 mod reader;
 mod session;
@@ -151,6 +152,8 @@ where
         outgoing: tasks.outgoing.clone(),
         out: BytesMut::new(),
         out_limit: ctx.settings.limits.write_batch_bytes,
+        acks: acks::PendingAcks::new(),
+        slow_deadline: None,
         keepalive: match keep_alive {
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
@@ -183,7 +186,6 @@ async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (Ses
         Session::discard(ctx, slot).await;
     }
     slot.set_persistent(!clean);
-    slot.take_slow();
     slot.set_online(true);
     slot.reset_overflow();
     (state, session_present)
@@ -299,7 +301,7 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
         qos: will.qos,
         retain: will.retain,
     };
-    let _ = ctx.router.publish(message).await;
+    let _ = ctx.router.publish(message, None).await;
 }
 
 /// The one place an end becomes a log line and a counter.
@@ -321,8 +323,13 @@ fn report(end: &End, metrics: &Metrics) {
             Metrics::incr(&metrics.keepalive_timeouts);
             info!("closing: keepalive timeout");
         }
+        End::TooManyUnacknowledged => {
+            Metrics::incr(&metrics.protocol_errors);
+            warn!("closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]");
+        }
         End::SlowSubscriber => {
-            warn!("closing: too slow, its mailbox overflowed with QoS 1/2 messages")
+            Metrics::incr(&metrics.slow_subscriber_disconnects);
+            warn!("closing: too slow, over max_queued_messages for slow_subscriber_timeout_ms");
         }
         End::TakenOver => {
             Metrics::incr(&metrics.takeovers);

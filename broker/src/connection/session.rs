@@ -7,7 +7,10 @@
 //! | connection cancelled          | end: takeover, or broker shutdown       |
 //! | write task ended              | end: the socket is unusable             |
 //! | packet from the read task     | handle it, push the keepalive deadline  |
-//! | mailbox has mail, window room | move deliveries to the write task       |
+//! | acknowledgement released      | send the PUBACK/PUBREC, in order        |
+//! | mailbox has mail              | move deliveries to the write task while |
+//! |                               | the window has room; watch the backlog  |
+//! | backlog over the limit too long | end: too slow                         |
 //! | keepalive deadline passed     | end [MQTT-3.1.2-24]                     |
 
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError};
 use super::writer::WriterEnd;
 use super::Context;
@@ -30,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg};
 use crate::session::SessionState;
-use crate::types::{Delivery, Message};
+use crate::types::{Delivery, Message, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
 const DELIVERY_BATCH: usize = 256;
@@ -46,8 +50,10 @@ pub enum End {
     Protocol(ProtocolError),
     KeepAliveTimeout,
     TakenOver,
-    /// A QoS 1/2 message found the mailbox full while online.
+    /// The mailbox stayed over its limit for `slow_subscriber_timeout_ms`.
     SlowSubscriber,
+    /// More unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2].
+    TooManyUnacknowledged,
     /// The write task ended; the reason is fetched from it.
     WriterEnded,
     Writer(WriterEnd),
@@ -87,6 +93,11 @@ pub struct Session {
     pub out: BytesMut,
     /// Hand a chunk over once it is this large (`write_batch_bytes`).
     pub out_limit: usize,
+    /// PUBACKs / PUBRECs waiting for their messages' receipts.
+    pub acks: PendingAcks,
+    /// Set while the mailbox is over its limit: when the session is closed
+    /// as too slow unless it catches up.
+    pub slow_deadline: Option<Instant>,
     /// 1.5 x the client's keepalive; `None` when the client asked for 0.
     pub keepalive: Option<Duration>,
     /// Deliveries are waiting in the mailbox beyond the last batch.
@@ -135,6 +146,7 @@ impl Session {
                 end = &mut *writer => {
                     return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
                 }
+                _ = self.acks.front_released() => self.send_released_acks().await?,
                 message = inbound.recv() => match message {
                     Some(Inbound::Packet(packet)) => {
                         if let Some(period) = keepalive {
@@ -145,13 +157,14 @@ impl Session {
                     Some(Inbound::Failed(error)) => return Err(error.into()),
                     None => return Err(End::PeerClosed),
                 },
-                _ = slot.mailbox.notified(), if self.state.outbound.has_room() => {
-                    self.deliver().await?;
-                }
+                // Not gated on window room: a backlog must arm the slow
+                // deadline even while the client acknowledges nothing.
+                _ = slot.mailbox.notified() => self.deliver().await?,
                 _ = std::future::ready(()), if self.more_mail && self.state.outbound.has_room() => {
                     self.deliver().await?;
                 }
                 _ = &mut deadline, if keepalive.is_some() => return Err(End::KeepAliveTimeout),
+                _ = sleep_until_option(self.slow_deadline) => return Err(End::SlowSubscriber),
             }
         }
     }
@@ -160,8 +173,6 @@ impl Session {
     fn cancelled(&self) -> End {
         if self.ctx.shutdown.is_cancelled() {
             End::Shutdown
-        } else if self.slot.take_slow() {
-            End::SlowSubscriber
         } else {
             End::TakenOver
         }
@@ -202,6 +213,7 @@ impl Session {
                 .pop_if(|d: &Delivery| d.qos == QoS::AtMostOnce || room);
             let Some(delivery) = next else {
                 self.more_mail = false;
+                self.watch_backlog();
                 return Ok(());
             };
             let publish = self.state.outbound.send(&delivery);
@@ -209,7 +221,22 @@ impl Session {
             self.send(Outgoing::Publish(publish)).await?;
         }
         self.more_mail = true;
+        self.watch_backlog();
         Ok(())
+    }
+
+    /// Arms the slow-subscriber deadline while the mailbox is over its limit
+    /// (publishers are waiting on this session), disarms it once it is not.
+    fn watch_backlog(&mut self) {
+        let over = self.slot.mailbox.is_over_limit();
+        match (over, self.slow_deadline) {
+            (true, None) => {
+                self.slow_deadline =
+                    Some(Instant::now() + self.ctx.settings.slow_subscriber_timeout());
+            }
+            (false, Some(_)) => self.slow_deadline = None,
+            _ => {}
+        }
     }
 
     async fn handle(&mut self, packet: Packet) -> Result<(), End> {
@@ -263,6 +290,14 @@ impl Session {
             (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(id)),
             _ => None,
         };
+        // Every acknowledged PUBLISH, routed or a resend, gets a receipt, so
+        // acknowledgements keep the order of the PUBLISHes.
+        let (receipt, released) = Receipt::new();
+        if let Some(ack) = ack {
+            self.acks
+                .push(ack, released)
+                .map_err(|_| End::TooManyUnacknowledged)?;
+        }
         if route {
             let message = Message {
                 topic: publish.topic,
@@ -270,14 +305,18 @@ impl Session {
                 qos: publish.qos,
                 retain: publish.retain,
             };
-            // Once the router has the message it reaches every matching
-            // session's mailbox (see `mailbox` for the limits).
-            self.ctx.router.publish(message).await?;
+            let receipt = (publish.qos != QoS::AtMostOnce).then_some(receipt);
+            self.ctx.router.publish(message, receipt).await?;
         }
-        match ack {
-            Some(ack) => self.send(ack).await,
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Sends the acknowledgements whose messages every subscriber has taken.
+    async fn send_released_acks(&mut self) -> Result<(), End> {
+        for ack in self.acks.pop_released() {
+            self.send(ack).await?;
         }
+        Ok(())
     }
 
     async fn subscribe(
@@ -307,5 +346,13 @@ impl Session {
             let _ = answer.await;
         }
         slot.mailbox.clear();
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none. Cancel-safe.
+async fn sleep_until_option(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

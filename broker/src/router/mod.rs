@@ -4,11 +4,11 @@
 //! Sessions talk to it through a bounded channel (`limits.router_queue`; a
 //! publisher waits when it is full). Its logic is the synchronous
 //! [`Router::handle`]; the task around it only receives. It never waits on a
-//! session: a delivery is offered to the session's mailbox, which queues it
-//! or drops it (`dropped_qos0_offline`, `dropped_queue_full`); a QoS 1/2
-//! delivery beyond the limit of an online session is queued and that session
-//! is disconnected as too slow (`slow_subscriber_disconnects`). See `mailbox`
-//! for the table.
+//! session: a delivery is offered to the session's mailbox, which queues it,
+//! holds it with the publisher's receipt (QoS 1/2 beyond the limit of an
+//! online session: the publisher's acknowledgement waits,
+//! `held_for_slow_subscribers`) or drops it (`dropped_qos0_offline`,
+//! `dropped_queue_full`). See `mailbox` for the table.
 
 mod retain;
 mod subs;
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::mailbox::{Limit, Offered};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::types::{ClientId, Delivery, Message};
+use crate::types::{ClientId, Delivery, Message, Receipt};
 
 pub use retain::Retained;
 pub use subs::{Subscriber, Subscriptions};
@@ -33,7 +33,11 @@ pub use subs::{Subscriber, Subscriptions};
 /// What sessions ask of the router.
 #[derive(Debug)]
 pub enum RouterMsg {
-    Publish(Arc<Message>),
+    Publish {
+        message: Arc<Message>,
+        /// Present for QoS 1/2 from a client: gates its acknowledgement.
+        receipt: Option<Receipt>,
+    },
     Subscribe {
         slot: Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
@@ -71,8 +75,13 @@ impl RouterHandle {
         self.tx.send(msg).await.map_err(|_| RouterGone)
     }
 
-    pub async fn publish(&self, message: Message) -> Result<(), RouterGone> {
-        self.send(RouterMsg::Publish(Arc::new(message))).await
+    pub async fn publish(
+        &self,
+        message: Message,
+        receipt: Option<Receipt>,
+    ) -> Result<(), RouterGone> {
+        let message = Arc::new(message);
+        self.send(RouterMsg::Publish { message, receipt }).await
     }
 
     pub async fn subscribe(
@@ -149,7 +158,7 @@ impl Router {
 
     pub fn handle(&mut self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Publish(message) => self.publish(&message),
+            RouterMsg::Publish { message, receipt } => self.publish(&message, receipt.as_ref()),
             RouterMsg::Subscribe {
                 slot,
                 filters,
@@ -178,7 +187,7 @@ impl Router {
 
     /// Fans a message out: one delivery per client at the highest QoS of its
     /// matching subscriptions, downgraded to the message's QoS.
-    fn publish(&mut self, message: &Arc<Message>) {
+    fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
         if message.retain {
             self.retained.update(message);
         }
@@ -194,8 +203,9 @@ impl Router {
                 qos: sub_qos.min(message.qos),
                 // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0.
                 retain: false,
+                receipt: None,
             };
-            offer(&slot, delivery, Limit::Enforced, &self.metrics);
+            offer(&slot, delivery, Limit::Enforced, receipt, &self.metrics);
         }
     }
 
@@ -223,10 +233,11 @@ impl Router {
                     message: Arc::clone(message),
                     qos: qos.min(message.qos),
                     retain: true,
+                    receipt: None,
                 };
                 // [MQTT-3.3.1-6]: retained messages go to a new subscription
                 // even beyond the limit (bounded by the retained store).
-                offer(slot, delivery, Limit::Waived, &self.metrics);
+                offer(slot, delivery, Limit::Waived, None, &self.metrics);
             }
             codes.push(SubAckCode::Granted(qos));
         }
@@ -282,12 +293,16 @@ fn merge_overlapping(matches: &mut Vec<(usize, QoS, Arc<SessionSlot>)>) {
 }
 
 /// Offers a delivery to a session's mailbox, and counts what was not queued.
-fn offer(slot: &SessionSlot, delivery: Delivery, limit: Limit, metrics: &Metrics) {
-    let offered = slot.mailbox.offer(delivery, limit);
-    if offered == Offered::Overflowed {
-        Metrics::incr(&metrics.slow_subscriber_disconnects);
-        warn!(client_id = %slot.client_id, "mailbox full: disconnecting slow subscriber");
-        slot.disconnect_slow();
+fn offer(
+    slot: &SessionSlot,
+    delivery: Delivery,
+    limit: Limit,
+    receipt: Option<&Receipt>,
+    metrics: &Metrics,
+) {
+    let offered = slot.mailbox.offer(delivery, limit, receipt);
+    if offered == Offered::Held {
+        Metrics::incr(&metrics.held_for_slow_subscribers);
     }
     if offered == Offered::DroppedOffline {
         Metrics::incr(&metrics.dropped_qos0_offline);

@@ -44,7 +44,10 @@ fn drain(slot: &SessionSlot) -> Vec<Delivery> {
 }
 
 fn publish(message: Arc<Message>) -> RouterMsg {
-    RouterMsg::Publish(message)
+    RouterMsg::Publish {
+        message,
+        receipt: None,
+    }
 }
 
 fn router() -> Router {
@@ -167,20 +170,32 @@ fn full_mailbox_drops_qos0_and_counts() {
 }
 
 #[test]
-fn full_mailbox_of_an_online_session_keeps_qos1_and_disconnects_it() {
+fn full_mailbox_of_an_online_session_holds_qos1_with_the_receipt() {
     let metrics = Arc::new(Metrics::default());
     let mut router = Router::new(metrics.clone());
     let s = slot("slow", 2);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
+    let (receipt, mut released) = crate::types::Receipt::new();
     for _ in 0..3 {
-        router.handle(publish(message("t", QoS::AtLeastOnce, false, b"x")));
+        router.handle(RouterMsg::Publish {
+            message: message("t", QoS::AtLeastOnce, false, b"x"),
+            receipt: Some(receipt.clone()),
+        });
     }
-    assert!(s.take_slow(), "the session is told to go");
+    drop(receipt);
+    assert!(
+        released.try_recv().is_err(),
+        "the third message holds the acknowledgement"
+    );
     assert_eq!(drain(&s).len(), 3, "nothing acknowledged was dropped");
+    assert!(matches!(
+        released.try_recv(),
+        Err(oneshot::error::TryRecvError::Closed)
+    ));
     let snapshot = metrics.snapshot();
     assert_eq!(
         (
-            snapshot.slow_subscriber_disconnects,
+            snapshot.held_for_slow_subscribers,
             snapshot.dropped_queue_full
         ),
         (1, 0)

@@ -159,6 +159,7 @@ mod tests {
             }),
             qos,
             retain: false,
+            receipt: None,
         }
     }
 
