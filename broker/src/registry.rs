@@ -36,6 +36,10 @@ pub struct SessionSlot {
     persistent: AtomicBool,
     /// Set once the mailbox overflowed, so the drop is logged once.
     overflow_logged: AtomicBool,
+    /// The router may hold subscriptions of this session (set by the router
+    /// on SUBSCRIBE, cleared when they are dropped): a clean session that
+    /// never subscribed skips the router round trip on connect and close.
+    subscribed: AtomicBool,
     ownership: Arc<Semaphore>,
     claim: Mutex<Claim>,
     parked: Mutex<Option<SessionState>>,
@@ -62,6 +66,7 @@ impl SessionSlot {
             mailbox: Mailbox::new(mailbox_limit),
             persistent: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             ownership: Arc::new(Semaphore::new(1)),
             claim: Mutex::new(Claim {
                 latest: conn_id,
@@ -101,6 +106,15 @@ impl SessionSlot {
         if claim.latest == conn_id {
             claim.owner_token = None;
         }
+    }
+
+    pub fn mark_subscribed(&self) {
+        self.subscribed.store(true, Ordering::Release);
+    }
+
+    /// Whether subscriptions may exist, clearing the mark.
+    pub fn take_subscribed(&self) -> bool {
+        self.subscribed.swap(false, Ordering::AcqRel)
     }
 
     pub fn park(&self, state: SessionState) {

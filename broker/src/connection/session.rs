@@ -336,6 +336,10 @@ impl Session {
     /// session). The mailbox is emptied only after the router confirms, so a
     /// message routed under the old subscriptions cannot slip in after.
     pub async fn discard(ctx: &Context, slot: &SessionSlot) {
+        if !slot.take_subscribed() {
+            slot.mailbox.clear();
+            return;
+        }
         let (done, answer) = oneshot::channel();
         let msg = RouterMsg::DropSession {
             client_id: slot.client_id.clone(),

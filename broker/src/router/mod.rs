@@ -215,6 +215,7 @@ impl Router {
         filters: Vec<(TopicFilter, QoS)>,
     ) -> Vec<SubAckCode> {
         let client_id = &slot.client_id;
+        slot.mark_subscribed();
         let mut codes = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
             let subscriber = Subscriber {
