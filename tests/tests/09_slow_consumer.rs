@@ -272,6 +272,23 @@ async fn read_ten_in_order(subscriber: &mut RawClient) {
     }
 }
 
+/// A QoS 1 subscriber of `slow/t` that has not read yet, and a publisher
+/// that has just sent it ten messages; returns both and the number of
+/// PUBACKs the publisher got at once.
+async fn subscriber_behind_a_burst(
+    broker: &TestBroker,
+    options: &ConnectOptions<'_>,
+) -> (RawClient, RawClient, u16) {
+    let (mut subscriber, _) = RawClient::connected(broker.addr, options).await;
+    subscriber
+        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
+    let immediate = burst_of_ten(&mut publisher).await;
+    (subscriber, publisher, immediate)
+}
+
 fn slow_settings(slow_timeout_ms: u64) -> tidemq::Settings {
     let mut config = settings();
     config.limits.max_queued_messages = 3;
@@ -286,14 +303,8 @@ fn slow_settings(slow_timeout_ms: u64) -> tidemq::Settings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_beyond_the_queue_limit_is_held_and_the_publisher_waits() {
     let broker = TestBroker::start_with(slow_settings(60_000)).await;
-    let (mut subscriber, _) =
-        RawClient::connected(broker.addr, &ConnectOptions::new("slow-q1")).await;
-    subscriber
-        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
-        .await;
-    let (mut publisher, _) =
-        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
-    let immediate = burst_of_ten(&mut publisher).await;
+    let (mut subscriber, mut publisher, immediate) =
+        subscriber_behind_a_burst(&broker, &ConnectOptions::new("slow-q1")).await;
     // While its acknowledgements wait, the publisher is still read and
     // answered [MQTT-3.1.2-24]: a PINGREQ gets its PINGRESP at once.
     publisher.ping().await;
@@ -321,13 +332,8 @@ async fn a_stalled_qos1_subscriber_is_closed_and_finds_its_messages_on_return() 
     let broker = TestBroker::start_with(slow_settings(1_000)).await;
     let mut options = ConnectOptions::new("stalled-q1");
     options.clean_session = false;
-    let (mut subscriber, _) = RawClient::connected(broker.addr, &options).await;
-    subscriber
-        .subscribe_granted(1, &[("slow/t", QoS::AtLeastOnce)])
-        .await;
-    let (mut publisher, _) =
-        RawClient::connected(broker.addr, &ConnectOptions::new("pub-q1")).await;
-    let immediate = burst_of_ten(&mut publisher).await;
+    let (mut subscriber, mut publisher, immediate) =
+        subscriber_behind_a_burst(&broker, &options).await;
 
     assert!(
         subscriber.closed_by_broker().await,
