@@ -79,11 +79,8 @@ impl Mailbox {
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
-        // Every critical section is one queue operation or one flag, so a
-        // poisoned lock still guards consistent data.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every critical section is one queue operation or one flag.
+        crate::registry::lock(&self.inner)
     }
 
     /// Offers a delivery, following the table in the module docs, and wakes
@@ -132,9 +129,27 @@ impl Mailbox {
         Offered::DroppedFull
     }
 
-    /// Whether more than `max_queued_messages` deliveries wait.
-    pub fn is_over_limit(&self) -> bool {
-        self.inner().queue.len() > self.limit
+    /// Moves up to `max` deliveries from the front into `out`, under one
+    /// lock: QoS 0 always, QoS 1/2 while `room` (the in-flight window) lasts,
+    /// stopping at the first that does not fit so order is kept. Returns
+    /// whether the mailbox is still over its limit.
+    pub fn take_front(&self, max: usize, mut room: usize, out: &mut Vec<Delivery>) -> bool {
+        let mut inner = self.inner();
+        while out.len() < max {
+            let Some(front) = inner.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
+            }
+            if let Some(delivery) = inner.queue.pop_front() {
+                out.push(delivery);
+            }
+        }
+        inner.queue.len() > self.limit
     }
 
     /// Pops the front delivery if `accept` takes it.
@@ -233,7 +248,7 @@ mod tests {
             )
         };
         assert_eq!((offer(1), offer(2)), (Offered::Queued, Offered::Held));
-        assert!(mailbox.is_over_limit());
+        assert!(mailbox.inner().queue.len() > mailbox.limit);
         drop(receipt);
         assert_eq!(pop(&mailbox), Some(1));
         assert_eq!(

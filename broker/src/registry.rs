@@ -52,8 +52,9 @@ pub struct Ownership {
     _permit: OwnedSemaphorePermit,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here is a single field update.
+/// Locks a mutex whose critical sections are each a single update, so a
+/// poisoned lock still guards consistent data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

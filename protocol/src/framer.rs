@@ -64,10 +64,6 @@ impl Framer {
         Framer { max_packet_size }
     }
 
-    pub fn max_packet_size(&self) -> usize {
-        self.max_packet_size
-    }
-
     /// Takes the next whole packet off the front of `buf`, or answers `None`
     /// when more bytes are needed. On `None` the buffer is grown to hold the
     /// announced packet so the next read fills it without reallocating.

@@ -36,4 +36,4 @@ pub use packet::{
     Connect, ConnectReturnCode, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
     QoS, SubAckCode,
 };
-pub use topic::{TopicError, TopicFilter, TopicName, MAX_TOPIC_LEVELS};
+pub use topic::{TopicFilter, TopicName, MAX_TOPIC_LEVELS};

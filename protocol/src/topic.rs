@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use crate::error::SpecViolation;
 
-pub type TopicError = SpecViolation;
-
 /// Most levels a topic name or filter may have. The specification sets no
 /// limit; mosquitto uses 200. Bounds the depth of the router's trie walk.
 pub const MAX_TOPIC_LEVELS: usize = 200;

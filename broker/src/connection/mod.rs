@@ -159,6 +159,7 @@ where
             secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
         },
         more_mail: false,
+        batch: Vec::new(),
         token,
     };
     let (end, state) = tasks.run(session, &ctx).await;

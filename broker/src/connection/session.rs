@@ -102,6 +102,8 @@ pub struct Session {
     pub keepalive: Option<Duration>,
     /// Deliveries are waiting in the mailbox beyond the last batch.
     pub more_mail: bool,
+    /// Reused buffer for one batch of deliveries taken from the mailbox.
+    pub batch: Vec<Delivery>,
     /// Cancelled on takeover or broker shutdown.
     pub token: CancellationToken,
 }
@@ -138,6 +140,10 @@ impl Session {
         tokio::pin!(deadline);
         let slot = Arc::clone(&self.slot);
         let token = self.token.clone();
+        // The timer is moved only when it fires (to the last packet plus the
+        // period), not on every packet: a clock read per packet is cheaper
+        // than re-arming a timer per packet.
+        let mut last_packet = Instant::now();
         loop {
             self.flush().await?;
             tokio::select! {
@@ -149,8 +155,8 @@ impl Session {
                 _ = self.acks.front_released() => self.send_released_acks().await?,
                 message = inbound.recv() => match message {
                     Some(Inbound::Packet(packet)) => {
-                        if let Some(period) = keepalive {
-                            deadline.as_mut().reset(Instant::now() + period);
+                        if keepalive.is_some() {
+                            last_packet = Instant::now();
                         }
                         self.handle(packet).await?;
                     }
@@ -163,7 +169,13 @@ impl Session {
                 _ = std::future::ready(()), if self.more_mail && self.state.outbound.has_room() => {
                     self.deliver().await?;
                 }
-                _ = &mut deadline, if keepalive.is_some() => return Err(End::KeepAliveTimeout),
+                _ = &mut deadline, if keepalive.is_some() => {
+                    let due = last_packet + keepalive.unwrap_or(far_future);
+                    if due <= Instant::now() {
+                        return Err(End::KeepAliveTimeout);
+                    }
+                    deadline.as_mut().reset(due);
+                }
                 _ = sleep_until_option(self.slow_deadline) => return Err(End::SlowSubscriber),
             }
         }
@@ -205,30 +217,31 @@ impl Session {
     /// QoS 1/2 while the in-flight window has room (order is kept: a QoS 1
     /// at the front waits for room and the rest waits behind it).
     async fn deliver(&mut self) -> Result<(), End> {
-        for _ in 0..DELIVERY_BATCH {
-            let room = self.state.outbound.has_room();
-            let next = self
-                .slot
-                .mailbox
-                .pop_if(|d: &Delivery| d.qos == QoS::AtMostOnce || room);
-            let Some(delivery) = next else {
-                self.more_mail = false;
-                self.watch_backlog();
-                return Ok(());
-            };
-            let publish = self.state.outbound.send(&delivery);
-            Metrics::incr(&self.ctx.metrics.messages_sent);
+        let mut batch = std::mem::take(&mut self.batch);
+        let room = self.state.outbound.room();
+        let over_limit = self
+            .slot
+            .mailbox
+            .take_front(DELIVERY_BATCH, room, &mut batch);
+        self.more_mail = batch.len() == DELIVERY_BATCH;
+        self.watch_backlog(over_limit);
+        Metrics::add(&self.ctx.metrics.messages_sent, batch.len() as u64);
+        // Every delivery enters the in-flight window before any is written,
+        // so a write failure midway leaves QoS 1/2 ones to be resent.
+        let publishes: Vec<Publish> = batch
+            .drain(..)
+            .map(|d| self.state.outbound.send(&d))
+            .collect();
+        self.batch = batch;
+        for publish in publishes {
             self.send(Outgoing::Publish(publish)).await?;
         }
-        self.more_mail = true;
-        self.watch_backlog();
         Ok(())
     }
 
     /// Arms the slow-subscriber deadline while the mailbox is over its limit
     /// (publishers are waiting on this session), disarms it once it is not.
-    fn watch_backlog(&mut self) {
-        let over = self.slot.mailbox.is_over_limit();
+    fn watch_backlog(&mut self, over: bool) {
         match (over, self.slow_deadline) {
             (true, None) => {
                 self.slow_deadline =

@@ -51,7 +51,12 @@ impl Outbound {
 
     /// Whether another QoS 1/2 message may be sent now.
     pub fn has_room(&self) -> bool {
-        self.inflight.len() < self.window
+        self.room() > 0
+    }
+
+    /// How many more QoS 1/2 messages may be sent now.
+    pub fn room(&self) -> usize {
+        self.window.saturating_sub(self.inflight.len())
     }
 
     #[cfg(test)]
