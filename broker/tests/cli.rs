@@ -64,17 +64,23 @@ const CONNECT: [u8; 17] = [
     0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 3, b'c', b'l', b'i',
 ];
 
+/// A client that connected to the broker on `port` and got CONNACK 0.
+fn connected_client(port: u16) -> TcpStream {
+    let mut client = connect_when_up(port);
+    client.write_all(&CONNECT).unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    client
+}
+
 fn run_until_signal(name: &str) {
     let port = free_port();
     let mut child = tidemq()
         .env("TIDEMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
         .spawn()
         .unwrap();
-    let mut client = connect_when_up(port);
-    client.write_all(&CONNECT).unwrap();
-    let mut connack = [0u8; 4];
-    client.read_exact(&mut connack).unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut client = connected_client(port);
     signal(&child, name);
     client.set_read_timeout(Some(WAIT)).unwrap();
     let mut rest = Vec::new();
@@ -107,11 +113,7 @@ fn port_flag_overrides_the_config() {
         .args(["-c", file.to_str().unwrap(), "-p", &port.to_string()])
         .spawn()
         .unwrap();
-    let mut client = connect_when_up(port);
-    client.write_all(&CONNECT).unwrap();
-    let mut connack = [0u8; 4];
-    client.read_exact(&mut connack).unwrap();
-    assert_eq!(connack[3], 0);
+    let _client = connected_client(port);
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child), 0);
 }
