@@ -51,6 +51,7 @@ pub struct Limits {
     pub write_batch_bytes: usize,
     pub write_timeout_ms: u64,
     pub slow_subscriber_timeout_ms: u64,
+    pub rest_after_ms: u64,
     pub shutdown_grace_ms: u64,
 }
 
@@ -176,6 +177,11 @@ impl Settings {
     /// `None` when `$SYS` publication is off.
     pub fn sys_interval(&self) -> Option<Duration> {
         (self.sys.interval_secs > 0).then(|| Duration::from_secs(self.sys.interval_secs))
+    }
+
+    /// `None` when connections never rest.
+    pub fn rest_after(&self) -> Option<Duration> {
+        (self.limits.rest_after_ms > 0).then(|| Duration::from_millis(self.limits.rest_after_ms))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

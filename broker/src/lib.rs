@@ -5,6 +5,7 @@
 //! | `config`     | typed, layered, validated settings                        |
 //! | `server`     | listeners, the accept loop, start and shutdown            |
 //! | `connection` | one client: handshake, read task, write task, session task|
+//! | `dormitory`  | idle connections, without tasks, on one watching thread   |
 //! | `session`    | pure QoS state machines (in-flight window, QoS 2 ids)     |
 //! | `registry`   | client id -> session slot; takeover                       |
 //! | `mailbox`    | the bounded queue from the router to one session          |
@@ -20,6 +21,7 @@
 pub mod bench_api;
 pub mod config;
 mod connection;
+mod dormitory;
 mod mailbox;
 pub mod metrics;
 mod registry;

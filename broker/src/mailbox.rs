@@ -34,12 +34,16 @@ use std::sync::{Mutex, MutexGuard};
 use tidemq_protocol::QoS;
 use tokio::sync::Notify;
 
+use crate::dormitory::Alarm;
 use crate::types::{Delivery, Receipt};
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Delivery>,
     online: bool,
+    /// Set while the session's connection rests in the dormitory: the next
+    /// delivery (or a takeover) rings it.
+    alarm: Option<Alarm>,
 }
 
 #[derive(Debug)]
@@ -91,21 +95,53 @@ impl Mailbox {
         limit: Limit,
         receipt: Option<&Receipt>,
     ) -> Offered {
-        let offered = {
+        let (offered, alarm) = {
             let mut inner = self.inner();
             let offered = self.decide(&inner, delivery.qos, limit, receipt.is_some());
             if offered == Offered::Held {
                 delivery.receipt = receipt.cloned();
             }
-            if matches!(offered, Offered::Queued | Offered::Held) {
+            let queued = matches!(offered, Offered::Queued | Offered::Held);
+            if queued {
                 inner.queue.push_back(delivery);
             }
-            offered
+            (offered, if queued { inner.alarm.take() } else { None })
         };
         if matches!(offered, Offered::Queued | Offered::Held) {
             self.notify.notify_one();
         }
+        if let Some(alarm) = alarm {
+            alarm.ring();
+        }
         offered
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner().queue.is_empty()
+    }
+
+    /// Arms the alarm of a resting connection. Returns `true`, without
+    /// arming it, when mail is already waiting (the connection must not rest).
+    pub fn install_alarm(&self, alarm: Alarm) -> bool {
+        let mut inner = self.inner();
+        if !inner.queue.is_empty() {
+            return true;
+        }
+        inner.alarm = Some(alarm);
+        false
+    }
+
+    /// Disarms the alarm: the connection is awake.
+    pub fn clear_alarm(&self) {
+        self.inner().alarm = None;
+    }
+
+    /// Rings the alarm, if armed (a newer connection claims the session).
+    pub fn ring_alarm(&self) {
+        let alarm = self.inner().alarm.take();
+        if let Some(alarm) = alarm {
+            alarm.ring();
+        }
     }
 
     fn decide(&self, inner: &Inner, qos: QoS, limit: Limit, has_receipt: bool) -> Offered {

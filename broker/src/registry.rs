@@ -132,6 +132,8 @@ impl SessionSlot {
         match claim.owner_token.take() {
             Some(token) => {
                 token.cancel();
+                // A resting owner has no task to see the cancellation.
+                self.mailbox.ring_alarm();
                 true
             }
             None => false,

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -41,6 +42,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the dormitory thread: {0}")]
+    Dormitory(std::io::Error),
 }
 
 impl Broker {
@@ -64,7 +67,9 @@ impl Broker {
             let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
             tokio::spawn(sys);
         }
-        let ctx = Arc::new(Context::new(settings, router, metrics, shutdown));
+        let ctx =
+            Context::new(settings, router, metrics, shutdown).map_err(StartError::Dormitory)?;
+        let ctx = Arc::new(ctx);
         let connections = TaskTracker::new();
         let mut local_addrs = Vec::new();
         let mut accept_loops = Vec::new();
@@ -101,6 +106,7 @@ impl Broker {
     pub async fn shutdown(self) {
         info!("shutting down");
         self.ctx.shutdown.cancel();
+        self.ctx.dormitory.close();
         for task in self.accept_loops {
             let _ = task.await;
         }
@@ -166,12 +172,8 @@ async fn accept_loop(
             continue;
         };
         configure(&stream, &ctx.settings.listener);
-        let ctx = ctx.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let _open = OpenConnection::new(&ctx.metrics);
-            connection::serve(stream, peer, ctx.clone()).await;
-        });
+        let admission = Admission::new(&ctx.metrics, Some(permit), Some(connections.token()));
+        tokio::spawn(connection::serve(stream, peer, ctx.clone(), admission));
     }
 }
 
@@ -188,18 +190,33 @@ fn configure(stream: &TcpStream, listener: &ListenerSettings) {
     }
 }
 
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection<'a>(&'a Metrics);
+/// What a connection holds of the server for as long as it lives, resting
+/// or not: its place under `max_connections`, its place among the
+/// connections shutdown waits for, and the open-connections count.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    metrics: Arc<Metrics>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _tracked: Option<TaskTrackerToken>,
+}
 
-impl<'a> OpenConnection<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
+impl Admission {
+    pub(crate) fn new(
+        metrics: &Arc<Metrics>,
+        permit: Option<OwnedSemaphorePermit>,
+        tracked: Option<TaskTrackerToken>,
+    ) -> Admission {
         Metrics::incr(&metrics.connections_current);
-        OpenConnection(metrics)
+        Admission {
+            metrics: Arc::clone(metrics),
+            _permit: permit,
+            _tracked: tracked,
+        }
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
-        Metrics::decr(&self.0.connections_current);
+        Metrics::decr(&self.metrics.connections_current);
     }
 }

@@ -30,6 +30,9 @@ pub struct TestBroker {
 pub fn settings() -> Settings {
     let mut settings = Settings::defaults().unwrap();
     settings.listener.bind = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    // Connections rest after 20 ms of nothing to do, so every test also
+    // crosses rests and wake-ups (mail, packets, takeover, keepalive, close).
+    settings.limits.rest_after_ms = 20;
     settings
 }
 

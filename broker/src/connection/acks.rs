@@ -29,7 +29,6 @@ impl PendingAcks {
         PendingAcks::default()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

@@ -12,8 +12,15 @@
 //!
 //! The three share one cancellation token: when any of them ends, the others
 //! are stopped, and the session decides what survives (will, parked state).
-//! Works over any `AsyncRead + AsyncWrite` stream, so TLS or WebSocket can be
-//! put underneath without touching the session.
+//! Works over any [`Transport`], so TLS or WebSocket can be put underneath
+//! without touching the session.
+//!
+//! A connection with nothing to do for `limits.rest_after_ms` *rests*: its
+//! tasks stop at a safe point (the writer flushed, the reader between
+//! reads), and its socket and [`Client`] go to the [`Dormitory`] until a
+//! packet, mail, its keepalive deadline, a takeover or shutdown wakes it;
+//! then the three tasks start again. Nothing is lost across a rest: packets
+//! the reader decoded while stopping are handled first.
 
 mod acks;
 mod handshake;
@@ -22,22 +29,27 @@ mod session;
 mod writer;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tidemq_protocol::{ConnectReturnCode, Framer, ProtocolError, ProtocolVersion};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tidemq_protocol::{ConnectReturnCode, Framer, LastWill, ProtocolError, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Settings;
+use crate::dormitory::{Alarm, Dormitory, Sleeper};
 use crate::metrics::Metrics;
-use crate::registry::{Opened, Registry, SessionSlot};
+use crate::registry::{Opened, Ownership, Registry, SessionSlot};
 use crate::router::RouterHandle;
+use crate::server::Admission;
 use crate::session::SessionState;
 use crate::types::{ConnId, Message};
 
@@ -49,33 +61,39 @@ use writer::{WriterConfig, WriterEnd};
 const GRACEFUL_FLUSH: Duration = Duration::from_secs(5);
 
 /// What every connection shares: settings, the router, the registry, the
-/// counters and the broker's shutdown signal.
+/// dormitory, the counters and the broker's shutdown signal.
 #[derive(Debug)]
 pub struct Context {
     pub settings: Settings,
     pub router: RouterHandle,
     pub registry: Registry,
+    pub dormitory: Dormitory,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Where woken connections are spawned (the dormitory is a plain thread).
+    runtime: tokio::runtime::Handle,
     next_conn_id: AtomicU64,
 }
 
 impl Context {
+    /// Must be called from within the runtime that will run connections.
     pub fn new(
         settings: Settings,
         router: RouterHandle,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Context {
+    ) -> std::io::Result<Context> {
         let registry = Registry::new(settings.limits.max_queued_messages);
-        Context {
+        Ok(Context {
             settings,
             router,
             registry,
+            dormitory: Dormitory::start()?,
             metrics,
             shutdown,
+            runtime: tokio::runtime::Handle::current(),
             next_conn_id: AtomicU64::new(1),
-        }
+        })
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -83,34 +101,98 @@ impl Context {
     }
 }
 
-/// Serves one connection until it ends. Never panics on input; every end is
-/// logged once and counted.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn_id = ctx.next_conn_id();
-    let span =
-        tracing::info_span!("conn", conn_id = conn_id.0, %peer, client_id = tracing::field::Empty);
-    run(stream, conn_id, ctx).instrument(span).await;
+/// A byte stream a connection can run over.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Whether the connection may rest in the dormitory, which watches plain
+    /// sockets only.
+    const CAN_REST: bool = false;
+
+    /// Gives up the socket for the dormitory (only called when `CAN_REST`).
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
-async fn run<S>(mut stream: S, conn_id: ConnId, ctx: Arc<Context>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl Transport for TcpStream {
+    const CAN_REST: bool = true;
+
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {}
+
+/// A connected client: everything that must survive a rest. Its tasks,
+/// channels and buffers do not.
+struct Client {
+    ctx: Arc<Context>,
+    conn_id: ConnId,
+    peer: SocketAddr,
+    ownership: Ownership,
+    clean: bool,
+    version: ProtocolVersion,
+    /// 1.5 x the client's keepalive; `None` when the client asked for 0.
+    keepalive: Option<Duration>,
+    will: Option<LastWill>,
+    state: SessionState,
+    /// Cancelled on takeover or broker shutdown.
+    token: CancellationToken,
+    /// When the last packet came in, for the keepalive.
+    last_packet: Instant,
+    _admission: Admission,
+}
+
+impl Client {
+    fn slot(&self) -> &Arc<SessionSlot> {
+        &self.ownership.slot
+    }
+}
+
+fn conn_span(conn_id: ConnId, peer: SocketAddr) -> tracing::Span {
+    tracing::info_span!("conn", conn_id = conn_id.0, %peer, client_id = tracing::field::Empty)
+}
+
+/// Serves one connection until it ends or rests. Never panics on input;
+/// every end is logged once and counted.
+pub async fn serve<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    admission: Admission,
+) {
+    let conn_id = ctx.next_conn_id();
+    let span = conn_span(conn_id, peer);
+    async move {
+        if let Some((client, stream, leftover)) =
+            connect(stream, conn_id, peer, ctx, admission).await
+        {
+            live(client, stream, leftover, Vec::new(), true).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The handshake: CONNECT, session ownership, CONNACK. `None` when the
+/// connection is already over.
+async fn connect<S: Transport>(
+    mut stream: S,
+    conn_id: ConnId,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    admission: Admission,
+) -> Option<(Client, S, BytesMut)> {
     // Shutdown does not wait for clients that have not finished connecting.
     let accepted = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
         accepted = handshake::accept(&mut stream, conn_id, &ctx) => accepted,
     };
-    let Some(accepted) = accepted else {
-        return;
-    };
+    let accepted = accepted?;
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
     let token = ctx.shutdown.child_token();
     let opened = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
         opened = ctx.registry.open(&accepted.client_id, conn_id, token.clone()) => opened,
     };
     let Opened::Owned {
@@ -119,58 +201,152 @@ where
     } = opened
     else {
         debug!("a newer connection claimed this client id first");
-        return;
+        return None;
     };
-    let clean = accepted.connect.clean_session;
-    let slot = Arc::clone(&ownership.slot);
-    let (state, session_present) = take_up_session(&ctx, &slot, clean).await;
-    let accepted_code = ConnectReturnCode::Accepted;
-    if handshake::send_connack(&mut stream, &ctx, session_present, accepted_code)
-        .await
-        .is_err()
-    {
-        finish(&ctx, &slot, conn_id, clean, state).await;
-        return;
-    }
-    let keep_alive = accepted.connect.keep_alive;
-    info!(
+    let connect = accepted.connect;
+    let clean = connect.clean_session;
+    let (state, session_present) = take_up_session(&ctx, &ownership.slot, clean).await;
+    let keep_alive = connect.keep_alive;
+    let client = Client {
+        conn_id,
+        peer,
+        ownership,
         clean,
-        session_present, took_over, keep_alive, "client connected"
-    );
-
-    let tasks = Tasks::spawn(
-        stream,
-        &ctx,
-        accepted.leftover,
-        accepted.connect.version,
-        &token,
-    );
-    let session = Session {
-        ctx: Arc::clone(&ctx),
-        slot: Arc::clone(&slot),
-        state,
-        outgoing: tasks.outgoing.clone(),
-        out: BytesMut::new(),
-        out_limit: ctx.settings.limits.write_batch_bytes,
-        acks: acks::PendingAcks::new(),
-        slow_deadline: None,
+        version: connect.version,
         keepalive: match keep_alive {
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
         },
-        more_mail: false,
-        batch: Vec::new(),
+        will: connect.will,
+        state,
         token,
+        last_packet: Instant::now(),
+        _admission: admission,
+        ctx,
     };
-    let (end, state) = tasks.run(session, &ctx).await;
-    report(&end, &ctx.metrics);
-    if end.publishes_will() {
-        if let Some(will) = accepted.connect.will {
-            publish_will(&ctx, will).await;
+    let accepted_code = ConnectReturnCode::Accepted;
+    if handshake::send_connack(&mut stream, &client.ctx, session_present, accepted_code)
+        .await
+        .is_err()
+    {
+        close(client, End::WriterEnded).await;
+        return None;
+    }
+    info!(
+        clean,
+        session_present, took_over, keep_alive, "client connected"
+    );
+    Some((client, stream, accepted.leftover))
+}
+
+/// Runs the connection's tasks until it ends, or hands it to the dormitory
+/// when it rests. `first` is false when it wakes from a rest.
+async fn live<S: Transport>(
+    mut client: Client,
+    mut stream: S,
+    mut leftover: BytesMut,
+    mut pending: Vec<Inbound>,
+    mut first: bool,
+) {
+    loop {
+        client.slot().mailbox.clear_alarm();
+        let rest_after = if S::CAN_REST {
+            client.ctx.settings.rest_after()
+        } else {
+            None
+        };
+        let tasks = Tasks::spawn(stream, &client, leftover);
+        let session = Session::new(client, tasks.outgoing.clone(), rest_after);
+        let stopped = tasks.run(session, pending, first).await;
+        client = stopped.client;
+        match stopped.outcome {
+            Outcome::Ended(end) => return close(client, end).await,
+            Outcome::Rested {
+                stream: rested,
+                leftover: rest_leftover,
+                pending: rest_pending,
+            } => {
+                if rest_pending.is_empty() {
+                    return rest(client, rested, rest_leftover);
+                }
+                // Packets came in while the tasks stopped: back to work.
+                (stream, leftover, pending, first) = (rested, rest_leftover, rest_pending, false);
+            }
         }
     }
-    finish(&ctx, &slot, conn_id, clean, state).await;
-    drop(ownership);
+}
+
+/// Hands a connection to the dormitory.
+fn rest<S: Transport>(client: Client, stream: S, leftover: BytesMut) {
+    let socket = match stream.into_socket() {
+        Ok(socket) => socket,
+        Err(error) => {
+            // The stream is gone; end the connection from a task of its own.
+            let runtime = client.ctx.runtime.clone();
+            runtime.spawn(close(client, End::Io(error)));
+            return;
+        }
+    };
+    Metrics::incr(&client.ctx.metrics.connections_rested);
+    // Keep a partial packet; an empty buffer's room is not worth its bytes.
+    let leftover = if leftover.is_empty() {
+        BytesMut::new()
+    } else {
+        leftover
+    };
+    let ctx = Arc::clone(&client.ctx);
+    ctx.dormitory.admit(Box::new(Resting {
+        client,
+        socket,
+        leftover,
+    }));
+}
+
+/// A connection in the dormitory.
+struct Resting {
+    client: Client,
+    socket: std::net::TcpStream,
+    /// A partial packet read before the rest, if any.
+    leftover: BytesMut,
+}
+
+impl Sleeper for Resting {
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        let keepalive = self.client.keepalive?;
+        Some((self.client.last_packet + keepalive).into_std())
+    }
+
+    fn install_alarm(&self, alarm: Alarm) -> bool {
+        let mail_waiting = self.client.slot().mailbox.install_alarm(alarm);
+        mail_waiting || self.client.token.is_cancelled()
+    }
+
+    fn wake(self: Box<Self>) {
+        let runtime = self.client.ctx.runtime.clone();
+        runtime.spawn(wake(self));
+    }
+}
+
+async fn wake(resting: Box<Resting>) {
+    let Resting {
+        client,
+        socket,
+        leftover,
+    } = *resting;
+    let span = conn_span(client.conn_id, client.peer);
+    span.record("client_id", client.slot().client_id.as_str());
+    async move {
+        match TcpStream::from_std(socket) {
+            Ok(stream) => live(client, stream, leftover, Vec::new(), false).await,
+            Err(error) => close(client, End::Io(error)).await,
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// Takes up the session's state: a clean session starts empty (and drops
@@ -192,41 +368,53 @@ async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (Ses
     (state, session_present)
 }
 
+/// How a run of the tasks stopped.
+enum Outcome<S> {
+    Ended(End),
+    /// The session rested; the stream is whole again.
+    Rested {
+        stream: S,
+        leftover: BytesMut,
+        /// Decoded while the reader was stopping.
+        pending: Vec<Inbound>,
+    },
+}
+
+struct Stopped<S> {
+    outcome: Outcome<S>,
+    client: Client,
+}
+
 /// The read and write tasks of one connection and the channels to them.
-struct Tasks {
-    reader: JoinHandle<()>,
-    writer: JoinHandle<WriterEnd>,
+struct Tasks<S> {
+    reader: JoinHandle<(ReadHalf<S>, BytesMut)>,
+    writer: JoinHandle<(WriteHalf<S>, WriterEnd)>,
     inbound: mpsc::Receiver<Inbound>,
     outgoing: mpsc::Sender<Bytes>,
+    /// Stops the reader at its next read (rest), or at once with `token`.
+    reader_stop: CancellationToken,
     /// The writer has its own token so that a graceful end (DISCONNECT,
-    /// shutdown) can let it flush before it is stopped.
+    /// shutdown, rest) can let it flush before it is stopped.
     writer_token: CancellationToken,
     token: CancellationToken,
 }
 
-impl Tasks {
-    fn spawn<S>(
-        stream: S,
-        ctx: &Context,
-        leftover: BytesMut,
-        version: ProtocolVersion,
-        token: &CancellationToken,
-    ) -> Tasks
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+impl<S: Transport> Tasks<S> {
+    fn spawn(stream: S, client: &Client, leftover: BytesMut) -> Tasks<S> {
         let (read_half, write_half) = tokio::io::split(stream);
+        let ctx = &client.ctx;
         let limits = &ctx.settings.limits;
         let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
         let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
         let framer = Framer::new(limits.max_packet_size);
+        let reader_stop = client.token.child_token();
         let reader = tokio::spawn(reader::run(
             read_half,
             leftover,
             framer,
-            version,
+            client.version,
             inbound_tx,
-            token.clone(),
+            reader_stop.clone(),
         ));
         let config = WriterConfig {
             batch_bytes: limits.write_batch_bytes,
@@ -244,48 +432,111 @@ impl Tasks {
             writer,
             inbound,
             outgoing,
+            reader_stop,
             writer_token,
-            token: token.clone(),
+            token: client.token.clone(),
         }
     }
 
-    /// Runs the session to its end, then stops both tasks and waits for them:
-    /// no task outlives the connection.
-    async fn run(mut self, mut session: Session, ctx: &Context) -> (End, SessionState) {
-        let end = session.run(&mut self.inbound, &mut self.writer).await;
-        let Session {
-            state, outgoing, ..
-        } = session;
-        drop(outgoing);
+    /// Runs the session until it ends or rests, then stops both tasks and
+    /// waits for them: no task outlives a run.
+    async fn run(mut self, mut session: Session, pending: Vec<Inbound>, first: bool) -> Stopped<S> {
+        let end = session
+            .run(&mut self.inbound, &mut self.writer, pending, first)
+            .await;
+        let client = session.into_client();
+        let outcome = match end {
+            End::Rest => self.stop_for_rest().await,
+            end => {
+                let graceful = matches!(end, End::Disconnect | End::Shutdown);
+                let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
+                self.stop(graceful.then_some(grace)).await;
+                Outcome::Ended(end)
+            }
+        };
+        Stopped { outcome, client }
+    }
+
+    /// Lets the writer flush and the reader stop between reads, keeping
+    /// what it decodes meanwhile, and joins the stream again.
+    async fn stop_for_rest(mut self) -> Outcome<S> {
         drop(self.outgoing);
-        if matches!(end, End::Disconnect | End::Shutdown) && !self.writer.is_finished() {
-            let grace = ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
-            let _ = tokio::time::timeout(grace, &mut self.writer).await;
+        self.reader_stop.cancel();
+        let mut pending = Vec::new();
+        let reader = loop {
+            tokio::select! {
+                joined = &mut self.reader => break joined,
+                Some(inbound) = self.inbound.recv() => pending.push(inbound),
+            }
+        };
+        while let Ok(inbound) = self.inbound.try_recv() {
+            pending.push(inbound);
+        }
+        let writer = (&mut self.writer).await;
+        let (read_half, leftover, write_half) = match (reader, writer) {
+            (Ok((read_half, leftover)), Ok((write_half, WriterEnd::Drained))) => {
+                (read_half, leftover, write_half)
+            }
+            (_, Ok((_, end))) => return Outcome::Ended(End::Writer(end)),
+            _ => return Outcome::Ended(End::WriterEnded),
+        };
+        Outcome::Rested {
+            stream: read_half.unsplit(write_half),
+            leftover,
+            pending,
+        }
+    }
+
+    /// Stops both tasks for good; after a graceful end the writer flushes
+    /// first and the socket is shut down.
+    async fn stop(mut self, grace: Option<Duration>) {
+        drop(self.outgoing);
+        let mut write_half = None;
+        if let Some(grace) = grace {
+            if let Ok(Ok((half, WriterEnd::Drained))) =
+                tokio::time::timeout(grace, &mut self.writer).await
+            {
+                write_half = Some(half);
+            }
         }
         self.token.cancel();
+        self.reader_stop.cancel();
         self.writer_token.cancel();
         drop(self.inbound);
         let _ = self.reader.await;
-        if !self.writer.is_finished() {
+        if let (Some(mut half), Some(grace)) = (write_half, grace) {
+            let _ = tokio::time::timeout(grace, half.shutdown()).await;
+        } else if !self.writer.is_finished() {
             let _ = self.writer.await;
         }
-        (end, state)
     }
 }
 
-/// Decides what survives the connection: a persistent session parks its
-/// state (and keeps its mailbox and subscriptions); a clean one is forgotten.
-async fn finish(
-    ctx: &Context,
-    slot: &Arc<SessionSlot>,
-    conn_id: ConnId,
-    clean: bool,
-    state: SessionState,
-) {
+/// Ends a connection: logs and counts why, publishes the will when the end
+/// calls for it, and decides what survives: a persistent session parks its
+/// state (and keeps its mailbox and subscriptions); a clean one is
+/// forgotten. Dropping the client frees its session slot.
+async fn close(client: Client, end: End) {
+    let Client {
+        ctx,
+        conn_id,
+        ownership,
+        clean,
+        will,
+        state,
+        ..
+    } = client;
+    report(&end, &ctx.metrics);
+    if end.publishes_will() {
+        if let Some(will) = will {
+            publish_will(&ctx, will).await;
+        }
+    }
+    let slot = &ownership.slot;
     slot.set_online(false);
     slot.release_owner(conn_id);
     if clean {
-        Session::discard(ctx, slot).await;
+        Session::discard(&ctx, slot).await;
         slot.set_persistent(false);
         ctx.registry.remove(slot, conn_id);
     } else {
@@ -342,6 +593,7 @@ fn report(end: &End, metrics: &Metrics) {
         }
         End::Writer(WriterEnd::Failed(error)) => debug!(%error, "write failed"),
         End::Writer(_) | End::WriterEnded => debug!("write side closed"),
+        End::Rest => debug!("rested"),
     }
 }
 

@@ -39,16 +39,20 @@ pub enum ReadError {
     Protocol(#[from] ProtocolError),
 }
 
-/// Reads until the stream ends, fails or `token` is cancelled. `buf` holds
-/// whatever followed the CONNECT in the handshake's reads.
+/// Reads until the stream ends or fails (reported to the session), the
+/// session goes, or `stop` is cancelled, and gives back the read half and
+/// whatever partial packet is buffered. `stop` takes effect only between
+/// reads, after every whole packet read so far has been handed over, so a
+/// connection can rest without losing any. `buf` holds whatever followed
+/// the CONNECT, or the partial packet from before a rest.
 pub async fn run<R: AsyncRead + Unpin>(
     reader: R,
     buf: BytesMut,
     framer: Framer,
     version: ProtocolVersion,
     tx: mpsc::Sender<Inbound>,
-    token: CancellationToken,
-) {
+    stop: CancellationToken,
+) -> (R, BytesMut) {
     let mut task = ReadTask {
         reader,
         buf,
@@ -57,16 +61,13 @@ pub async fn run<R: AsyncRead + Unpin>(
         version,
         tx,
     };
-    let result = tokio::select! {
-        _ = token.cancelled() => return,
-        result = task.read_loop() => result,
-    };
-    if let Err(error) = result {
+    if let Err(error) = task.read_loop(&stop).await {
         tokio::select! {
-            _ = token.cancelled() => {}
+            _ = stop.cancelled() => {}
             _ = task.tx.send(Inbound::Failed(error)) => {}
         }
     }
+    (task.reader, task.buf)
 }
 
 struct ReadTask<R> {
@@ -80,8 +81,9 @@ struct ReadTask<R> {
 }
 
 impl<R: AsyncRead + Unpin> ReadTask<R> {
-    /// `Ok` when the session has gone; every other end is an error.
-    async fn read_loop(&mut self) -> Result<(), ReadError> {
+    /// `Ok` when the session has gone or `stop` was cancelled; every other
+    /// end is an error.
+    async fn read_loop(&mut self, stop: &CancellationToken) -> Result<(), ReadError> {
         loop {
             while let Some(frame) = self.framer.next_frame(&mut self.buf)? {
                 let packet = decode_packet(&frame, self.version)?;
@@ -92,11 +94,19 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
             if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_KEEP.max(self.chunk) {
                 self.buf = BytesMut::new();
             }
+            if stop.is_cancelled() {
+                return Ok(());
+            }
             if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
                 self.buf.reserve(self.chunk);
             }
             let room = self.buf.capacity() - self.buf.len();
-            let read = self.reader.read_buf(&mut self.buf).await?;
+            // `read_buf` is cancel-safe: bytes are never half taken.
+            let read = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                read = self.reader.read_buf(&mut self.buf) => read?,
+            };
             if read == 0 {
                 return Err(ReadError::Closed);
             }

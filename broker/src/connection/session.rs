@@ -23,17 +23,15 @@ use tidemq_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError};
 use super::writer::WriterEnd;
-use super::Context;
+use super::{Client, Context};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg};
-use crate::session::SessionState;
 use crate::types::{Delivery, Message, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
@@ -58,6 +56,9 @@ pub enum End {
     WriterEnded,
     Writer(WriterEnd),
     Shutdown,
+    /// Not an end: the connection had nothing to do for `rest_after_ms` and
+    /// goes to the dormitory.
+    Rest,
 }
 
 impl End {
@@ -85,9 +86,8 @@ impl From<RouterGone> for End {
 }
 
 pub struct Session {
-    pub ctx: Arc<Context>,
-    pub slot: Arc<SessionSlot>,
-    pub state: SessionState,
+    /// Lent to the session for one run of the tasks.
+    pub client: Client,
     pub outgoing: mpsc::Sender<Bytes>,
     /// Packets encoded since the last hand-over to the write task.
     pub out: BytesMut,
@@ -98,92 +98,165 @@ pub struct Session {
     /// Set while the mailbox is over its limit: when the session is closed
     /// as too slow unless it catches up.
     pub slow_deadline: Option<Instant>,
-    /// 1.5 x the client's keepalive; `None` when the client asked for 0.
-    pub keepalive: Option<Duration>,
     /// Deliveries are waiting in the mailbox beyond the last batch.
     pub more_mail: bool,
     /// Reused buffer for one batch of deliveries taken from the mailbox.
     pub batch: Vec<Delivery>,
-    /// Cancelled on takeover or broker shutdown.
-    pub token: CancellationToken,
+    /// Rest after this long with nothing to do; `None`: never.
+    pub rest_after: Option<Duration>,
 }
 
 impl Session {
-    /// Runs until the connection ends; returns why.
-    pub async fn run(
+    pub fn new(
+        client: Client,
+        outgoing: mpsc::Sender<Bytes>,
+        rest_after: Option<Duration>,
+    ) -> Session {
+        let out_limit = client.ctx.settings.limits.write_batch_bytes;
+        Session {
+            client,
+            outgoing,
+            out: BytesMut::new(),
+            out_limit,
+            acks: PendingAcks::new(),
+            slow_deadline: None,
+            more_mail: false,
+            batch: Vec::new(),
+            rest_after,
+        }
+    }
+
+    /// Gives the client back once the run is over.
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
+    /// Runs until the connection ends or rests; returns why. `pending` are
+    /// packets decoded before a rest; `first` is false after one (nothing
+    /// is resent then).
+    pub async fn run<W>(
         &mut self,
         inbound: &mut mpsc::Receiver<Inbound>,
-        writer: &mut JoinHandle<WriterEnd>,
+        writer: &mut JoinHandle<(W, WriterEnd)>,
+        pending: Vec<Inbound>,
+        first: bool,
     ) -> End {
-        match self.serve(inbound, writer).await {
+        match self.serve(inbound, writer, pending, first).await {
             Ok(never) => match never {},
             Err(End::WriterEnded) => match writer.await {
-                Ok(end) => End::Writer(end),
+                Ok((_, end)) => End::Writer(end),
                 Err(_) => End::Writer(WriterEnd::Cancelled),
             },
             Err(end) => end,
         }
     }
 
-    async fn serve(
+    async fn serve<W>(
         &mut self,
         inbound: &mut mpsc::Receiver<Inbound>,
-        writer: &mut JoinHandle<WriterEnd>,
+        writer: &mut JoinHandle<(W, WriterEnd)>,
+        pending: Vec<Inbound>,
+        first: bool,
     ) -> Result<std::convert::Infallible, End> {
-        for packet in self.state.outbound.resend() {
-            self.send(packet).await?;
+        if first {
+            for packet in self.client.state.outbound.resend() {
+                self.send(packet).await?;
+            }
+        }
+        for inbound in pending {
+            self.inbound(inbound).await?;
         }
         self.deliver().await?;
         let far_future = Duration::from_secs(86_400 * 365);
-        let keepalive = self.keepalive;
-        let deadline = tokio::time::sleep(keepalive.unwrap_or(far_future));
+        let keepalive = self.client.keepalive;
+        let due = |last_packet: Instant| last_packet + keepalive.unwrap_or(far_future);
+        let deadline = tokio::time::sleep_until(due(self.client.last_packet));
         tokio::pin!(deadline);
-        let slot = Arc::clone(&self.slot);
-        let token = self.token.clone();
-        // The timer is moved only when it fires (to the last packet plus the
-        // period), not on every packet: a clock read per packet is cheaper
-        // than re-arming a timer per packet.
-        let mut last_packet = Instant::now();
+        let rest_after = self.rest_after;
+        let rest_timer = tokio::time::sleep(rest_after.unwrap_or(far_future));
+        tokio::pin!(rest_timer);
+        // Set by every event; the rest timer rests the connection when it
+        // fires twice in a row without one.
+        let mut busy = false;
+        let slot = Arc::clone(&self.client.ownership.slot);
+        let token = self.client.token.clone();
         loop {
             self.flush().await?;
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Err(self.cancelled()),
                 end = &mut *writer => {
-                    return Err(End::Writer(end.unwrap_or(WriterEnd::Cancelled)));
+                    let end = end.map_or(WriterEnd::Cancelled, |(_, end)| end);
+                    return Err(End::Writer(end));
                 }
-                _ = self.acks.front_released() => self.send_released_acks().await?,
-                message = inbound.recv() => match message {
-                    Some(Inbound::Packet(packet)) => {
-                        if keepalive.is_some() {
-                            last_packet = Instant::now();
-                        }
-                        self.handle(packet).await?;
-                    }
-                    Some(Inbound::Failed(error)) => return Err(error.into()),
-                    None => return Err(End::PeerClosed),
-                },
+                _ = self.acks.front_released() => {
+                    busy = true;
+                    self.send_released_acks().await?;
+                }
+                message = inbound.recv() => {
+                    busy = true;
+                    self.inbound(message.unwrap_or(Inbound::Failed(ReadError::Closed))).await?;
+                }
                 // Not gated on window room: a backlog must arm the slow
                 // deadline even while the client acknowledges nothing.
-                _ = slot.mailbox.notified() => self.deliver().await?,
-                _ = std::future::ready(()), if self.more_mail && self.state.outbound.has_room() => {
+                _ = slot.mailbox.notified() => {
+                    busy = true;
                     self.deliver().await?;
                 }
+                _ = std::future::ready(()), if self.more_mail && self.client.state.outbound.has_room() => {
+                    busy = true;
+                    self.deliver().await?;
+                }
+                // The timer is moved only when it fires (to the last packet
+                // plus the period), not on every packet: a clock read per
+                // packet is cheaper than re-arming a timer per packet.
                 _ = &mut deadline, if keepalive.is_some() => {
-                    let due = last_packet + keepalive.unwrap_or(far_future);
+                    let due = due(self.client.last_packet);
                     if due <= Instant::now() {
                         return Err(End::KeepAliveTimeout);
                     }
                     deadline.as_mut().reset(due);
                 }
                 _ = sleep_until_option(self.slow_deadline) => return Err(End::SlowSubscriber),
+                _ = &mut rest_timer, if rest_after.is_some() => {
+                    if !busy && self.can_rest(inbound) {
+                        return Err(End::Rest);
+                    }
+                    busy = false;
+                    rest_timer.as_mut().reset(Instant::now() + rest_after.unwrap_or(far_future));
+                }
             }
         }
     }
 
+    /// Handles what the read task sent.
+    async fn inbound(&mut self, inbound: Inbound) -> Result<(), End> {
+        match inbound {
+            Inbound::Packet(packet) => {
+                if self.client.keepalive.is_some() {
+                    self.client.last_packet = Instant::now();
+                }
+                self.handle(packet).await
+            }
+            Inbound::Failed(error) => Err(error.into()),
+        }
+    }
+
+    /// Whether the connection has nothing to do and nothing owed to it, so
+    /// it may give up its tasks: no acknowledgement waiting for a receipt,
+    /// no packet or delivery waiting, no backlog deadline running.
+    fn can_rest(&self, inbound: &mpsc::Receiver<Inbound>) -> bool {
+        self.acks.is_empty()
+            && self.out.is_empty()
+            && self.slow_deadline.is_none()
+            && !self.more_mail
+            && inbound.is_empty()
+            && self.client.ownership.slot.mailbox.is_empty()
+    }
+
     /// Why the token was cancelled.
     fn cancelled(&self) -> End {
-        if self.ctx.shutdown.is_cancelled() {
+        if self.client.ctx.shutdown.is_cancelled() {
             End::Shutdown
         } else {
             End::TakenOver
@@ -209,7 +282,7 @@ impl Session {
         let chunk = self.out.split().freeze();
         tokio::select! {
             sent = self.outgoing.send(chunk) => sent.map_err(|_| End::WriterEnded),
-            _ = self.token.cancelled() => Err(self.cancelled()),
+            _ = self.client.token.cancelled() => Err(self.cancelled()),
         }
     }
 
@@ -218,19 +291,21 @@ impl Session {
     /// at the front waits for room and the rest waits behind it).
     async fn deliver(&mut self) -> Result<(), End> {
         let mut batch = std::mem::take(&mut self.batch);
-        let room = self.state.outbound.room();
-        let over_limit = self
-            .slot
-            .mailbox
-            .take_front(DELIVERY_BATCH, room, &mut batch);
+        let room = self.client.state.outbound.room();
+        let over_limit =
+            self.client
+                .ownership
+                .slot
+                .mailbox
+                .take_front(DELIVERY_BATCH, room, &mut batch);
         self.more_mail = batch.len() == DELIVERY_BATCH;
         self.watch_backlog(over_limit);
-        Metrics::add(&self.ctx.metrics.messages_sent, batch.len() as u64);
+        Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent.
         let publishes: Vec<Publish> = batch
             .drain(..)
-            .map(|d| self.state.outbound.send(&d))
+            .map(|d| self.client.state.outbound.send(&d))
             .collect();
         self.batch = batch;
         for publish in publishes {
@@ -245,7 +320,7 @@ impl Session {
         match (over, self.slow_deadline) {
             (true, None) => {
                 self.slow_deadline =
-                    Some(Instant::now() + self.ctx.settings.slow_subscriber_timeout());
+                    Some(Instant::now() + self.client.ctx.settings.slow_subscriber_timeout());
             }
             (false, Some(_)) => self.slow_deadline = None,
             _ => {}
@@ -256,26 +331,30 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.publish(publish).await,
             Packet::PubAck(id) => {
-                Self::acknowledged(self.state.outbound.puback(id), "PUBACK");
+                Self::acknowledged(self.client.state.outbound.puback(id), "PUBACK");
                 self.deliver().await
             }
             Packet::PubRec(id) => {
-                Self::acknowledged(self.state.outbound.pubrec(id), "PUBREC");
+                Self::acknowledged(self.client.state.outbound.pubrec(id), "PUBREC");
                 // [MQTT-4.3.3-1] answer PUBREC with PUBREL.
                 self.send(Outgoing::PubRel(id)).await
             }
             Packet::PubRel(id) => {
-                self.state.inbound.release(id);
+                self.client.state.inbound.release(id);
                 self.send(Outgoing::PubComp(id)).await
             }
             Packet::PubComp(id) => {
-                Self::acknowledged(self.state.outbound.pubcomp(id), "PUBCOMP");
+                Self::acknowledged(self.client.state.outbound.pubcomp(id), "PUBCOMP");
                 self.deliver().await
             }
             Packet::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
             Packet::Unsubscribe { packet_id, filters } => {
-                let client_id = self.slot.client_id.clone();
-                self.ctx.router.unsubscribe(client_id, filters).await?;
+                let client_id = self.client.ownership.slot.client_id.clone();
+                self.client
+                    .ctx
+                    .router
+                    .unsubscribe(client_id, filters)
+                    .await?;
                 // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
                 self.send(Outgoing::UnsubAck(packet_id)).await
             }
@@ -292,10 +371,10 @@ impl Session {
     }
 
     async fn publish(&mut self, publish: Publish) -> Result<(), End> {
-        Metrics::incr(&self.ctx.metrics.messages_received);
+        Metrics::incr(&self.client.ctx.metrics.messages_received);
         let packet_id = publish.packet_id;
         let route = match (publish.qos, packet_id) {
-            (QoS::ExactlyOnce, Some(id)) => self.state.inbound.receive(id),
+            (QoS::ExactlyOnce, Some(id)) => self.client.state.inbound.receive(id),
             _ => true,
         };
         let ack = match (publish.qos, packet_id) {
@@ -319,7 +398,7 @@ impl Session {
                 retain: publish.retain,
             };
             let receipt = (publish.qos != QoS::AtMostOnce).then_some(receipt);
-            self.ctx.router.publish(message, receipt).await?;
+            self.client.ctx.router.publish(message, receipt).await?;
         }
         Ok(())
     }
@@ -338,9 +417,10 @@ impl Session {
         filters: Vec<(tidemq_protocol::TopicFilter, QoS)>,
     ) -> Result<(), End> {
         let codes: Vec<SubAckCode> = self
+            .client
             .ctx
             .router
-            .subscribe(self.slot.clone(), filters)
+            .subscribe(self.client.ownership.slot.clone(), filters)
             .await?;
         self.send(Outgoing::SubAck { packet_id, codes }).await
     }

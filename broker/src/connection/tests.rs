@@ -20,12 +20,7 @@ fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     edit(&mut settings);
     let metrics = Arc::new(Metrics::default());
     let (router, _task) = router::spawn(settings.limits.router_queue, metrics.clone());
-    Arc::new(Context::new(
-        settings,
-        router,
-        metrics,
-        CancellationToken::new(),
-    ))
+    Arc::new(Context::new(settings, router, metrics, CancellationToken::new()).unwrap())
 }
 
 fn peer() -> SocketAddr {
@@ -46,11 +41,9 @@ fn connect_bytes(client_id: &str, keep_alive: u16) -> Vec<u8> {
     wire
 }
 
-fn start<S>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(serve(stream, peer(), ctx.clone()))
+fn start<S: Transport>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()> {
+    let admission = Admission::new(&ctx.metrics, None, None);
+    tokio::spawn(serve(stream, peer(), ctx.clone(), admission))
 }
 
 async fn handshake(client: &mut DuplexStream, keep_alive: u16) {
@@ -188,6 +181,8 @@ impl AsyncWrite for FailingWrites {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+impl Transport for FailingWrites {}
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_ends_the_reader_and_the_session() {

@@ -6,8 +6,8 @@
 //! makes no progress for `write_timeout` ends the connection as abnormal: a
 //! peer that vanished without a FIN is otherwise only found when a write
 //! fails. When the session drops its sender, the task flushes what is queued
-//! and shuts the socket down; when the connection is cancelled it stops at
-//! once.
+//! and gives its half of the stream back; when the connection is cancelled
+//! it stops at once.
 
 use std::io;
 use std::time::Duration;
@@ -68,11 +68,25 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Writes until the session closes the queue (`Drained`, everything
+/// written), a write fails or stalls, or `token` is cancelled; gives the
+/// write half back. Shutting the socket down is the caller's decision: a
+/// connection that rests keeps it open.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     config: WriterConfig,
     token: CancellationToken,
+) -> (W, WriterEnd) {
+    let end = write_queue(&mut writer, rx, &config, &token).await;
+    (writer, end)
+}
+
+async fn write_queue<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut rx: mpsc::Receiver<Bytes>,
+    config: &WriterConfig,
+    token: &CancellationToken,
 ) -> WriterEnd {
     let mut buf = BytesMut::new();
     loop {
@@ -81,9 +95,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
             _ = token.cancelled() => return WriterEnd::Cancelled,
             packet = rx.recv() => packet,
         };
-        let Some(mut first) = first else { break };
+        let Some(mut first) = first else {
+            return WriterEnd::Drained;
+        };
         let written = match rx.try_recv() {
-            Err(_) => write_batch(&mut writer, &mut first, config.write_timeout, &token).await,
+            Err(_) => write_batch(writer, &mut first, config.write_timeout, token).await,
             Ok(second) => {
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&second);
@@ -93,7 +109,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                         Err(_) => break,
                     }
                 }
-                write_batch(&mut writer, &mut buf, config.write_timeout, &token).await
+                write_batch(writer, &mut buf, config.write_timeout, token).await
             }
         };
         if let Err(end) = written {
@@ -104,14 +120,5 @@ pub async fn run<W: AsyncWrite + Unpin>(
             // A burst grew the buffer; do not hold it while idle.
             buf = BytesMut::new();
         }
-    }
-    let closed = tokio::select! {
-        _ = token.cancelled() => return WriterEnd::Cancelled,
-        closed = tokio::time::timeout(config.write_timeout, writer.shutdown()) => closed,
-    };
-    match closed {
-        Ok(Ok(())) => WriterEnd::Drained,
-        Ok(Err(error)) => WriterEnd::Failed(error),
-        Err(_) => WriterEnd::Stalled,
     }
 }

@@ -1,0 +1,340 @@
+//! The dormitory: where idle connections wait without tasks.
+//!
+//! A connection that has had nothing to do for `limits.rest_after_ms` gives
+//! up its read, write and session tasks and its buffers, and hands what must
+//! survive (its socket and its session) to the dormitory as a [`Sleeper`].
+//! One thread watches every sleeper's socket in one epoll set (through mio)
+//! together with its keepalive deadline, so a resting connection costs its
+//! session state and a kernel epoll entry: no task, no timer, no reactor
+//! registration, no buffer. It is what lets a broker hold many idle clients
+//! in little memory, the way an event-loop broker does.
+//!
+//! A sleeper is woken, and its tasks spawned again, when:
+//!
+//! | event                                  | by                            |
+//! |----------------------------------------|-------------------------------|
+//! | its socket becomes readable (or closes)| the epoll set                 |
+//! | its keepalive deadline passes          | this thread's poll timeout    |
+//! | mail reaches its mailbox, or a newer   | its [`Alarm`], rung from any  |
+//! | connection claims its client id        | thread                        |
+//! | the broker shuts down                  | [`Dormitory::close`]          |
+//!
+//! The lock on the beds is held for bookkeeping only, never while a sleeper
+//! runs; a sleeper's `wake` just spawns its tasks on the runtime.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, warn};
+
+/// The waker's token; bed keys never reach it (their index is 32 bits).
+const WAKER: Token = Token(usize::MAX);
+/// Longest poll; a backstop only, every change that matters wakes the thread.
+const MAX_POLL: Duration = Duration::from_secs(60);
+/// Events taken per poll.
+const EVENTS: usize = 1024;
+
+/// A connection at rest: what the dormitory needs to watch and wake it.
+pub trait Sleeper: Send + 'static {
+    /// The socket to watch for readability.
+    fn fd(&self) -> RawFd;
+    /// When to wake it even if nothing happens (its keepalive).
+    fn deadline(&self) -> Option<Instant>;
+    /// Gives the sleeper its alarm, before anything can wake it. Returns
+    /// `true` when it must be woken at once (mail is already waiting, or it
+    /// was claimed meanwhile).
+    fn install_alarm(&self, alarm: Alarm) -> bool;
+    /// Hands the sleeper back to the runtime (spawns its tasks).
+    fn wake(self: Box<Self>);
+}
+
+/// Wakes one sleeper from any thread; ringing after it woke does nothing.
+#[derive(Clone)]
+pub struct Alarm {
+    shared: Arc<Shared>,
+    key: u64,
+}
+
+impl std::fmt::Debug for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alarm").field("key", &self.key).finish()
+    }
+}
+
+impl Alarm {
+    pub fn ring(&self) {
+        lock(&self.shared.beds).rung.push(self.key);
+        self.shared.wake_thread();
+    }
+}
+
+/// Holds the sleepers; cheap to share by reference.
+pub struct Dormitory {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Dormitory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dormitory")
+            .field("sleeping", &self.sleeping())
+            .finish()
+    }
+}
+
+struct Shared {
+    registry: mio::Registry,
+    waker: Waker,
+    beds: Mutex<Beds>,
+}
+
+impl Shared {
+    fn wake_thread(&self) {
+        if let Err(error) = self.waker.wake() {
+            warn!(%error, "cannot wake the dormitory thread");
+        }
+    }
+}
+
+struct Bed {
+    generation: u32,
+    deadline: Option<Instant>,
+    sleeper: Option<Box<dyn Sleeper>>,
+}
+
+#[derive(Default)]
+struct Beds {
+    beds: Vec<Bed>,
+    free: Vec<u32>,
+    /// Keys whose alarms rang since the thread last looked.
+    rung: Vec<u64>,
+    /// Keepalive deadlines. Entries of sleepers that woke otherwise stay
+    /// until they come due or the heap is rebuilt.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    sleeping: usize,
+    closed: bool,
+}
+
+fn key(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+fn lock(beds: &Mutex<Beds>) -> MutexGuard<'_, Beds> {
+    // Every critical section leaves the beds consistent.
+    beds.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Beds {
+    fn insert(&mut self, sleeper: Box<dyn Sleeper>, deadline: Option<Instant>) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.beds.push(Bed {
+                    generation: 0,
+                    deadline: None,
+                    sleeper: None,
+                });
+                (self.beds.len() - 1) as u32
+            }
+        };
+        let bed = &mut self.beds[index as usize];
+        bed.sleeper = Some(sleeper);
+        bed.deadline = deadline;
+        let key = key(index, bed.generation);
+        if let Some(deadline) = deadline {
+            self.deadlines.push(Reverse((deadline, key)));
+        }
+        self.sleeping += 1;
+        key
+    }
+
+    /// Takes the sleeper of `key` out, if it is still there.
+    fn take(&mut self, key: u64) -> Option<Box<dyn Sleeper>> {
+        let index = (key & u64::from(u32::MAX)) as u32;
+        let generation = (key >> 32) as u32;
+        let bed = self.beds.get_mut(index as usize)?;
+        if bed.generation != generation {
+            return None;
+        }
+        let sleeper = bed.sleeper.take()?;
+        bed.generation = bed.generation.wrapping_add(1);
+        bed.deadline = None;
+        self.free.push(index);
+        self.sleeping -= 1;
+        Some(sleeper)
+    }
+
+    /// Takes every sleeper whose deadline has passed.
+    fn take_due(&mut self, now: Instant, woken: &mut Vec<Box<dyn Sleeper>>) {
+        while let Some(Reverse((deadline, key))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            woken.extend(self.take(key));
+        }
+        // Stale entries (sleepers that woke for another reason) would pile
+        // up under clients that rest and wake often: rebuild when they
+        // outnumber the live ones.
+        if self.deadlines.len() > 2 * self.sleeping + 1024 {
+            self.deadlines = self
+                .beds
+                .iter()
+                .enumerate()
+                .filter(|(_, bed)| bed.sleeper.is_some())
+                .filter_map(|(index, bed)| {
+                    let deadline = bed.deadline?;
+                    Some(Reverse((deadline, key(index as u32, bed.generation))))
+                })
+                .collect();
+        }
+    }
+
+    fn take_all(&mut self, woken: &mut Vec<Box<dyn Sleeper>>) {
+        for index in 0..self.beds.len() {
+            let generation = self.beds[index].generation;
+            woken.extend(self.take(key(index as u32, generation)));
+        }
+        self.deadlines.clear();
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Duration {
+        match self.deadlines.peek() {
+            Some(Reverse((deadline, _))) => deadline.saturating_duration_since(now).min(MAX_POLL),
+            None => MAX_POLL,
+        }
+    }
+}
+
+impl Dormitory {
+    /// Starts the dormitory's thread.
+    pub fn start() -> io::Result<Dormitory> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(Shared {
+            registry: poll.registry().try_clone()?,
+            waker,
+            beds: Mutex::new(Beds::default()),
+        });
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("tidemq-dormitory".into())
+            .spawn(move || watch(poll, &thread_shared))?;
+        Ok(Dormitory { shared })
+    }
+
+    /// Puts a sleeper to rest. Once the dormitory is closed, or when its
+    /// socket cannot be watched, the sleeper is woken at once instead.
+    pub fn admit(&self, sleeper: Box<dyn Sleeper>) {
+        let fd = sleeper.fd();
+        let deadline = sleeper.deadline();
+        let mut beds = lock(&self.shared.beds);
+        if beds.closed {
+            drop(beds);
+            sleeper.wake();
+            return;
+        }
+        let earliest = beds.deadlines.peek().map(|Reverse((at, _))| *at);
+        let key = beds.insert(sleeper, deadline);
+        let alarm = Alarm {
+            shared: Arc::clone(&self.shared),
+            key,
+        };
+        // The alarm is installed under the beds' lock, before the socket is
+        // watched: nothing can wake the sleeper before it has its alarm.
+        let wake_now = beds.beds[(key & u64::from(u32::MAX)) as usize]
+            .sleeper
+            .as_ref()
+            .is_some_and(|sleeper| sleeper.install_alarm(alarm));
+        let token = Token(key as usize);
+        if let Err(error) =
+            self.shared
+                .registry
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            debug!(%error, "cannot watch a resting connection's socket");
+            let sleeper = beds.take(key);
+            drop(beds);
+            // It goes back to work; it will try to rest again later.
+            if let Some(sleeper) = sleeper {
+                sleeper.wake();
+            }
+            return;
+        }
+        let sooner = match (deadline, earliest) {
+            (Some(deadline), Some(earliest)) => deadline < earliest,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if wake_now {
+            beds.rung.push(key);
+        }
+        drop(beds);
+        if wake_now || sooner {
+            self.shared.wake_thread();
+        }
+    }
+
+    /// Wakes every sleeper and refuses new ones; the thread then ends.
+    pub fn close(&self) {
+        lock(&self.shared.beds).closed = true;
+        self.shared.wake_thread();
+    }
+
+    /// How many connections are resting.
+    pub fn sleeping(&self) -> usize {
+        lock(&self.shared.beds).sleeping
+    }
+}
+
+/// The dormitory's thread: waits for events, wakes their sleepers.
+fn watch(mut poll: Poll, shared: &Shared) {
+    let mut events = Events::with_capacity(EVENTS);
+    let mut woken: Vec<Box<dyn Sleeper>> = Vec::new();
+    loop {
+        let timeout = lock(&shared.beds).poll_timeout(Instant::now());
+        if let Err(error) = poll.poll(&mut events, Some(timeout)) {
+            if error.kind() != io::ErrorKind::Interrupted {
+                warn!(%error, "dormitory poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        let closed = {
+            let mut beds = lock(&shared.beds);
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    let rung = std::mem::take(&mut beds.rung);
+                    for key in rung {
+                        woken.extend(beds.take(key));
+                    }
+                } else {
+                    woken.extend(beds.take(event.token().0 as u64));
+                }
+            }
+            beds.take_due(Instant::now(), &mut woken);
+            if beds.closed {
+                beds.take_all(&mut woken);
+            }
+            beds.closed
+        };
+        for sleeper in woken.drain(..) {
+            let fd = sleeper.fd();
+            if let Err(error) = shared.registry.deregister(&mut SourceFd(&fd)) {
+                debug!(%error, "cannot stop watching a socket");
+            }
+            sleeper.wake();
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
