@@ -103,7 +103,6 @@ impl Shared {
 
 struct Bed {
     generation: u32,
-    deadline: Option<Instant>,
     sleeper: Option<Box<dyn Sleeper>>,
 }
 
@@ -136,7 +135,6 @@ impl Beds {
             None => {
                 self.beds.push(Bed {
                     generation: 0,
-                    deadline: None,
                     sleeper: None,
                 });
                 (self.beds.len() - 1) as u32
@@ -144,7 +142,6 @@ impl Beds {
         };
         let bed = &mut self.beds[index as usize];
         bed.sleeper = Some(sleeper);
-        bed.deadline = deadline;
         let key = key(index, bed.generation);
         if let Some(deadline) = deadline {
             self.deadlines.push(Reverse((deadline, key)));
@@ -163,7 +160,6 @@ impl Beds {
         }
         let sleeper = bed.sleeper.take()?;
         bed.generation = bed.generation.wrapping_add(1);
-        bed.deadline = None;
         self.free.push(index);
         self.sleeping -= 1;
         Some(sleeper)
@@ -186,9 +182,8 @@ impl Beds {
                 .beds
                 .iter()
                 .enumerate()
-                .filter(|(_, bed)| bed.sleeper.is_some())
                 .filter_map(|(index, bed)| {
-                    let deadline = bed.deadline?;
+                    let deadline = bed.sleeper.as_ref()?.deadline()?;
                     Some(Reverse((deadline, key(index as u32, bed.generation))))
                 })
                 .collect();

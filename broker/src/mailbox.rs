@@ -136,12 +136,14 @@ impl Mailbox {
         self.inner().alarm = None;
     }
 
-    /// Rings the alarm, if armed (a newer connection claims the session).
-    pub fn ring_alarm(&self) {
+    /// Rings the alarm, if armed (a newer connection claims the session);
+    /// returns whether it was.
+    pub fn ring_alarm(&self) -> bool {
         let alarm = self.inner().alarm.take();
-        if let Some(alarm) = alarm {
+        if let Some(alarm) = &alarm {
             alarm.ring();
         }
+        alarm.is_some()
     }
 
     fn decide(&self, inner: &Inner, qos: QoS, limit: Limit, has_receipt: bool) -> Offered {

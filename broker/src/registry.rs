@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::Mailbox;
@@ -40,16 +40,25 @@ pub struct SessionSlot {
     /// on SUBSCRIBE, cleared when they are dropped): a clean session that
     /// never subscribed skips the router round trip on connect and close.
     subscribed: AtomicBool,
-    ownership: Arc<Semaphore>,
+    /// One permit: held by the owning connection (see [`Ownership`]).
+    ownership: Semaphore,
     claim: Mutex<Claim>,
-    parked: Mutex<Option<SessionState>>,
+    /// Boxed: an online session's slot holds only the pointer.
+    parked: Mutex<Option<Box<SessionState>>>,
 }
 
 /// Proof that a connection owns a session slot; dropping it frees the slot.
+/// It holds the slot's one permit without a separate allocation: the permit
+/// is taken with `forget` and given back on drop.
 #[derive(Debug)]
 pub struct Ownership {
     pub slot: Arc<SessionSlot>,
-    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.slot.ownership.add_permits(1);
+    }
 }
 
 /// Locks a mutex whose critical sections are each a single update, so a
@@ -68,7 +77,7 @@ impl SessionSlot {
             persistent: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
-            ownership: Arc::new(Semaphore::new(1)),
+            ownership: Semaphore::new(1),
             claim: Mutex::new(Claim {
                 latest: conn_id,
                 owner_token: None,
@@ -119,25 +128,27 @@ impl SessionSlot {
     }
 
     pub fn park(&self, state: SessionState) {
-        *lock(&self.parked) = Some(state);
+        *lock(&self.parked) = Some(Box::new(state));
     }
 
     pub fn take_parked(&self) -> Option<SessionState> {
-        lock(&self.parked).take()
+        lock(&self.parked).take().map(|state| *state)
     }
 
+    /// Makes `conn_id` the newest claimant and stops the current owner:
+    /// cancels its token, or rings its alarm when it rests in the
+    /// dormitory. Returns whether there was an owner.
     fn claim(&self, conn_id: ConnId) -> bool {
-        let mut claim = lock(&self.claim);
-        claim.latest = conn_id;
-        match claim.owner_token.take() {
-            Some(token) => {
-                token.cancel();
-                // A resting owner has no task to see the cancellation.
-                self.mailbox.ring_alarm();
-                true
-            }
-            None => false,
+        let owner_token = {
+            let mut claim = lock(&self.claim);
+            claim.latest = conn_id;
+            claim.owner_token.take()
+        };
+        if let Some(token) = &owner_token {
+            token.cancel();
         }
+        let rested = self.mailbox.ring_alarm();
+        owner_token.is_some() || rested
     }
 
     /// Whether `conn_id` is still the newest claimant.
@@ -145,8 +156,9 @@ impl SessionSlot {
         lock(&self.claim).latest == conn_id
     }
 
-    /// Completes a claim: returns false if a newer connection claimed since.
-    fn install_owner(&self, conn_id: ConnId, token: CancellationToken) -> bool {
+    /// Completes a claim, or gives a connection waking from a rest its new
+    /// token: returns false if a newer connection claimed since.
+    pub fn install_owner(&self, conn_id: ConnId, token: CancellationToken) -> bool {
         let mut claim = lock(&self.claim);
         if claim.latest != conn_id {
             return false;
@@ -193,18 +205,17 @@ impl Registry {
         token: CancellationToken,
     ) -> Opened {
         let (slot, took_over) = self.claim(client_id, conn_id);
-        let Ok(permit) = slot.ownership.clone().acquire_owned().await else {
+        let Ok(permit) = slot.ownership.acquire().await else {
             // The semaphore is never closed; treat it as superseded anyway.
             return Opened::Superseded;
         };
-        if !slot.install_owner(conn_id, token) {
+        permit.forget();
+        let ownership = Ownership { slot };
+        if !ownership.slot.install_owner(conn_id, token) {
             return Opened::Superseded;
         }
         Opened::Owned {
-            ownership: Ownership {
-                slot,
-                _permit: permit,
-            },
+            ownership,
             took_over,
         }
     }

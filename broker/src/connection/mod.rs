@@ -51,7 +51,7 @@ use crate::registry::{Opened, Ownership, Registry, SessionSlot};
 use crate::router::RouterHandle;
 use crate::server::Admission;
 use crate::session::SessionState;
-use crate::types::{ConnId, Message};
+use crate::types::{ClientId, ConnId, Message};
 
 use reader::Inbound;
 use session::{End, Session};
@@ -128,16 +128,15 @@ impl Transport for tokio::io::DuplexStream {}
 struct Client {
     ctx: Arc<Context>,
     conn_id: ConnId,
-    peer: SocketAddr,
     ownership: Ownership,
     clean: bool,
     version: ProtocolVersion,
-    /// 1.5 x the client's keepalive; `None` when the client asked for 0.
-    keepalive: Option<Duration>,
-    will: Option<LastWill>,
+    /// The keepalive the client asked for, in seconds; 0: none.
+    keep_alive: u16,
+    /// Boxed: most clients have none, and this struct is what a resting
+    /// connection costs.
+    will: Option<Box<LastWill>>,
     state: SessionState,
-    /// Cancelled on takeover or broker shutdown.
-    token: CancellationToken,
     /// When the last packet came in, for the keepalive.
     last_packet: Instant,
     _admission: Admission,
@@ -147,10 +146,28 @@ impl Client {
     fn slot(&self) -> &Arc<SessionSlot> {
         &self.ownership.slot
     }
+
+    /// How long the connection may stay silent: 1.5 x its keepalive
+    /// [MQTT-3.1.2-24]; `None` when the client asked for 0.
+    fn keepalive(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
 }
 
-fn conn_span(conn_id: ConnId, peer: SocketAddr) -> tracing::Span {
+/// The handshake's span. Spans cost memory in the subscriber for as long as
+/// they live, so the long-lived part of a connection has a debug-level span
+/// only ([`live_span`]); its info and warning lines name the client
+/// themselves.
+fn handshake_span(conn_id: ConnId, peer: SocketAddr) -> tracing::Span {
     tracing::info_span!("conn", conn_id = conn_id.0, %peer, client_id = tracing::field::Empty)
+}
+
+fn live_span(client: &Client) -> tracing::Span {
+    tracing::debug_span!(
+        "conn",
+        conn_id = client.conn_id.0,
+        client_id = %client.slot().client_id
+    )
 }
 
 /// Serves one connection until it ends or rests. Never panics on input;
@@ -162,16 +179,24 @@ pub async fn serve<S: Transport>(
     admission: Admission,
 ) {
     let conn_id = ctx.next_conn_id();
-    let span = conn_span(conn_id, peer);
-    async move {
-        if let Some((client, stream, leftover)) =
-            connect(stream, conn_id, peer, ctx, admission).await
-        {
-            live(client, stream, leftover, Vec::new(), true).await;
-        }
+    let connected = connect(stream, conn_id, ctx, admission)
+        .instrument(handshake_span(conn_id, peer))
+        .await;
+    let Some((client, token, stream, leftover)) = connected else {
+        return;
+    };
+    // A client with nothing yet to send or receive starts at rest, so a
+    // connection storm of idle clients never builds tasks and buffers it
+    // would free a moment later; its first packet or mail wakes it.
+    let idle = leftover.is_empty() && client.state.outbound.is_empty();
+    if S::CAN_REST && idle && client.ctx.settings.rest_after().is_some() {
+        drop(token);
+        return rest(client, stream, leftover);
     }
-    .instrument(span)
-    .await
+    let span = live_span(&client);
+    live(client, token, stream, leftover, Vec::new(), true)
+        .instrument(span)
+        .await;
 }
 
 /// The handshake: CONNECT, session ownership, CONNACK. `None` when the
@@ -179,10 +204,9 @@ pub async fn serve<S: Transport>(
 async fn connect<S: Transport>(
     mut stream: S,
     conn_id: ConnId,
-    peer: SocketAddr,
     ctx: Arc<Context>,
     admission: Admission,
-) -> Option<(Client, S, BytesMut)> {
+) -> Option<(Client, CancellationToken, S, BytesMut)> {
     // Shutdown does not wait for clients that have not finished connecting.
     let accepted = tokio::select! {
         _ = ctx.shutdown.cancelled() => return None,
@@ -209,17 +233,12 @@ async fn connect<S: Transport>(
     let keep_alive = connect.keep_alive;
     let client = Client {
         conn_id,
-        peer,
         ownership,
         clean,
         version: connect.version,
-        keepalive: match keep_alive {
-            0 => None,
-            secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
-        },
-        will: connect.will,
+        keep_alive,
+        will: connect.will.map(Box::new),
         state,
-        token,
         last_packet: Instant::now(),
         _admission: admission,
         ctx,
@@ -236,13 +255,14 @@ async fn connect<S: Transport>(
         clean,
         session_present, took_over, keep_alive, "client connected"
     );
-    Some((client, stream, accepted.leftover))
+    Some((client, token, stream, accepted.leftover))
 }
 
 /// Runs the connection's tasks until it ends, or hands it to the dormitory
 /// when it rests. `first` is false when it wakes from a rest.
 async fn live<S: Transport>(
     mut client: Client,
+    token: CancellationToken,
     mut stream: S,
     mut leftover: BytesMut,
     mut pending: Vec<Inbound>,
@@ -255,8 +275,8 @@ async fn live<S: Transport>(
         } else {
             None
         };
-        let tasks = Tasks::spawn(stream, &client, leftover);
-        let session = Session::new(client, tasks.outgoing.clone(), rest_after);
+        let tasks = Tasks::spawn(stream, &client, &token, leftover);
+        let session = Session::new(client, token.clone(), tasks.outgoing.clone(), rest_after);
         let stopped = tasks.run(session, pending, first).await;
         client = stopped.client;
         match stopped.outcome {
@@ -276,7 +296,8 @@ async fn live<S: Transport>(
     }
 }
 
-/// Hands a connection to the dormitory.
+/// Hands a connection to the dormitory. It gives up its token too (a
+/// takeover rings its alarm instead) and gets a new one when it wakes.
 fn rest<S: Transport>(client: Client, stream: S, leftover: BytesMut) {
     let socket = match stream.into_socket() {
         Ok(socket) => socket,
@@ -288,12 +309,9 @@ fn rest<S: Transport>(client: Client, stream: S, leftover: BytesMut) {
         }
     };
     Metrics::incr(&client.ctx.metrics.connections_rested);
+    client.slot().release_owner(client.conn_id);
     // Keep a partial packet; an empty buffer's room is not worth its bytes.
-    let leftover = if leftover.is_empty() {
-        BytesMut::new()
-    } else {
-        leftover
-    };
+    let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
     let ctx = Arc::clone(&client.ctx);
     ctx.dormitory.admit(Box::new(Resting {
         client,
@@ -307,7 +325,7 @@ struct Resting {
     client: Client,
     socket: std::net::TcpStream,
     /// A partial packet read before the rest, if any.
-    leftover: BytesMut,
+    leftover: Option<Box<BytesMut>>,
 }
 
 impl Sleeper for Resting {
@@ -316,13 +334,15 @@ impl Sleeper for Resting {
     }
 
     fn deadline(&self) -> Option<std::time::Instant> {
-        let keepalive = self.client.keepalive?;
+        let keepalive = self.client.keepalive()?;
         Some((self.client.last_packet + keepalive).into_std())
     }
 
     fn install_alarm(&self, alarm: Alarm) -> bool {
-        let mail_waiting = self.client.slot().mailbox.install_alarm(alarm);
-        mail_waiting || self.client.token.is_cancelled()
+        let slot = self.client.slot();
+        let mail_waiting = slot.mailbox.install_alarm(alarm);
+        // A claim made since the rest began found no alarm to ring.
+        mail_waiting || !slot.is_latest(self.client.conn_id)
     }
 
     fn wake(self: Box<Self>) {
@@ -337,11 +357,17 @@ async fn wake(resting: Box<Resting>) {
         socket,
         leftover,
     } = *resting;
-    let span = conn_span(client.conn_id, client.peer);
-    span.record("client_id", client.slot().client_id.as_str());
+    let span = live_span(&client);
     async move {
+        let token = client.ctx.shutdown.child_token();
+        if !client.slot().install_owner(client.conn_id, token.clone()) {
+            return close(client, End::TakenOver).await;
+        }
         match TcpStream::from_std(socket) {
-            Ok(stream) => live(client, stream, leftover, Vec::new(), false).await,
+            Ok(stream) => {
+                let leftover = leftover.map_or_else(BytesMut::new, |buf| *buf);
+                live(client, token, stream, leftover, Vec::new(), false).await
+            }
             Err(error) => close(client, End::Io(error)).await,
         }
     }
@@ -400,14 +426,19 @@ struct Tasks<S> {
 }
 
 impl<S: Transport> Tasks<S> {
-    fn spawn(stream: S, client: &Client, leftover: BytesMut) -> Tasks<S> {
+    fn spawn(
+        stream: S,
+        client: &Client,
+        token: &CancellationToken,
+        leftover: BytesMut,
+    ) -> Tasks<S> {
         let (read_half, write_half) = tokio::io::split(stream);
         let ctx = &client.ctx;
         let limits = &ctx.settings.limits;
         let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
         let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
         let framer = Framer::new(limits.max_packet_size);
-        let reader_stop = client.token.child_token();
+        let reader_stop = token.child_token();
         let reader = tokio::spawn(reader::run(
             read_half,
             leftover,
@@ -434,7 +465,7 @@ impl<S: Transport> Tasks<S> {
             outgoing,
             reader_stop,
             writer_token,
-            token: client.token.clone(),
+            token: token.clone(),
         }
     }
 
@@ -526,10 +557,10 @@ async fn close(client: Client, end: End) {
         state,
         ..
     } = client;
-    report(&end, &ctx.metrics);
+    report(&end, conn_id, &ownership.slot.client_id, &ctx.metrics);
     if end.publishes_will() {
         if let Some(will) = will {
-            publish_will(&ctx, will).await;
+            publish_will(&ctx, *will).await;
         }
     }
     let slot = &ownership.slot;
@@ -557,7 +588,8 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
 }
 
 /// The one place an end becomes a log line and a counter.
-fn report(end: &End, metrics: &Metrics) {
+fn report(end: &End, conn_id: ConnId, client_id: &ClientId, metrics: &Metrics) {
+    let conn_id = conn_id.0;
     match end {
         End::Disconnect => debug!("client disconnected"),
         End::PeerClosed => debug!("peer closed the connection"),
@@ -565,31 +597,43 @@ fn report(end: &End, metrics: &Metrics) {
         End::Shutdown => debug!("closed for shutdown"),
         End::Protocol(error @ ProtocolError::PacketTooLarge { .. }) => {
             Metrics::incr(&metrics.packets_too_large);
-            warn!(%error, "closing: packet too large");
+            warn!(conn_id, %client_id, %error, "closing: packet too large");
         }
         End::Protocol(error) => {
             Metrics::incr(&metrics.protocol_errors);
-            warn!(%error, "closing: protocol violation");
+            warn!(conn_id, %client_id, %error, "closing: protocol violation");
         }
         End::KeepAliveTimeout => {
             Metrics::incr(&metrics.keepalive_timeouts);
-            info!("closing: keepalive timeout");
+            info!(conn_id, %client_id, "closing: keepalive timeout");
         }
         End::TooManyUnacknowledged => {
             Metrics::incr(&metrics.protocol_errors);
-            warn!("closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]");
+            warn!(
+                conn_id,
+                %client_id,
+                "closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]"
+            );
         }
         End::SlowSubscriber => {
             Metrics::incr(&metrics.slow_subscriber_disconnects);
-            warn!("closing: too slow, over max_queued_messages for slow_subscriber_timeout_ms");
+            warn!(
+                conn_id,
+                %client_id,
+                "closing: too slow, over max_queued_messages for slow_subscriber_timeout_ms"
+            );
         }
         End::TakenOver => {
             Metrics::incr(&metrics.takeovers);
-            info!("closing: client id taken over by a new connection");
+            info!(conn_id, %client_id, "closing: client id taken over by a new connection");
         }
         End::Writer(WriterEnd::Stalled) => {
             Metrics::incr(&metrics.write_timeouts);
-            warn!("closing: write made no progress within the write timeout");
+            warn!(
+                conn_id,
+                %client_id,
+                "closing: write made no progress within the write timeout"
+            );
         }
         End::Writer(WriterEnd::Failed(error)) => debug!(%error, "write failed"),
         End::Writer(_) | End::WriterEnded => debug!("write side closed"),

@@ -23,6 +23,7 @@ use tidemq_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::acks::PendingAcks;
@@ -88,6 +89,8 @@ impl From<RouterGone> for End {
 pub struct Session {
     /// Lent to the session for one run of the tasks.
     pub client: Client,
+    /// Cancelled on takeover or broker shutdown.
+    pub token: CancellationToken,
     pub outgoing: mpsc::Sender<Bytes>,
     /// Packets encoded since the last hand-over to the write task.
     pub out: BytesMut,
@@ -109,12 +112,14 @@ pub struct Session {
 impl Session {
     pub fn new(
         client: Client,
+        token: CancellationToken,
         outgoing: mpsc::Sender<Bytes>,
         rest_after: Option<Duration>,
     ) -> Session {
         let out_limit = client.ctx.settings.limits.write_batch_bytes;
         Session {
             client,
+            token,
             outgoing,
             out: BytesMut::new(),
             out_limit,
@@ -168,7 +173,7 @@ impl Session {
         }
         self.deliver().await?;
         let far_future = Duration::from_secs(86_400 * 365);
-        let keepalive = self.client.keepalive;
+        let keepalive = self.client.keepalive();
         let due = |last_packet: Instant| last_packet + keepalive.unwrap_or(far_future);
         let deadline = tokio::time::sleep_until(due(self.client.last_packet));
         tokio::pin!(deadline);
@@ -179,7 +184,7 @@ impl Session {
         // fires twice in a row without one.
         let mut busy = false;
         let slot = Arc::clone(&self.client.ownership.slot);
-        let token = self.client.token.clone();
+        let token = self.token.clone();
         loop {
             self.flush().await?;
             tokio::select! {
@@ -233,7 +238,7 @@ impl Session {
     async fn inbound(&mut self, inbound: Inbound) -> Result<(), End> {
         match inbound {
             Inbound::Packet(packet) => {
-                if self.client.keepalive.is_some() {
+                if self.client.keep_alive > 0 {
                     self.client.last_packet = Instant::now();
                 }
                 self.handle(packet).await
@@ -282,7 +287,7 @@ impl Session {
         let chunk = self.out.split().freeze();
         tokio::select! {
             sent = self.outgoing.send(chunk) => sent.map_err(|_| End::WriterEnded),
-            _ = self.client.token.cancelled() => Err(self.cancelled()),
+            _ = self.token.cancelled() => Err(self.cancelled()),
         }
     }
 

@@ -59,6 +59,11 @@ impl Outbound {
         self.window.saturating_sub(self.inflight.len())
     }
 
+    /// Whether nothing is in flight (nothing to resend on resume).
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
