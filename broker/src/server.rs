@@ -101,6 +101,12 @@ impl Broker {
         self.ctx.metrics.snapshot()
     }
 
+    /// Connections resting in the dormitory now (no tasks, see
+    /// `limits.rest_after_ms`).
+    pub fn resting_connections(&self) -> usize {
+        self.ctx.dormitory.sleeping()
+    }
+
     /// Stops accepting, closes every connection (their writers flush), and
     /// waits for them up to `limits.shutdown_grace_ms`.
     pub async fn shutdown(self) {

@@ -58,6 +58,20 @@ impl TestBroker {
         self.broker.as_ref().unwrap().metrics()
     }
 
+    /// Waits until exactly `count` connections rest in the dormitory.
+    pub async fn wait_resting(&self, count: usize) {
+        let broker = self.broker.as_ref().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while broker.resting_connections() != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {count} resting connections, {} rest",
+                broker.resting_connections()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until `check` holds for the metrics, or panics after [`WAIT`].
     pub async fn wait_metrics(&self, what: &str, check: impl Fn(&MetricsSnapshot) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
