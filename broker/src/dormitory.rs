@@ -287,6 +287,13 @@ impl Dormitory {
     }
 }
 
+impl Drop for Dormitory {
+    /// Ends the thread when the broker is dropped without a shutdown.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// The dormitory's thread: waits for events, wakes their sleepers.
 fn watch(mut poll: Poll, shared: &Shared) {
     let mut events = Events::with_capacity(EVENTS);

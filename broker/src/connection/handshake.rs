@@ -2,6 +2,8 @@
 //! checks, and the CONNACK. Runs before the stream is split, on the
 //! connection's own task.
 
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
 use tidemq_protocol::{
     decode_connect, encode, Connect, ConnectReturnCode, Framer, Outgoing, ProtocolError,
@@ -37,10 +39,19 @@ enum HandshakeError {
 
 /// Reads and checks the CONNECT; answers a refusal itself. `None` means the
 /// connection is over.
-pub async fn accept<S>(stream: &mut S, conn_id: ConnId, ctx: &Context) -> Option<Accepted>
+///
+/// Its log lines name the connection and peer themselves: the connection's
+/// span is debug-level (see `connection::handshake_span`).
+pub async fn accept<S>(
+    stream: &mut S,
+    conn_id: ConnId,
+    peer: SocketAddr,
+    ctx: &Context,
+) -> Option<Accepted>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let conn_id = conn_id.0;
     let limits = &ctx.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     let mut buf = BytesMut::with_capacity(256);
@@ -51,13 +62,13 @@ where
     let connect = match read.await {
         Err(_) => {
             Metrics::incr(&ctx.metrics.connect_timeouts);
-            info!("closing: no CONNECT within the connect timeout");
+            info!(conn_id, %peer, "closing: no CONNECT within the connect timeout");
             return None;
         }
         Ok(Ok(connect)) => connect,
         Ok(Err(HandshakeError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2]: answer 0x01 and close.
-            info!(level, "refusing unsupported protocol level");
+            info!(conn_id, %peer, level, "refusing unsupported protocol level");
             refuse(stream, ctx, ConnectReturnCode::UnacceptableProtocolVersion).await;
             return None;
         }
@@ -67,7 +78,7 @@ where
                 _ => &ctx.metrics.protocol_errors,
             };
             Metrics::incr(counter);
-            warn!(%error, "closing: bad CONNECT");
+            warn!(conn_id, %peer, %error, "closing: bad CONNECT");
             return None;
         }
         Ok(Err(error)) => {
@@ -76,13 +87,16 @@ where
         }
     };
     if let Err(code) = check_keepalive(&connect, ctx) {
+        let keep_alive = connect.keep_alive;
+        info!(conn_id, %peer, keep_alive, "refusing keepalive above the maximum");
         refuse(stream, ctx, code).await;
         return None;
     }
-    let client_id = match client_id(&connect, conn_id) {
+    let client_id = match client_id(&connect, ConnId(conn_id)) {
         Ok(id) => id,
         Err(code) => {
-            info!(client_id = connect.client_id, "refusing client identifier");
+            let client_id = connect.client_id;
+            info!(conn_id, %peer, client_id, "refusing client identifier");
             refuse(stream, ctx, code).await;
             return None;
         }
@@ -113,10 +127,6 @@ async fn read_connect<S: AsyncRead + Unpin>(
 /// maximum is refused, as mosquitto does. 0 (no keepalive) is always accepted.
 fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<(), ConnectReturnCode> {
     if connect.keep_alive > ctx.settings.limits.max_keepalive_secs {
-        info!(
-            keep_alive = connect.keep_alive,
-            "refusing keepalive above the maximum"
-        );
         return Err(ConnectReturnCode::IdentifierRejected);
     }
     Ok(())

@@ -154,12 +154,11 @@ impl Client {
     }
 }
 
-/// The handshake's span. Spans cost memory in the subscriber for as long as
-/// they live, so the long-lived part of a connection has a debug-level span
-/// only ([`live_span`]); its info and warning lines name the client
-/// themselves.
+/// The connection's spans are debug-level: a span costs memory in the
+/// subscriber for as long as it lives, which a broker holding many clients
+/// notices. Info and warning lines name the connection themselves.
 fn handshake_span(conn_id: ConnId, peer: SocketAddr) -> tracing::Span {
-    tracing::info_span!("conn", conn_id = conn_id.0, %peer, client_id = tracing::field::Empty)
+    tracing::debug_span!("conn", conn_id = conn_id.0, %peer, client_id = tracing::field::Empty)
 }
 
 fn live_span(client: &Client) -> tracing::Span {
@@ -179,7 +178,7 @@ pub async fn serve<S: Transport>(
     admission: Admission,
 ) {
     let conn_id = ctx.next_conn_id();
-    let connected = connect(stream, conn_id, ctx, admission)
+    let connected = connect(stream, conn_id, peer, ctx, admission)
         .instrument(handshake_span(conn_id, peer))
         .await;
     let Some((client, token, stream, leftover)) = connected else {
@@ -204,13 +203,14 @@ pub async fn serve<S: Transport>(
 async fn connect<S: Transport>(
     mut stream: S,
     conn_id: ConnId,
+    peer: SocketAddr,
     ctx: Arc<Context>,
     admission: Admission,
 ) -> Option<(Client, CancellationToken, S, BytesMut)> {
     // Shutdown does not wait for clients that have not finished connecting.
     let accepted = tokio::select! {
         _ = ctx.shutdown.cancelled() => return None,
-        accepted = handshake::accept(&mut stream, conn_id, &ctx) => accepted,
+        accepted = handshake::accept(&mut stream, conn_id, peer, &ctx) => accepted,
     };
     let accepted = accepted?;
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
@@ -252,8 +252,14 @@ async fn connect<S: Transport>(
         return None;
     }
     info!(
+        conn_id = conn_id.0,
+        %peer,
+        client_id = %client.slot().client_id,
         clean,
-        session_present, took_over, keep_alive, "client connected"
+        session_present,
+        took_over,
+        keep_alive,
+        "client connected"
     );
     Some((client, token, stream, accepted.leftover))
 }
