@@ -106,15 +106,17 @@ struct Bed {
     sleeper: Option<Box<dyn Sleeper>>,
 }
 
-#[derive(Default)]
 struct Beds {
     beds: Vec<Bed>,
     free: Vec<u32>,
     /// Keys whose alarms rang since the thread last looked.
     rung: Vec<u64>,
-    /// Keepalive deadlines. Entries of sleepers that woke otherwise stay
-    /// until they come due or the heap is rebuilt.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Keepalive deadlines, in nanoseconds since `epoch` (16-byte entries).
+    /// Entries of sleepers that woke otherwise stay until they come due or
+    /// the heap is rebuilt.
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    /// The dormitory's start; deadlines before it count as due.
+    epoch: Instant,
     sleeping: usize,
     closed: bool,
 }
@@ -129,6 +131,23 @@ fn lock(beds: &Mutex<Beds>) -> MutexGuard<'_, Beds> {
 }
 
 impl Beds {
+    fn new() -> Beds {
+        Beds {
+            beds: Vec::new(),
+            free: Vec::new(),
+            rung: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            epoch: Instant::now(),
+            sleeping: 0,
+            closed: false,
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since).unwrap_or(u64::MAX)
+    }
+
     fn insert(&mut self, sleeper: Box<dyn Sleeper>, deadline: Option<Instant>) -> u64 {
         let index = match self.free.pop() {
             Some(index) => index,
@@ -144,7 +163,8 @@ impl Beds {
         bed.sleeper = Some(sleeper);
         let key = key(index, bed.generation);
         if let Some(deadline) = deadline {
-            self.deadlines.push(Reverse((deadline, key)));
+            let nanos = self.nanos(deadline);
+            self.deadlines.push(Reverse((nanos, key)));
         }
         self.sleeping += 1;
         key
@@ -167,6 +187,7 @@ impl Beds {
 
     /// Takes every sleeper whose deadline has passed.
     fn take_due(&mut self, now: Instant, woken: &mut Vec<Box<dyn Sleeper>>) {
+        let now = self.nanos(now);
         while let Some(Reverse((deadline, key))) = self.deadlines.peek().copied() {
             if deadline > now {
                 break;
@@ -178,14 +199,18 @@ impl Beds {
         // up under clients that rest and wake often: rebuild when they
         // outnumber the live ones.
         if self.deadlines.len() > 2 * self.sleeping + 1024 {
-            self.deadlines = self
+            let live: Vec<(Instant, u64)> = self
                 .beds
                 .iter()
                 .enumerate()
                 .filter_map(|(index, bed)| {
                     let deadline = bed.sleeper.as_ref()?.deadline()?;
-                    Some(Reverse((deadline, key(index as u32, bed.generation))))
+                    Some((deadline, key(index as u32, bed.generation)))
                 })
+                .collect();
+            self.deadlines = live
+                .into_iter()
+                .map(|(deadline, key)| Reverse((self.nanos(deadline), key)))
                 .collect();
         }
     }
@@ -199,8 +224,11 @@ impl Beds {
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
+        let now = self.nanos(now);
         match self.deadlines.peek() {
-            Some(Reverse((deadline, _))) => deadline.saturating_duration_since(now).min(MAX_POLL),
+            Some(Reverse((deadline, _))) => {
+                Duration::from_nanos(deadline.saturating_sub(now)).min(MAX_POLL)
+            }
             None => MAX_POLL,
         }
     }
@@ -214,7 +242,7 @@ impl Dormitory {
         let shared = Arc::new(Shared {
             registry: poll.registry().try_clone()?,
             waker,
-            beds: Mutex::new(Beds::default()),
+            beds: Mutex::new(Beds::new()),
         });
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -236,6 +264,7 @@ impl Dormitory {
         }
         let earliest = beds.deadlines.peek().map(|Reverse((at, _))| *at);
         let key = beds.insert(sleeper, deadline);
+        let deadline = deadline.map(|deadline| beds.nanos(deadline));
         let alarm = Alarm {
             shared: Arc::clone(&self.shared),
             key,

@@ -13,8 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::task_tracker::TaskTrackerToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{ListenerSettings, Settings};
@@ -31,7 +29,9 @@ pub struct Broker {
     ctx: Arc<Context>,
     local_addrs: Vec<SocketAddr>,
     accept_loops: Vec<JoinHandle<()>>,
-    connections: TaskTracker,
+    /// One permit per open connection (`listener.max_connections`): shutdown
+    /// waits for all of them to come back, resting connections included.
+    limit: Arc<Semaphore>,
     router: JoinHandle<()>,
 }
 
@@ -70,7 +70,6 @@ impl Broker {
         let ctx =
             Context::new(settings, router, metrics, shutdown).map_err(StartError::Dormitory)?;
         let ctx = Arc::new(ctx);
-        let connections = TaskTracker::new();
         let mut local_addrs = Vec::new();
         let mut accept_loops = Vec::new();
         for listener in listeners {
@@ -80,14 +79,14 @@ impl Broker {
             })?;
             info!(%addr, "listening");
             local_addrs.push(addr);
-            let task = accept_loop(listener, ctx.clone(), connections.clone(), limit.clone());
+            let task = accept_loop(listener, ctx.clone(), limit.clone());
             accept_loops.push(tokio::spawn(task));
         }
         Ok(Broker {
             ctx,
             local_addrs,
             accept_loops,
-            connections,
+            limit,
             router: router_task,
         })
     }
@@ -116,14 +115,16 @@ impl Broker {
         for task in self.accept_loops {
             let _ = task.await;
         }
-        self.connections.close();
+        let max = self.ctx.settings.listener.max_connections;
+        let all_closed = async {
+            while self.limit.available_permits() < max {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
         let grace = self.ctx.settings.shutdown_grace();
-        if tokio::time::timeout(grace, self.connections.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
             warn!(
-                open = self.connections.len(),
+                open = max - self.limit.available_permits(),
                 "connections still open after the grace period"
             );
         }
@@ -145,12 +146,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<Context>,
-    connections: TaskTracker,
-    limit: Arc<Semaphore>,
-) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -178,7 +174,7 @@ async fn accept_loop(
             continue;
         };
         configure(&stream, &ctx.settings.listener);
-        let admission = Admission::new(&ctx.metrics, Some(permit), Some(connections.token()));
+        let admission = Admission::new(&ctx.metrics, Some(permit));
         tokio::spawn(connection::serve(stream, peer, ctx.clone(), admission));
     }
 }
@@ -197,26 +193,20 @@ fn configure(stream: &TcpStream, listener: &ListenerSettings) {
 }
 
 /// What a connection holds of the server for as long as it lives, resting
-/// or not: its place under `max_connections`, its place among the
-/// connections shutdown waits for, and the open-connections count.
+/// or not: its place under `max_connections` (which shutdown also waits
+/// for) and the open-connections count.
 #[derive(Debug)]
 pub(crate) struct Admission {
     metrics: Arc<Metrics>,
     _permit: Option<OwnedSemaphorePermit>,
-    _tracked: Option<TaskTrackerToken>,
 }
 
 impl Admission {
-    pub(crate) fn new(
-        metrics: &Arc<Metrics>,
-        permit: Option<OwnedSemaphorePermit>,
-        tracked: Option<TaskTrackerToken>,
-    ) -> Admission {
+    pub(crate) fn new(metrics: &Arc<Metrics>, permit: Option<OwnedSemaphorePermit>) -> Admission {
         Metrics::incr(&metrics.connections_current);
         Admission {
             metrics: Arc::clone(metrics),
             _permit: permit,
-            _tracked: tracked,
         }
     }
 }

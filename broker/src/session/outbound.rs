@@ -35,7 +35,8 @@ pub struct UnknownPacketId(pub u16);
 
 #[derive(Debug)]
 pub struct Outbound {
-    window: usize,
+    /// At most 65535 (`limits.max_inflight` is checked).
+    window: u16,
     inflight: VecDeque<Inflight>,
     next_id: PacketId,
 }
@@ -43,7 +44,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(window: usize) -> Outbound {
         Outbound {
-            window,
+            window: u16::try_from(window).unwrap_or(u16::MAX),
             inflight: VecDeque::new(),
             next_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not zero")),
         }
@@ -56,7 +57,7 @@ impl Outbound {
 
     /// How many more QoS 1/2 messages may be sent now.
     pub fn room(&self) -> usize {
-        self.window.saturating_sub(self.inflight.len())
+        usize::from(self.window).saturating_sub(self.inflight.len())
     }
 
     /// Whether nothing is in flight (nothing to resend on resume).
