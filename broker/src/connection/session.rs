@@ -37,6 +37,8 @@ use crate::types::{Delivery, Message, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
 const DELIVERY_BATCH: usize = 256;
+/// Decoded packets handled per wake-up before other events get a turn.
+const INBOUND_BATCH: usize = 64;
 
 /// Why a connection ended; decides the log line, the counter and the will.
 #[derive(Debug)]
@@ -105,6 +107,8 @@ pub struct Session {
     pub more_mail: bool,
     /// Reused buffer for one batch of deliveries taken from the mailbox.
     pub batch: Vec<Delivery>,
+    /// Reused buffer for the PUBLISHes made of one batch.
+    pub publishes: Vec<Publish>,
     /// Rest after this long with nothing to do; `None`: never.
     pub rest_after: Option<Duration>,
 }
@@ -127,6 +131,7 @@ impl Session {
             slow_deadline: None,
             more_mail: false,
             batch: Vec::new(),
+            publishes: Vec::new(),
             rest_after,
         }
     }
@@ -168,6 +173,9 @@ impl Session {
                 self.send(packet).await?;
             }
         }
+        if !pending.is_empty() {
+            self.client.last_packet = Instant::now();
+        }
         for inbound in pending {
             self.inbound(inbound).await?;
         }
@@ -185,11 +193,17 @@ impl Session {
         let mut busy = false;
         let slot = Arc::clone(&self.client.ownership.slot);
         let token = self.token.clone();
+        // Both futures live across iterations: creating them registers a
+        // waiter under a lock and dropping them unregisters it, which per
+        // iteration was a measurable share of a busy session's time.
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
+        let mut notified = std::pin::pin!(slot.mailbox.notified());
         loop {
             self.flush().await?;
             tokio::select! {
                 biased;
-                _ = token.cancelled() => return Err(self.cancelled()),
+                _ = &mut cancelled => return Err(self.cancelled()),
                 end = &mut *writer => {
                     let end = end.map_or(WriterEnd::Cancelled, |(_, end)| end);
                     return Err(End::Writer(end));
@@ -201,10 +215,19 @@ impl Session {
                 message = inbound.recv() => {
                     busy = true;
                     self.inbound(message.unwrap_or(Inbound::Failed(ReadError::Closed))).await?;
+                    // Whatever else is already decoded, in the same wake-up.
+                    for _ in 1..INBOUND_BATCH {
+                        let Ok(message) = inbound.try_recv() else { break };
+                        self.inbound(message).await?;
+                    }
+                    if keepalive.is_some() {
+                        self.client.last_packet = Instant::now();
+                    }
                 }
                 // Not gated on window room: a backlog must arm the slow
                 // deadline even while the client acknowledges nothing.
-                _ = slot.mailbox.notified() => {
+                _ = &mut notified => {
+                    notified.set(slot.mailbox.notified());
                     busy = true;
                     self.deliver().await?;
                 }
@@ -237,12 +260,9 @@ impl Session {
     /// Handles what the read task sent.
     async fn inbound(&mut self, inbound: Inbound) -> Result<(), End> {
         match inbound {
-            Inbound::Packet(packet) => {
-                if self.client.keep_alive > 0 {
-                    self.client.last_packet = Instant::now();
-                }
-                self.handle(packet).await
-            }
+            // The caller moves the keepalive's last-packet time, once per
+            // batch: a clock read per packet showed in profiles.
+            Inbound::Packet(packet) => self.handle(packet).await,
             Inbound::Failed(error) => Err(error.into()),
         }
     }
@@ -308,15 +328,18 @@ impl Session {
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent.
-        let publishes: Vec<Publish> = batch
-            .drain(..)
-            .map(|d| self.client.state.outbound.send(&d))
-            .collect();
+        let mut publishes = std::mem::take(&mut self.publishes);
+        let outbound = &mut self.client.state.outbound;
+        publishes.extend(batch.drain(..).map(|d| outbound.send(&d)));
         self.batch = batch;
-        for publish in publishes {
-            self.send(Outgoing::Publish(publish)).await?;
+        let mut sent = Ok(());
+        for publish in publishes.drain(..) {
+            if sent.is_ok() {
+                sent = self.send(Outgoing::Publish(publish)).await;
+            }
         }
-        Ok(())
+        self.publishes = publishes;
+        sent
     }
 
     /// Arms the slow-subscriber deadline while the mailbox is over its limit

@@ -96,11 +96,25 @@ impl Outbound {
     /// The next id not in flight. The window is at most 65535, so one is free.
     fn allocate_id(&mut self) -> PacketId {
         let mut id = self.next_id;
-        while self.inflight.iter().any(|entry| entry.id == id) {
+        while self.may_be_in_flight(id) && self.inflight.iter().any(|entry| entry.id == id) {
             id = id.next();
         }
         self.next_id = id.next();
         id
+    }
+
+    /// Ids are allocated in increasing order (wrapping) and the window keeps
+    /// that order, so every id in flight lies on the ring between the oldest
+    /// and the newest entry. An id outside that arc is free without a scan,
+    /// which is the usual case.
+    fn may_be_in_flight(&self, id: PacketId) -> bool {
+        let (Some(oldest), Some(newest)) = (self.inflight.front(), self.inflight.back()) else {
+            return false;
+        };
+        // Steps from the oldest id; the ring has 65535 ids (0 is not one).
+        let from_oldest =
+            |to: PacketId| (i32::from(to.get()) - i32::from(oldest.id.get())).rem_euclid(65_535);
+        from_oldest(id) <= from_oldest(newest.id)
     }
 
     fn position(&self, id: PacketId, released: bool) -> Result<usize, UnknownPacketId> {
@@ -237,5 +251,19 @@ mod tests {
         out.next_id = id(65535);
         let c = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
         assert_eq!(c, id(2), "65535 and 1 are still in flight");
+    }
+
+    #[test]
+    fn an_old_message_in_flight_is_skipped_on_every_lap() {
+        // One message stays unacknowledged while ids go round the ring
+        // twice: its id must never be handed out again [MQTT-2.3.1-2].
+        let mut out = Outbound::new(2);
+        let stuck = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        for _ in 0..2 * 65_535 {
+            let id = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+            assert_ne!(id, stuck);
+            out.puback(id).unwrap();
+        }
+        assert_eq!(out.in_flight(), 1);
     }
 }
