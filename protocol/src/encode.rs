@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::framer::{put_remaining_length, remaining_length_len};
 use crate::packet::{Outgoing, Packet, PacketId, Publish, QoS, SubAckCode};
+use crate::topic::TopicName;
 
 /// Appends one broker packet to `buf`.
 pub fn encode(packet: &Outgoing, buf: &mut BytesMut) {
@@ -71,13 +72,40 @@ pub fn encode_packet(packet: &Packet, buf: &mut BytesMut) {
     }
 }
 
+/// A PUBLISH to encode, borrowing its topic and payload: a broker sends one
+/// message to many subscribers, and building an owned [`Publish`] per
+/// subscriber only to encode it costs two reference-count round trips.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a TopicName,
+    /// `Some` exactly when `qos` is above 0.
+    pub packet_id: Option<PacketId>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Publish> for PublishRef<'a> {
+    fn from(publish: &'a Publish) -> PublishRef<'a> {
+        PublishRef {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic: &publish.topic,
+            packet_id: publish.packet_id,
+            payload: &publish.payload,
+        }
+    }
+}
+
 /// The number of bytes [`encode`] writes for this PUBLISH.
 pub fn encoded_publish_len(publish: &Publish) -> usize {
-    let remaining = publish_remaining_len(publish);
+    let remaining = publish_remaining_len(&PublishRef::from(publish));
     1 + remaining_length_len(remaining) + remaining
 }
 
-fn publish_remaining_len(publish: &Publish) -> usize {
+fn publish_remaining_len(publish: &PublishRef<'_>) -> usize {
     // The id is written only when there is one, so length and bytes agree
     // even for a (broker bug) QoS 1 PUBLISH without an id.
     let id_len = match (publish.qos, publish.packet_id) {
@@ -88,6 +116,11 @@ fn publish_remaining_len(publish: &Publish) -> usize {
 }
 
 fn encode_publish(publish: &Publish, buf: &mut BytesMut) {
+    encode_publish_ref(&PublishRef::from(publish), buf);
+}
+
+/// Appends one PUBLISH to `buf`, exactly as [`encode`] writes it.
+pub fn encode_publish_ref(publish: &PublishRef<'_>, buf: &mut BytesMut) {
     let remaining = publish_remaining_len(publish);
     buf.reserve(1 + remaining_length_len(remaining) + remaining);
     let flags =
@@ -98,7 +131,7 @@ fn encode_publish(publish: &Publish, buf: &mut BytesMut) {
     if let (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
         buf.put_u16(id.get());
     }
-    buf.put_slice(&publish.payload);
+    buf.put_slice(publish.payload);
 }
 
 fn put_id_packet(buf: &mut BytesMut, first_byte: u8, id: PacketId) {

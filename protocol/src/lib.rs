@@ -29,7 +29,7 @@ mod validate;
 
 pub use connect::decode_connect;
 pub use decode::decode_packet;
-pub use encode::{encode, encode_packet, encoded_publish_len};
+pub use encode::{encode, encode_packet, encode_publish_ref, encoded_publish_len, PublishRef};
 pub use error::{ProtocolError, SpecViolation};
 pub use framer::{put_remaining_length, Frame, Framer, MAX_REMAINING_LENGTH};
 pub use packet::{

@@ -8,8 +8,9 @@
 use bytes::{Bytes, BytesMut};
 use mqttbytes::v4;
 use tidemq_protocol::{
-    decode_packet, encode, encode_packet, encoded_publish_len, ConnectReturnCode, Framer, Outgoing,
-    Packet, PacketId, ProtocolVersion, Publish, QoS, SubAckCode, TopicFilter, TopicName,
+    decode_packet, encode, encode_packet, encode_publish_ref, encoded_publish_len,
+    ConnectReturnCode, Framer, Outgoing, Packet, PacketId, ProtocolVersion, Publish, PublishRef,
+    QoS, SubAckCode, TopicFilter, TopicName,
 };
 
 fn id(id: u16) -> PacketId {
@@ -192,5 +193,24 @@ fn encoded_publish_len_matches_what_encode_writes() {
                 "{qos:?} {payload_len}"
             );
         }
+    }
+}
+
+#[test]
+fn a_borrowed_publish_encodes_the_same_bytes_as_an_owned_one() {
+    for (qos, packet_id) in [
+        (QoS::AtMostOnce, None),
+        (QoS::AtLeastOnce, Some(7)),
+        (QoS::ExactlyOnce, Some(65535)),
+    ] {
+        let mut owned = publish(qos, packet_id, b"payload");
+        owned.dup = qos != QoS::AtMostOnce;
+        owned.retain = true;
+        let mut expected = BytesMut::new();
+        encode(&Outgoing::Publish(owned.clone()), &mut expected);
+        let mut borrowed = BytesMut::new();
+        encode_publish_ref(&PublishRef::from(&owned), &mut borrowed);
+        assert_eq!(borrowed, expected, "{qos:?}");
+        assert_eq!(encoded_publish_len(&owned), expected.len());
     }
 }

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
-    encode, Outgoing, Packet, PacketId, ProtocolError, Publish, QoS, SubAckCode,
+    encode, encode_publish_ref, Outgoing, Packet, PacketId, ProtocolError, Publish, PublishRef,
+    QoS, SubAckCode,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -107,8 +108,8 @@ pub struct Session {
     pub more_mail: bool,
     /// Reused buffer for one batch of deliveries taken from the mailbox.
     pub batch: Vec<Delivery>,
-    /// Reused buffer for the PUBLISHes made of one batch.
-    pub publishes: Vec<Publish>,
+    /// Reused buffer for the packet ids of one batch.
+    pub ids: Vec<Option<PacketId>>,
     /// Rest after this long with nothing to do; `None`: never.
     pub rest_after: Option<Duration>,
 }
@@ -131,7 +132,7 @@ impl Session {
             slow_deadline: None,
             more_mail: false,
             batch: Vec::new(),
-            publishes: Vec::new(),
+            ids: Vec::new(),
             rest_after,
         }
     }
@@ -269,10 +270,14 @@ impl Session {
 
     /// Whether the connection has nothing to do and nothing owed to it, so
     /// it may give up its tasks: no acknowledgement waiting for a receipt,
-    /// no packet or delivery waiting, no backlog deadline running.
+    /// no packet or delivery waiting, nothing queued for the writer, no
+    /// backlog deadline running.
     fn can_rest(&self, inbound: &mpsc::Receiver<Inbound>) -> bool {
         self.acks.is_empty()
             && self.out.is_empty()
+            // Nothing queued for the writer beyond the chunk it may be
+            // writing: a client slow to read is not idle.
+            && self.outgoing.capacity() == self.outgoing.max_capacity()
             && self.slow_deadline.is_none()
             && !self.more_mail
             && inbound.is_empty()
@@ -327,18 +332,34 @@ impl Session {
         self.watch_backlog(over_limit);
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         // Every delivery enters the in-flight window before any is written,
-        // so a write failure midway leaves QoS 1/2 ones to be resent.
-        let mut publishes = std::mem::take(&mut self.publishes);
+        // so a write failure midway leaves QoS 1/2 ones to be resent. Each
+        // PUBLISH is encoded straight from the shared message.
+        let mut ids = std::mem::take(&mut self.ids);
         let outbound = &mut self.client.state.outbound;
-        publishes.extend(batch.drain(..).map(|d| outbound.send(&d)));
-        self.batch = batch;
+        ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
         let mut sent = Ok(());
-        for publish in publishes.drain(..) {
-            if sent.is_ok() {
-                sent = self.send(Outgoing::Publish(publish)).await;
+        for (delivery, packet_id) in batch.iter().zip(&ids) {
+            let message = &delivery.message;
+            let publish = PublishRef {
+                dup: false,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                topic: &message.topic,
+                packet_id: *packet_id,
+                payload: &message.payload,
+            };
+            encode_publish_ref(&publish, &mut self.out);
+            if self.out.len() >= self.out_limit {
+                sent = self.flush().await;
+                if sent.is_err() {
+                    break;
+                }
             }
         }
-        self.publishes = publishes;
+        batch.clear();
+        ids.clear();
+        self.batch = batch;
+        self.ids = ids;
         sent
     }
 

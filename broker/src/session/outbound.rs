@@ -9,15 +9,21 @@
 //! Entries stay in sending order, so a resume resends them in order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tidemq_protocol::{Outgoing, PacketId, Publish, QoS};
 
-use crate::types::Delivery;
+use crate::types::{Delivery, Message};
 
 #[derive(Debug)]
 enum Stage {
-    Unacked(Publish),
+    /// Sent; kept as the shared message (one reference count) for a resend.
+    Unacked {
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    },
     Released,
 }
 
@@ -70,27 +76,23 @@ impl Outbound {
         self.inflight.len()
     }
 
-    /// Turns a delivery into the PUBLISH to send, taking a packet id and a
-    /// place in the window when its QoS is above 0.
-    pub fn send(&mut self, delivery: &Delivery) -> Publish {
-        let message = &delivery.message;
-        let mut publish = Publish {
-            dup: false,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            topic: message.topic.clone(),
-            packet_id: None,
-            payload: message.payload.clone(),
-        };
-        if delivery.qos != QoS::AtMostOnce {
-            let id = self.allocate_id();
-            publish.packet_id = Some(id);
-            self.inflight.push_back(Inflight {
-                id,
-                stage: Stage::Unacked(publish.clone()),
-            });
+    /// Takes a packet id and a place in the window for a delivery whose QoS
+    /// is above 0 (returning the id), or nothing for QoS 0. The caller
+    /// encodes the PUBLISH from the delivery with this id.
+    pub fn send(&mut self, delivery: &Delivery) -> Option<PacketId> {
+        if delivery.qos == QoS::AtMostOnce {
+            return None;
         }
-        publish
+        let id = self.allocate_id();
+        self.inflight.push_back(Inflight {
+            id,
+            stage: Stage::Unacked {
+                message: Arc::clone(&delivery.message),
+                qos: delivery.qos,
+                retain: delivery.retain,
+            },
+        });
+        Some(id)
     }
 
     /// The next id not in flight. The window is at most 65535, so one is free.
@@ -154,9 +156,17 @@ impl Outbound {
         self.inflight
             .iter()
             .map(|entry| match &entry.stage {
-                Stage::Unacked(publish) => Outgoing::Publish(Publish {
+                Stage::Unacked {
+                    message,
+                    qos,
+                    retain,
+                } => Outgoing::Publish(Publish {
                     dup: true,
-                    ..publish.clone()
+                    qos: *qos,
+                    retain: *retain,
+                    topic: message.topic.clone(),
+                    packet_id: Some(entry.id),
+                    payload: message.payload.clone(),
                 }),
                 Stage::Released => Outgoing::PubRel(entry.id),
             })
@@ -195,16 +205,15 @@ mod tests {
     #[test]
     fn qos0_takes_no_id_and_no_room() {
         let mut out = Outbound::new(1);
-        let publish = out.send(&delivery(QoS::AtMostOnce));
-        assert_eq!(publish.packet_id, None);
+        assert_eq!(out.send(&delivery(QoS::AtMostOnce)), None);
         assert!(out.has_room());
     }
 
     #[test]
     fn window_fills_and_puback_frees_it() {
         let mut out = Outbound::new(2);
-        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
-        let b = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let a = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+        let b = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
         assert_ne!(a, b);
         assert!(!out.has_room());
         out.puback(a).unwrap();
@@ -215,7 +224,7 @@ mod tests {
     #[test]
     fn qos2_goes_through_pubrec_and_pubcomp() {
         let mut out = Outbound::new(4);
-        let a = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
+        let a = out.send(&delivery(QoS::ExactlyOnce)).unwrap();
         assert!(out.pubcomp(a).is_err(), "PUBCOMP before PUBREC is unknown");
         out.pubrec(a).unwrap();
         assert_eq!(out.resend(), vec![Outgoing::PubRel(a)]);
@@ -226,9 +235,9 @@ mod tests {
     #[test]
     fn mqtt_4_4_0_1_resume_resends_in_order_with_dup() {
         let mut out = Outbound::new(4);
-        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
-        let b = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
-        let c = out.send(&delivery(QoS::ExactlyOnce)).packet_id.unwrap();
+        let a = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+        let b = out.send(&delivery(QoS::ExactlyOnce)).unwrap();
+        let c = out.send(&delivery(QoS::ExactlyOnce)).unwrap();
         out.pubrec(b).unwrap();
         let resent = out.resend();
         assert_eq!(resent.len(), 3);
@@ -245,11 +254,11 @@ mod tests {
     fn ids_wrap_and_skip_ids_in_flight() {
         let mut out = Outbound::new(3);
         out.next_id = id(65535);
-        let a = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
-        let b = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let a = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+        let b = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
         assert_eq!((a, b), (id(65535), id(1)));
         out.next_id = id(65535);
-        let c = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let c = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
         assert_eq!(c, id(2), "65535 and 1 are still in flight");
     }
 
@@ -258,9 +267,9 @@ mod tests {
         // One message stays unacknowledged while ids go round the ring
         // twice: its id must never be handed out again [MQTT-2.3.1-2].
         let mut out = Outbound::new(2);
-        let stuck = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+        let stuck = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
         for _ in 0..2 * 65_535 {
-            let id = out.send(&delivery(QoS::AtLeastOnce)).packet_id.unwrap();
+            let id = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
             assert_ne!(id, stuck);
             out.puback(id).unwrap();
         }
