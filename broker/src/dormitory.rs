@@ -317,7 +317,9 @@ impl Dormitory {
 }
 
 impl Drop for Dormitory {
-    /// Ends the thread when the broker is dropped without a shutdown.
+    /// Ends the thread with its context. A resting connection holds the
+    /// context, so a broker dropped without `shutdown` while clients rest
+    /// keeps serving them, as `Broker` documents for every connection.
     fn drop(&mut self) {
         self.close();
     }

@@ -30,12 +30,14 @@ mod writer;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tidemq_protocol::{ConnectReturnCode, Framer, LastWill, ProtocolError, ProtocolVersion};
+use tidemq_protocol::{
+    ConnectReturnCode, Framer, LastWill, Packet, ProtocolError, ProtocolVersion,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -53,7 +55,7 @@ use crate::server::Admission;
 use crate::session::SessionState;
 use crate::types::{ClientId, ConnId, Message};
 
-use reader::Inbound;
+use reader::{Inbound, ReadError};
 use session::{End, Session};
 use writer::{WriterConfig, WriterEnd};
 
@@ -282,7 +284,13 @@ async fn live<S: Transport>(
             None
         };
         let tasks = Tasks::spawn(stream, &client, &token, leftover);
-        let session = Session::new(client, token.clone(), tasks.outgoing.clone(), rest_after);
+        let session = Session::new(
+            client,
+            token.clone(),
+            tasks.outgoing.clone(),
+            Arc::clone(&tasks.writing),
+            rest_after,
+        );
         let stopped = tasks.run(session, pending, first).await;
         client = stopped.client;
         match stopped.outcome {
@@ -419,10 +427,12 @@ struct Stopped<S> {
 
 /// The read and write tasks of one connection and the channels to them.
 struct Tasks<S> {
-    reader: JoinHandle<(ReadHalf<S>, BytesMut)>,
+    reader: JoinHandle<(ReadHalf<S>, BytesMut, Option<ReadError>)>,
     writer: JoinHandle<(WriteHalf<S>, WriterEnd)>,
     inbound: mpsc::Receiver<Inbound>,
     outgoing: mpsc::Sender<Bytes>,
+    /// Whether the writer is in the middle of a batch.
+    writing: Arc<AtomicBool>,
     /// Stops the reader at its next read (rest), or at once with `token`.
     reader_stop: CancellationToken,
     /// The writer has its own token so that a graceful end (DISCONNECT,
@@ -453,9 +463,11 @@ impl<S: Transport> Tasks<S> {
             inbound_tx,
             reader_stop.clone(),
         ));
+        let writing = Arc::new(AtomicBool::new(false));
         let config = WriterConfig {
             batch_bytes: limits.write_batch_bytes,
             write_timeout: ctx.settings.write_timeout(),
+            writing: Arc::clone(&writing),
         };
         let writer_token = CancellationToken::new();
         let writer = tokio::spawn(writer::run(
@@ -469,6 +481,7 @@ impl<S: Transport> Tasks<S> {
             writer,
             inbound,
             outgoing,
+            writing,
             reader_stop,
             writer_token,
             token: token.clone(),
@@ -483,7 +496,7 @@ impl<S: Transport> Tasks<S> {
             .await;
         let client = session.into_client();
         let outcome = match end {
-            End::Rest => self.stop_for_rest().await,
+            End::Rest => self.stop_for_rest(&client.ctx).await,
             end => {
                 let graceful = matches!(end, End::Disconnect | End::Shutdown);
                 let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
@@ -496,7 +509,7 @@ impl<S: Transport> Tasks<S> {
 
     /// Lets the writer flush and the reader stop between reads, keeping
     /// what it decodes meanwhile, and joins the stream again.
-    async fn stop_for_rest(mut self) -> Outcome<S> {
+    async fn stop_for_rest(mut self, ctx: &Context) -> Outcome<S> {
         drop(self.outgoing);
         self.reader_stop.cancel();
         let mut pending = Vec::new();
@@ -509,14 +522,36 @@ impl<S: Transport> Tasks<S> {
         while let Ok(inbound) = self.inbound.try_recv() {
             pending.push(inbound);
         }
-        let writer = (&mut self.writer).await;
-        let (read_half, leftover, write_half) = match (reader, writer) {
-            (Ok((read_half, leftover)), Ok((write_half, WriterEnd::Drained))) => {
-                (read_half, leftover, write_half)
+        // The writer was idle when the session chose to rest, so it ends at
+        // once; a takeover or shutdown meanwhile still wins.
+        let writer = tokio::select! {
+            joined = &mut self.writer => joined,
+            _ = self.token.cancelled() => {
+                self.writer_token.cancel();
+                let _ = (&mut self.writer).await;
+                return Outcome::Ended(cancelled_end(ctx));
             }
-            (_, Ok((_, end))) => return Outcome::Ended(End::Writer(end)),
-            _ => return Outcome::Ended(End::WriterEnded),
         };
+        let (Ok((read_half, leftover, read_error)), Ok((write_half, writer_end))) =
+            (reader, writer)
+        else {
+            return Outcome::Ended(End::WriterEnded);
+        };
+        if let Some(error) = read_error {
+            pending.push(Inbound::Failed(error));
+        }
+        if !matches!(writer_end, WriterEnd::Drained) {
+            // The socket failed. A DISCONNECT read meanwhile still counts
+            // (no will); other packets go with the connection.
+            let disconnected = pending
+                .iter()
+                .any(|inbound| matches!(inbound, Inbound::Packet(Packet::Disconnect)));
+            return Outcome::Ended(if disconnected {
+                End::Disconnect
+            } else {
+                End::Writer(writer_end)
+            });
+        }
         Outcome::Rested {
             stream: read_half.unsplit(write_half),
             leftover,
@@ -546,6 +581,15 @@ impl<S: Transport> Tasks<S> {
         } else if !self.writer.is_finished() {
             let _ = self.writer.await;
         }
+    }
+}
+
+/// Why a connection's token was cancelled.
+fn cancelled_end(ctx: &Context) -> End {
+    if ctx.shutdown.is_cancelled() {
+        End::Shutdown
+    } else {
+        End::TakenOver
     }
 }
 

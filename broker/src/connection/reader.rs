@@ -40,8 +40,8 @@ pub enum ReadError {
 }
 
 /// Reads until the stream ends or fails (reported to the session), the
-/// session goes, or `stop` is cancelled, and gives back the read half and
-/// whatever partial packet is buffered. `stop` takes effect only between
+/// session goes, or `stop` is cancelled, and gives back the read half,
+/// whatever partial packet is buffered, and a failure it could not report. `stop` takes effect only between
 /// reads, after every whole packet read so far has been handed over, so a
 /// connection can rest without losing any. `buf` holds whatever followed
 /// the CONNECT, or the partial packet from before a rest.
@@ -52,7 +52,7 @@ pub async fn run<R: AsyncRead + Unpin>(
     version: ProtocolVersion,
     tx: mpsc::Sender<Inbound>,
     stop: CancellationToken,
-) -> (R, BytesMut) {
+) -> (R, BytesMut, Option<ReadError>) {
     let mut task = ReadTask {
         reader,
         buf,
@@ -61,13 +61,27 @@ pub async fn run<R: AsyncRead + Unpin>(
         version,
         tx,
     };
-    if let Err(error) = task.read_loop(&stop).await {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = task.tx.send(Inbound::Failed(error)) => {}
+    let unsent = match task.read_loop(&stop).await {
+        Ok(()) => None,
+        Err(error) => {
+            // Reported on the channel when there is room or once there is;
+            // when the connection is stopping instead, handed back with the
+            // half so that a rest cannot swallow it.
+            let permit = tokio::select! {
+                biased;
+                permit = task.tx.reserve() => permit.ok(),
+                _ = stop.cancelled() => None,
+            };
+            match permit {
+                Some(permit) => {
+                    permit.send(Inbound::Failed(error));
+                    None
+                }
+                None => Some(error),
+            }
         }
-    }
-    (task.reader, task.buf)
+    };
+    (task.reader, task.buf, unsent)
 }
 
 struct ReadTask<R> {

@@ -112,6 +112,8 @@ pub struct Session {
     pub ids: Vec<Option<PacketId>>,
     /// Rest after this long with nothing to do; `None`: never.
     pub rest_after: Option<Duration>,
+    /// Set by the write task while it writes a batch.
+    pub writing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Session {
@@ -119,6 +121,7 @@ impl Session {
         client: Client,
         token: CancellationToken,
         outgoing: mpsc::Sender<Bytes>,
+        writing: Arc<std::sync::atomic::AtomicBool>,
         rest_after: Option<Duration>,
     ) -> Session {
         let out_limit = client.ctx.settings.limits.write_batch_bytes;
@@ -134,6 +137,7 @@ impl Session {
             batch: Vec::new(),
             ids: Vec::new(),
             rest_after,
+            writing,
         }
     }
 
@@ -278,6 +282,7 @@ impl Session {
             // Nothing queued for the writer beyond the chunk it may be
             // writing: a client slow to read is not idle.
             && self.outgoing.capacity() == self.outgoing.max_capacity()
+            && !self.writing.load(std::sync::atomic::Ordering::Acquire)
             && self.slow_deadline.is_none()
             && !self.more_mail
             && inbound.is_empty()
@@ -286,11 +291,7 @@ impl Session {
 
     /// Why the token was cancelled.
     fn cancelled(&self) -> End {
-        if self.client.ctx.shutdown.is_cancelled() {
-            End::Shutdown
-        } else {
-            End::TakenOver
-        }
+        super::cancelled_end(&self.client.ctx)
     }
 
     /// Encodes a packet for the write task; the chunk is handed over at the

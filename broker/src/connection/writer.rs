@@ -10,6 +10,8 @@
 //! it stops at once.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -33,6 +35,10 @@ pub enum WriterEnd {
 pub struct WriterConfig {
     pub batch_bytes: usize,
     pub write_timeout: Duration,
+    /// Set while a batch is being written: a connection rests only when
+    /// its writer is idle, so stopping the writer for a rest never waits on
+    /// a slow reader.
+    pub writing: Arc<AtomicBool>,
 }
 
 /// Writes the whole buffer. The timeout applies to each write call, so a
@@ -98,6 +104,7 @@ async fn write_queue<W: AsyncWrite + Unpin>(
         let Some(mut first) = first else {
             return WriterEnd::Drained;
         };
+        config.writing.store(true, Ordering::Release);
         let written = match rx.try_recv() {
             Err(_) => write_batch(writer, &mut first, config.write_timeout, token).await,
             Ok(second) => {
@@ -115,6 +122,7 @@ async fn write_queue<W: AsyncWrite + Unpin>(
         if let Err(end) = written {
             return end;
         }
+        config.writing.store(false, Ordering::Release);
         buf.clear();
         if buf.capacity() > config.batch_bytes * 2 {
             // A burst grew the buffer; do not hold it while idle.

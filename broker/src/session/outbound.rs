@@ -30,6 +30,9 @@ enum Stage {
 #[derive(Debug)]
 struct Inflight {
     id: PacketId,
+    /// `Outbound::steps` when the id was taken: its place on the unrolled
+    /// ring of ids.
+    step: u64,
     stage: Stage,
 }
 
@@ -45,6 +48,8 @@ pub struct Outbound {
     window: u16,
     inflight: VecDeque<Inflight>,
     next_id: PacketId,
+    /// How far `next_id` has moved around the ring of 65535 ids, in total.
+    steps: u64,
 }
 
 impl Outbound {
@@ -53,6 +58,7 @@ impl Outbound {
             window: u16::try_from(window).unwrap_or(u16::MAX),
             inflight: VecDeque::new(),
             next_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not zero")),
+            steps: 0,
         }
     }
 
@@ -83,9 +89,10 @@ impl Outbound {
         if delivery.qos == QoS::AtMostOnce {
             return None;
         }
-        let id = self.allocate_id();
+        let (id, step) = self.allocate_id();
         self.inflight.push_back(Inflight {
             id,
+            step,
             stage: Stage::Unacked {
                 message: Arc::clone(&delivery.message),
                 qos: delivery.qos,
@@ -95,28 +102,30 @@ impl Outbound {
         Some(id)
     }
 
-    /// The next id not in flight. The window is at most 65535, so one is free.
-    fn allocate_id(&mut self) -> PacketId {
+    /// The next id not in flight. The window is at most 65535, so one is
+    /// free. Returns the id and its step.
+    ///
+    /// Ids are taken in ring order, so while `next_id` has moved less than
+    /// one lap since the oldest message in flight took its id, every id in
+    /// flight lies on the arc behind `next_id` and `next_id` itself is free:
+    /// no scan, the usual case. After a lap (an old message still
+    /// unacknowledged) the window is scanned.
+    fn allocate_id(&mut self) -> (PacketId, u64) {
+        let within_a_lap = self
+            .inflight
+            .front()
+            .is_none_or(|oldest| self.steps - oldest.step < u64::from(u16::MAX));
         let mut id = self.next_id;
-        while self.may_be_in_flight(id) && self.inflight.iter().any(|entry| entry.id == id) {
-            id = id.next();
+        if !within_a_lap {
+            while self.inflight.iter().any(|entry| entry.id == id) {
+                id = id.next();
+                self.steps += 1;
+            }
         }
+        let step = self.steps;
         self.next_id = id.next();
-        id
-    }
-
-    /// Ids are allocated in increasing order (wrapping) and the window keeps
-    /// that order, so every id in flight lies on the ring between the oldest
-    /// and the newest entry. An id outside that arc is free without a scan,
-    /// which is the usual case.
-    fn may_be_in_flight(&self, id: PacketId) -> bool {
-        let (Some(oldest), Some(newest)) = (self.inflight.front(), self.inflight.back()) else {
-            return false;
-        };
-        // Steps from the oldest id; the ring has 65535 ids (0 is not one).
-        let from_oldest =
-            |to: PacketId| (i32::from(to.get()) - i32::from(oldest.id.get())).rem_euclid(65_535);
-        from_oldest(id) <= from_oldest(newest.id)
+        self.steps += 1;
+        (id, step)
     }
 
     fn position(&self, id: PacketId, released: bool) -> Result<usize, UnknownPacketId> {
@@ -253,13 +262,14 @@ mod tests {
     #[test]
     fn ids_wrap_and_skip_ids_in_flight() {
         let mut out = Outbound::new(3);
-        out.next_id = id(65535);
         let a = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+        for _ in 0..65_533 {
+            let id = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+            out.puback(id).unwrap();
+        }
         let b = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
-        assert_eq!((a, b), (id(65535), id(1)));
-        out.next_id = id(65535);
         let c = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
-        assert_eq!(c, id(2), "65535 and 1 are still in flight");
+        assert_eq!((a, b, c), (id(1), id(65535), id(2)), "1 is still in flight");
     }
 
     #[test]
@@ -274,5 +284,25 @@ mod tests {
             out.puback(id).unwrap();
         }
         assert_eq!(out.in_flight(), 1);
+    }
+
+    #[test]
+    fn mqtt_2_3_1_2_no_id_is_reused_while_in_flight_over_many_laps() {
+        // Some messages stay unacknowledged for a lap or more while the
+        // rest are acknowledged at once; every new id must differ from
+        // every id in flight (the case a review found: 1 and 60000 stuck).
+        let mut out = Outbound::new(8);
+        let mut stuck = Vec::new();
+        for n in 0..3 * 65_535u32 {
+            let id = out.send(&delivery(QoS::AtLeastOnce)).unwrap();
+            let in_flight = out.inflight.iter().filter(|entry| entry.id == id).count();
+            assert_eq!(in_flight, 1, "id {} handed out twice at {n}", id.get());
+            if n == 0 || n == 59_999 || n == 100_000 {
+                stuck.push(id);
+            } else {
+                out.puback(id).unwrap();
+            }
+        }
+        assert_eq!(out.in_flight(), stuck.len());
     }
 }
