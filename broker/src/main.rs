@@ -101,11 +101,15 @@ fn release_freed_memory() {
 /// with THP and 0.6 KiB without, at the same throughput (Redis advises the
 /// same for the same reason). Best effort: a kernel without the call
 /// changes nothing.
+#[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag
     // on this process.
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}
 
 /// Wakes a worker a few times a second so that it parks again, and
 /// collects, after the last burst.
