@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,9 @@ impl Broker {
                     addr: *addr,
                     source,
                 })?;
+            if inherited_options() {
+                configure(SockRef::from(&listener), &settings.listener);
+            }
             listeners.push(listener);
         }
         let metrics = Arc::new(Metrics::default());
@@ -173,23 +176,34 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaph
             warn!(%peer, "closing: connection limit reached");
             continue;
         };
-        configure(&stream, &ctx.settings.listener);
+        if !inherited_options() {
+            configure(SockRef::from(&stream), &ctx.settings.listener);
+        }
         let admission = Admission::new(&ctx.metrics, Some(permit));
         tokio::spawn(connection::serve(stream, peer, ctx.clone(), admission));
     }
 }
 
-fn configure(stream: &TcpStream, listener: &ListenerSettings) {
-    if let Err(error) = stream.set_nodelay(listener.tcp_nodelay) {
+/// Sets TCP_NODELAY and SO_KEEPALIVE (with its idle time) on a socket. On
+/// Linux, accepted sockets inherit both from their listener, so they are set
+/// once on the listener ([`inherited_options`]) instead of three
+/// `setsockopt` calls per connection.
+fn configure(socket: SockRef<'_>, listener: &ListenerSettings) {
+    if let Err(error) = socket.set_nodelay(listener.tcp_nodelay) {
         debug!(%error, "TCP_NODELAY not set");
     }
     if listener.tcp_keepalive_secs > 0 {
         let keepalive =
             TcpKeepalive::new().with_time(Duration::from_secs(listener.tcp_keepalive_secs));
-        if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
             debug!(%error, "SO_KEEPALIVE not set");
         }
     }
+}
+
+/// Whether accepted sockets inherit the listener's options.
+const fn inherited_options() -> bool {
+    cfg!(target_os = "linux")
 }
 
 /// What a connection holds of the server for as long as it lives, resting
@@ -214,5 +228,31 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         Metrics::decr(&self.metrics.connections_current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpStream;
+
+    /// What `inherited_options` relies on: sockets accepted from a
+    /// configured listener carry TCP_NODELAY and SO_KEEPALIVE.
+    #[tokio::test]
+    async fn accepted_sockets_get_the_listener_options() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.listener.tcp_keepalive_secs = 77;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        configure(SockRef::from(&listener), &settings.listener);
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if !inherited_options() {
+            configure(SockRef::from(&accepted), &settings.listener);
+        }
+        let socket = SockRef::from(&accepted);
+        assert!(socket.nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(77));
     }
 }
