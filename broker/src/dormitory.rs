@@ -16,7 +16,7 @@
 //! | its socket becomes readable (or closes)| the epoll set                 |
 //! | its keepalive deadline passes          | this thread's poll timeout    |
 //! | mail reaches its mailbox, or a newer   | its [`Alarm`], rung from any  |
-//! | connection claims its client id        | thread                        |
+//! | connection claims its client id        | thread, which wakes it itself |
 //! | the broker shuts down                  | [`Dormitory::close`]          |
 //!
 //! The lock on the beds is held for bookkeeping only, never while a sleeper
@@ -68,9 +68,14 @@ impl std::fmt::Debug for Alarm {
 }
 
 impl Alarm {
+    /// Wakes the sleeper right here, on the ringing thread (usually a
+    /// runtime worker, so its tasks start without a hand-off through the
+    /// dormitory's thread).
     pub fn ring(&self) {
-        lock(&self.shared.beds).rung.push(self.key);
-        self.shared.wake_thread();
+        let sleeper = lock(&self.shared.beds).take(self.key);
+        if let Some(sleeper) = sleeper {
+            self.shared.release(sleeper);
+        }
     }
 }
 
@@ -99,6 +104,15 @@ impl Shared {
             warn!(%error, "cannot wake the dormitory thread");
         }
     }
+
+    /// Stops watching a sleeper taken out of its bed and wakes it.
+    fn release(&self, sleeper: Box<dyn Sleeper>) {
+        let fd = sleeper.fd();
+        if let Err(error) = self.registry.deregister(&mut SourceFd(&fd)) {
+            debug!(%error, "cannot stop watching a socket");
+        }
+        sleeper.wake();
+    }
 }
 
 struct Bed {
@@ -109,8 +123,6 @@ struct Bed {
 struct Beds {
     beds: Vec<Bed>,
     free: Vec<u32>,
-    /// Keys whose alarms rang since the thread last looked.
-    rung: Vec<u64>,
     /// Keepalive deadlines, in nanoseconds since `epoch` (16-byte entries).
     /// Entries of sleepers that woke otherwise stay until they come due or
     /// the heap is rebuilt.
@@ -135,7 +147,6 @@ impl Beds {
         Beds {
             beds: Vec::new(),
             free: Vec::new(),
-            rung: Vec::new(),
             deadlines: BinaryHeap::new(),
             epoch: Instant::now(),
             sleeping: 0,
@@ -165,6 +176,7 @@ impl Beds {
         if let Some(deadline) = deadline {
             let nanos = self.nanos(deadline);
             self.deadlines.push(Reverse((nanos, key)));
+            self.compact();
         }
         self.sleeping += 1;
         key
@@ -195,24 +207,28 @@ impl Beds {
             self.deadlines.pop();
             woken.extend(self.take(key));
         }
-        // Stale entries (sleepers that woke for another reason) would pile
-        // up under clients that rest and wake often: rebuild when they
-        // outnumber the live ones.
-        if self.deadlines.len() > 2 * self.sleeping + 1024 {
-            let live: Vec<(Instant, u64)> = self
-                .beds
-                .iter()
-                .enumerate()
-                .filter_map(|(index, bed)| {
-                    let deadline = bed.sleeper.as_ref()?.deadline()?;
-                    Some((deadline, key(index as u32, bed.generation)))
-                })
-                .collect();
-            self.deadlines = live
-                .into_iter()
-                .map(|(deadline, key)| Reverse((self.nanos(deadline), key)))
-                .collect();
+    }
+
+    /// Rebuilds the deadline heap once stale entries (of sleepers woken
+    /// otherwise) outnumber the live ones: clients that rest and wake often
+    /// would pile them up until their old deadlines came due.
+    fn compact(&mut self) {
+        if self.deadlines.len() <= 2 * self.sleeping + 1024 {
+            return;
         }
+        let live: Vec<(Instant, u64)> = self
+            .beds
+            .iter()
+            .enumerate()
+            .filter_map(|(index, bed)| {
+                let deadline = bed.sleeper.as_ref()?.deadline()?;
+                Some((deadline, key(index as u32, bed.generation)))
+            })
+            .collect();
+        self.deadlines = live
+            .into_iter()
+            .map(|(deadline, key)| Reverse((self.nanos(deadline), key)))
+            .collect();
     }
 
     fn take_all(&mut self, woken: &mut Vec<Box<dyn Sleeper>>) {
@@ -295,11 +311,11 @@ impl Dormitory {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if wake_now {
-            beds.rung.push(key);
-        }
+        let woken = if wake_now { beds.take(key) } else { None };
         drop(beds);
-        if wake_now || sooner {
+        if let Some(sleeper) = woken {
+            self.shared.release(sleeper);
+        } else if sooner {
             self.shared.wake_thread();
         }
     }
@@ -340,15 +356,10 @@ fn watch(mut poll: Poll, shared: &Shared) {
         }
         let closed = {
             let mut beds = lock(&shared.beds);
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    let rung = std::mem::take(&mut beds.rung);
-                    for key in rung {
-                        woken.extend(beds.take(key));
-                    }
-                } else {
-                    woken.extend(beds.take(event.token().0 as u64));
-                }
+            // The waker only makes the thread look again at its deadlines
+            // and the closed flag.
+            for event in events.iter().filter(|event| event.token() != WAKER) {
+                woken.extend(beds.take(event.token().0 as u64));
             }
             beds.take_due(Instant::now(), &mut woken);
             if beds.closed {
@@ -357,11 +368,7 @@ fn watch(mut poll: Poll, shared: &Shared) {
             beds.closed
         };
         for sleeper in woken.drain(..) {
-            let fd = sleeper.fd();
-            if let Err(error) = shared.registry.deregister(&mut SourceFd(&fd)) {
-                debug!(%error, "cannot stop watching a socket");
-            }
-            sleeper.wake();
+            shared.release(sleeper);
         }
         if closed {
             return;
