@@ -433,13 +433,17 @@ impl Session {
             _ => None,
         };
         // Every acknowledged PUBLISH, routed or a resend, gets a receipt, so
-        // acknowledgements keep the order of the PUBLISHes.
-        let (receipt, released) = Receipt::new();
-        if let Some(ack) = ack {
-            self.acks
-                .push(ack, released)
-                .map_err(|_| End::TooManyUnacknowledged)?;
-        }
+        // acknowledgements keep the order of the PUBLISHes. QoS 0 needs none.
+        let receipt = match ack {
+            Some(ack) => {
+                let (receipt, released) = Receipt::new();
+                self.acks
+                    .push(ack, released)
+                    .map_err(|_| End::TooManyUnacknowledged)?;
+                Some(receipt)
+            }
+            None => None,
+        };
         if route {
             let message = Message {
                 topic: publish.topic,
@@ -447,7 +451,6 @@ impl Session {
                 qos: publish.qos,
                 retain: publish.retain,
             };
-            let receipt = (publish.qos != QoS::AtMostOnce).then_some(receipt);
             self.client.ctx.router.publish(message, receipt).await?;
         }
         Ok(())
