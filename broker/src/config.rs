@@ -35,11 +35,23 @@ pub struct ListenerSettings {
     pub tcp_keepalive_secs: u64,
     pub max_connections: usize,
     pub connect_timeout_ms: u64,
+    pub max_pending: usize,
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    pub memory_limit_mb: u64,
+    pub max_subscriptions_per_client: usize,
+    pub max_topic_levels: usize,
+    pub max_topic_len: usize,
+    pub max_client_id_len: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    pub session_expiry_secs: u64,
+    pub packet_read_timeout_ms: u64,
+    pub max_queued_bytes: usize,
     pub max_packet_size: usize,
     pub max_connect_packet_size: usize,
     pub max_keepalive_secs: u16,
@@ -117,8 +129,30 @@ impl Settings {
 
     /// Checks the values serde cannot: zero sizes, empty lists.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, usize); 8] = [
+        let positive: [(&'static str, usize); 18] = [
             ("listener.max_connections", self.listener.max_connections),
+            ("listener.max_pending", self.listener.max_pending),
+            (
+                "limits.memory_limit_mb",
+                self.limits.memory_limit_mb as usize,
+            ),
+            (
+                "limits.max_subscriptions_per_client",
+                self.limits.max_subscriptions_per_client,
+            ),
+            ("limits.max_topic_levels", self.limits.max_topic_levels),
+            ("limits.max_topic_len", self.limits.max_topic_len),
+            ("limits.max_client_id_len", self.limits.max_client_id_len),
+            (
+                "limits.max_retained_messages",
+                self.limits.max_retained_messages,
+            ),
+            ("limits.max_retained_bytes", self.limits.max_retained_bytes),
+            ("limits.max_queued_bytes", self.limits.max_queued_bytes),
+            (
+                "limits.packet_read_timeout_ms",
+                self.limits.packet_read_timeout_ms as usize,
+            ),
             ("limits.max_inflight", self.limits.max_inflight),
             (
                 "limits.max_queued_messages",
@@ -156,6 +190,12 @@ impl Settings {
                 "must be at least 64 bytes",
             ));
         }
+        if self.limits.max_topic_levels > tidemq_protocol::MAX_TOPIC_LEVELS {
+            return Err(invalid("limits.max_topic_levels", "must be at most 200"));
+        }
+        if self.limits.max_topic_len > usize::from(u16::MAX) {
+            return Err(invalid("limits.max_topic_len", "must be at most 65535"));
+        }
         if self.limits.max_inflight > usize::from(u16::MAX) {
             return Err(invalid("limits.max_inflight", "must be at most 65535"));
         }
@@ -182,6 +222,21 @@ impl Settings {
     /// `None` when connections never rest.
     pub fn rest_after(&self) -> Option<Duration> {
         (self.limits.rest_after_ms > 0).then(|| Duration::from_millis(self.limits.rest_after_ms))
+    }
+
+    /// `None` when offline persistent sessions never expire.
+    pub fn session_expiry(&self) -> Option<Duration> {
+        (self.limits.session_expiry_secs > 0)
+            .then(|| Duration::from_secs(self.limits.session_expiry_secs))
+    }
+
+    pub fn packet_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.packet_read_timeout_ms)
+    }
+
+    /// `limits.memory_limit_mb` in bytes.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.limits.memory_limit_mb.saturating_mul(1024 * 1024)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -12,6 +12,8 @@
 //! | `router`     | subscriptions, retained messages, fan-out                 |
 //! | `metrics`    | counters for every decision the broker makes              |
 //! | `sys`        | publishes the counters under `$SYS/broker/`               |
+//! | `budget`     | the bytes counted against `limits.memory_limit_mb`        |
+//! | `throttle`   | at most one log line a second per kind of refusal         |
 //!
 //! The path of one PUBLISH: publisher socket -> read task -> session task ->
 //! router channel -> router (trie match) -> each subscriber's mailbox ->
@@ -19,6 +21,7 @@
 
 #[doc(hidden)]
 pub mod bench_api;
+mod budget;
 pub mod config;
 mod connection;
 mod dormitory;
@@ -29,6 +32,7 @@ mod router;
 mod server;
 mod session;
 mod sys;
+mod throttle;
 mod types;
 
 pub use config::{ConfigError, Overrides, Settings};

@@ -1,6 +1,7 @@
 //! Broker-wide counters. Every refusal, drop and disconnect the broker decides
 //! on is counted here, next to its log line. Counters are monotonic except
-//! `connections_current`.
+//! `connections_current` and the gauges whose names end in `_current` or
+//! `_bytes`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,6 +53,19 @@ counters! {
     dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages`.",
     held_for_slow_subscribers: "QoS 1/2 deliveries queued beyond a full mailbox, delaying their publisher's acknowledgement.",
     slow_subscriber_disconnects: "Sessions disconnected for staying over `max_queued_messages` for `slow_subscriber_timeout_ms`.",
+    pending_evicted: "Sockets that had not finished CONNECT, closed to make room under `max_pending`.",
+    connections_refused_per_address: "Connections closed at once because their address had `max_connections_per_address`.",
+    packet_read_timeouts: "Connections closed because a packet took longer than `packet_read_timeout_ms` to arrive.",
+    client_ids_refused: "CONNECTs refused for a client id over `max_client_id_len`.",
+    topics_refused_limit: "Topic names and filters refused for breaking `max_topic_levels` or `max_topic_len`.",
+    subscriptions_refused_limit: "Filters refused (SUBACK 0x80) because the session had `max_subscriptions_per_client`.",
+    retained_refused_limit: "Retained messages not stored because of `max_retained_messages` or `max_retained_bytes`.",
+    memory_limit_refusals: "Messages dropped, publishes and connections refused while over `memory_limit_mb`.",
+    sessions_expired: "Offline persistent sessions removed after `session_expiry_secs`.",
+    subscriptions_current: "Subscriptions held now (gauge).",
+    retained_messages_current: "Retained messages stored now (gauge).",
+    retained_bytes_current: "Bytes (topic + payload) of the retained messages stored now (gauge).",
+    memory_accounted_bytes: "Bytes counted against `memory_limit_mb` now (gauge).",
 }
 
 impl Metrics {
@@ -65,5 +79,13 @@ impl Metrics {
 
     pub fn decr(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Ordering::Relaxed);
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::budget::Budget;
 use crate::config::{ListenerSettings, Settings};
 use crate::connection::{self, Context};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -70,8 +71,9 @@ impl Broker {
             let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
             tokio::spawn(sys);
         }
-        let ctx =
-            Context::new(settings, router, metrics, shutdown).map_err(StartError::Dormitory)?;
+        let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
+        let ctx = Context::new(settings, router, metrics, budget, shutdown)
+            .map_err(StartError::Dormitory)?;
         let ctx = Arc::new(ctx);
         let mut local_addrs = Vec::new();
         let mut accept_loops = Vec::new();

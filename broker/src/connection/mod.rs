@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::budget::Budget;
 use crate::config::Settings;
 use crate::dormitory::{Alarm, Dormitory, Sleeper};
 use crate::metrics::Metrics;
@@ -53,6 +54,7 @@ use crate::registry::{Opened, Ownership, Registry, SessionSlot};
 use crate::router::RouterHandle;
 use crate::server::Admission;
 use crate::session::SessionState;
+use crate::throttle::Throttles;
 use crate::types::{ClientId, ConnId, Message};
 
 use reader::{Inbound, ReadError};
@@ -71,6 +73,9 @@ pub struct Context {
     pub registry: Registry,
     pub dormitory: Dormitory,
     pub metrics: Arc<Metrics>,
+    pub budget: Arc<Budget>,
+    /// One log line a second at most per kind of refusal.
+    pub throttles: Throttles,
     pub shutdown: CancellationToken,
     /// Where woken connections are spawned (the dormitory is a plain thread).
     runtime: tokio::runtime::Handle,
@@ -83,6 +88,7 @@ impl Context {
         settings: Settings,
         router: RouterHandle,
         metrics: Arc<Metrics>,
+        budget: Arc<Budget>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Context> {
         let registry = Registry::new(settings.limits.max_queued_messages);
@@ -92,6 +98,8 @@ impl Context {
             registry,
             dormitory: Dormitory::start()?,
             metrics,
+            budget,
+            throttles: Throttles::default(),
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             next_conn_id: AtomicU64::new(1),

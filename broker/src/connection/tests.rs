@@ -20,7 +20,11 @@ fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     edit(&mut settings);
     let metrics = Arc::new(Metrics::default());
     let (router, _task) = router::spawn(settings.limits.router_queue, metrics.clone());
-    Arc::new(Context::new(settings, router, metrics, CancellationToken::new()).unwrap())
+    let budget = Arc::new(crate::budget::Budget::new(
+        metrics.clone(),
+        settings.memory_limit_bytes(),
+    ));
+    Arc::new(Context::new(settings, router, metrics, budget, CancellationToken::new()).unwrap())
 }
 
 fn peer() -> SocketAddr {
