@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::router::{Router, RouterMsg};
+use crate::router::{Router, RouterLimits, RouterMsg};
 use crate::types::{ClientId, ConnId, Message};
 
 /// A router filled with subscriptions, one client each.
@@ -21,7 +21,7 @@ pub struct RouterBench {
 impl RouterBench {
     /// `filters[i]` is subscribed by client `i` at QoS 0.
     pub fn new(filters: impl IntoIterator<Item = String>) -> RouterBench {
-        let mut router = Router::new(Arc::new(Metrics::default()));
+        let mut router = Router::new(Arc::new(Metrics::default()), RouterLimits::unlimited());
         let mut slots = Vec::new();
         for (i, filter) in filters.into_iter().enumerate() {
             let Ok(filter) = TopicFilter::new(&filter) else {
@@ -54,12 +54,12 @@ impl RouterBench {
     /// Routes one message and drains every mailbox it reached (the whole
     /// fan-out path short of the sockets). Returns the deliveries.
     pub fn publish_and_drain(&mut self, topic: &TopicName, payload: &Bytes) -> usize {
-        let message = Arc::new(Message {
-            topic: topic.clone(),
-            payload: payload.clone(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        });
+        let message = Arc::new(Message::new(
+            topic.clone(),
+            payload.clone(),
+            QoS::AtMostOnce,
+            false,
+        ));
         self.router.handle(RouterMsg::Publish {
             message,
             receipt: None,

@@ -24,22 +24,56 @@
 //! an absent one never does. Beyond the limit, messages for an offline
 //! session are dropped and counted, as mosquitto's `max_queued_messages`
 //! does. Retained messages for a new subscription waive the limit
-//! ([MQTT-3.3.1-6]; they are bounded by the retained store).
+//! ([MQTT-3.3.1-6]), one batch at a time: the session pulls the next batch
+//! only once the mailbox is empty (see `RetainedCursor`).
+//!
+//! "The limit" is two: `max_queued_messages` deliveries and
+//! `max_queued_bytes` of topic and payload, whichever comes first (a lone
+//! message larger than the byte limit is still queued in an empty mailbox,
+//! so it can be delivered at all). Each queued delivery is also counted in
+//! the broker's memory budget until the session takes it.
 //!
 //! The lock is held only for one offer or one pop, never across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tidemq_protocol::QoS;
 use tokio::sync::Notify;
 
+use crate::budget::Budget;
 use crate::dormitory::Alarm;
 use crate::types::{Delivery, Receipt};
+
+/// What one queued delivery costs the memory budget (its message is
+/// counted once, by the message's own charge).
+const DELIVERY_COST: u64 = std::mem::size_of::<Delivery>() as u64;
+
+/// A mailbox's limits.
+#[derive(Debug, Clone)]
+pub struct MailboxLimits {
+    pub messages: usize,
+    pub bytes: usize,
+    /// Where queued deliveries are counted; `None` in tests and benches.
+    pub budget: Option<Arc<Budget>>,
+}
+
+/// A message-count limit alone (tests and benches).
+impl From<usize> for MailboxLimits {
+    fn from(messages: usize) -> MailboxLimits {
+        MailboxLimits {
+            messages,
+            bytes: usize::MAX,
+            budget: None,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Delivery>,
+    /// Topic and payload bytes of the queued deliveries.
+    bytes: usize,
     online: bool,
     /// Set while the session's connection rests in the dormitory: the next
     /// delivery (or a takeover) rings it.
@@ -51,6 +85,8 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
     notify: Notify,
     limit: usize,
+    max_bytes: usize,
+    budget: Option<Arc<Budget>>,
 }
 
 /// Whether an offer respects the mailbox's limit.
@@ -74,11 +110,26 @@ pub enum Offered {
 }
 
 impl Mailbox {
-    pub fn new(limit: usize) -> Mailbox {
+    pub fn new(limits: impl Into<MailboxLimits>) -> Mailbox {
+        let limits = limits.into();
         Mailbox {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
-            limit,
+            limit: limits.messages,
+            max_bytes: limits.bytes,
+            budget: limits.budget,
+        }
+    }
+
+    fn charge(&self, deliveries: usize) {
+        if let (Some(budget), true) = (&self.budget, deliveries > 0) {
+            budget.charge(DELIVERY_COST * deliveries as u64);
+        }
+    }
+
+    fn release(&self, deliveries: usize) {
+        if let (Some(budget), true) = (&self.budget, deliveries > 0) {
+            budget.release(DELIVERY_COST * deliveries as u64);
         }
     }
 
@@ -97,13 +148,16 @@ impl Mailbox {
     ) -> Offered {
         let (offered, alarm) = {
             let mut inner = self.inner();
-            let offered = self.decide(&inner, delivery.qos, limit, receipt.is_some());
+            let weight = delivery.message.weight();
+            let offered = self.decide(&inner, &delivery, weight, limit, receipt.is_some());
             if offered == Offered::Held {
                 delivery.receipt = receipt.cloned();
             }
             let queued = matches!(offered, Offered::Queued | Offered::Held);
             if queued {
                 inner.queue.push_back(delivery);
+                inner.bytes += weight;
+                self.charge(1);
             }
             (offered, if queued { inner.alarm.take() } else { None })
         };
@@ -146,13 +200,21 @@ impl Mailbox {
         alarm.is_some()
     }
 
-    fn decide(&self, inner: &Inner, qos: QoS, limit: Limit, has_receipt: bool) -> Offered {
-        let qos0 = qos == QoS::AtMostOnce;
+    fn decide(
+        &self,
+        inner: &Inner,
+        delivery: &Delivery,
+        weight: usize,
+        limit: Limit,
+        has_receipt: bool,
+    ) -> Offered {
+        let qos0 = delivery.qos == QoS::AtMostOnce;
         let len = inner.queue.len();
         if qos0 && !inner.online {
             return Offered::DroppedOffline;
         }
-        if len < self.limit || limit == Limit::Waived {
+        let bytes_fit = len == 0 || inner.bytes.saturating_add(weight) <= self.max_bytes;
+        if (len < self.limit && bytes_fit) || limit == Limit::Waived {
             return Offered::Queued;
         }
         if qos0 || !inner.online {
@@ -161,10 +223,15 @@ impl Mailbox {
         if has_receipt {
             return Offered::Held;
         }
-        if len < self.limit.saturating_mul(2) {
+        if len < self.limit.saturating_mul(2) && inner.bytes < self.max_bytes.saturating_mul(2) {
             return Offered::Queued;
         }
         Offered::DroppedFull
+    }
+
+    /// Whether the mailbox holds more than its limits allow.
+    fn over_limit(&self, inner: &Inner) -> bool {
+        inner.queue.len() > self.limit || (inner.bytes > self.max_bytes && inner.queue.len() > 1)
     }
 
     /// Moves up to `max` deliveries from the front into `out`, under one
@@ -173,6 +240,7 @@ impl Mailbox {
     /// whether the mailbox is still over its limit.
     pub fn take_front(&self, max: usize, mut room: usize, out: &mut Vec<Delivery>) -> bool {
         let mut inner = self.inner();
+        let start = out.len();
         while out.len() < max {
             let Some(front) = inner.queue.front() else {
                 break;
@@ -184,20 +252,27 @@ impl Mailbox {
                 room -= 1;
             }
             if let Some(delivery) = inner.queue.pop_front() {
+                inner.bytes -= delivery.message.weight();
                 out.push(delivery);
             }
         }
-        inner.queue.len() > self.limit
+        let over = self.over_limit(&inner);
+        drop(inner);
+        self.release(out.len() - start);
+        over
     }
 
     /// Pops the front delivery if `accept` takes it.
     pub fn pop_if(&self, accept: impl FnOnce(&Delivery) -> bool) -> Option<Delivery> {
         let mut inner = self.inner();
-        if accept(inner.queue.front()?) {
-            inner.queue.pop_front()
-        } else {
-            None
+        if !accept(inner.queue.front()?) {
+            return None;
         }
+        let delivery = inner.queue.pop_front()?;
+        inner.bytes -= delivery.message.weight();
+        drop(inner);
+        self.release(1);
+        Some(delivery)
     }
 
     /// Marks the session online or offline; going offline releases every
@@ -211,7 +286,12 @@ impl Mailbox {
     }
 
     pub fn clear(&self) {
-        self.inner().queue.clear();
+        let dropped = {
+            let mut inner = self.inner();
+            inner.bytes = 0;
+            std::mem::take(&mut inner.queue)
+        };
+        self.release(dropped.len());
     }
 
     /// Resolves after the next push (or at once if a push happened since the
@@ -235,12 +315,12 @@ mod tests {
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: TopicName::new("t").unwrap(),
-                payload: Bytes::from(vec![n]),
+            message: Arc::new(Message::new(
+                TopicName::new("t").unwrap(),
+                Bytes::from(vec![n]),
                 qos,
-                retain: false,
-            }),
+                false,
+            )),
             qos,
             retain: false,
             receipt: None,
@@ -345,6 +425,44 @@ mod tests {
         assert_eq!(
             mailbox.offer(delivery(2, QoS::AtMostOnce), Limit::Waived, None),
             Offered::Queued
+        );
+    }
+
+    /// Each delivery weighs 2 bytes ("t" + one byte of payload).
+    #[test]
+    fn max_queued_bytes_is_a_limit_beside_the_count() {
+        let budget = Arc::new(Budget::new(Arc::default(), u64::MAX));
+        let mailbox = Mailbox::new(MailboxLimits {
+            messages: 100,
+            bytes: 4,
+            budget: Some(budget.clone()),
+        });
+        mailbox.set_online(true);
+        let offer = |n| mailbox.offer(delivery(n, QoS::AtMostOnce), Limit::Enforced, None);
+        assert_eq!(
+            (offer(1), offer(2), offer(3)),
+            (Offered::Queued, Offered::Queued, Offered::DroppedFull)
+        );
+        assert_eq!(budget.used(), 2 * DELIVERY_COST);
+        assert_eq!(pop(&mailbox), Some(1));
+        assert_eq!(offer(4), Offered::Queued);
+        mailbox.clear();
+        assert_eq!(budget.used(), 0, "every delivery's cost is given back");
+        assert_eq!(offer(5), Offered::Queued);
+    }
+
+    #[test]
+    fn a_lone_message_over_the_byte_limit_still_fits_an_empty_mailbox() {
+        let mailbox = Mailbox::new(MailboxLimits {
+            messages: 100,
+            bytes: 1,
+            budget: None,
+        });
+        mailbox.set_online(true);
+        let offer = |n| mailbox.offer(delivery(n, QoS::AtMostOnce), Limit::Enforced, None);
+        assert_eq!(
+            (offer(1), offer(2)),
+            (Offered::Queued, Offered::DroppedFull)
         );
     }
 

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, MailboxLimits};
 use crate::session::SessionState;
 use crate::types::{ClientId, ConnId};
 
@@ -70,10 +70,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SessionSlot {
-    pub(crate) fn new(client_id: ClientId, conn_id: ConnId, mailbox_limit: usize) -> SessionSlot {
+    pub(crate) fn new(
+        client_id: ClientId,
+        conn_id: ConnId,
+        mailbox_limits: impl Into<MailboxLimits>,
+    ) -> SessionSlot {
         SessionSlot {
             client_id,
-            mailbox: Mailbox::new(mailbox_limit),
+            mailbox: Mailbox::new(mailbox_limits),
             persistent: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
@@ -184,14 +188,14 @@ pub enum Opened {
 #[derive(Debug)]
 pub struct Registry {
     slots: DashMap<ClientId, Arc<SessionSlot>>,
-    mailbox_limit: usize,
+    mailbox_limits: MailboxLimits,
 }
 
 impl Registry {
-    pub fn new(mailbox_limit: usize) -> Registry {
+    pub fn new(mailbox_limits: impl Into<MailboxLimits>) -> Registry {
         Registry {
             slots: DashMap::new(),
-            mailbox_limit,
+            mailbox_limits: mailbox_limits.into(),
         }
     }
 
@@ -225,7 +229,7 @@ impl Registry {
             Arc::new(SessionSlot::new(
                 client_id.clone(),
                 conn_id,
-                self.mailbox_limit,
+                self.mailbox_limits.clone(),
             ))
         });
         let slot = Arc::clone(entry.value());

@@ -64,7 +64,11 @@ impl Broker {
             listeners.push(listener);
         }
         let metrics = Arc::new(Metrics::default());
-        let (router, router_task) = router::spawn(settings.limits.router_queue, metrics.clone());
+        let (router, router_task) = router::spawn(
+            settings.limits.router_queue,
+            metrics.clone(),
+            router::RouterLimits::from_settings(&settings),
+        );
         let shutdown = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(settings.listener.max_connections));
         if let Some(interval) = settings.sys_interval() {

@@ -33,12 +33,8 @@ pub async fn run(
             let Ok(topic) = TopicName::new(&format!("{PREFIX}{name}")) else {
                 continue;
             };
-            let message = Message {
-                topic,
-                payload: Bytes::from(value.to_string()),
-                qos: QoS::AtMostOnce,
-                retain: true,
-            };
+            let payload = Bytes::from(value.to_string());
+            let message = Message::new(topic, payload, QoS::AtMostOnce, true);
             if router.publish(message, None).await.is_err() {
                 return;
             }

@@ -5,8 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidemq_protocol::{QoS, TopicName};
+use tidemq_protocol::{QoS, TopicFilter, TopicName};
 use tokio::sync::oneshot;
+
+use crate::budget::{Budget, Charge};
 
 /// A client identifier, cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +53,68 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// Its weight in the broker's memory budget, given back when the last
+    /// delivery (or the retained store) lets go of it.
+    pub charge: Charge,
+}
+
+/// What a message costs the memory budget besides its topic and payload.
+const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 16;
+
+impl Message {
+    /// A message outside the memory budget (tests, benches).
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            charge: Charge::default(),
+        }
+    }
+
+    /// A message counted against `budget` for as long as it lives.
+    pub fn charged(
+        topic: TopicName,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        budget: &Arc<Budget>,
+    ) -> Message {
+        let bytes = topic.as_str().len() + payload.len() + MESSAGE_OVERHEAD;
+        Message {
+            charge: Charge::new(budget, bytes as u64),
+            ..Message::new(topic, payload, qos, retain)
+        }
+    }
+
+    /// Topic and payload bytes: what `max_queued_bytes` and
+    /// `max_retained_bytes` count.
+    pub fn weight(&self) -> usize {
+        self.topic.as_str().len() + self.payload.len()
+    }
+}
+
+/// Where a new subscription's retained messages stand: the filter, the QoS
+/// granted, and the last topic handed to the session. The session keeps it
+/// and asks the router for the next batch when its mailbox has room, so a
+/// subscription matching a million retained messages never queues them all
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedCursor {
+    pub filter: TopicFilter,
+    pub qos: QoS,
+    pub after: Option<TopicName>,
+}
+
+impl RetainedCursor {
+    pub fn new(filter: TopicFilter, qos: QoS) -> RetainedCursor {
+        RetainedCursor {
+            filter,
+            qos,
+            after: None,
+        }
+    }
 }
 
 /// Gates a publisher's acknowledgement. Every delivery that had to be queued

@@ -49,9 +49,10 @@ use tracing::{debug, info, warn, Instrument};
 use crate::budget::Budget;
 use crate::config::Settings;
 use crate::dormitory::{Alarm, Dormitory, Sleeper};
+use crate::mailbox::MailboxLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership, Registry, SessionSlot};
-use crate::router::RouterHandle;
+use crate::router::{RouterHandle, RouterLimits};
 use crate::server::Admission;
 use crate::session::SessionState;
 use crate::throttle::Throttles;
@@ -74,6 +75,8 @@ pub struct Context {
     pub dormitory: Dormitory,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<Budget>,
+    /// Topic caps, shared with the router.
+    pub router_limits: RouterLimits,
     /// One log line a second at most per kind of refusal.
     pub throttles: Throttles,
     pub shutdown: CancellationToken,
@@ -91,7 +94,12 @@ impl Context {
         budget: Arc<Budget>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Context> {
-        let registry = Registry::new(settings.limits.max_queued_messages);
+        let registry = Registry::new(MailboxLimits {
+            messages: settings.limits.max_queued_messages,
+            bytes: settings.limits.max_queued_bytes,
+            budget: Some(Arc::clone(&budget)),
+        });
+        let router_limits = RouterLimits::from_settings(&settings);
         Ok(Context {
             settings,
             router,
@@ -99,6 +107,7 @@ impl Context {
             dormitory: Dormitory::start()?,
             metrics,
             budget,
+            router_limits,
             throttles: Throttles::default(),
             shutdown,
             runtime: tokio::runtime::Handle::current(),
@@ -636,12 +645,7 @@ async fn close(client: Client, end: End) {
 async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
     Metrics::incr(&ctx.metrics.wills_published);
     debug!(topic = %will.topic, "publishing will");
-    let message = Message {
-        topic: will.topic,
-        payload: will.payload,
-        qos: will.qos,
-        retain: will.retain,
-    };
+    let message = Message::charged(will.topic, will.payload, will.qos, will.retain, &ctx.budget);
     let _ = ctx.router.publish(message, None).await;
 }
 
@@ -672,6 +676,14 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, metrics: &Metrics) {
                 %client_id,
                 "closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]"
             );
+        }
+        End::TopicLimit => {
+            Metrics::incr(&metrics.topics_refused_limit);
+            warn!(conn_id, %client_id, "closing: PUBLISH topic over max_topic_levels or max_topic_len");
+        }
+        End::MemoryLimit => {
+            Metrics::incr(&metrics.memory_limit_refusals);
+            warn!(conn_id, %client_id, "closing: QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)");
         }
         End::SlowSubscriber => {
             Metrics::incr(&metrics.slow_subscriber_disconnects);

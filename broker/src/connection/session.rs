@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
-    encode, encode_publish_ref, Outgoing, Packet, PacketId, ProtocolError, Publish, PublishRef,
-    QoS, SubAckCode,
+    encode, encode_publish_ref, Outgoing, Packet, PacketId, ProtocolError, Publish, PublishRef, QoS,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError};
@@ -33,7 +32,7 @@ use super::writer::WriterEnd;
 use super::{Client, Context};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::router::{RouterGone, RouterMsg};
+use crate::router::{RouterGone, RouterMsg, Subscribed, RETAINED_BATCH};
 use crate::types::{Delivery, Message, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
@@ -56,6 +55,11 @@ pub enum End {
     SlowSubscriber,
     /// More unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2].
     TooManyUnacknowledged,
+    /// A PUBLISH to a topic over `max_topic_levels` or `max_topic_len`.
+    TopicLimit,
+    /// A QoS 1/2 PUBLISH while the broker is over `memory_limit_mb`: closed
+    /// unacknowledged, so the client sends it again later.
+    MemoryLimit,
     /// The write task ended; the reason is fetched from it.
     WriterEnded,
     Writer(WriterEnd),
@@ -285,6 +289,7 @@ impl Session {
             && !self.writing.load(std::sync::atomic::Ordering::Acquire)
             && self.slow_deadline.is_none()
             && !self.more_mail
+            && !self.client.state.has_retained_cursors()
             && inbound.is_empty()
             && self.client.ownership.slot.mailbox.is_empty()
     }
@@ -331,6 +336,9 @@ impl Session {
                 .take_front(DELIVERY_BATCH, room, &mut batch);
         self.more_mail = batch.len() == DELIVERY_BATCH;
         self.watch_backlog(over_limit);
+        if !self.more_mail && self.client.state.has_retained_cursors() {
+            self.pull_retained().await?;
+        }
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent. Each
@@ -399,6 +407,7 @@ impl Session {
             }
             Packet::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
             Packet::Unsubscribe { packet_id, filters } => {
+                self.client.state.drop_retained_cursors(&filters);
                 let client_id = self.client.ownership.slot.client_id.clone();
                 self.client
                     .ctx
@@ -421,7 +430,21 @@ impl Session {
     }
 
     async fn publish(&mut self, publish: Publish) -> Result<(), End> {
-        Metrics::incr(&self.client.ctx.metrics.messages_received);
+        let ctx = &self.client.ctx;
+        Metrics::incr(&ctx.metrics.messages_received);
+        if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
+            return Err(End::TopicLimit);
+        }
+        if ctx.budget.is_over() {
+            if publish.qos != QoS::AtMostOnce {
+                return Err(End::MemoryLimit);
+            }
+            Metrics::incr(&ctx.metrics.memory_limit_refusals);
+            if let Some(suppressed) = ctx.throttles.memory.allow() {
+                warn!(suppressed, "QoS 0 message dropped: over memory_limit_mb");
+            }
+            return Ok(());
+        }
         let packet_id = publish.packet_id;
         let route = match (publish.qos, packet_id) {
             (QoS::ExactlyOnce, Some(id)) => self.client.state.inbound.receive(id),
@@ -445,12 +468,13 @@ impl Session {
             None => None,
         };
         if route {
-            let message = Message {
-                topic: publish.topic,
-                payload: publish.payload,
-                qos: publish.qos,
-                retain: publish.retain,
-            };
+            let message = Message::charged(
+                publish.topic,
+                publish.payload,
+                publish.qos,
+                publish.retain,
+                &self.client.ctx.budget,
+            );
             self.client.ctx.router.publish(message, receipt).await?;
         }
         Ok(())
@@ -469,13 +493,34 @@ impl Session {
         packet_id: PacketId,
         filters: Vec<(tidemq_protocol::TopicFilter, QoS)>,
     ) -> Result<(), End> {
-        let codes: Vec<SubAckCode> = self
+        let Subscribed { codes, cursors } = self
             .client
             .ctx
             .router
             .subscribe(self.client.ownership.slot.clone(), filters)
             .await?;
+        self.client.state.add_retained_cursors(cursors);
         self.send(Outgoing::SubAck { packet_id, codes }).await
+    }
+
+    /// Asks the router for the next batch of a new subscription's retained
+    /// messages once the mailbox has drained: they reach the mailbox at the
+    /// pace the client takes them, never all at once.
+    async fn pull_retained(&mut self) -> Result<(), End> {
+        let slot = &self.client.ownership.slot;
+        if !slot.mailbox.is_empty() {
+            return Ok(());
+        }
+        let Some(cursor) = self.client.state.next_retained_cursor() else {
+            return Ok(());
+        };
+        let max = RETAINED_BATCH.min(self.client.ctx.settings.limits.max_queued_messages);
+        let router = &self.client.ctx.router;
+        if let Some(cursor) = router.retained(Arc::clone(slot), cursor, max).await? {
+            self.client.state.put_back_retained_cursor(cursor);
+        }
+        self.more_mail = true;
+        Ok(())
     }
 
     /// Discards a session's subscriptions and queued messages (clean

@@ -19,7 +19,11 @@ fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     let mut settings = Settings::defaults().unwrap();
     edit(&mut settings);
     let metrics = Arc::new(Metrics::default());
-    let (router, _task) = router::spawn(settings.limits.router_queue, metrics.clone());
+    let (router, _task) = router::spawn(
+        settings.limits.router_queue,
+        metrics.clone(),
+        router::RouterLimits::from_settings(&settings),
+    );
     let budget = Arc::new(crate::budget::Budget::new(
         metrics.clone(),
         settings.memory_limit_bytes(),

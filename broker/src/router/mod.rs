@@ -9,6 +9,14 @@
 //! online session: the publisher's acknowledgement waits,
 //! `held_for_slow_subscribers`) or drops it (`dropped_qos0_offline`,
 //! `dropped_queue_full`). See `mailbox` for the table.
+//!
+//! Its work per request is bounded by the request, never by the whole
+//! store: a SUBSCRIBE is handled once per distinct filter however often a
+//! filter repeats in the packet; the retained messages of a new
+//! subscription are found by walking the retained trie with the filter and
+//! handed over a batch at a time ([`RetainedCursor`], pulled by the session
+//! as its mailbox drains). Its limits (`RouterLimits`): subscriptions per
+//! client, topic levels and length of a filter, retained count and bytes.
 
 mod retain;
 mod subs;
@@ -22,12 +30,14 @@ use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::config::Settings;
 use crate::mailbox::{Limit, Offered};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::types::{ClientId, Delivery, Message, Receipt};
+use crate::throttle::LogThrottle;
+use crate::types::{ClientId, Delivery, Message, Receipt, RetainedCursor};
 
-pub use retain::Retained;
+pub use retain::{Retained, Update};
 pub use subs::{Subscriber, Subscriptions};
 
 /// What sessions ask of the router.
@@ -41,9 +51,18 @@ pub enum RouterMsg {
     Subscribe {
         slot: Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
-        /// Answered after the subscriptions are in place and the retained
-        /// messages are in the mailbox, so SUBACK precedes them on the wire.
-        done: oneshot::Sender<Vec<SubAckCode>>,
+        /// Answered after the subscriptions are in place and the first batch
+        /// of retained messages is in the mailbox, so SUBACK precedes them
+        /// on the wire.
+        done: oneshot::Sender<Subscribed>,
+    },
+    /// The next batch of a new subscription's retained messages, into the
+    /// session's mailbox; answered with the cursor when more may follow.
+    Retained {
+        slot: Arc<SessionSlot>,
+        cursor: RetainedCursor,
+        max: usize,
+        done: oneshot::Sender<Option<RetainedCursor>>,
     },
     Unsubscribe {
         client_id: ClientId,
@@ -88,11 +107,30 @@ impl RouterHandle {
         &self,
         slot: Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
-    ) -> Result<Vec<SubAckCode>, RouterGone> {
+    ) -> Result<Subscribed, RouterGone> {
         let (done, answer) = oneshot::channel();
         self.send(RouterMsg::Subscribe {
             slot,
             filters,
+            done,
+        })
+        .await?;
+        answer.await.map_err(|_| RouterGone)
+    }
+
+    /// Queues the next batch of a cursor's retained messages (at most
+    /// `max`) in the session's mailbox; returns the cursor if more may follow.
+    pub async fn retained(
+        &self,
+        slot: Arc<SessionSlot>,
+        cursor: RetainedCursor,
+        max: usize,
+    ) -> Result<Option<RetainedCursor>, RouterGone> {
+        let (done, answer) = oneshot::channel();
+        self.send(RouterMsg::Retained {
+            slot,
+            cursor,
+            max,
             done,
         })
         .await?;
@@ -115,14 +153,71 @@ impl RouterHandle {
     }
 }
 
+/// The answer to a SUBSCRIBE: a return code per filter, in order, and the
+/// cursors of the new subscriptions whose retained messages did not all fit
+/// in the first batch.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    pub codes: Vec<SubAckCode>,
+    pub cursors: Vec<RetainedCursor>,
+}
+
 /// Most router messages handled per wake-up.
 const BATCH: usize = 256;
 
+/// Retained messages queued for one SUBSCRIBE before its SUBACK; the rest
+/// follow a batch at a time as the session pulls them.
+pub const RETAINED_BATCH: usize = 256;
+
+/// The router's caps, from `[limits]`.
+#[derive(Debug, Clone)]
+pub struct RouterLimits {
+    pub max_subscriptions_per_client: usize,
+    pub max_topic_levels: usize,
+    pub max_topic_len: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+}
+
+impl RouterLimits {
+    pub fn from_settings(settings: &Settings) -> RouterLimits {
+        let limits = &settings.limits;
+        RouterLimits {
+            max_subscriptions_per_client: limits.max_subscriptions_per_client,
+            max_topic_levels: limits.max_topic_levels,
+            max_topic_len: limits.max_topic_len,
+            max_retained_messages: limits.max_retained_messages,
+            max_retained_bytes: limits.max_retained_bytes,
+        }
+    }
+
+    /// No caps beyond MQTT's own (tests and benches).
+    pub fn unlimited() -> RouterLimits {
+        RouterLimits {
+            max_subscriptions_per_client: usize::MAX,
+            max_topic_levels: usize::MAX,
+            max_topic_len: usize::MAX,
+            max_retained_messages: usize::MAX,
+            max_retained_bytes: usize::MAX,
+        }
+    }
+
+    /// Whether a topic name or filter is within the level and length caps.
+    pub fn topic_fits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_len
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+}
+
 /// Starts the router task; it ends when every handle is dropped.
-pub fn spawn(queue: usize, metrics: Arc<Metrics>) -> (RouterHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    queue: usize,
+    metrics: Arc<Metrics>,
+    limits: RouterLimits,
+) -> (RouterHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(queue);
     let task = tokio::spawn(async move {
-        let mut router = Router::new(metrics);
+        let mut router = Router::new(metrics, limits);
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             for msg in batch.drain(..) {
@@ -139,20 +234,28 @@ pub struct Router {
     /// Every filter of each client, to drop a session's subscriptions.
     filters_by_client: HashMap<ClientId, HashSet<TopicFilter, RandomState>, RandomState>,
     retained: Retained,
+    limits: RouterLimits,
     metrics: Arc<Metrics>,
-    /// Reused per publish: matching client -> (highest QoS, slot).
     /// Reused per publish: (slot address, QoS, slot) of every match.
     scratch: Vec<(usize, QoS, Arc<SessionSlot>)>,
+    /// Reused per retained batch.
+    retained_scratch: Vec<Arc<Message>>,
+    subscriptions_refused: LogThrottle,
+    retained_refused: LogThrottle,
 }
 
 impl Router {
-    pub fn new(metrics: Arc<Metrics>) -> Router {
+    pub fn new(metrics: Arc<Metrics>, limits: RouterLimits) -> Router {
         Router {
             subscriptions: Subscriptions::default(),
             filters_by_client: HashMap::default(),
-            retained: Retained::default(),
+            retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
+            limits,
             metrics,
             scratch: Vec::new(),
+            retained_scratch: Vec::new(),
+            subscriptions_refused: LogThrottle::default(),
+            retained_refused: LogThrottle::default(),
         }
     }
 
@@ -164,9 +267,18 @@ impl Router {
                 filters,
                 done,
             } => {
-                let codes = self.subscribe(&slot, filters);
+                let subscribed = self.subscribe(&slot, filters);
                 // The session may have ended meanwhile; nothing to answer then.
-                let _ = done.send(codes);
+                let _ = done.send(subscribed);
+            }
+            RouterMsg::Retained {
+                slot,
+                mut cursor,
+                max,
+                done,
+            } => {
+                let (_, more) = self.send_retained(&slot, &mut cursor, max);
+                let _ = done.send(more.then_some(cursor));
             }
             RouterMsg::Unsubscribe {
                 client_id,
@@ -176,10 +288,12 @@ impl Router {
                 for filter in &filters {
                     self.unsubscribe(&client_id, filter);
                 }
+                self.count_subscriptions();
                 let _ = done.send(());
             }
             RouterMsg::DropSession { client_id, done } => {
                 self.drop_session(&client_id);
+                self.count_subscriptions();
                 let _ = done.send(());
             }
         }
@@ -189,7 +303,7 @@ impl Router {
     /// matching subscriptions, downgraded to the message's QoS.
     fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
         if message.retain {
-            self.retained.update(message);
+            self.retain(message);
         }
         let scratch = &mut self.scratch;
         self.subscriptions.for_each_match(&message.topic, |_, sub| {
@@ -209,40 +323,154 @@ impl Router {
         }
     }
 
+    /// Stores a retained message within the caps; beyond them it is still
+    /// delivered to current subscribers, just not kept.
+    fn retain(&mut self, message: &Arc<Message>) {
+        if self.retained.update(message) == Update::Refused {
+            Metrics::incr(&self.metrics.retained_refused_limit);
+            if let Some(suppressed) = self.retained_refused.allow() {
+                warn!(
+                    topic = %message.topic,
+                    stored = self.retained.len(),
+                    bytes = self.retained.bytes(),
+                    suppressed,
+                    "retained message not stored: max_retained_messages or max_retained_bytes reached"
+                );
+            }
+        }
+        Metrics::set(
+            &self.metrics.retained_messages_current,
+            self.retained.len() as u64,
+        );
+        Metrics::set(
+            &self.metrics.retained_bytes_current,
+            self.retained.bytes() as u64,
+        );
+    }
+
+    /// Adds the filters of one SUBSCRIBE. A filter repeated in the packet is
+    /// subscribed once, at the QoS of its last occurrence (as handling them
+    /// one after the other would leave it), and its retained messages are
+    /// sent once; every occurrence still gets its return code, in order.
     fn subscribe(
         &mut self,
         slot: &Arc<SessionSlot>,
         filters: Vec<(TopicFilter, QoS)>,
-    ) -> Vec<SubAckCode> {
-        let client_id = &slot.client_id;
+    ) -> Subscribed {
         slot.mark_subscribed();
-        let mut codes = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
-            let subscriber = Subscriber {
-                qos,
-                slot: Arc::clone(slot),
-            };
-            self.subscriptions.insert(&filter, client_id, subscriber);
-            self.filters_by_client
-                .entry(client_id.clone())
-                .or_default()
-                .insert(filter.clone());
-            // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: retained messages go to the new
-            // subscription with RETAIN 1.
-            for message in self.retained.matching(&filter) {
-                let delivery = Delivery {
-                    message: Arc::clone(message),
-                    qos: qos.min(message.qos),
-                    retain: true,
-                    receipt: None,
-                };
-                // [MQTT-3.3.1-6]: retained messages go to a new subscription
-                // even beyond the limit (bounded by the retained store).
-                offer(slot, delivery, Limit::Waived, None, &self.metrics);
-            }
-            codes.push(SubAckCode::Granted(qos));
+        // Filter -> (index of its last occurrence, whether it was granted).
+        let mut fate: HashMap<&TopicFilter, (usize, bool), RandomState> = HashMap::default();
+        for (index, (filter, _)) in filters.iter().enumerate() {
+            fate.insert(filter, (index, false));
         }
-        codes
+        let mut cursors = Vec::new();
+        for (index, (filter, qos)) in filters.iter().enumerate() {
+            let Some((last, granted)) = fate.get_mut(filter) else {
+                continue;
+            };
+            if *last == index {
+                *granted = self.subscribe_one(slot, filter, *qos);
+                if *granted {
+                    cursors.push(RetainedCursor::new(filter.clone(), *qos));
+                }
+            }
+        }
+        let codes = filters
+            .iter()
+            .map(|(filter, qos)| match fate.get(filter) {
+                Some((_, true)) => SubAckCode::Granted(*qos),
+                _ => SubAckCode::Failure,
+            })
+            .collect();
+        self.count_subscriptions();
+        let cursors = self.first_retained(slot, cursors);
+        Subscribed { codes, cursors }
+    }
+
+    /// Subscribes one filter within the caps [MQTT-3.8.4-3]: replacing an
+    /// existing subscription always works.
+    fn subscribe_one(&mut self, slot: &Arc<SessionSlot>, filter: &TopicFilter, qos: QoS) -> bool {
+        let client_id = &slot.client_id;
+        if !self.limits.topic_fits(filter.as_str()) {
+            Metrics::incr(&self.metrics.topics_refused_limit);
+            self.refused(client_id, "filter over max_topic_levels or max_topic_len");
+            return false;
+        }
+        let known = self.filters_by_client.entry(client_id.clone()).or_default();
+        if !known.contains(filter) && known.len() >= self.limits.max_subscriptions_per_client {
+            Metrics::incr(&self.metrics.subscriptions_refused_limit);
+            self.refused(client_id, "max_subscriptions_per_client reached");
+            return false;
+        }
+        known.insert(filter.clone());
+        let subscriber = Subscriber {
+            qos,
+            slot: Arc::clone(slot),
+        };
+        self.subscriptions.insert(filter, client_id, subscriber);
+        true
+    }
+
+    fn refused(&self, client_id: &ClientId, why: &'static str) {
+        if let Some(suppressed) = self.subscriptions_refused.allow() {
+            warn!(%client_id, suppressed, "SUBACK 0x80: {why}");
+        }
+    }
+
+    /// Queues the first `RETAINED_BATCH` retained messages of a SUBSCRIBE's
+    /// new subscriptions; returns the cursors that have more.
+    fn first_retained(
+        &mut self,
+        slot: &SessionSlot,
+        cursors: Vec<RetainedCursor>,
+    ) -> Vec<RetainedCursor> {
+        let mut room = RETAINED_BATCH;
+        let mut left = Vec::new();
+        for mut cursor in cursors {
+            if room > 0 {
+                let (sent, more) = self.send_retained(slot, &mut cursor, room);
+                room -= sent.min(room);
+                if !more {
+                    continue;
+                }
+            }
+            left.push(cursor);
+        }
+        left
+    }
+
+    /// Queues up to `max` of a cursor's retained messages in the session's
+    /// mailbox [MQTT-3.3.1-6], [MQTT-3.3.1-8]; returns whether more may
+    /// follow, and how many were sent. They may go beyond the mailbox's
+    /// limit, by one batch at most.
+    fn send_retained(
+        &mut self,
+        slot: &SessionSlot,
+        cursor: &mut RetainedCursor,
+        max: usize,
+    ) -> (usize, bool) {
+        let mut batch = std::mem::take(&mut self.retained_scratch);
+        batch.clear();
+        let more = self.retained.next_batch(cursor, max, &mut batch);
+        let sent = batch.len();
+        for message in batch.drain(..) {
+            let delivery = Delivery {
+                qos: cursor.qos.min(message.qos),
+                message,
+                retain: true,
+                receipt: None,
+            };
+            offer(slot, delivery, Limit::Waived, None, &self.metrics);
+        }
+        self.retained_scratch = batch;
+        (sent, more)
+    }
+
+    fn count_subscriptions(&self) {
+        Metrics::set(
+            &self.metrics.subscriptions_current,
+            self.subscriptions.len() as u64,
+        );
     }
 
     fn unsubscribe(&mut self, client_id: &ClientId, filter: &TopicFilter) {
@@ -270,7 +498,6 @@ impl Router {
         self.subscriptions.for_each_match(topic, visit);
     }
 
-    #[cfg(test)]
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }

@@ -106,7 +106,6 @@ impl Subscriptions {
         removed
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }

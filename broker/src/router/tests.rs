@@ -13,12 +13,12 @@ fn slot(id: &str, limit: usize) -> Arc<SessionSlot> {
 }
 
 fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<Message> {
-    Arc::new(Message {
-        topic: TopicName::new(topic).unwrap(),
-        payload: Bytes::from_static(payload),
+    Arc::new(Message::new(
+        TopicName::new(topic).unwrap(),
+        Bytes::from_static(payload),
         qos,
         retain,
-    })
+    ))
 }
 
 fn subscribe(
@@ -26,6 +26,14 @@ fn subscribe(
     slot: &Arc<SessionSlot>,
     filters: &[(&str, QoS)],
 ) -> Vec<SubAckCode> {
+    subscribe_with_cursors(router, slot, filters).codes
+}
+
+fn subscribe_with_cursors(
+    router: &mut Router,
+    slot: &Arc<SessionSlot>,
+    filters: &[(&str, QoS)],
+) -> Subscribed {
     let (done, mut answer) = oneshot::channel();
     let filters = filters
         .iter()
@@ -51,7 +59,13 @@ fn publish(message: Arc<Message>) -> RouterMsg {
 }
 
 fn router() -> Router {
-    Router::new(Arc::new(Metrics::default()))
+    Router::new(Arc::new(Metrics::default()), RouterLimits::unlimited())
+}
+
+fn limited(metrics: &Arc<Metrics>, limits: impl FnOnce(&mut RouterLimits)) -> Router {
+    let mut router_limits = RouterLimits::unlimited();
+    limits(&mut router_limits);
+    Router::new(metrics.clone(), router_limits)
 }
 
 #[test]
@@ -159,7 +173,7 @@ fn mqtt_4_7_2_1_hash_does_not_see_dollar_topics() {
 #[test]
 fn full_mailbox_drops_qos0_and_counts() {
     let metrics = Arc::new(Metrics::default());
-    let mut router = Router::new(metrics.clone());
+    let mut router = Router::new(metrics.clone(), RouterLimits::unlimited());
     let s = slot("slow", 2);
     subscribe(&mut router, &s, &[("t", QoS::AtMostOnce)]);
     for _ in 0..5 {
@@ -172,7 +186,7 @@ fn full_mailbox_drops_qos0_and_counts() {
 #[test]
 fn full_mailbox_of_an_online_session_holds_qos1_with_the_receipt() {
     let metrics = Arc::new(Metrics::default());
-    let mut router = Router::new(metrics.clone());
+    let mut router = Router::new(metrics.clone(), RouterLimits::unlimited());
     let s = slot("slow", 2);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
     let (receipt, mut released) = crate::types::Receipt::new();
@@ -205,7 +219,7 @@ fn full_mailbox_of_an_online_session_holds_qos1_with_the_receipt() {
 #[test]
 fn offline_sessions_queue_qos1_but_not_qos0() {
     let metrics = Arc::new(Metrics::default());
-    let mut router = Router::new(metrics.clone());
+    let mut router = Router::new(metrics.clone(), RouterLimits::unlimited());
     let s = slot("away", 10);
     subscribe(&mut router, &s, &[("t", QoS::AtLeastOnce)]);
     s.set_online(false);
@@ -246,4 +260,157 @@ fn unsubscribe_and_drop_session_remove_everything() {
     assert_eq!(router.subscription_count(), 0);
     router.handle(publish(message("a/b", QoS::AtMostOnce, false, b"x")));
     assert!(drain(&s).is_empty());
+}
+
+/// The attack: one SUBSCRIBE repeating `#` 10,000 times, with retained
+/// messages stored. The filter is subscribed once and its retained messages
+/// are queued once; every occurrence still gets its return code.
+#[test]
+fn a_filter_repeated_in_one_subscribe_is_handled_once() {
+    let mut router = router();
+    for n in 0..10 {
+        let topic = format!("r/{n}");
+        router.handle(publish(message(&topic, QoS::AtMostOnce, true, b"x")));
+    }
+    let s = slot("c", 1000);
+    let filters = vec![("#", QoS::AtLeastOnce); 10_000];
+    let codes = subscribe(&mut router, &s, &filters);
+    assert_eq!(codes, vec![SubAckCode::Granted(QoS::AtLeastOnce); 10_000]);
+    assert_eq!(drain(&s).len(), 10, "each retained message once");
+    assert_eq!(router.subscription_count(), 1);
+}
+
+#[test]
+fn a_repeated_filter_ends_at_the_qos_of_its_last_occurrence() {
+    let mut router = router();
+    let s = slot("c", 10);
+    let codes = subscribe(
+        &mut router,
+        &s,
+        &[("t", QoS::ExactlyOnce), ("t", QoS::AtMostOnce)],
+    );
+    assert_eq!(
+        codes,
+        [
+            SubAckCode::Granted(QoS::ExactlyOnce),
+            SubAckCode::Granted(QoS::AtMostOnce)
+        ]
+    );
+    router.handle(publish(message("t", QoS::ExactlyOnce, false, b"x")));
+    assert_eq!(drain(&s)[0].qos, QoS::AtMostOnce);
+}
+
+#[test]
+fn max_subscriptions_per_client_at_the_limit_and_one_over() {
+    let metrics = Arc::new(Metrics::default());
+    let mut router = limited(&metrics, |l| l.max_subscriptions_per_client = 2);
+    let s = slot("c", 10);
+    let granted = SubAckCode::Granted(QoS::AtMostOnce);
+    let codes = subscribe(
+        &mut router,
+        &s,
+        &[
+            ("a", QoS::AtMostOnce),
+            ("b", QoS::AtMostOnce),
+            ("c", QoS::AtMostOnce),
+        ],
+    );
+    assert_eq!(codes, [granted, granted, SubAckCode::Failure]);
+    // [MQTT-3.8.4-3] replacing a subscription needs no new room.
+    assert_eq!(
+        subscribe(&mut router, &s, &[("a", QoS::AtLeastOnce)]),
+        [SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+    assert_eq!(metrics.snapshot().subscriptions_refused_limit, 1);
+    assert_eq!(metrics.snapshot().subscriptions_current, 2);
+    // Another client has room of its own.
+    assert_eq!(
+        subscribe(&mut router, &slot("d", 10), &[("c", QoS::AtMostOnce)]),
+        [granted]
+    );
+}
+
+#[test]
+fn filters_over_the_topic_caps_get_0x80() {
+    let metrics = Arc::new(Metrics::default());
+    let mut router = limited(&metrics, |l| {
+        l.max_topic_levels = 3;
+        l.max_topic_len = 8;
+    });
+    let s = slot("c", 10);
+    let granted = SubAckCode::Granted(QoS::AtMostOnce);
+    let codes = subscribe(
+        &mut router,
+        &s,
+        &[
+            ("a/b/c", QoS::AtMostOnce),
+            ("a/b/c/d", QoS::AtMostOnce),
+            ("12345678", QoS::AtMostOnce),
+            ("123456789", QoS::AtMostOnce),
+        ],
+    );
+    assert_eq!(
+        codes,
+        [granted, SubAckCode::Failure, granted, SubAckCode::Failure]
+    );
+    assert_eq!(metrics.snapshot().topics_refused_limit, 2);
+}
+
+#[test]
+fn retained_beyond_the_caps_is_delivered_but_not_stored() {
+    let metrics = Arc::new(Metrics::default());
+    let mut router = limited(&metrics, |l| l.max_retained_messages = 2);
+    let live = slot("live", 10);
+    subscribe(&mut router, &live, &[("#", QoS::AtMostOnce)]);
+    for topic in ["a", "b", "c"] {
+        router.handle(publish(message(topic, QoS::AtMostOnce, true, b"x")));
+    }
+    assert_eq!(drain(&live).len(), 3, "current subscribers get all three");
+    let late = slot("late", 10);
+    subscribe(&mut router, &late, &[("#", QoS::AtMostOnce)]);
+    assert_eq!(drain(&late).len(), 2);
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.retained_refused_limit, 1);
+    assert_eq!(snapshot.retained_messages_current, 2);
+    assert_eq!(snapshot.retained_bytes_current, 4);
+}
+
+/// More retained messages than one batch: the first batch comes with the
+/// SUBACK, the rest when the session pulls with the cursor, once each.
+#[test]
+fn retained_messages_beyond_one_batch_wait_for_the_cursor() {
+    let mut router = router();
+    let total = RETAINED_BATCH * 2 + 10;
+    for n in 0..total {
+        let topic = format!("r/{n}");
+        router.handle(publish(message(&topic, QoS::AtMostOnce, true, b"x")));
+    }
+    let s = slot("c", 10);
+    let subscribed = subscribe_with_cursors(&mut router, &s, &[("r/+", QoS::AtMostOnce)]);
+    let mut got: Vec<String> = drain(&s)
+        .iter()
+        .map(|d| d.message.topic.to_string())
+        .collect();
+    assert_eq!(
+        got.len(),
+        RETAINED_BATCH,
+        "one batch, beyond the mailbox limit of 10"
+    );
+    let mut cursors = subscribed.cursors;
+    while let Some(cursor) = cursors.pop() {
+        let (done, mut answer) = oneshot::channel();
+        router.handle(RouterMsg::Retained {
+            slot: s.clone(),
+            cursor,
+            max: 100,
+            done,
+        });
+        let batch = drain(&s);
+        assert!(batch.len() <= 100);
+        got.extend(batch.iter().map(|d| d.message.topic.to_string()));
+        cursors.extend(answer.try_recv().unwrap());
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), total, "every retained message once");
 }

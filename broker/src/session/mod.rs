@@ -9,12 +9,19 @@ mod outbound;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 
+use tidemq_protocol::TopicFilter;
+
+use crate::types::RetainedCursor;
+
 /// Everything about a session that must survive a reconnect, besides its
 /// subscriptions (owned by the router) and its queued messages (its mailbox).
 #[derive(Debug)]
 pub struct SessionState {
     pub outbound: Outbound,
     pub inbound: Inbound,
+    /// New subscriptions whose retained messages are still to be pulled from
+    /// the router, the next one last.
+    retained: Vec<RetainedCursor>,
 }
 
 impl SessionState {
@@ -22,6 +29,64 @@ impl SessionState {
         SessionState {
             outbound: Outbound::new(max_inflight),
             inbound: Inbound::default(),
+            retained: Vec::new(),
         }
+    }
+
+    /// Queues the cursors of one SUBSCRIBE, behind those of earlier ones.
+    pub fn add_retained_cursors(&mut self, cursors: Vec<RetainedCursor>) {
+        if cursors.is_empty() {
+            return;
+        }
+        let mut earlier = std::mem::take(&mut self.retained);
+        self.retained = cursors.into_iter().rev().collect();
+        self.retained.append(&mut earlier);
+    }
+
+    pub fn has_retained_cursors(&self) -> bool {
+        !self.retained.is_empty()
+    }
+
+    pub fn next_retained_cursor(&mut self) -> Option<RetainedCursor> {
+        self.retained.pop()
+    }
+
+    /// Puts a cursor with more to come back at the front.
+    pub fn put_back_retained_cursor(&mut self, cursor: RetainedCursor) {
+        self.retained.push(cursor);
+    }
+
+    /// An UNSUBSCRIBE ends the retained messages still due to those filters.
+    pub fn drop_retained_cursors(&mut self, filters: &[TopicFilter]) {
+        if !self.retained.is_empty() {
+            self.retained
+                .retain(|cursor| !filters.contains(&cursor.filter));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemq_protocol::QoS;
+
+    use super::*;
+
+    fn cursor(filter: &str) -> RetainedCursor {
+        RetainedCursor::new(TopicFilter::new(filter).unwrap(), QoS::AtMostOnce)
+    }
+
+    #[test]
+    fn retained_cursors_are_taken_in_subscription_order() {
+        let mut state = SessionState::new(1);
+        state.add_retained_cursors(vec![cursor("a"), cursor("b")]);
+        state.add_retained_cursors(vec![cursor("c")]);
+        let first = state.next_retained_cursor().unwrap();
+        assert_eq!(first.filter.as_str(), "a");
+        state.put_back_retained_cursor(first);
+        state.drop_retained_cursors(&[TopicFilter::new("b").unwrap()]);
+        let order: Vec<_> = std::iter::from_fn(|| state.next_retained_cursor())
+            .map(|c| c.filter.as_str().to_string())
+            .collect();
+        assert_eq!(order, ["a", "c"]);
     }
 }

@@ -195,12 +195,12 @@ mod tests {
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: TopicName::new("a/b").unwrap(),
-                payload: Bytes::from_static(b"x"),
+            message: Arc::new(Message::new(
+                TopicName::new("a/b").unwrap(),
+                Bytes::from_static(b"x"),
                 qos,
-                retain: false,
-            }),
+                false,
+            )),
             qos,
             retain: false,
             receipt: None,
