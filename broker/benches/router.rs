@@ -1,12 +1,14 @@
 //! Criterion benchmarks of the router: the trie walk with 1, 10 000 and
-//! 1 000 000 subscriptions (a tenth of them wildcards), and one message
-//! fanned out to N mailboxes.
+//! 1 000 000 subscriptions (a tenth of them wildcards), one message
+//! fanned out to N mailboxes, and a new subscription matched against
+//! 1 000 000 retained topics (its cost follows what it matches, not what
+//! is stored).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidemq::bench_api::RouterBench;
-use tidemq_protocol::TopicName;
+use tidemq::bench_api::{RetainedBench, RouterBench};
+use tidemq_protocol::{TopicFilter, TopicName};
 
 /// Subscription `i`: mostly exact device topics, every tenth a `+` or `#`
 /// filter over the same tree, so a publish matches a few of them.
@@ -59,5 +61,29 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matching, fanout);
+/// 1 000 000 retained topics `site/<s>/dev/<i>/temp`, 1000 sites of 1000
+/// devices; filters that match 0, 1, 1000 and 1000 (through `+`) of them.
+fn retained(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retained_match_1M");
+    group.sample_size(20);
+    let store = RetainedBench::new((0..1_000_000).map(|i| filter_topic(i)));
+    let cases = [
+        ("none z/#", "z/#", 0),
+        ("exact", "site/7/dev/7007/temp", 1),
+        ("site/7/#", "site/7/#", 1000),
+        ("site/7/dev/+/temp", "site/7/dev/+/temp", 1000),
+    ];
+    for (name, filter, expected) in cases {
+        let filter = TopicFilter::new(filter).unwrap();
+        assert_eq!(store.count_matching(&filter, 256), expected, "{name}");
+        group.bench_function(name, |b| b.iter(|| store.count_matching(&filter, 256)));
+    }
+    group.finish();
+}
+
+fn filter_topic(i: usize) -> String {
+    format!("site/{}/dev/{i}/temp", i / 1000)
+}
+
+criterion_group!(benches, matching, fanout, retained);
 criterion_main!(benches);

@@ -70,3 +70,41 @@ impl RouterBench {
             .count()
     }
 }
+
+/// A retained store filled with messages, for the cost of matching a new
+/// subscription against it.
+pub struct RetainedBench {
+    retained: crate::router::Retained,
+}
+
+impl RetainedBench {
+    /// One retained message per topic.
+    pub fn new(topics: impl IntoIterator<Item = String>) -> RetainedBench {
+        let mut retained = crate::router::Retained::new(usize::MAX, usize::MAX);
+        let payload = Bytes::from_static(b"x");
+        for topic in topics {
+            let Ok(topic) = TopicName::new(&topic) else {
+                continue;
+            };
+            let message = Message::new(topic, payload.clone(), QoS::AtMostOnce, true);
+            retained.update(&Arc::new(message));
+        }
+        RetainedBench { retained }
+    }
+
+    /// Retained messages a new subscription to `filter` receives, taken in
+    /// batches of `batch` as a session pulls them.
+    pub fn count_matching(&self, filter: &TopicFilter, batch: usize) -> usize {
+        let mut cursor = crate::types::RetainedCursor::new(filter.clone(), QoS::AtMostOnce);
+        let mut out = Vec::new();
+        let mut count = 0;
+        loop {
+            let more = self.retained.next_batch(&mut cursor, batch, &mut out);
+            count += out.len();
+            out.clear();
+            if !more {
+                return count;
+            }
+        }
+    }
+}

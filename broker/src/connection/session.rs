@@ -435,7 +435,9 @@ impl Session {
         if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
             return Err(End::TopicLimit);
         }
-        if ctx.budget.is_over() {
+        // Clearing a retained message frees memory, so it is always let in.
+        let clears = publish.retain && publish.payload.is_empty();
+        if ctx.budget.is_over() && !clears {
             if publish.qos != QoS::AtMostOnce {
                 return Err(End::MemoryLimit);
             }
