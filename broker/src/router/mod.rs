@@ -498,6 +498,7 @@ impl Router {
         self.subscriptions.for_each_match(topic, visit);
     }
 
+    #[cfg(test)]
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }

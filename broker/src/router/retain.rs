@@ -19,7 +19,7 @@ use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use tidemq_protocol::{TopicFilter, TopicName};
+use tidemq_protocol::TopicName;
 
 use crate::types::{Message, RetainedCursor};
 
@@ -119,8 +119,9 @@ impl Retained {
         full
     }
 
-    /// Every retained message matching `filter` (tests and benches).
-    pub fn matching(&self, filter: &TopicFilter) -> Vec<Arc<Message>> {
+    /// Every retained message matching `filter`.
+    #[cfg(test)]
+    pub fn matching(&self, filter: &tidemq_protocol::TopicFilter) -> Vec<Arc<Message>> {
         let mut cursor = RetainedCursor::new(filter.clone(), tidemq_protocol::QoS::AtMostOnce);
         let mut out = Vec::new();
         self.next_batch(&mut cursor, usize::MAX, &mut out);
