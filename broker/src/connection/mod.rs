@@ -624,7 +624,7 @@ async fn close(client: Client, end: End) {
         state,
         ..
     } = client;
-    report(&end, conn_id, &ownership.slot.client_id, &ctx.metrics);
+    report(&end, conn_id, &ownership.slot.client_id, &ctx);
     if end.publishes_will() {
         if let Some(will) = will {
             publish_will(&ctx, *will).await;
@@ -650,8 +650,10 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
 }
 
 /// The one place an end becomes a log line and a counter.
-fn report(end: &End, conn_id: ConnId, client_id: &ClientId, metrics: &Metrics) {
+fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
     let conn_id = conn_id.0;
+    let metrics = &ctx.metrics;
+    let throttles = &ctx.throttles;
     match end {
         End::Disconnect => debug!("client disconnected"),
         End::PeerClosed => debug!("peer closed the connection"),
@@ -679,11 +681,25 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, metrics: &Metrics) {
         }
         End::TopicLimit => {
             Metrics::incr(&metrics.topics_refused_limit);
-            warn!(conn_id, %client_id, "closing: PUBLISH topic over max_topic_levels or max_topic_len");
+            if let Some(suppressed) = throttles.topic.allow() {
+                warn!(
+                    conn_id,
+                    %client_id,
+                    suppressed,
+                    "closing: PUBLISH topic over max_topic_levels or max_topic_len"
+                );
+            }
         }
         End::MemoryLimit => {
             Metrics::incr(&metrics.memory_limit_refusals);
-            warn!(conn_id, %client_id, "closing: QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)");
+            if let Some(suppressed) = throttles.memory.allow() {
+                warn!(
+                    conn_id,
+                    %client_id,
+                    suppressed,
+                    "closing: QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)"
+                );
+            }
         }
         End::SlowSubscriber => {
             Metrics::incr(&metrics.slow_subscriber_disconnects);
