@@ -61,6 +61,7 @@ pub struct Throttles {
     pub retained: LogThrottle,
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,
+    pub session_expired: LogThrottle,
 }
 
 #[cfg(test)]

@@ -91,7 +91,11 @@ impl Context {
         budget: Arc<Budget>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Context> {
-        let registry = Registry::new(settings.limits.max_queued_messages);
+        let registry = Registry::new(
+            settings.limits.max_queued_messages,
+            settings.session_expiry(),
+            metrics.clone(),
+        );
         Ok(Context {
             settings,
             router,
@@ -630,7 +634,22 @@ async fn close(client: Client, end: End) {
         ctx.registry.remove(slot, conn_id);
     } else {
         slot.park(state);
+        // Let go of the slot first, so the expiry task finds it free; a
+        // client that claimed it meanwhile keeps it online.
+        let slot = Arc::clone(slot);
+        drop(ownership);
+        ctx.registry.went_offline(&slot, conn_id);
     }
+}
+
+/// Empties a session the expiry task owns: its parked state, its
+/// subscriptions (answered by the router once gone, so nothing is delivered
+/// under them afterwards) and its queued messages. A client that claims it
+/// meanwhile waits for the task and then finds session present 0.
+pub(crate) async fn forget_session(ctx: &Context, slot: &SessionSlot) {
+    drop(slot.take_parked());
+    slot.set_persistent(false);
+    Session::discard(ctx, slot).await;
 }
 
 async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
