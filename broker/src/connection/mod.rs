@@ -719,4 +719,6 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, metrics: &Metrics) {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
