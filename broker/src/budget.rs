@@ -15,12 +15,14 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 
+#[allow(dead_code)] // used by the router work
 #[derive(Debug)]
 pub struct Budget {
     metrics: Arc<Metrics>,
     limit: u64,
 }
 
+#[allow(dead_code)] // used by the router work
 impl Budget {
     pub fn new(metrics: Arc<Metrics>, limit: u64) -> Budget {
         Budget { metrics, limit }
@@ -58,11 +60,13 @@ impl Budget {
 /// The budget's share of one message: charged when the message is made,
 /// released when its last copy is dropped (every delivery and the retained
 /// store share one message).
+#[allow(dead_code)] // used by the router work
 #[derive(Debug, Default)]
 pub struct Charge {
     held: Option<(Arc<Budget>, u64)>,
 }
 
+#[allow(dead_code)] // used by the router work
 impl Charge {
     pub fn new(budget: &Arc<Budget>, bytes: u64) -> Charge {
         budget.charge(bytes);

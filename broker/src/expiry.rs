@@ -88,6 +88,7 @@ impl Deadlines {
         None
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.queue).len()
     }

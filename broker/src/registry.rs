@@ -434,7 +434,9 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         let due = due_now(registry.deadlines());
         assert_eq!(due.len(), 1, "due at the limit");
-        let expiring = registry.claim_expired(&slot, due[0]).expect("still offline");
+        let expiring = registry
+            .claim_expired(&slot, due[0])
+            .expect("still offline");
         assert!(registry.remove_expired(&expiring));
         drop(expiring);
         assert_eq!(registry.len(), 0);

@@ -49,6 +49,7 @@ impl LogThrottle {
 }
 
 /// One throttle per kind of refusal, shared by every connection.
+#[allow(dead_code)] // used by the router work
 #[derive(Debug, Default)]
 pub struct Throttles {
     pub pending_evicted: LogThrottle,

@@ -48,7 +48,13 @@ async fn leave_subscribed(broker: &TestBroker, client_id: &str, filter: &str) {
 async fn publish_qos1(client: &mut RawClient, topic: &str, packet_id: u16) -> Duration {
     let sent = Instant::now();
     client
-        .send(&publish_bytes(topic, QoS::AtLeastOnce, packet_id, b"m", false))
+        .send(&publish_bytes(
+            topic,
+            QoS::AtLeastOnce,
+            packet_id,
+            b"m",
+            false,
+        ))
         .await;
     let ack = client.recv().await.expect("PUBACK");
     assert_eq!(
@@ -76,7 +82,10 @@ async fn a_session_resumes_before_expiry_and_is_gone_after_it() {
     leave_subscribed(&broker, "early", "e").await;
     publish_qos1(&mut publisher, "e", 1).await;
     let (mut early, present) = RawClient::connected(broker.addr, &persistent("early")).await;
-    assert!(present, "back within session_expiry_secs: session present 1");
+    assert!(
+        present,
+        "back within session_expiry_secs: session present 1"
+    );
     let (topic, payload, qos, _) = early.next_publish().await.publish();
     assert_eq!(
         (topic.as_str(), payload.as_slice(), qos),
@@ -91,7 +100,10 @@ async fn a_session_resumes_before_expiry_and_is_gone_after_it() {
         .wait_metrics("the offline session expired", |m| m.sessions_expired == 1)
         .await;
     let (mut late, present) = RawClient::connected(broker.addr, &persistent("late")).await;
-    assert!(!present, "back after session_expiry_secs: session present 0");
+    assert!(
+        !present,
+        "back after session_expiry_secs: session present 0"
+    );
     assert_nothing_arrives(&mut late).await;
     // Its subscription went with it.
     publish_qos1(&mut publisher, "l", 3).await;

@@ -73,6 +73,7 @@ pub struct Context {
     pub registry: Registry,
     pub dormitory: Dormitory,
     pub metrics: Arc<Metrics>,
+    #[allow(dead_code)] // used by the router work
     pub budget: Arc<Budget>,
     /// One log line a second at most per kind of refusal.
     pub throttles: Throttles,
