@@ -66,7 +66,7 @@ fn fanout(c: &mut Criterion) {
 fn retained(c: &mut Criterion) {
     let mut group = c.benchmark_group("retained_match_1M");
     group.sample_size(20);
-    let store = RetainedBench::new((0..1_000_000).map(|i| filter_topic(i)));
+    let store = RetainedBench::new((0..1_000_000).map(filter_topic));
     let cases = [
         ("none z/#", "z/#", 0),
         ("exact", "site/7/dev/7007/temp", 1),

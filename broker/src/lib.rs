@@ -7,7 +7,8 @@
 //! | `connection` | one client: handshake, read task, write task, session task|
 //! | `dormitory`  | idle connections, without tasks, on one watching thread   |
 //! | `session`    | pure QoS state machines (in-flight window, QoS 2 ids)     |
-//! | `registry`   | client id -> session slot; takeover                       |
+//! | `registry`   | client id -> session slot; takeover; offline since when   |
+//! | `expiry`     | removes offline persistent sessions past their expiry     |
 //! | `mailbox`    | the bounded queue from the router to one session          |
 //! | `router`     | subscriptions, retained messages, fan-out                 |
 //! | `metrics`    | counters for every decision the broker makes              |
@@ -25,6 +26,7 @@ mod budget;
 pub mod config;
 mod connection;
 mod dormitory;
+mod expiry;
 mod mailbox;
 pub mod metrics;
 mod registry;

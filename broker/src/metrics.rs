@@ -62,6 +62,8 @@ counters! {
     retained_refused_limit: "Retained messages not stored because of `max_retained_messages` or `max_retained_bytes`.",
     memory_limit_refusals: "Messages dropped, publishes and connections refused while over `memory_limit_mb`.",
     sessions_expired: "Offline persistent sessions removed after `session_expiry_secs`.",
+    sessions_current: "Sessions known now, online or offline (gauge).",
+    sessions_offline_current: "Persistent sessions waiting offline for their client now (gauge).",
     subscriptions_current: "Subscriptions held now (gauge).",
     retained_messages_current: "Retained messages stored now (gauge).",
     retained_bytes_current: "Bytes (topic + payload) of the retained messages stored now (gauge).",

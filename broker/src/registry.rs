@@ -8,15 +8,25 @@
 //! state and drops the permit on its way out. Claims and removals happen under
 //! the map's shard lock, so a slot is never removed while a newer connection
 //! is claiming it. No guard leaves this file.
+//!
+//! The registry also records when a persistent session went offline (its
+//! client gone, its state parked) and gives it a deadline in
+//! [`Deadlines`]; the `expiry` task removes it when the deadline passes,
+//! unless a client claimed it first. It keeps the gauges `sessions_current`
+//! and `sessions_offline_current`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::expiry::{DeadlineKey, Deadlines};
 use crate::mailbox::{Mailbox, MailboxLimits};
+use crate::metrics::Metrics;
 use crate::session::SessionState;
 use crate::types::{ClientId, ConnId};
 
@@ -26,6 +36,19 @@ struct Claim {
     latest: ConnId,
     /// Cancels the connection that owns the slot now.
     owner_token: Option<CancellationToken>,
+    /// Set while a persistent session waits offline for its client; taken
+    /// by the next claim.
+    offline: Option<Offline>,
+}
+
+/// One stretch of time a persistent session spent offline.
+#[derive(Debug, Clone, Copy)]
+struct Offline {
+    /// When it expires (a far deadline when sessions never expire), and the
+    /// generation that tells this stretch from any later one.
+    key: DeadlineKey,
+    /// The connection whose end left it offline.
+    left_by: ConnId,
 }
 
 #[derive(Debug)]
@@ -85,6 +108,7 @@ impl SessionSlot {
             claim: Mutex::new(Claim {
                 latest: conn_id,
                 owner_token: None,
+                offline: None,
             }),
             parked: Mutex::new(None),
         }
@@ -141,18 +165,19 @@ impl SessionSlot {
 
     /// Makes `conn_id` the newest claimant and stops the current owner:
     /// cancels its token, or rings its alarm when it rests in the
-    /// dormitory. Returns whether there was an owner.
-    fn claim(&self, conn_id: ConnId) -> bool {
-        let owner_token = {
+    /// dormitory. Returns whether there was an owner, and the offline
+    /// stretch the claim ends, if any.
+    fn claim(&self, conn_id: ConnId) -> (bool, Option<Offline>) {
+        let (owner_token, offline) = {
             let mut claim = lock(&self.claim);
             claim.latest = conn_id;
-            claim.owner_token.take()
+            (claim.owner_token.take(), claim.offline.take())
         };
         if let Some(token) = &owner_token {
             token.cancel();
         }
         let rested = self.mailbox.ring_alarm();
-        owner_token.is_some() || rested
+        (owner_token.is_some() || rested, offline)
     }
 
     /// Whether `conn_id` is still the newest claimant.
@@ -185,18 +210,48 @@ pub enum Opened {
     Superseded,
 }
 
+/// A session the expiry task took ownership of (see
+/// [`Registry::claim_expired`]).
+#[derive(Debug)]
+pub struct Expiring {
+    pub ownership: Ownership,
+    left_by: ConnId,
+}
+
+/// How far away "never" is for a session that does not expire: its
+/// deadline key is still unique, but it is never queued.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 #[derive(Debug)]
 pub struct Registry {
     slots: DashMap<ClientId, Arc<SessionSlot>>,
     mailbox_limits: MailboxLimits,
+    /// `limits.session_expiry_secs`; `None`: offline sessions are kept.
+    expiry: Option<Duration>,
+    deadlines: Deadlines,
+    /// Numbers offline stretches, broker-wide.
+    generations: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(mailbox_limits: impl Into<MailboxLimits>) -> Registry {
+    pub fn new(
+        mailbox_limits: impl Into<MailboxLimits>,
+        expiry: Option<Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
         Registry {
             slots: DashMap::new(),
             mailbox_limits: mailbox_limits.into(),
+            expiry,
+            deadlines: Deadlines::default(),
+            generations: AtomicU64::new(1),
+            metrics,
         }
+    }
+
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
     }
 
     /// Claims the slot of `client_id` (creating it if needed), cancels its
@@ -226,6 +281,7 @@ impl Registry {
 
     fn claim(&self, client_id: &ClientId, conn_id: ConnId) -> (Arc<SessionSlot>, bool) {
         let entry = self.slots.entry(client_id.clone()).or_insert_with(|| {
+            Metrics::incr(&self.metrics.sessions_current);
             Arc::new(SessionSlot::new(
                 client_id.clone(),
                 conn_id,
@@ -233,18 +289,87 @@ impl Registry {
             ))
         });
         let slot = Arc::clone(entry.value());
-        let took_over = slot.claim(conn_id);
+        let (took_over, offline) = slot.claim(conn_id);
+        drop(entry);
+        if let Some(offline) = offline {
+            // The client came back in time: the session no longer expires.
+            self.deadlines.remove(&offline.key);
+            Metrics::decr(&self.metrics.sessions_offline_current);
+        }
         (slot, took_over)
     }
 
     /// Forgets a session whose owner `conn_id` ends it for good (clean
     /// session), unless a newer connection has claimed it.
     pub fn remove(&self, slot: &Arc<SessionSlot>, conn_id: ConnId) -> bool {
-        self.slots
+        let removed = self
+            .slots
             .remove_if(&slot.client_id, |_, current| {
                 Arc::ptr_eq(current, slot) && current.is_latest(conn_id)
             })
-            .is_some()
+            .is_some();
+        if removed {
+            Metrics::decr(&self.metrics.sessions_current);
+        }
+        removed
+    }
+
+    /// Records that the persistent session in `slot` went offline when its
+    /// owner `conn_id` ended (after it parked its state and let go of the
+    /// slot), and queues its expiry. Nothing happens if a newer connection
+    /// has claimed it since.
+    pub fn went_offline(&self, slot: &Arc<SessionSlot>, conn_id: ConnId) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let at = Instant::now() + self.expiry.unwrap_or(NEVER);
+        let key = DeadlineKey { at, generation };
+        let mut claim = lock(&slot.claim);
+        if claim.latest != conn_id || claim.offline.is_some() {
+            return;
+        }
+        claim.offline = Some(Offline {
+            key,
+            left_by: conn_id,
+        });
+        Metrics::incr(&self.metrics.sessions_offline_current);
+        if self.expiry.is_some() {
+            // Under the claim lock, so a claim cannot take the offline
+            // mark before its deadline is in the queue.
+            self.deadlines.insert(key, Arc::downgrade(slot));
+        }
+    }
+
+    /// Takes ownership of `slot` for the expiry task, if it is still in the
+    /// registry and still offline in the stretch `key` was queued for. A
+    /// client that claims it from now on waits until the task is done.
+    pub fn claim_expired(&self, slot: &Arc<SessionSlot>, key: DeadlineKey) -> Option<Expiring> {
+        // Holding the shard lock keeps a claim from starting meanwhile.
+        let current = self.slots.get(&slot.client_id)?;
+        if !Arc::ptr_eq(current.value(), slot) {
+            return None;
+        }
+        let claim = lock(&slot.claim);
+        let offline = claim.offline.filter(|offline| offline.key == key)?;
+        // The last owner let go before marking the slot offline, and any
+        // later owner claims first, which takes the mark: the permit is free.
+        let permit = slot.ownership.try_acquire().ok()?;
+        permit.forget();
+        Some(Expiring {
+            ownership: Ownership {
+                slot: Arc::clone(slot),
+            },
+            left_by: offline.left_by,
+        })
+    }
+
+    /// Removes an expired session from the registry, unless a client claimed
+    /// it while the expiry task emptied it (that client then finds it empty).
+    pub fn remove_expired(&self, expiring: &Expiring) -> bool {
+        let slot = &expiring.ownership.slot;
+        let removed = self.remove(slot, expiring.left_by);
+        if removed && lock(&slot.claim).offline.take().is_some() {
+            Metrics::decr(&self.metrics.sessions_offline_current);
+        }
+        removed
     }
 
     /// Sessions known, online or offline.
@@ -259,10 +384,143 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::expiry::Deadlines;
+
+    fn registry(expiry: Option<Duration>) -> Registry {
+        Registry::new(10, expiry, Arc::new(Metrics::default()))
+    }
+
+    async fn own(registry: &Registry, id: &ClientId, conn: u64) -> Ownership {
+        let opened = registry
+            .open(id, ConnId(conn), CancellationToken::new())
+            .await;
+        let Opened::Owned { ownership, .. } = opened else {
+            panic!("must own");
+        };
+        ownership
+    }
+
+    /// Connection `conn` owns the session of `id`, parks it and leaves.
+    async fn leave_offline(registry: &Registry, id: &ClientId, conn: u64) -> Arc<SessionSlot> {
+        let ownership = own(registry, id, conn).await;
+        let slot = Arc::clone(&ownership.slot);
+        drop(ownership);
+        registry.went_offline(&slot, ConnId(conn));
+        slot
+    }
+
+    fn due_now(deadlines: &Deadlines) -> Vec<DeadlineKey> {
+        let mut due = Vec::new();
+        deadlines.take_due(Instant::now(), &mut due);
+        due.into_iter().map(|(key, _)| key).collect()
+    }
+
+    fn gauges(registry: &Registry) -> (u64, u64) {
+        let m = registry.metrics.snapshot();
+        (m.sessions_current, m.sessions_offline_current)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_expiry_zero_keeps_an_offline_session_forever() {
+        let registry = registry(None);
+        let id = ClientId::new("c");
+        leave_offline(&registry, &id, 1).await;
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        assert!(due_now(registry.deadlines()).is_empty());
+        assert_eq!(registry.deadlines().len(), 0, "nothing was ever queued");
+        assert_eq!(registry.len(), 1);
+        assert_eq!(gauges(&registry), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offline_session_is_due_at_its_deadline_and_not_before() {
+        let registry = registry(Some(Duration::from_secs(2)));
+        let id = ClientId::new("c");
+        let slot = leave_offline(&registry, &id, 1).await;
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(due_now(registry.deadlines()).is_empty(), "one ms early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let due = due_now(registry.deadlines());
+        assert_eq!(due.len(), 1, "due at the limit");
+        let expiring = registry
+            .claim_expired(&slot, due[0])
+            .expect("still offline");
+        assert!(registry.remove_expired(&expiring));
+        drop(expiring);
+        assert_eq!(registry.len(), 0);
+        assert_eq!(gauges(&registry), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_just_before_removal_keeps_the_session() {
+        let registry = registry(Some(Duration::from_secs(1)));
+        let id = ClientId::new("c");
+        let slot = leave_offline(&registry, &id, 1).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The task took the deadline out; the client comes back before the
+        // task gets to the slot.
+        let due = due_now(registry.deadlines());
+        let ownership = own(&registry, &id, 2).await;
+        assert!(registry.claim_expired(&slot, due[0]).is_none());
+        assert!(Arc::ptr_eq(&ownership.slot, &slot));
+        assert_eq!(registry.len(), 1);
+        assert_eq!(gauges(&registry), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_takes_the_deadline_out_of_the_queue() {
+        let registry = registry(Some(Duration::from_secs(1)));
+        let id = ClientId::new("c");
+        leave_offline(&registry, &id, 1).await;
+        assert_eq!(registry.deadlines().len(), 1);
+        let ownership = own(&registry, &id, 2).await;
+        assert_eq!(registry.deadlines().len(), 0);
+        // It goes offline again: a new deadline, from now.
+        drop(ownership);
+        registry.went_offline(&registry.slots.get(&id).unwrap().clone(), ConnId(2));
+        assert_eq!(registry.deadlines().len(), 1);
+        assert_eq!(gauges(&registry), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_during_removal_waits_and_keeps_the_emptied_slot() {
+        let registry = Arc::new(registry(Some(Duration::from_secs(1))));
+        let id = ClientId::new("c");
+        let slot = leave_offline(&registry, &id, 1).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let due = due_now(registry.deadlines());
+        let expiring = registry.claim_expired(&slot, due[0]).expect("offline");
+        let reconnect = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            let id = id.clone();
+            async move { own(&registry, &id, 2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!reconnect.is_finished(), "waits for the expiry task");
+        assert!(!registry.remove_expired(&expiring), "claimed meanwhile");
+        drop(expiring);
+        let ownership = reconnect.await.unwrap();
+        assert!(Arc::ptr_eq(&ownership.slot, &slot));
+        assert_eq!(registry.len(), 1);
+        assert_eq!(gauges(&registry), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_does_not_mark_the_session_offline() {
+        let registry = registry(Some(Duration::from_secs(1)));
+        let id = ClientId::new("c");
+        let first = own(&registry, &id, 1).await;
+        let slot = Arc::clone(&first.slot);
+        let _ = registry.claim(&id, ConnId(2));
+        drop(first);
+        registry.went_offline(&slot, ConnId(1));
+        assert_eq!(registry.deadlines().len(), 0);
+        assert_eq!(gauges(&registry), (1, 0));
+    }
 
     #[tokio::test]
     async fn mqtt_3_1_4_2_a_new_claim_cancels_the_owner_and_waits_for_it() {
-        let registry = Arc::new(Registry::new(10));
+        let registry = Arc::new(registry(None));
         let id = ClientId::new("c");
         let first_token = CancellationToken::new();
         let Opened::Owned {
@@ -295,7 +553,7 @@ mod tests {
 
     #[tokio::test]
     async fn removal_is_refused_when_a_newer_connection_claimed() {
-        let registry = Registry::new(10);
+        let registry = registry(None);
         let id = ClientId::new("c");
         let Opened::Owned { ownership, .. } = registry
             .open(&id, ConnId(1), CancellationToken::new())

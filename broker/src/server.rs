@@ -79,6 +79,8 @@ impl Broker {
         let ctx = Context::new(settings, router, metrics, budget, shutdown)
             .map_err(StartError::Dormitory)?;
         let ctx = Arc::new(ctx);
+        // Session expiry (issue 7): ends with the shutdown token.
+        tokio::spawn(crate::expiry::run(ctx.clone()));
         let mut local_addrs = Vec::new();
         let mut accept_loops = Vec::new();
         for listener in listeners {

@@ -49,6 +49,7 @@ impl LogThrottle {
 }
 
 /// One throttle per kind of refusal, shared by every connection.
+#[allow(dead_code)] // used by the router work
 #[derive(Debug, Default)]
 pub struct Throttles {
     pub pending_evicted: LogThrottle,
@@ -61,6 +62,7 @@ pub struct Throttles {
     pub retained: LogThrottle,
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,
+    pub session_expired: LogThrottle,
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! - Any bytes at all (random, or well-framed packets with random bodies)
 //!   never panic, and never make the buffer grow past the packet limit plus
 //!   one read; the first error ends the stream, as it ends a connection.
+//! - The same with large packets, whose remaining length takes two, three
+//!   or four bytes: bodies up to 64 KiB decode back through any chunking,
+//!   random ones never panic, and a header announcing more than the limit
+//!   is refused as soon as its length is known [MQTT-2.2.3].
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,8 +18,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tidemq_protocol::{
-    decode_connect, decode_packet, encode_packet, Framer, Packet, PacketId, ProtocolVersion,
-    Publish, QoS, TopicFilter, TopicName,
+    decode_connect, decode_packet, encode_packet, put_remaining_length, Framer, Packet, PacketId,
+    ProtocolError, ProtocolVersion, Publish, QoS, TopicFilter, TopicName, MAX_REMAINING_LENGTH,
 };
 
 /// Packet limit for the valid streams: above the largest generated packet
@@ -27,6 +31,14 @@ const GARBAGE_MAX_PACKET_SIZE: usize = 1024;
 
 /// The largest chunk one "read" delivers.
 const MAX_CHUNK: usize = 4096;
+
+/// Largest body of the multi-byte-length streams: a three-byte remaining
+/// length, as a real subscriber's payloads have.
+const LARGE_BODY: usize = 64 * 1024;
+
+/// Packet limit for the multi-byte-length streams: the largest body fits,
+/// and some of the announced lengths below do not.
+const LARGE_MAX_PACKET_SIZE: usize = LARGE_BODY + 1024;
 
 // ---- strategies ----------------------------------------------------------
 
@@ -166,6 +178,59 @@ fn garbage_stream() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A valid PUBLISH with a payload up to [`LARGE_BODY`]: its remaining
+/// length takes one to three bytes.
+fn large_publish() -> impl Strategy<Value = Packet> {
+    let payload_len = prop_oneof![0..=127usize, 128..=16_383usize, 16_384..=LARGE_BODY];
+    (topic_name(), payload_len, any::<u8>(), packet_id()).prop_map(|(topic, len, fill, id)| {
+        // Varied bytes without generating each one: the length is the point.
+        let payload: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: Some(id),
+            payload: Bytes::from(payload),
+        })
+    })
+}
+
+/// A well-framed packet whose remaining length takes one to three bytes,
+/// with a random body of that length, or a four-byte length far over the
+/// limit followed by the start of a body.
+fn framed_garbage_multibyte() -> impl Strategy<Value = Vec<u8>> {
+    let client_first_byte = prop::sample::select(vec![
+        0x30, 0x32, 0x34, 0x3B, 0x40, 0x62, 0x82, 0xA2, 0xC0, 0xE0,
+    ]);
+    let first_byte = prop_oneof![any::<u8>(), client_first_byte];
+    let body = prop_oneof![
+        2 => vec(any::<u8>(), 0..=127),
+        2 => vec(any::<u8>(), 128..=16_383),
+        1 => vec(any::<u8>(), 16_384..=LARGE_BODY),
+    ];
+    let framed = (first_byte.clone(), body).prop_map(|(first_byte, body)| {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[first_byte]);
+        put_remaining_length(&mut out, body.len());
+        out.extend_from_slice(&body);
+        out.to_vec()
+    });
+    let oversized = (
+        first_byte,
+        (LARGE_MAX_PACKET_SIZE + 1)..=MAX_REMAINING_LENGTH,
+        vec(any::<u8>(), 0..=64),
+    )
+        .prop_map(|(first_byte, announced, start)| {
+            let mut out = BytesMut::new();
+            out.extend_from_slice(&[first_byte]);
+            put_remaining_length(&mut out, announced);
+            out.extend_from_slice(&start);
+            out.to_vec()
+        });
+    prop_oneof![6 => framed, 1 => oversized]
+}
+
 // ---- the reader loop -----------------------------------------------------
 
 /// Feeds `input` to a framer the way the broker's reader does and hands each
@@ -256,5 +321,69 @@ proptest! {
             let _ = decode_packet(&frame, version);
             Ok(())
         });
+    }
+}
+
+proptest! {
+    // Fewer cases: each one moves up to a few hundred KiB.
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn large_packets_with_multibyte_lengths_survive_any_chunking(
+        packets in vec(prop_oneof![3 => client_packet(), 2 => large_publish()], 1..=6),
+        chunks in chunk_sizes(),
+    ) {
+        let mut wire = BytesMut::new();
+        for packet in &packets {
+            encode_packet(packet, &mut wire);
+        }
+        let mut decoded = Vec::new();
+        let result = feed(&wire, &chunks, LARGE_MAX_PACKET_SIZE, |frame| {
+            decoded.push(decode_packet(&frame, ProtocolVersion::V311).unwrap());
+            Ok(())
+        });
+        prop_assert_eq!(result, Ok(()));
+        prop_assert_eq!(decoded, packets);
+    }
+
+    #[test]
+    fn random_bodies_with_multibyte_lengths_never_panic_and_stay_bounded(
+        connect in connect_bytes(),
+        packets in vec(framed_garbage_multibyte(), 0..=6),
+        chunks in chunk_sizes(),
+        keep_going in any::<bool>(),
+    ) {
+        let input = [connect, packets.concat()].concat();
+        let mut version = None;
+        let _ = feed(&input, &chunks, LARGE_MAX_PACKET_SIZE, |frame| {
+            match version {
+                None => version = Some(decode_connect(&frame).map_err(drop)?.version),
+                Some(version) => {
+                    let decoded = decode_packet(&frame, version);
+                    // Half the runs go past decode errors, so every frame
+                    // reaches the decoder; the broker stops at the first.
+                    if !keep_going {
+                        decoded.map_err(drop)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mqtt_2_2_3_an_oversized_length_is_refused_before_its_body_arrives(
+        announced in (LARGE_MAX_PACKET_SIZE + 1)..=MAX_REMAINING_LENGTH,
+        first_byte in any::<u8>(),
+    ) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[first_byte]);
+        put_remaining_length(&mut buf, announced);
+        let framer = Framer::new(LARGE_MAX_PACKET_SIZE);
+        let refused = framer.next_frame(&mut buf);
+        prop_assert!(
+            matches!(refused, Err(ProtocolError::PacketTooLarge { .. })),
+            "{} bytes announced: {:?}", announced, refused
+        );
     }
 }

@@ -94,11 +94,15 @@ impl Context {
         budget: Arc<Budget>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Context> {
-        let registry = Registry::new(MailboxLimits {
-            messages: settings.limits.max_queued_messages,
-            bytes: settings.limits.max_queued_bytes,
-            budget: Some(Arc::clone(&budget)),
-        });
+        let registry = Registry::new(
+            MailboxLimits {
+                messages: settings.limits.max_queued_messages,
+                bytes: settings.limits.max_queued_bytes,
+                budget: Some(Arc::clone(&budget)),
+            },
+            settings.session_expiry(),
+            metrics.clone(),
+        );
         let router_limits = RouterLimits::from_settings(&settings);
         Ok(Context {
             settings,
@@ -113,6 +117,19 @@ impl Context {
             runtime: tokio::runtime::Handle::current(),
             next_conn_id: AtomicU64::new(1),
         })
+    }
+
+    /// A context of its own for in-memory tests: a router, no listener.
+    #[cfg(test)]
+    pub(crate) fn for_tests(settings: Settings) -> Arc<Context> {
+        let metrics = Arc::new(Metrics::default());
+        let limits = crate::router::RouterLimits::from_settings(&settings);
+        let (router, _task) =
+            crate::router::spawn(settings.limits.router_queue, metrics.clone(), limits);
+        let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
+        let shutdown = CancellationToken::new();
+        let ctx = Context::new(settings, router, metrics, budget, shutdown);
+        Arc::new(ctx.unwrap_or_else(|error| panic!("dormitory: {error}")))
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -639,7 +656,22 @@ async fn close(client: Client, end: End) {
         ctx.registry.remove(slot, conn_id);
     } else {
         slot.park(state);
+        // Let go of the slot first, so the expiry task finds it free; a
+        // client that claimed it meanwhile keeps it online.
+        let slot = Arc::clone(slot);
+        drop(ownership);
+        ctx.registry.went_offline(&slot, conn_id);
     }
+}
+
+/// Empties a session the expiry task owns: its parked state, its
+/// subscriptions (answered by the router once gone, so nothing is delivered
+/// under them afterwards) and its queued messages. A client that claims it
+/// meanwhile waits for the task and then finds session present 0.
+pub(crate) async fn forget_session(ctx: &Context, slot: &SessionSlot) {
+    drop(slot.take_parked());
+    slot.set_persistent(false);
+    Session::discard(ctx, slot).await;
 }
 
 async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
@@ -727,5 +759,7 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

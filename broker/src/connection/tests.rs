@@ -13,22 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::router;
 
 fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     let mut settings = Settings::defaults().unwrap();
     edit(&mut settings);
-    let metrics = Arc::new(Metrics::default());
-    let (router, _task) = router::spawn(
-        settings.limits.router_queue,
-        metrics.clone(),
-        router::RouterLimits::from_settings(&settings),
-    );
-    let budget = Arc::new(crate::budget::Budget::new(
-        metrics.clone(),
-        settings.memory_limit_bytes(),
-    ));
-    Arc::new(Context::new(settings, router, metrics, budget, CancellationToken::new()).unwrap())
+    Context::for_tests(settings)
 }
 
 fn peer() -> SocketAddr {

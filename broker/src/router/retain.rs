@@ -265,7 +265,7 @@ impl<'n, 'a> Iterator for ChildrenAfter<'n, 'a> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use tidemq_protocol::QoS;
+    use tidemq_protocol::{QoS, TopicFilter};
 
     use super::*;
 
@@ -290,7 +290,7 @@ mod tests {
         messages.iter().map(|m| m.topic.as_str()).collect()
     }
 
-    fn matching<'a>(store: &'a Retained, filter: &str) -> Vec<Arc<Message>> {
+    fn matching(store: &Retained, filter: &str) -> Vec<Arc<Message>> {
         store.matching(&TopicFilter::new(filter).unwrap())
     }
 
