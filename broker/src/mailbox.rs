@@ -301,6 +301,15 @@ impl Mailbox {
     }
 }
 
+/// A session removed with mail still queued gives its deliveries' share of
+/// the budget back.
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let queued = self.inner().queue.len();
+        self.release(queued);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -451,11 +451,21 @@ fn bounded_fuzz_random_streams_never_panic_and_every_connection_ends() {
             assert!(metrics.takeovers > 0, "no client id was taken over");
         }
         assert_eq!(metrics.connections_current, 0, "every connection ended");
-        assert_eq!(
-            metrics.memory_accounted_bytes, memory_before,
-            "the memory budget came back"
-        );
         normal_client_is_served(&ctx).await;
         assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a broker task panicked");
+        // Retained messages and persistent sessions legitimately hold
+        // memory until the broker goes; once it has, every charge must be
+        // given back (a leak in the accounting would show here).
+        let metrics = Arc::clone(&ctx.metrics);
+        drop(ctx);
+        let deadline = std::time::Instant::now() + CASE_BOUND;
+        while metrics.snapshot().memory_accounted_bytes != memory_before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the memory budget came back: {} != {memory_before}",
+                metrics.snapshot().memory_accounted_bytes
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
 }
