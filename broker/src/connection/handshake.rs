@@ -1,6 +1,18 @@
 //! The start of a connection: the CONNECT within the connect timeout, its
 //! checks, and the CONNACK. Runs before the stream is split, on the
 //! connection's own task.
+//!
+//! The checks, in order, and their answers:
+//!
+//! | CONNECT                                        | answer            | counter                 |
+//! |------------------------------------------------|-------------------|-------------------------|
+//! | will topic over `max_topic_levels`/`max_topic_len` | close, no CONNACK | `topics_refused_limit` |
+//! | keepalive over `max_keepalive_secs`            | CONNACK 0x02      | `connacks_refused`      |
+//! | client id breaking the spec's rules            | CONNACK 0x02      | `connacks_refused`      |
+//! | client id over `max_client_id_len` bytes       | CONNACK 0x02      | `client_ids_refused`    |
+//! | broker over `memory_limit_mb`                  | CONNACK 0x03      | `memory_limit_refusals` |
+//!
+//! Refusals a client can repeat at will log through `ctx.throttles`.
 
 use std::net::SocketAddr;
 
@@ -62,7 +74,9 @@ where
     let connect = match read.await {
         Err(_) => {
             Metrics::incr(&ctx.metrics.connect_timeouts);
-            info!(conn_id, %peer, "closing: no CONNECT within the connect timeout");
+            if let Some(suppressed) = ctx.throttles.connect_timeout.allow() {
+                info!(conn_id, %peer, suppressed, "closing: no CONNECT within the connect timeout");
+            }
             return None;
         }
         Ok(Ok(connect)) => connect,
@@ -86,6 +100,17 @@ where
             return None;
         }
     };
+    if let Some(will) = &connect.will {
+        let topic = will.topic.as_str();
+        if !topic_within_limits(topic, limits.max_topic_levels, limits.max_topic_len) {
+            Metrics::incr(&ctx.metrics.topics_refused_limit);
+            if let Some(suppressed) = ctx.throttles.topic.allow() {
+                let len = topic.len();
+                warn!(conn_id, %peer, len, suppressed, "closing: will topic over max_topic_levels or max_topic_len");
+            }
+            return None;
+        }
+    }
     if let Err(code) = check_keepalive(&connect, ctx) {
         let keep_alive = connect.keep_alive;
         info!(conn_id, %peer, keep_alive, "refusing keepalive above the maximum");
@@ -101,6 +126,23 @@ where
             return None;
         }
     };
+    if connect.client_id.len() > limits.max_client_id_len {
+        Metrics::incr(&ctx.metrics.client_ids_refused);
+        if let Some(suppressed) = ctx.throttles.client_id.allow() {
+            let len = connect.client_id.len();
+            info!(conn_id, %peer, len, suppressed, "refusing client identifier over max_client_id_len");
+        }
+        refuse(stream, ctx, ConnectReturnCode::IdentifierRejected).await;
+        return None;
+    }
+    if ctx.budget.is_over() {
+        Metrics::incr(&ctx.metrics.memory_limit_refusals);
+        if let Some(suppressed) = ctx.throttles.memory.allow() {
+            warn!(conn_id, %peer, suppressed, "refusing a connection: over memory_limit_mb");
+        }
+        refuse(stream, ctx, ConnectReturnCode::ServerUnavailable).await;
+        return None;
+    }
     Some(Accepted {
         connect,
         client_id,
@@ -121,6 +163,13 @@ async fn read_connect<S: AsyncRead + Unpin>(
             return Err(HandshakeError::Closed);
         }
     }
+}
+
+/// Whether a topic has at most `max_levels` levels (separated by '/') and
+/// at most `max_len` bytes.
+fn topic_within_limits(topic: &str, max_levels: usize, max_len: usize) -> bool {
+    let levels = topic.bytes().filter(|&byte| byte == b'/').count() + 1;
+    levels <= max_levels && topic.len() <= max_len
 }
 
 /// A 3.1/3.1.1 client cannot be told a smaller keepalive, so one above the
@@ -183,5 +232,24 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
     match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_within_limits;
+
+    #[test]
+    fn topic_levels_are_slashes_plus_one() {
+        assert!(topic_within_limits("a/b/c", 3, 5));
+        assert!(
+            !topic_within_limits("a/b/c/", 3, 100),
+            "a trailing '/' opens a level"
+        );
+        assert!(!topic_within_limits("/", 1, 100));
+        assert!(
+            !topic_within_limits("a/b/c", 3, 4),
+            "5 bytes over a 4-byte cap"
+        );
     }
 }

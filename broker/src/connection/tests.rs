@@ -46,7 +46,7 @@ fn connect_bytes(client_id: &str, keep_alive: u16) -> Vec<u8> {
 }
 
 fn start<S: Transport>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()> {
-    let admission = Admission::new(&ctx.metrics, None);
+    let (admission, _) = ctx.gate.admit(peer().ip()).unwrap();
     tokio::spawn(serve(stream, peer(), ctx.clone(), admission))
 }
 
