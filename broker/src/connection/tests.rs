@@ -247,7 +247,10 @@ async fn a_partial_packet_with_keepalive_zero_is_closed_after_the_read_timeout()
     ends_within(task, Duration::from_secs(1)).await;
     let metrics = ctx.metrics.snapshot();
     assert_eq!(metrics.packet_read_timeouts, 1);
-    assert_eq!(metrics.memory_accounted_bytes, 0, "the charge was given back");
+    assert_eq!(
+        metrics.memory_accounted_bytes, 0,
+        "the charge was given back"
+    );
 }
 
 #[tokio::test(start_paused = true)]
