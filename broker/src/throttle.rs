@@ -57,7 +57,11 @@ pub struct Throttles {
     pub packet_read_timeout: LogThrottle,
     pub client_id: LogThrottle,
     pub topic: LogThrottle,
+    // Used by the router work.
+    #[allow(dead_code)]
     pub subscriptions: LogThrottle,
+    // Used by the router work.
+    #[allow(dead_code)]
     pub retained: LogThrottle,
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,

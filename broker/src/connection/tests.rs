@@ -294,3 +294,32 @@ async fn a_partial_packet_over_the_memory_budget_closes_its_connection() {
     assert_eq!(metrics.memory_limit_refusals, 1);
     assert_eq!(metrics.memory_accounted_bytes, 0);
 }
+
+/// While the broker is over `memory_limit_mb`, a new CONNECT is answered
+/// 0x03 (server unavailable) [MQTT-3.2.2-4: session present 0] and closed;
+/// once it is back under, the next is accepted.
+#[tokio::test(start_paused = true)]
+async fn over_the_memory_limit_a_connect_gets_server_unavailable() {
+    let ctx = context(|s| s.limits.memory_limit_mb = 1);
+    let over = ctx.settings.memory_limit_bytes() + 1;
+    ctx.budget.charge(over);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    client.write_all(&connect_bytes("c", 0)).await.unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0x03]);
+    let mut byte = [0u8; 1];
+    assert_eq!(client.read(&mut byte).await.unwrap(), 0, "closed");
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(
+        (metrics.memory_limit_refusals, metrics.connacks_refused),
+        (1, 1)
+    );
+
+    ctx.budget.release(over);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let _task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+}
