@@ -96,7 +96,7 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
             }
             rounds += 1;
         }
-        opened
+        (opened, sockets)
     };
 
     let clients = async {
@@ -115,11 +115,19 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
         done.store(true, Ordering::Relaxed);
     };
 
-    let (opened, ()) = tokio::join!(flood, clients);
-    let metrics = broker.metrics();
+    let ((opened, _silent), ()) = tokio::join!(flood, clients);
     assert!(opened > SILENT as u64, "sockets were closed and reopened");
-    assert!(metrics.pending_evicted >= opened - 50, "{metrics:?}");
+    // Every silent socket (kept open) is still pending or was evicted; none
+    // took one of `max_connections`.
+    broker
+        .wait_metrics("every silent socket pending or evicted", |m| {
+            m.pending_evicted + m.pending_current == opened
+        })
+        .await;
+    let metrics = broker.metrics();
+    assert_eq!(metrics.pending_current, 50, "{metrics:?}");
     assert_eq!(metrics.connections_refused_limit, 0, "{metrics:?}");
+    assert_eq!(metrics.connections_current, 2, "the live pair: {metrics:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
