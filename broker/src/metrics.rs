@@ -36,7 +36,7 @@ macro_rules! counters {
 
 counters! {
     connections_accepted: "TCP connections accepted.",
-    connections_current: "Connections open now.",
+    connections_current: "Connections past CONNECT open now, resting ones included (each holds one of `max_connections`; sockets before CONNECT are `pending_current`).",
     connections_rested: "Times a connection with nothing to do rested in the dormitory (freed its tasks and buffers).",
     connections_refused_limit: "Connections closed at once because `max_connections` was reached.",
     connect_timeouts: "Connections closed for sending no CONNECT in time.",

@@ -1,7 +1,9 @@
 //! One client connection, from the first byte to the last.
 //!
-//! [`serve`] reads the CONNECT (within `connect_timeout_ms`), checks it,
-//! takes ownership of the client's session, answers CONNACK, then splits the
+//! [`serve`] reads the CONNECT (within `connect_timeout_ms`, while the
+//! socket is pending and may be evicted under `max_pending`), checks it,
+//! takes one of `max_connections` (see [`crate::admission`]), takes
+//! ownership of the client's session, answers CONNACK, then splits the
 //! stream and runs three tasks joined by bounded channels:
 //!
 //! ```text
