@@ -6,7 +6,8 @@
 //! |--------------------------------|--------------------|---------------------|
 //! | a message (topic + payload)    | its [`Charge`]     | the last copy drops |
 //! | a queued delivery (its slot)   | the mailbox        | the session takes it|
-//! | a partly read packet's buffer  | the read task      | the packet is whole |
+//! | a partly read packet's buffer  | the read task (the | the packet is whole |
+//! |                                | handshake: CONNECT)|                     |
 //!
 //! Retained messages are messages: their charge lasts as long as the store
 //! keeps them. The gauge is `metrics.memory_accounted_bytes`.

@@ -12,6 +12,9 @@
 //! | client id over `max_client_id_len` bytes       | CONNACK 0x02      | `client_ids_refused`    |
 //! | broker over `memory_limit_mb`                  | CONNACK 0x03      | `memory_limit_refusals` |
 //!
+//! While the CONNECT is partly read its buffer is charged to the memory
+//! budget; no room for it closes the socket (`memory_limit_refusals`).
+//!
 //! Refusals a client can repeat at will log through `ctx.throttles`.
 
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tidemq_protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use super::reader::ReadBuffer;
 use super::Context;
 use crate::metrics::Metrics;
 use crate::types::{ClientId, ConnId};
@@ -36,7 +40,7 @@ pub struct Accepted {
     pub connect: Connect,
     pub client_id: ClientId,
     /// Bytes read after the CONNECT; the read task starts from them.
-    pub leftover: BytesMut,
+    pub leftover: ReadBuffer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ enum HandshakeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error("no memory budget left for a partly read CONNECT")]
+    MemoryLimit,
 }
 
 /// Reads and checks the CONNECT; answers a refusal itself. `None` means the
@@ -66,7 +72,9 @@ where
     let conn_id = conn_id.0;
     let limits = &ctx.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
-    let mut buf = BytesMut::with_capacity(256);
+    // A partly read CONNECT is charged to the memory budget like any
+    // partial packet.
+    let mut buf = ReadBuffer::new(BytesMut::with_capacity(256), &ctx.budget);
     let read = tokio::time::timeout(
         ctx.settings.connect_timeout(),
         read_connect(stream, &mut buf, framer),
@@ -93,6 +101,13 @@ where
             };
             Metrics::incr(counter);
             warn!(conn_id, %peer, %error, "closing: bad CONNECT");
+            return None;
+        }
+        Ok(Err(HandshakeError::MemoryLimit)) => {
+            Metrics::incr(&ctx.metrics.memory_limit_refusals);
+            if let Some(suppressed) = ctx.throttles.memory.allow() {
+                warn!(conn_id, %peer, suppressed, "closing: over memory_limit_mb, no room for a CONNECT");
+            }
             return None;
         }
         Ok(Err(error)) => {
@@ -152,14 +167,18 @@ where
 
 async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuffer,
     framer: Framer,
 ) -> Result<Connect, HandshakeError> {
     loop {
-        if let Some(frame) = framer.next_frame(buf)? {
+        if let Some(frame) = framer.next_frame(buf.bytes_mut())? {
+            buf.restart();
             return Ok(decode_connect(&frame)?);
         }
-        if stream.read_buf(buf).await? == 0 {
+        if !buf.account() {
+            return Err(HandshakeError::MemoryLimit);
+        }
+        if stream.read_buf(buf.bytes_mut()).await? == 0 {
             return Err(HandshakeError::Closed);
         }
     }

@@ -295,8 +295,7 @@ async fn connect<S: Transport>(
         keep_alive,
         "client connected"
     );
-    let leftover = ReadBuffer::new(accepted.leftover, &client.ctx.budget);
-    Some((client, token, stream, leftover))
+    Some((client, token, stream, accepted.leftover))
 }
 
 /// Runs the connection's tasks until it ends, or hands it to the dormitory

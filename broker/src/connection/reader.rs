@@ -100,10 +100,20 @@ impl ReadBuffer {
         self.started.map(|started| started + timeout)
     }
 
+    pub(super) fn bytes_mut(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+
+    /// A whole packet was taken from the front: what is left (read with
+    /// it) starts the next one now.
+    pub(super) fn restart(&mut self) {
+        self.started = (!self.bytes.is_empty()).then(Instant::now);
+    }
+
     /// Brings the charge to the buffer's capacity while it holds a partial
     /// packet, and to 0 when it is empty; `false` when the budget has no
     /// room for the growth.
-    fn account(&mut self) -> bool {
+    pub(super) fn account(&mut self) -> bool {
         let wanted = if self.bytes.is_empty() {
             0
         } else {

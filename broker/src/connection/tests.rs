@@ -323,3 +323,24 @@ async fn over_the_memory_limit_a_connect_gets_server_unavailable() {
     let _task = start(server, &ctx);
     handshake(&mut client, 0).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_connect_without_room_in_the_memory_budget_is_closed() {
+    let ctx = context(|s| s.limits.memory_limit_mb = 1);
+    // Room for 100 bytes: less than the CONNECT buffer's 256.
+    let used = ctx.settings.memory_limit_bytes() - 100;
+    ctx.budget.charge(used);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    client.write_all(&connect_bytes("c", 0)[..5]).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).await.unwrap(),
+        0,
+        "closed unanswered"
+    );
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(metrics.memory_limit_refusals, 1);
+    assert_eq!(metrics.memory_accounted_bytes, used, "nothing left charged");
+}
