@@ -3,10 +3,10 @@
 //!
 //! A socket passes through two stages, each with its own cap:
 //!
-//! | stage                  | cap                                 | when full                 |
-//! |------------------------|-------------------------------------|---------------------------|
-//! | accepted, before CONNECT | `listener.max_pending`            | the oldest pending socket is closed (`pending_evicted`) |
-//! | CONNECT read and checked | `listener.max_connections` (a permit) | this socket is closed (`connections_refused_limit`) |
+//! | stage          | cap (`listener.`) | when full                                    |
+//! |----------------|-------------------|----------------------------------------------|
+//! | before CONNECT | `max_pending`     | the oldest pending closed (`pending_evicted`)|
+//! | past CONNECT   | `max_connections` | this one closed (`connections_refused_limit`)|
 //!
 //! and across both, `listener.max_connections_per_address` per source IP
 //! (0: off), checked at accept (`connections_refused_per_address`).

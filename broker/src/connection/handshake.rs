@@ -4,13 +4,13 @@
 //!
 //! The checks, in order, and their answers:
 //!
-//! | CONNECT                                        | answer            | counter                 |
-//! |------------------------------------------------|-------------------|-------------------------|
-//! | will topic over `max_topic_levels`/`max_topic_len` | close, no CONNACK | `topics_refused_limit` |
-//! | keepalive over `max_keepalive_secs`            | CONNACK 0x02      | `connacks_refused`      |
-//! | client id breaking the spec's rules            | CONNACK 0x02      | `connacks_refused`      |
-//! | client id over `max_client_id_len` bytes       | CONNACK 0x02      | `client_ids_refused`    |
-//! | broker over `memory_limit_mb`                  | CONNACK 0x03      | `memory_limit_refusals` |
+//! | CONNECT                                  | answer            | counter                 |
+//! |------------------------------------------|-------------------|-------------------------|
+//! | will topic over `max_topic_levels`/`_len`| close, no CONNACK | `topics_refused_limit`  |
+//! | keepalive over `max_keepalive_secs`      | CONNACK 0x02      | `connacks_refused`      |
+//! | client id breaking the spec's rules      | CONNACK 0x02      | `connacks_refused`      |
+//! | client id over `max_client_id_len` bytes | CONNACK 0x02      | `client_ids_refused`    |
+//! | broker over `memory_limit_mb`            | CONNACK 0x03      | `memory_limit_refusals` |
 //!
 //! While the CONNECT is partly read its buffer is charged to the memory
 //! budget; no room for it closes the socket (`memory_limit_refusals`).
@@ -106,7 +106,12 @@ where
         Ok(Err(HandshakeError::MemoryLimit)) => {
             Metrics::incr(&ctx.metrics.memory_limit_refusals);
             if let Some(suppressed) = ctx.throttles.memory.allow() {
-                warn!(conn_id, %peer, suppressed, "closing: over memory_limit_mb, no room for a CONNECT");
+                warn!(
+                    conn_id,
+                    %peer,
+                    suppressed,
+                    "closing: over memory_limit_mb, no room for a CONNECT"
+                );
             }
             return None;
         }
@@ -121,7 +126,13 @@ where
             Metrics::incr(&ctx.metrics.topics_refused_limit);
             if let Some(suppressed) = ctx.throttles.topic.allow() {
                 let len = topic.len();
-                warn!(conn_id, %peer, len, suppressed, "closing: will topic over max_topic_levels or max_topic_len");
+                warn!(
+                    conn_id,
+                    %peer,
+                    len,
+                    suppressed,
+                    "closing: will topic over max_topic_levels or max_topic_len"
+                );
             }
             return None;
         }
@@ -145,7 +156,13 @@ where
         Metrics::incr(&ctx.metrics.client_ids_refused);
         if let Some(suppressed) = ctx.throttles.client_id.allow() {
             let len = connect.client_id.len();
-            info!(conn_id, %peer, len, suppressed, "refusing client identifier over max_client_id_len");
+            info!(
+                conn_id,
+                %peer,
+                len,
+                suppressed,
+                "refusing client identifier over max_client_id_len"
+            );
         }
         refuse(stream, ctx, ConnectReturnCode::IdentifierRejected).await;
         return None;

@@ -227,9 +227,11 @@ async fn connect<S: Transport>(
 ) -> Option<(Client, CancellationToken, S, ReadBuffer)> {
     // Shutdown does not wait for clients that have not finished connecting,
     // and a newer socket evicts this one while it is pending (the gate
-    // counted it).
+    // counted it). Biased: an evicted socket goes even if its CONNECT just
+    // arrived, as the gate already counted it out.
     let evicted = admission.eviction();
     let accepted = tokio::select! {
+        biased;
         _ = ctx.shutdown.cancelled() => return None,
         _ = evicted.cancelled() => {
             debug!("evicted before CONNECT: max_pending reached");
@@ -243,7 +245,13 @@ async fn connect<S: Transport>(
         Metrics::incr(&ctx.metrics.connections_refused_limit);
         if let Some(suppressed) = ctx.throttles.connection_limit.allow() {
             let max_connections = ctx.settings.listener.max_connections;
-            warn!(conn_id = conn_id.0, %peer, max_connections, suppressed, "closing: connection limit reached");
+            warn!(
+                conn_id = conn_id.0,
+                %peer,
+                max_connections,
+                suppressed,
+                "closing: connection limit reached"
+            );
         }
         return None;
     }
