@@ -6,7 +6,8 @@
 //! |--------------------------------|--------------------|---------------------|
 //! | a message (topic + payload)    | its [`Charge`]     | the last copy drops |
 //! | a queued delivery (its slot)   | the mailbox        | the session takes it|
-//! | a partly read packet's buffer  | the read task      | the packet is whole |
+//! | a partly read packet's buffer  | the read task (the | the packet is whole |
+//! |                                | handshake: CONNECT)|                     |
 //!
 //! Retained messages are messages: their charge lasts as long as the store
 //! keeps them. The gauge is `metrics.memory_accounted_bytes`.
@@ -46,7 +47,6 @@ impl Budget {
     }
 
     /// Charges `bytes` only if that keeps the broker within its limit.
-    #[allow(dead_code)] // used by the read task's partial packets
     pub fn try_charge(&self, bytes: u64) -> bool {
         if self.used().saturating_add(bytes) > self.limit {
             return false;
@@ -59,12 +59,14 @@ impl Budget {
 /// The budget's share of one message: charged when the message is made,
 /// released when its last copy is dropped (every delivery and the retained
 /// store share one message).
+// Used by the router work (messages charged to the budget).
 #[derive(Debug, Default)]
 pub struct Charge {
     held: Option<(Arc<Budget>, u64)>,
 }
 
 impl Charge {
+    // Used by the router work.
     pub fn new(budget: &Arc<Budget>, bytes: u64) -> Charge {
         budget.charge(bytes);
         Charge {

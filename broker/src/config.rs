@@ -196,6 +196,13 @@ impl Settings {
         if self.limits.max_topic_len > usize::from(u16::MAX) {
             return Err(invalid("limits.max_topic_len", "must be at most 65535"));
         }
+        if self.limits.max_client_id_len < 23 {
+            // [MQTT-3.1.3-5]: ids of 1 to 23 bytes must be allowed.
+            return Err(invalid(
+                "limits.max_client_id_len",
+                "must be at least 23 bytes [MQTT-3.1.3-5]",
+            ));
+        }
         if self.limits.max_inflight > usize::from(u16::MAX) {
             return Err(invalid("limits.max_inflight", "must be at most 65535"));
         }

@@ -14,7 +14,8 @@
 //! | event                                  | by                            |
 //! |----------------------------------------|-------------------------------|
 //! | its socket becomes readable (or closes)| the epoll set                 |
-//! | its keepalive deadline passes          | this thread's poll timeout    |
+//! | its deadline passes (keepalive, or the | this thread's poll timeout    |
+//! | read timeout of a partial packet)      |                               |
 //! | mail reaches its mailbox, or a newer   | its [`Alarm`], rung from any  |
 //! | connection claims its client id        | thread, which wakes it itself |
 //! | the broker shuts down                  | [`Dormitory::close`]          |
@@ -44,7 +45,8 @@ const EVENTS: usize = 1024;
 pub trait Sleeper: Send + 'static {
     /// The socket to watch for readability.
     fn fd(&self) -> RawFd;
-    /// When to wake it even if nothing happens (its keepalive).
+    /// When to wake it even if nothing happens (its keepalive, or its
+    /// partial packet's read timeout).
     fn deadline(&self) -> Option<Instant>;
     /// Gives the sleeper its alarm, before anything can wake it. Returns
     /// `true` when it must be woken at once (mail is already waiting, or it

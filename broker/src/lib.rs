@@ -4,6 +4,7 @@
 //! |--------------|-----------------------------------------------------------|
 //! | `config`     | typed, layered, validated settings                        |
 //! | `server`     | listeners, the accept loop, start and shutdown            |
+//! | `admission`  | pending sockets, connection slots, per-address counts     |
 //! | `connection` | one client: handshake, read task, write task, session task|
 //! | `dormitory`  | idle connections, without tasks, on one watching thread   |
 //! | `session`    | pure QoS state machines (in-flight window, QoS 2 ids)     |
@@ -20,6 +21,7 @@
 //! router channel -> router (trie match) -> each subscriber's mailbox ->
 //! subscriber's session task -> write task -> subscriber socket.
 
+mod admission;
 #[doc(hidden)]
 pub mod bench_api;
 mod budget;

@@ -36,7 +36,7 @@ macro_rules! counters {
 
 counters! {
     connections_accepted: "TCP connections accepted.",
-    connections_current: "Connections open now.",
+    connections_current: "Connections past CONNECT open now, resting ones included (each holds one of `max_connections`; sockets before CONNECT are `pending_current`).",
     connections_rested: "Times a connection with nothing to do rested in the dormitory (freed its tasks and buffers).",
     connections_refused_limit: "Connections closed at once because `max_connections` was reached.",
     connect_timeouts: "Connections closed for sending no CONNECT in time.",
@@ -54,6 +54,7 @@ counters! {
     held_for_slow_subscribers: "QoS 1/2 deliveries queued beyond a full mailbox, delaying their publisher's acknowledgement.",
     slow_subscriber_disconnects: "Sessions disconnected for staying over `max_queued_messages` for `slow_subscriber_timeout_ms`.",
     pending_evicted: "Sockets that had not finished CONNECT, closed to make room under `max_pending`.",
+    pending_current: "Sockets accepted that have not finished CONNECT yet, now (gauge, at most `max_pending`).",
     connections_refused_per_address: "Connections closed at once because their address had `max_connections_per_address`.",
     packet_read_timeouts: "Connections closed because a packet took longer than `packet_read_timeout_ms` to arrive.",
     client_ids_refused: "CONNECTs refused for a client id over `max_client_id_len`.",

@@ -1,8 +1,11 @@
 //! Listeners and the broker's life cycle: bind, accept, spawn, shut down.
 //!
 //! The accept loop does nothing slow: accept (with backoff when the process
-//! is out of descriptors), enforce `max_connections`, set socket options,
-//! spawn. Everything after the accept runs on the connection's own task.
+//! is out of descriptors), admit the socket as pending (closing it at once
+//! over `max_connections_per_address`, evicting the oldest pending socket
+//! over `max_pending`: see [`crate::admission`]), set socket options, spawn.
+//! `max_connections` is enforced later, once the CONNECT is read.
+//! Everything after the accept runs on the connection's own task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +13,11 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::Refused;
 use crate::budget::Budget;
 use crate::config::{ListenerSettings, Settings};
 use crate::connection::{self, Context};
@@ -30,9 +33,6 @@ pub struct Broker {
     ctx: Arc<Context>,
     local_addrs: Vec<SocketAddr>,
     accept_loops: Vec<JoinHandle<()>>,
-    /// One permit per open connection (`listener.max_connections`): shutdown
-    /// waits for all of them to come back, resting connections included.
-    limit: Arc<Semaphore>,
     router: JoinHandle<()>,
 }
 
@@ -70,7 +70,6 @@ impl Broker {
             router::RouterLimits::from_settings(&settings),
         );
         let shutdown = CancellationToken::new();
-        let limit = Arc::new(Semaphore::new(settings.listener.max_connections));
         if let Some(interval) = settings.sys_interval() {
             let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
             tokio::spawn(sys);
@@ -90,14 +89,13 @@ impl Broker {
             })?;
             info!(%addr, "listening");
             local_addrs.push(addr);
-            let task = accept_loop(listener, ctx.clone(), limit.clone());
+            let task = accept_loop(listener, ctx.clone());
             accept_loops.push(tokio::spawn(task));
         }
         Ok(Broker {
             ctx,
             local_addrs,
             accept_loops,
-            limit,
             router: router_task,
         })
     }
@@ -126,16 +124,18 @@ impl Broker {
         for task in self.accept_loops {
             let _ = task.await;
         }
-        let max = self.ctx.settings.listener.max_connections;
+        // Every connection past CONNECT holds a slot until it is closed,
+        // resting ones included; pending ones end on the shutdown signal.
+        let gate = &self.ctx.gate;
         let all_closed = async {
-            while self.limit.available_permits() < max {
+            while gate.connected() > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
         let grace = self.ctx.settings.shutdown_grace();
         if tokio::time::timeout(grace, all_closed).await.is_err() {
             warn!(
-                open = max - self.limit.available_permits(),
+                open = gate.connected(),
                 "connections still open after the grace period"
             );
         }
@@ -157,7 +157,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -179,15 +179,32 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaph
         };
         backoff = Duration::from_millis(10);
         Metrics::incr(&ctx.metrics.connections_accepted);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            Metrics::incr(&ctx.metrics.connections_refused_limit);
-            warn!(%peer, "closing: connection limit reached");
-            continue;
+        let admission = match ctx.gate.admit(peer.ip()) {
+            Ok((admission, evicted)) => {
+                // The evicted socket's task closes it (counted by the gate).
+                if evicted.is_some() {
+                    if let Some(suppressed) = ctx.throttles.pending_evicted.allow() {
+                        let max_pending = ctx.settings.listener.max_pending;
+                        warn!(
+                            max_pending,
+                            suppressed,
+                            "closing the oldest socket without CONNECT: too many pending"
+                        );
+                    }
+                }
+                admission
+            }
+            Err(Refused::PerAddress) => {
+                Metrics::incr(&ctx.metrics.connections_refused_per_address);
+                if let Some(suppressed) = ctx.throttles.per_address.allow() {
+                    warn!(%peer, suppressed, "closing: connection limit for this address reached");
+                }
+                continue;
+            }
         };
         if !inherited_options() {
             configure(SockRef::from(&stream), &ctx.settings.listener);
         }
-        let admission = Admission::new(&ctx.metrics, Some(permit));
         tokio::spawn(connection::serve(stream, peer, ctx.clone(), admission));
     }
 }
@@ -212,31 +229,6 @@ fn configure(socket: SockRef<'_>, listener: &ListenerSettings) {
 /// Whether accepted sockets inherit the listener's options.
 const fn inherited_options() -> bool {
     cfg!(target_os = "linux")
-}
-
-/// What a connection holds of the server for as long as it lives, resting
-/// or not: its place under `max_connections` (which shutdown also waits
-/// for) and the open-connections count.
-#[derive(Debug)]
-pub(crate) struct Admission {
-    metrics: Arc<Metrics>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Admission {
-    pub(crate) fn new(metrics: &Arc<Metrics>, permit: Option<OwnedSemaphorePermit>) -> Admission {
-        Metrics::incr(&metrics.connections_current);
-        Admission {
-            metrics: Arc::clone(metrics),
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        Metrics::decr(&self.metrics.connections_current);
-    }
 }
 
 #[cfg(test)]

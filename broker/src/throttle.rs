@@ -49,7 +49,6 @@ impl LogThrottle {
 }
 
 /// One throttle per kind of refusal, shared by every connection.
-#[allow(dead_code)] // used by the router work
 #[derive(Debug, Default)]
 pub struct Throttles {
     pub pending_evicted: LogThrottle,
@@ -58,8 +57,8 @@ pub struct Throttles {
     pub packet_read_timeout: LogThrottle,
     pub client_id: LogThrottle,
     pub topic: LogThrottle,
-    pub subscriptions: LogThrottle,
-    pub retained: LogThrottle,
+    // Used by the router work.
+    // Used by the router work.
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,
     pub session_expired: LogThrottle,

@@ -297,8 +297,11 @@ async fn run_case(ctx: Arc<Context>, seed: u64, case: u64) -> Result<(), String>
     let input = stream(&mut rng);
     let cuts = chunks(&mut rng, input.len());
     let (client, server) = tokio::io::duplex(16 * 1024);
-    let admission = Admission::new(&ctx.metrics, None);
     let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    let (admission, _) = ctx
+        .gate
+        .admit(peer.ip())
+        .map_err(|refused| format!("case {case}: admission refused: {refused:?}"))?;
     let conn = tokio::spawn(serve(server, peer, ctx, admission));
     let (mut from_broker, mut to_broker) = tokio::io::split(client);
     // Whatever the broker answers is read, so its writes never stall.
@@ -338,8 +341,8 @@ async fn run_case(ctx: Arc<Context>, seed: u64, case: u64) -> Result<(), String>
 /// and the SUBACK, PUBACK and PUBLISH must all arrive.
 async fn normal_client_is_served(ctx: &Arc<Context>) {
     let (mut client, server) = tokio::io::duplex(16 * 1024);
-    let admission = Admission::new(&ctx.metrics, None);
     let peer = SocketAddr::from(([127, 0, 0, 1], 2));
+    let (admission, _) = ctx.gate.admit(peer.ip()).unwrap();
     let _conn = tokio::spawn(serve(server, peer, ctx.clone(), admission));
     let mut wire = BytesMut::new();
     let mut body = BytesMut::new();

@@ -1,6 +1,21 @@
 //! The start of a connection: the CONNECT within the connect timeout, its
 //! checks, and the CONNACK. Runs before the stream is split, on the
 //! connection's own task.
+//!
+//! The checks, in order, and their answers:
+//!
+//! | CONNECT                                  | answer            | counter                 |
+//! |------------------------------------------|-------------------|-------------------------|
+//! | will topic over `max_topic_levels`/`_len`| close, no CONNACK | `topics_refused_limit`  |
+//! | keepalive over `max_keepalive_secs`      | CONNACK 0x02      | `connacks_refused`      |
+//! | client id breaking the spec's rules      | CONNACK 0x02      | `connacks_refused`      |
+//! | client id over `max_client_id_len` bytes | CONNACK 0x02      | `client_ids_refused`    |
+//! | broker over `memory_limit_mb`            | CONNACK 0x03      | `memory_limit_refusals` |
+//!
+//! While the CONNECT is partly read its buffer is charged to the memory
+//! budget; no room for it closes the socket (`memory_limit_refusals`).
+//!
+//! Refusals a client can repeat at will log through `ctx.throttles`.
 
 use std::net::SocketAddr;
 
@@ -12,6 +27,7 @@ use tidemq_protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use super::reader::ReadBuffer;
 use super::Context;
 use crate::metrics::Metrics;
 use crate::types::{ClientId, ConnId};
@@ -24,7 +40,7 @@ pub struct Accepted {
     pub connect: Connect,
     pub client_id: ClientId,
     /// Bytes read after the CONNECT; the read task starts from them.
-    pub leftover: BytesMut,
+    pub leftover: ReadBuffer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +51,8 @@ enum HandshakeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error("no memory budget left for a partly read CONNECT")]
+    MemoryLimit,
 }
 
 /// Reads and checks the CONNECT; answers a refusal itself. `None` means the
@@ -54,7 +72,9 @@ where
     let conn_id = conn_id.0;
     let limits = &ctx.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
-    let mut buf = BytesMut::with_capacity(256);
+    // A partly read CONNECT is charged to the memory budget like any
+    // partial packet.
+    let mut buf = ReadBuffer::new(BytesMut::with_capacity(256), &ctx.budget);
     let read = tokio::time::timeout(
         ctx.settings.connect_timeout(),
         read_connect(stream, &mut buf, framer),
@@ -62,7 +82,9 @@ where
     let connect = match read.await {
         Err(_) => {
             Metrics::incr(&ctx.metrics.connect_timeouts);
-            info!(conn_id, %peer, "closing: no CONNECT within the connect timeout");
+            if let Some(suppressed) = ctx.throttles.connect_timeout.allow() {
+                info!(conn_id, %peer, suppressed, "closing: no CONNECT within the connect timeout");
+            }
             return None;
         }
         Ok(Ok(connect)) => connect,
@@ -81,11 +103,40 @@ where
             warn!(conn_id, %peer, %error, "closing: bad CONNECT");
             return None;
         }
+        Ok(Err(HandshakeError::MemoryLimit)) => {
+            Metrics::incr(&ctx.metrics.memory_limit_refusals);
+            if let Some(suppressed) = ctx.throttles.memory.allow() {
+                warn!(
+                    conn_id,
+                    %peer,
+                    suppressed,
+                    "closing: over memory_limit_mb, no room for a CONNECT"
+                );
+            }
+            return None;
+        }
         Ok(Err(error)) => {
             debug!(%error, "connection ended before CONNECT");
             return None;
         }
     };
+    if let Some(will) = &connect.will {
+        let topic = will.topic.as_str();
+        if !topic_within_limits(topic, limits.max_topic_levels, limits.max_topic_len) {
+            Metrics::incr(&ctx.metrics.topics_refused_limit);
+            if let Some(suppressed) = ctx.throttles.topic.allow() {
+                let len = topic.len();
+                warn!(
+                    conn_id,
+                    %peer,
+                    len,
+                    suppressed,
+                    "closing: will topic over max_topic_levels or max_topic_len"
+                );
+            }
+            return None;
+        }
+    }
     if let Err(code) = check_keepalive(&connect, ctx) {
         let keep_alive = connect.keep_alive;
         info!(conn_id, %peer, keep_alive, "refusing keepalive above the maximum");
@@ -101,6 +152,29 @@ where
             return None;
         }
     };
+    if connect.client_id.len() > limits.max_client_id_len {
+        Metrics::incr(&ctx.metrics.client_ids_refused);
+        if let Some(suppressed) = ctx.throttles.client_id.allow() {
+            let len = connect.client_id.len();
+            info!(
+                conn_id,
+                %peer,
+                len,
+                suppressed,
+                "refusing client identifier over max_client_id_len"
+            );
+        }
+        refuse(stream, ctx, ConnectReturnCode::IdentifierRejected).await;
+        return None;
+    }
+    if ctx.budget.is_over() {
+        Metrics::incr(&ctx.metrics.memory_limit_refusals);
+        if let Some(suppressed) = ctx.throttles.memory.allow() {
+            warn!(conn_id, %peer, suppressed, "refusing a connection: over memory_limit_mb");
+        }
+        refuse(stream, ctx, ConnectReturnCode::ServerUnavailable).await;
+        return None;
+    }
     Some(Accepted {
         connect,
         client_id,
@@ -110,17 +184,28 @@ where
 
 async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuffer,
     framer: Framer,
 ) -> Result<Connect, HandshakeError> {
     loop {
-        if let Some(frame) = framer.next_frame(buf)? {
+        if let Some(frame) = framer.next_frame(buf.bytes_mut())? {
+            buf.restart();
             return Ok(decode_connect(&frame)?);
         }
-        if stream.read_buf(buf).await? == 0 {
+        if !buf.account() {
+            return Err(HandshakeError::MemoryLimit);
+        }
+        if stream.read_buf(buf.bytes_mut()).await? == 0 {
             return Err(HandshakeError::Closed);
         }
     }
+}
+
+/// Whether a topic has at most `max_levels` levels (separated by '/') and
+/// at most `max_len` bytes.
+fn topic_within_limits(topic: &str, max_levels: usize, max_len: usize) -> bool {
+    let levels = topic.bytes().filter(|&byte| byte == b'/').count() + 1;
+    levels <= max_levels && topic.len() <= max_len
 }
 
 /// A 3.1/3.1.1 client cannot be told a smaller keepalive, so one above the
@@ -183,5 +268,24 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
     match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_within_limits;
+
+    #[test]
+    fn topic_levels_are_slashes_plus_one() {
+        assert!(topic_within_limits("a/b/c", 3, 5));
+        assert!(
+            !topic_within_limits("a/b/c/", 3, 100),
+            "a trailing '/' opens a level"
+        );
+        assert!(!topic_within_limits("/", 1, 100));
+        assert!(
+            !topic_within_limits("a/b/c", 3, 4),
+            "5 bytes over a 4-byte cap"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! One client connection, from the first byte to the last.
 //!
-//! [`serve`] reads the CONNECT (within `connect_timeout_ms`), checks it,
-//! takes ownership of the client's session, answers CONNACK, then splits the
+//! [`serve`] reads the CONNECT (within `connect_timeout_ms`, while the
+//! socket is pending and may be evicted under `max_pending`), checks it,
+//! takes one of `max_connections` (see [`crate::admission`]), takes
+//! ownership of the client's session, answers CONNACK, then splits the
 //! stream and runs three tasks joined by bounded channels:
 //!
 //! ```text
@@ -20,7 +22,9 @@
 //! reads), and its socket and [`Client`] go to the [`Dormitory`] until a
 //! packet, mail, its keepalive deadline, a takeover or shutdown wakes it;
 //! then the three tasks start again. Nothing is lost across a rest: packets
-//! the reader decoded while stopping are handled first.
+//! the reader decoded while stopping are handled first, and a partial
+//! packet keeps its read deadline (`limits.packet_read_timeout_ms`, which
+//! also wakes it) and its charge to the memory budget.
 
 mod acks;
 mod handshake;
@@ -34,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tidemq_protocol::{
     ConnectReturnCode, Framer, LastWill, Packet, ProtocolError, ProtocolVersion,
 };
@@ -46,6 +50,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::{Admission, Gate};
 use crate::budget::Budget;
 use crate::config::Settings;
 use crate::dormitory::{Alarm, Dormitory, Sleeper};
@@ -53,12 +58,11 @@ use crate::mailbox::MailboxLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership, Registry, SessionSlot};
 use crate::router::{RouterHandle, RouterLimits};
-use crate::server::Admission;
 use crate::session::SessionState;
 use crate::throttle::Throttles;
 use crate::types::{ClientId, ConnId, Message};
 
-use reader::{Inbound, ReadError};
+use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
 use session::{End, Session};
 use writer::{WriterConfig, WriterEnd};
 
@@ -77,6 +81,8 @@ pub struct Context {
     pub budget: Arc<Budget>,
     /// Topic caps, shared with the router.
     pub router_limits: RouterLimits,
+    /// Pending sockets, connection slots, per-address counts.
+    pub gate: Arc<Gate>,
     /// One log line a second at most per kind of refusal.
     pub throttles: Throttles,
     pub shutdown: CancellationToken,
@@ -104,6 +110,7 @@ impl Context {
             metrics.clone(),
         );
         let router_limits = RouterLimits::from_settings(&settings);
+        let gate = Arc::new(Gate::new(&settings.listener, Arc::clone(&metrics)));
         Ok(Context {
             settings,
             router,
@@ -112,6 +119,7 @@ impl Context {
             metrics,
             budget,
             router_limits,
+            gate,
             throttles: Throttles::default(),
             shutdown,
             runtime: tokio::runtime::Handle::current(),
@@ -241,14 +249,38 @@ async fn connect<S: Transport>(
     conn_id: ConnId,
     peer: SocketAddr,
     ctx: Arc<Context>,
-    admission: Admission,
-) -> Option<(Client, CancellationToken, S, BytesMut)> {
-    // Shutdown does not wait for clients that have not finished connecting.
+    mut admission: Admission,
+) -> Option<(Client, CancellationToken, S, ReadBuffer)> {
+    // Shutdown does not wait for clients that have not finished connecting,
+    // and a newer socket evicts this one while it is pending (the gate
+    // counted it). Biased: an evicted socket goes even if its CONNECT just
+    // arrived, as the gate already counted it out.
+    let evicted = admission.eviction();
     let accepted = tokio::select! {
+        biased;
         _ = ctx.shutdown.cancelled() => return None,
+        _ = evicted.cancelled() => {
+            debug!("evicted before CONNECT: max_pending reached");
+            return None;
+        }
         accepted = handshake::accept(&mut stream, conn_id, peer, &ctx) => accepted,
     };
     let accepted = accepted?;
+    // Only now does the connection take one of `max_connections`.
+    if !admission.connect() {
+        Metrics::incr(&ctx.metrics.connections_refused_limit);
+        if let Some(suppressed) = ctx.throttles.connection_limit.allow() {
+            let max_connections = ctx.settings.listener.max_connections;
+            warn!(
+                conn_id = conn_id.0,
+                %peer,
+                max_connections,
+                suppressed,
+                "closing: connection limit reached"
+            );
+        }
+        return None;
+    }
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
     let token = ctx.shutdown.child_token();
     let opened = tokio::select! {
@@ -306,7 +338,7 @@ async fn live<S: Transport>(
     mut client: Client,
     token: CancellationToken,
     mut stream: S,
-    mut leftover: BytesMut,
+    mut leftover: ReadBuffer,
     mut pending: Vec<Inbound>,
     mut first: bool,
 ) {
@@ -346,7 +378,7 @@ async fn live<S: Transport>(
 
 /// Hands a connection to the dormitory. It gives up its token too (a
 /// takeover rings its alarm instead) and gets a new one when it wakes.
-fn rest<S: Transport>(client: Client, stream: S, leftover: BytesMut) {
+fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer) {
     let socket = match stream.into_socket() {
         Ok(socket) => socket,
         Err(error) => {
@@ -358,7 +390,8 @@ fn rest<S: Transport>(client: Client, stream: S, leftover: BytesMut) {
     };
     Metrics::incr(&client.ctx.metrics.connections_rested);
     client.slot().release_owner(client.conn_id);
-    // Keep a partial packet; an empty buffer's room is not worth its bytes.
+    // Keep a partial packet (with its deadline and its charge); an empty
+    // buffer's room is not worth its bytes.
     let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
     let ctx = Arc::clone(&client.ctx);
     ctx.dormitory.admit(Box::new(Resting {
@@ -373,7 +406,7 @@ struct Resting {
     client: Client,
     socket: std::net::TcpStream,
     /// A partial packet read before the rest, if any.
-    leftover: Option<Box<BytesMut>>,
+    leftover: Option<Box<ReadBuffer>>,
 }
 
 impl Sleeper for Resting {
@@ -381,9 +414,23 @@ impl Sleeper for Resting {
         self.socket.as_raw_fd()
     }
 
+    /// The earlier of the keepalive's and the partial packet's deadlines;
+    /// the woken read task ends a connection past the latter.
     fn deadline(&self) -> Option<std::time::Instant> {
-        let keepalive = self.client.keepalive()?;
-        Some((self.client.last_packet + keepalive).into_std())
+        let keepalive = self
+            .client
+            .keepalive()
+            .map(|keepalive| self.client.last_packet + keepalive);
+        let packet_timeout = self.client.ctx.settings.packet_read_timeout();
+        let partial = self
+            .leftover
+            .as_ref()
+            .and_then(|buf| buf.deadline(packet_timeout));
+        let deadline = match (keepalive, partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline.map(Instant::into_std)
     }
 
     fn install_alarm(&self, alarm: Alarm) -> bool {
@@ -413,7 +460,10 @@ async fn wake(resting: Box<Resting>) {
         }
         match TcpStream::from_std(socket) {
             Ok(stream) => {
-                let leftover = leftover.map_or_else(BytesMut::new, |buf| *buf);
+                let leftover = match leftover {
+                    Some(buf) => *buf,
+                    None => ReadBuffer::new(bytes::BytesMut::new(), &client.ctx.budget),
+                };
                 live(client, token, stream, leftover, Vec::new(), false).await
             }
             Err(error) => close(client, End::Io(error)).await,
@@ -448,7 +498,7 @@ enum Outcome<S> {
     /// The session rested; the stream is whole again.
     Rested {
         stream: S,
-        leftover: BytesMut,
+        leftover: ReadBuffer,
         /// Decoded while the reader was stopping.
         pending: Vec<Inbound>,
     },
@@ -461,7 +511,7 @@ struct Stopped<S> {
 
 /// The read and write tasks of one connection and the channels to them.
 struct Tasks<S> {
-    reader: JoinHandle<(ReadHalf<S>, BytesMut, Option<ReadError>)>,
+    reader: JoinHandle<(ReadHalf<S>, ReadBuffer, Option<ReadError>)>,
     writer: JoinHandle<(WriteHalf<S>, WriterEnd)>,
     inbound: mpsc::Receiver<Inbound>,
     outgoing: mpsc::Sender<Bytes>,
@@ -480,20 +530,23 @@ impl<S: Transport> Tasks<S> {
         stream: S,
         client: &Client,
         token: &CancellationToken,
-        leftover: BytesMut,
+        leftover: ReadBuffer,
     ) -> Tasks<S> {
         let (read_half, write_half) = tokio::io::split(stream);
         let ctx = &client.ctx;
         let limits = &ctx.settings.limits;
         let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
         let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
-        let framer = Framer::new(limits.max_packet_size);
+        let config = ReadConfig {
+            framer: Framer::new(limits.max_packet_size),
+            version: client.version,
+            packet_timeout: ctx.settings.packet_read_timeout(),
+        };
         let reader_stop = token.child_token();
         let reader = tokio::spawn(reader::run(
             read_half,
             leftover,
-            framer,
-            client.version,
+            config,
             inbound_tx,
             reader_stop.clone(),
         ));
@@ -683,9 +736,8 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
 
 /// The one place an end becomes a log line and a counter.
 fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
+    let (metrics, throttles) = (&ctx.metrics, &ctx.throttles);
     let conn_id = conn_id.0;
-    let metrics = &ctx.metrics;
-    let throttles = &ctx.throttles;
     match end {
         End::Disconnect => debug!("client disconnected"),
         End::PeerClosed => debug!("peer closed the connection"),
@@ -698,6 +750,28 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
         End::Protocol(error) => {
             Metrics::incr(&metrics.protocol_errors);
             warn!(conn_id, %client_id, %error, "closing: protocol violation");
+        }
+        End::ReadLimit(ReadLimit::PacketTimeout) => {
+            Metrics::incr(&metrics.packet_read_timeouts);
+            if let Some(suppressed) = throttles.packet_read_timeout.allow() {
+                warn!(
+                    conn_id,
+                    %client_id,
+                    suppressed,
+                    "closing: a packet did not arrive whole within packet_read_timeout_ms"
+                );
+            }
+        }
+        End::ReadLimit(ReadLimit::MemoryLimit) => {
+            Metrics::incr(&metrics.memory_limit_refusals);
+            if let Some(suppressed) = throttles.memory.allow() {
+                warn!(
+                    conn_id,
+                    %client_id,
+                    suppressed,
+                    "closing: over memory_limit_mb, no room for a partly read packet"
+                );
+            }
         }
         End::KeepAliveTimeout => {
             Metrics::incr(&metrics.keepalive_timeouts);

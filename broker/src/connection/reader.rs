@@ -1,17 +1,31 @@
 //! The read task: socket -> framer -> decoded packets -> the session.
 //!
 //! It owns the connection's read buffer and never writes to the socket. It
-//! ends at EOF, on a read error, on a packet that breaks the protocol (which
-//! it reports to the session), or when the connection is cancelled. Between
-//! bursts it gives a large buffer back, so an idle connection holds little.
+//! ends at EOF, on a read error, on a packet that breaks the protocol or a
+//! read limit (which it reports to the session), or when the connection is
+//! cancelled. Between bursts it gives a large buffer back, so an idle
+//! connection holds little.
+//!
+//! While the buffer holds a partial packet, two limits apply whatever the
+//! keepalive: the packet must arrive whole within
+//! `limits.packet_read_timeout_ms` of its first byte, and the buffer's
+//! capacity (the framer reserves room for the whole announced packet) is
+//! charged to the memory budget (`limits.memory_limit_mb`). Both travel with
+//! the [`ReadBuffer`], which outlives a run of the task: a connection that
+//! rests with a partial packet keeps its deadline and its charge.
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tidemq_protocol::{decode_packet, Framer, Packet, ProtocolError, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::budget::Budget;
 
 /// Smallest and largest room offered to one read. The room adapts: it
 /// doubles when a read fills it and halves when a read uses under a quarter,
@@ -37,28 +51,129 @@ pub enum ReadError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Limit(#[from] ReadLimit),
+}
+
+/// A read limit the peer broke while a packet was arriving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadLimit {
+    #[error("a packet took longer than packet_read_timeout_ms to arrive")]
+    PacketTimeout,
+    #[error("no memory budget left for a partly read packet")]
+    MemoryLimit,
+}
+
+/// The connection's read buffer, with when its partial packet started
+/// arriving and the budget it holds for it. Dropping it gives the budget
+/// back, so no path (end, rest, abort) can leak a charge.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    bytes: BytesMut,
+    /// When the partial packet at the start of `bytes` began arriving;
+    /// `None` while `bytes` is empty.
+    started: Option<Instant>,
+    budget: Arc<Budget>,
+    /// Bytes charged to `budget` now.
+    charged: u64,
+}
+
+impl ReadBuffer {
+    /// A buffer holding `bytes` (what followed the CONNECT), not yet charged.
+    pub fn new(bytes: BytesMut, budget: &Arc<Budget>) -> ReadBuffer {
+        let started = (!bytes.is_empty()).then(Instant::now);
+        ReadBuffer {
+            bytes,
+            started,
+            budget: Arc::clone(budget),
+            charged: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// When the partial packet it holds must have arrived; `None` when it
+    /// holds none.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.started.map(|started| started + timeout)
+    }
+
+    pub(super) fn bytes_mut(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+
+    /// A whole packet was taken from the front: what is left (read with
+    /// it) starts the next one now.
+    pub(super) fn restart(&mut self) {
+        self.started = (!self.bytes.is_empty()).then(Instant::now);
+    }
+
+    /// Brings the charge to the buffer's capacity while it holds a partial
+    /// packet, and to 0 when it is empty; `false` when the budget has no
+    /// room for the growth.
+    pub(super) fn account(&mut self) -> bool {
+        let wanted = if self.bytes.is_empty() {
+            0
+        } else {
+            self.bytes.capacity() as u64
+        };
+        if wanted > self.charged {
+            if !self.budget.try_charge(wanted - self.charged) {
+                return false;
+            }
+        } else {
+            self.budget.release(self.charged - wanted);
+        }
+        self.charged = wanted;
+        true
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
+}
+
+/// Races the partial packet's deadline; never resolves without one.
+async fn expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the read task is given besides the stream and its buffer.
+pub struct ReadConfig {
+    pub framer: Framer,
+    pub version: ProtocolVersion,
+    /// `limits.packet_read_timeout_ms`.
+    pub packet_timeout: Duration,
 }
 
 /// Reads until the stream ends or fails (reported to the session), the
 /// session goes, or `stop` is cancelled, and gives back the read half,
-/// whatever partial packet is buffered, and a failure it could not report. `stop` takes effect only between
-/// reads, after every whole packet read so far has been handed over, so a
-/// connection can rest without losing any. `buf` holds whatever followed
-/// the CONNECT, or the partial packet from before a rest.
+/// whatever partial packet is buffered, and a failure it could not report.
+/// `stop` takes effect only between reads, after every whole packet read so
+/// far has been handed over, so a connection can rest without losing any.
+/// `buf` holds whatever followed the CONNECT, or the partial packet from
+/// before a rest (with its deadline, which may have passed meanwhile).
 pub async fn run<R: AsyncRead + Unpin>(
     reader: R,
-    buf: BytesMut,
-    framer: Framer,
-    version: ProtocolVersion,
+    buf: ReadBuffer,
+    config: ReadConfig,
     tx: mpsc::Sender<Inbound>,
     stop: CancellationToken,
-) -> (R, BytesMut, Option<ReadError>) {
+) -> (R, ReadBuffer, Option<ReadError>) {
     let mut task = ReadTask {
         reader,
         buf,
         chunk: READ_CHUNK_MIN,
-        framer,
-        version,
+        framer: config.framer,
+        version: config.version,
+        packet_timeout: config.packet_timeout,
         tx,
     };
     let unsent = match task.read_loop(&stop).await {
@@ -86,11 +201,12 @@ pub async fn run<R: AsyncRead + Unpin>(
 
 struct ReadTask<R> {
     reader: R,
-    buf: BytesMut,
+    buf: ReadBuffer,
     /// Room offered to the next read.
     chunk: usize,
     framer: Framer,
     version: ProtocolVersion,
+    packet_timeout: Duration,
     tx: mpsc::Sender<Inbound>,
 }
 
@@ -99,27 +215,47 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
     /// end is an error.
     async fn read_loop(&mut self, stop: &CancellationToken) -> Result<(), ReadError> {
         loop {
-            while let Some(frame) = self.framer.next_frame(&mut self.buf)? {
+            let mut whole = false;
+            while let Some(frame) = self.framer.next_frame(&mut self.buf.bytes)? {
+                whole = true;
                 let packet = decode_packet(&frame, self.version)?;
                 if self.tx.send(Inbound::Packet(packet)).await.is_err() {
                     return Ok(());
                 }
             }
-            if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_KEEP.max(self.chunk) {
-                self.buf = BytesMut::new();
+            let buf = &mut self.buf;
+            if buf.bytes.is_empty() {
+                buf.started = None;
+                if buf.bytes.capacity() > IDLE_BUFFER_KEEP.max(self.chunk) {
+                    buf.bytes = BytesMut::new();
+                }
+            } else if whole || buf.started.is_none() {
+                // What follows the last whole packet began with the last read.
+                buf.started = Some(Instant::now());
+            }
+            // Accounted before a stop too: a rest keeps the buffer, and its
+            // charge must match what it holds.
+            if !buf.account() {
+                return Err(ReadLimit::MemoryLimit.into());
             }
             if stop.is_cancelled() {
                 return Ok(());
             }
-            if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
-                self.buf.reserve(self.chunk);
+            if buf.bytes.capacity() - buf.bytes.len() < self.chunk / 4 {
+                buf.bytes.reserve(self.chunk);
             }
-            let room = self.buf.capacity() - self.buf.len();
-            // `read_buf` is cancel-safe: bytes are never half taken.
+            if !buf.account() {
+                return Err(ReadLimit::MemoryLimit.into());
+            }
+            let room = buf.bytes.capacity() - buf.bytes.len();
+            let deadline = buf.deadline(self.packet_timeout);
+            // `read_buf` and the timer are cancel-safe: bytes are never half
+            // taken. The deadline wins a tie: a packet must be whole in time.
             let read = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                read = self.reader.read_buf(&mut self.buf) => read?,
+                _ = expiry(deadline) => return Err(ReadLimit::PacketTimeout.into()),
+                read = self.reader.read_buf(&mut buf.bytes) => read?,
             };
             if read == 0 {
                 return Err(ReadError::Closed);

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::acks::PendingAcks;
-use super::reader::{Inbound, ReadError};
+use super::reader::{Inbound, ReadError, ReadLimit};
 use super::writer::WriterEnd;
 use super::{Client, Context};
 use crate::metrics::Metrics;
@@ -50,6 +50,8 @@ pub enum End {
     Io(std::io::Error),
     Protocol(ProtocolError),
     KeepAliveTimeout,
+    /// A packet too slow to arrive whole, or no memory budget left for it.
+    ReadLimit(ReadLimit),
     TakenOver,
     /// The mailbox stayed over its limit for `slow_subscriber_timeout_ms`.
     SlowSubscriber,
@@ -83,6 +85,7 @@ impl From<ReadError> for End {
             ReadError::Closed => End::PeerClosed,
             ReadError::Io(error) => End::Io(error),
             ReadError::Protocol(error) => End::Protocol(error),
+            ReadError::Limit(limit) => End::ReadLimit(limit),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! In-memory connection tests over `tokio::io::duplex`, with paused time:
-//! keepalive, connect timeout, and that a failure of either side ends every
-//! task of the connection.
+//! keepalive, connect timeout, the partial-packet read timeout and memory
+//! charge, and that a failure of either side ends every task of the
+//! connection.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +40,7 @@ fn connect_bytes(client_id: &str, keep_alive: u16) -> Vec<u8> {
 }
 
 fn start<S: Transport>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()> {
-    let admission = Admission::new(&ctx.metrics, None);
+    let (admission, _) = ctx.gate.admit(peer().ip()).unwrap();
     tokio::spawn(serve(stream, peer(), ctx.clone(), admission))
 }
 
@@ -196,4 +197,143 @@ async fn a_failed_write_ends_the_reader_and_the_session() {
     handshake(&mut client, 0).await;
     client.write_all(&[0xC0, 0]).await.unwrap();
     ends_within(task, Duration::from_secs(1)).await;
+}
+
+/// A QoS 1 PUBLISH to "t" with `payload_len` bytes of payload.
+fn publish_wire(packet_id: u16, payload_len: usize) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    let publish = tidemq_protocol::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: tidemq_protocol::TopicName::new("t").unwrap(),
+        packet_id: PacketId::new(packet_id),
+        payload: bytes::Bytes::from(vec![b'p'; payload_len]),
+    };
+    encode_packet(&Packet::Publish(publish), &mut wire);
+    wire.to_vec()
+}
+
+async fn expect_puback(client: &mut DuplexStream, packet_id: u16) {
+    let mut puback = [0u8; 4];
+    client.read_exact(&mut puback).await.unwrap();
+    let [hi, lo] = packet_id.to_be_bytes();
+    assert_eq!(puback, [0x40, 2, hi, lo]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_packet_with_keepalive_zero_is_closed_after_the_read_timeout() {
+    let ctx = context(|s| s.limits.packet_read_timeout_ms = 1000);
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    let wire = publish_wire(1, 10_000);
+    client.write_all(&wire[..5_000]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(900), client.read(&mut byte)).await;
+    assert!(early.is_err(), "still open 900 ms into a 1 s read timeout");
+    // The buffer reserved for the whole announced packet is charged.
+    let charged = ctx.metrics.snapshot().memory_accounted_bytes;
+    assert!(charged >= 10_000, "charged {charged} bytes");
+    let closed = tokio::time::timeout(Duration::from_millis(200), client.read(&mut byte)).await;
+    assert_eq!(closed.unwrap().unwrap(), 0, "closed by 1.1 s");
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(metrics.packet_read_timeouts, 1);
+    assert_eq!(
+        metrics.memory_accounted_bytes, 0,
+        "the charge was given back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_packets_each_whole_within_the_read_timeout_are_fine() {
+    let ctx = context(|s| s.limits.packet_read_timeout_ms = 1000);
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let _task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    // Two packets, each taking 800 ms: 1.6 s in all, but each is whole
+    // within 1 s of its first byte.
+    for packet_id in 1..=2 {
+        let wire = publish_wire(packet_id, 2_000);
+        for piece in wire.chunks(wire.len() / 4 + 1) {
+            client.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        expect_puback(&mut client, packet_id).await;
+    }
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(metrics.packet_read_timeouts, 0);
+    assert_eq!(metrics.memory_accounted_bytes, 0, "no partial packet left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_packet_over_the_memory_budget_closes_its_connection() {
+    let ctx = context(|s| {
+        s.limits.memory_limit_mb = 1;
+        s.limits.max_packet_size = 4 * 1024 * 1024;
+    });
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+    // A PUBLISH announcing 2 MiB: its buffer cannot be charged.
+    let wire = publish_wire(1, 2 * 1024 * 1024);
+    client.write_all(&wire[..1_000]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_millis(100), client.read(&mut byte)).await;
+    assert_eq!(closed.unwrap().unwrap(), 0, "closed at once");
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(metrics.memory_limit_refusals, 1);
+    assert_eq!(metrics.memory_accounted_bytes, 0);
+}
+
+/// While the broker is over `memory_limit_mb`, a new CONNECT is answered
+/// 0x03 (server unavailable) [MQTT-3.2.2-4: session present 0] and closed;
+/// once it is back under, the next is accepted.
+#[tokio::test(start_paused = true)]
+async fn over_the_memory_limit_a_connect_gets_server_unavailable() {
+    let ctx = context(|s| s.limits.memory_limit_mb = 1);
+    let over = ctx.settings.memory_limit_bytes() + 1;
+    ctx.budget.charge(over);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    client.write_all(&connect_bytes("c", 0)).await.unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0x03]);
+    let mut byte = [0u8; 1];
+    assert_eq!(client.read(&mut byte).await.unwrap(), 0, "closed");
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(
+        (metrics.memory_limit_refusals, metrics.connacks_refused),
+        (1, 1)
+    );
+
+    ctx.budget.release(over);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let _task = start(server, &ctx);
+    handshake(&mut client, 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_connect_without_room_in_the_memory_budget_is_closed() {
+    let ctx = context(|s| s.limits.memory_limit_mb = 1);
+    // Room for 100 bytes: less than the CONNECT buffer's 256.
+    let used = ctx.settings.memory_limit_bytes() - 100;
+    ctx.budget.charge(used);
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = start(server, &ctx);
+    client.write_all(&connect_bytes("c", 0)[..5]).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).await.unwrap(),
+        0,
+        "closed unanswered"
+    );
+    ends_within(task, Duration::from_secs(1)).await;
+    let metrics = ctx.metrics.snapshot();
+    assert_eq!(metrics.memory_limit_refusals, 1);
+    assert_eq!(metrics.memory_accounted_bytes, used, "nothing left charged");
 }
