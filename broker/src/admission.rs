@@ -6,7 +6,7 @@
 //! | stage          | cap (`listener.`) | when full                                    |
 //! |----------------|-------------------|----------------------------------------------|
 //! | before CONNECT | `max_pending`     | the oldest pending closed (`pending_evicted`)|
-//! | past CONNECT   | `max_connections` | this one closed (`connections_refused_limit`)|
+//! | past CONNECT   | `max_connections` | CONNACK 0x03 (`connections_refused_limit`)   |
 //!
 //! and across both, `listener.max_connections_per_address` per source IP
 //! (0: off), checked at accept (`connections_refused_per_address`).

@@ -222,17 +222,20 @@ async fn disconnect_closes_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_over_max_connections_is_closed() {
+async fn connection_over_max_connections_gets_connack_0x03() {
     let mut settings = settings();
     settings.listener.max_connections = 1;
     let broker = TestBroker::start_with(settings).await;
     let (mut first, _) = RawClient::connected(broker.addr, &ConnectOptions::new("first")).await;
 
+    // A socket holds no slot until its CONNECT is accepted; then it is told
+    // the server is unavailable [MQTT-3.2.2-6] and closed.
     let mut second = RawClient::connect(broker.addr).await;
-    // The broker may close before or after this CONNECT arrives.
     second
-        .try_send(&connect_bytes(&ConnectOptions::new("second")))
+        .send(&connect_bytes(&ConnectOptions::new("second")))
         .await;
+    let connack = second.recv().await.expect("CONNACK");
+    assert_eq!(connack.wire_bytes(), [0x20, 0x02, 0x00, 0x03]);
     assert!(
         second.closed_by_broker().await,
         "second connection stays open"

@@ -244,7 +244,7 @@ fn assigned_client_id(conn_id: ConnId) -> ClientId {
     ClientId::new(&format!("tidemq-{:016x}-{conn_id}", hasher.finish()))
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &Context, code: ConnectReturnCode) {
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &Context, code: ConnectReturnCode) {
     Metrics::incr(&ctx.metrics.connacks_refused);
     // [MQTT-3.2.2-4]: session present is 0 on a refusal.
     let _ = send_connack(stream, ctx, false, code).await;

@@ -266,7 +266,9 @@ async fn connect<S: Transport>(
         accepted = handshake::accept(&mut stream, conn_id, peer, &ctx) => accepted,
     };
     let accepted = accepted?;
-    // Only now does the connection take one of `max_connections`.
+    // Only now does the connection take one of `max_connections`. A client
+    // refused here is told the service is unavailable [MQTT-3.2.2-6], so it
+    // backs off instead of retrying blindly.
     if !admission.connect() {
         Metrics::incr(&ctx.metrics.connections_refused_limit);
         if let Some(suppressed) = ctx.throttles.connection_limit.allow() {
@@ -276,9 +278,10 @@ async fn connect<S: Transport>(
                 %peer,
                 max_connections,
                 suppressed,
-                "closing: connection limit reached"
+                "refusing: connection limit reached (CONNACK 0x03)"
             );
         }
+        handshake::refuse(&mut stream, &ctx, ConnectReturnCode::ServerUnavailable).await;
         return None;
     }
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
