@@ -507,9 +507,10 @@ async fn retained_messages_are_streamed_to_a_new_subscription() {
     broker.stop().await;
 }
 
-/// Above `memory_limit_mb` new QoS 0 messages are dropped and a QoS 1
-/// PUBLISH closes its connection unacknowledged; clearing retained
-/// messages is always let in, and once under the limit all works again.
+/// Above `memory_limit_mb` new QoS 0 messages are dropped, a QoS 1 PUBLISH
+/// closes its connection unacknowledged and a new connection gets CONNACK
+/// 0x03; clearing retained messages is always let in, and once under the
+/// limit all works again.
 #[tokio::test]
 async fn memory_limit_under_over_and_back_under() {
     let mut settings = settings();
@@ -520,42 +521,51 @@ async fn memory_limit_under_over_and_back_under() {
         .subscribe_granted(1, &[("m/#", QoS::AtMostOnce)])
         .await;
     let (mut publisher, _) = RawClient::connected(broker.addr, &ConnectOptions::new("p")).await;
+    let (mut qos1, _) = RawClient::connected(broker.addr, &ConnectOptions::new("q")).await;
     publisher
         .publish_acked("m/ok", QoS::AtMostOnce, 0, b"under", false)
         .await;
     assert_eq!(watcher.next_publish().await.publish().1, b"under");
 
-    // 1.2 MB of retained messages puts the broker over its 1 MiB.
-    let big = vec![b'x'; 600 * 1024];
-    for topic in ["m/r1", "m/r2"] {
+    // Retained messages of 60 KB until the broker holds more than its
+    // 1 MiB. Each is small enough to be read without asking the budget for
+    // room (a large partial packet would be refused at the door instead).
+    let big = vec![b'x'; 60 * 1024];
+    let mut topics = Vec::new();
+    while broker.metrics().memory_accounted_bytes <= 1024 * 1024 {
+        assert!(topics.len() < 40, "{:?}", broker.metrics());
+        let topic = format!("m/r{}", topics.len());
         publisher
-            .publish_acked(topic, QoS::AtMostOnce, 0, &big, true)
+            .publish_acked(&topic, QoS::AtMostOnce, 0, &big, true)
             .await;
         assert_eq!(watcher.next_publish().await.publish().0, topic);
+        topics.push(topic);
     }
     publisher
         .publish_acked("m/ok", QoS::AtMostOnce, 0, b"over", false)
         .await;
     assert_eq!(broker.metrics().memory_limit_refusals, 1);
-    let (mut qos1, _) = RawClient::connected(broker.addr, &ConnectOptions::new("q")).await;
+    // A new connection is refused while over [MQTT-3.2.2-6].
+    let mut late = RawClient::connect(broker.addr).await;
+    late.send(&connect_bytes(&ConnectOptions::new("late")))
+        .await;
+    let connack = late.recv().await.expect("CONNACK");
+    assert_eq!(connack.wire_bytes(), [0x20, 0x02, 0x00, 0x03]);
     qos1.send(&publish_bytes("m/ok", QoS::AtLeastOnce, 1, b"over", false))
         .await;
     qos1.assert_closed_without_reply().await;
 
-    for topic in ["m/r1", "m/r2"] {
+    for topic in &topics {
         publisher
             .publish_acked(topic, QoS::AtMostOnce, 0, b"", true)
             .await;
-        assert_eq!(
-            watcher.next_publish().await.publish().0,
-            topic,
-            "clears get through"
-        );
+        let cleared = watcher.next_publish().await.publish().0;
+        assert_eq!(cleared, *topic, "clears get through");
     }
     publisher
         .publish_acked("m/ok", QoS::AtMostOnce, 0, b"again", false)
         .await;
     assert_eq!(watcher.next_publish().await.publish().1, b"again");
-    assert_eq!(broker.metrics().memory_limit_refusals, 2);
+    assert_eq!(broker.metrics().memory_limit_refusals, 3);
     broker.stop().await;
 }

@@ -122,7 +122,7 @@ where
     };
     if let Some(will) = &connect.will {
         let topic = will.topic.as_str();
-        if !topic_within_limits(topic, limits.max_topic_levels, limits.max_topic_len) {
+        if !ctx.router_limits.topic_fits(topic) {
             Metrics::incr(&ctx.metrics.topics_refused_limit);
             if let Some(suppressed) = ctx.throttles.topic.allow() {
                 let len = topic.len();
@@ -201,13 +201,6 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
-/// Whether a topic has at most `max_levels` levels (separated by '/') and
-/// at most `max_len` bytes.
-fn topic_within_limits(topic: &str, max_levels: usize, max_len: usize) -> bool {
-    let levels = topic.bytes().filter(|&byte| byte == b'/').count() + 1;
-    levels <= max_levels && topic.len() <= max_len
-}
-
 /// A 3.1/3.1.1 client cannot be told a smaller keepalive, so one above the
 /// maximum is refused, as mosquitto does. 0 (no keepalive) is always accepted.
 fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<(), ConnectReturnCode> {
@@ -268,24 +261,5 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
     match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::topic_within_limits;
-
-    #[test]
-    fn topic_levels_are_slashes_plus_one() {
-        assert!(topic_within_limits("a/b/c", 3, 5));
-        assert!(
-            !topic_within_limits("a/b/c/", 3, 100),
-            "a trailing '/' opens a level"
-        );
-        assert!(!topic_within_limits("/", 1, 100));
-        assert!(
-            !topic_within_limits("a/b/c", 3, 4),
-            "5 bytes over a 4-byte cap"
-        );
     }
 }

@@ -33,6 +33,10 @@ use crate::budget::Budget;
 /// a few hundred bytes.
 const READ_CHUNK_MIN: usize = 256;
 const READ_CHUNK_MAX: usize = 64 * 1024;
+/// What a busy reader's buffer may hold anyway (a read's room, and that
+/// again reserved while the last packet of a read is incomplete): a partial
+/// packet needing more is refused when the memory budget has no room.
+const FREE_READ_ROOM: usize = 2 * READ_CHUNK_MAX;
 /// A buffer larger than this is released once it is empty.
 const IDLE_BUFFER_KEEP: usize = 2 * READ_CHUNK_MIN;
 
@@ -111,8 +115,12 @@ impl ReadBuffer {
     }
 
     /// Brings the charge to the buffer's capacity while it holds a partial
-    /// packet, and to 0 when it is empty; `false` when the budget has no
-    /// room for the growth.
+    /// packet, and to 0 when it is empty. Every such byte is counted, but
+    /// only a buffer beyond the room any busy reader uses anyway
+    /// ([`FREE_READ_ROOM`]) is refused: `false` when the budget has no room
+    /// for its growth. So a broker near its limit drops and refuses new
+    /// messages as the budget says, while a flood of large partial packets
+    /// is stopped at the door.
     pub(super) fn account(&mut self) -> bool {
         let wanted = if self.bytes.is_empty() {
             0
@@ -120,8 +128,13 @@ impl ReadBuffer {
             self.bytes.capacity() as u64
         };
         if wanted > self.charged {
-            if !self.budget.try_charge(wanted - self.charged) {
-                return false;
+            let growth = wanted - self.charged;
+            if wanted > FREE_READ_ROOM as u64 {
+                if !self.budget.try_charge(growth) {
+                    return false;
+                }
+            } else {
+                self.budget.charge(growth);
             }
         } else {
             self.budget.release(self.charged - wanted);

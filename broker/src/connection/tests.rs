@@ -318,14 +318,22 @@ async fn over_the_memory_limit_a_connect_gets_server_unavailable() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_partial_connect_without_room_in_the_memory_budget_is_closed() {
-    let ctx = context(|s| s.limits.memory_limit_mb = 1);
-    // Room for 100 bytes: less than the CONNECT buffer's 256.
-    let used = ctx.settings.memory_limit_bytes() - 100;
+async fn a_large_partial_connect_without_room_in_the_memory_budget_is_closed() {
+    let ctx = context(|s| {
+        s.limits.memory_limit_mb = 1;
+        s.limits.max_connect_packet_size = 1024 * 1024;
+    });
+    // Room for 100 KB: less than a CONNECT announcing 512 KiB.
+    let used = ctx.settings.memory_limit_bytes() - 100_000;
     ctx.budget.charge(used);
     let (mut client, server) = tokio::io::duplex(4096);
     let task = start(server, &ctx);
-    client.write_all(&connect_bytes("c", 0)[..5]).await.unwrap();
+    // CONNECT, remaining length 512 KiB (3 bytes: 0x80 0x80 0x20), then a
+    // few bytes of its body.
+    client
+        .write_all(&[0x10, 0x80, 0x80, 0x20, 0, 4])
+        .await
+        .unwrap();
     let mut byte = [0u8; 1];
     assert_eq!(
         client.read(&mut byte).await.unwrap(),

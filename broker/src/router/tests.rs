@@ -414,3 +414,16 @@ fn retained_messages_beyond_one_batch_wait_for_the_cursor() {
     got.dedup();
     assert_eq!(got.len(), total, "every retained message once");
 }
+
+#[test]
+fn topic_levels_are_slashes_plus_one() {
+    let limits = RouterLimits {
+        max_topic_levels: 3,
+        max_topic_len: 5,
+        ..RouterLimits::unlimited()
+    };
+    assert!(limits.topic_fits("a/b/c"));
+    assert!(!limits.topic_fits("a/b/c/"), "a trailing '/' opens a level");
+    assert!(!limits.topic_fits("a/b/c/d"));
+    assert!(!limits.topic_fits("abcdef"), "6 bytes over a 5-byte cap");
+}
