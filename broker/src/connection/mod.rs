@@ -59,7 +59,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership, Registry, SessionSlot};
 use crate::router::{RouterHandle, RouterLimits};
 use crate::session::SessionState;
-use crate::throttle::Throttles;
+use crate::throttle::{LogThrottle, Throttles};
 use crate::types::{ClientId, ConnId, Message};
 
 use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
@@ -741,6 +741,14 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
 fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
     let (metrics, throttles) = (&ctx.metrics, &ctx.throttles);
     let conn_id = conn_id.0;
+    // A refusal a client can repeat at will: counted always, logged at most
+    // once a second.
+    let refused = |counter: &std::sync::atomic::AtomicU64, throttle: &LogThrottle, why: &str| {
+        Metrics::incr(counter);
+        if let Some(suppressed) = throttle.allow() {
+            warn!(conn_id, %client_id, suppressed, "closing: {why}");
+        }
+    };
     match end {
         End::Disconnect => debug!("client disconnected"),
         End::PeerClosed => debug!("peer closed the connection"),
@@ -754,28 +762,16 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
             Metrics::incr(&metrics.protocol_errors);
             warn!(conn_id, %client_id, %error, "closing: protocol violation");
         }
-        End::ReadLimit(ReadLimit::PacketTimeout) => {
-            Metrics::incr(&metrics.packet_read_timeouts);
-            if let Some(suppressed) = throttles.packet_read_timeout.allow() {
-                warn!(
-                    conn_id,
-                    %client_id,
-                    suppressed,
-                    "closing: a packet did not arrive whole within packet_read_timeout_ms"
-                );
-            }
-        }
-        End::ReadLimit(ReadLimit::MemoryLimit) => {
-            Metrics::incr(&metrics.memory_limit_refusals);
-            if let Some(suppressed) = throttles.memory.allow() {
-                warn!(
-                    conn_id,
-                    %client_id,
-                    suppressed,
-                    "closing: over memory_limit_mb, no room for a partly read packet"
-                );
-            }
-        }
+        End::ReadLimit(ReadLimit::PacketTimeout) => refused(
+            &metrics.packet_read_timeouts,
+            &throttles.packet_read_timeout,
+            "a packet did not arrive whole within packet_read_timeout_ms",
+        ),
+        End::ReadLimit(ReadLimit::MemoryLimit) => refused(
+            &metrics.memory_limit_refusals,
+            &throttles.memory,
+            "over memory_limit_mb, no room for a partly read packet",
+        ),
         End::KeepAliveTimeout => {
             Metrics::incr(&metrics.keepalive_timeouts);
             info!(conn_id, %client_id, "closing: keepalive timeout");
@@ -788,28 +784,16 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
                 "closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]"
             );
         }
-        End::TopicLimit => {
-            Metrics::incr(&metrics.topics_refused_limit);
-            if let Some(suppressed) = throttles.topic.allow() {
-                warn!(
-                    conn_id,
-                    %client_id,
-                    suppressed,
-                    "closing: PUBLISH topic over max_topic_levels or max_topic_len"
-                );
-            }
-        }
-        End::MemoryLimit => {
-            Metrics::incr(&metrics.memory_limit_refusals);
-            if let Some(suppressed) = throttles.memory.allow() {
-                warn!(
-                    conn_id,
-                    %client_id,
-                    suppressed,
-                    "closing: QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)"
-                );
-            }
-        }
+        End::TopicLimit => refused(
+            &metrics.topics_refused_limit,
+            &throttles.topic,
+            "PUBLISH topic over max_topic_levels or max_topic_len",
+        ),
+        End::MemoryLimit => refused(
+            &metrics.memory_limit_refusals,
+            &throttles.memory,
+            "QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)",
+        ),
         End::SlowSubscriber => {
             Metrics::incr(&metrics.slow_subscriber_disconnects);
             warn!(
