@@ -46,15 +46,17 @@ use crate::dormitory::Alarm;
 use crate::types::{Delivery, Receipt};
 
 /// What one queued delivery costs the memory budget (its message is
-/// counted once, by the message's own charge).
-const DELIVERY_COST: u64 = std::mem::size_of::<Delivery>() as u64;
+/// counted once, by the message's own charge). The router charges it, once
+/// per message for all the deliveries it queued; the mailbox gives it back
+/// as the session takes them (or when it is cleared or dropped).
+pub const DELIVERY_COST: u64 = std::mem::size_of::<Delivery>() as u64;
 
 /// A mailbox's limits.
 #[derive(Debug, Clone)]
 pub struct MailboxLimits {
     pub messages: usize,
     pub bytes: usize,
-    /// Where queued deliveries are counted; `None` in tests and benches.
+    /// Where taken deliveries are given back; `None` in tests and benches.
     pub budget: Option<Arc<Budget>>,
 }
 
@@ -121,12 +123,6 @@ impl Mailbox {
         }
     }
 
-    fn charge(&self, deliveries: usize) {
-        if let (Some(budget), true) = (&self.budget, deliveries > 0) {
-            budget.charge(DELIVERY_COST * deliveries as u64);
-        }
-    }
-
     fn release(&self, deliveries: usize) {
         if let (Some(budget), true) = (&self.budget, deliveries > 0) {
             budget.release(DELIVERY_COST * deliveries as u64);
@@ -157,7 +153,6 @@ impl Mailbox {
             if queued {
                 inner.queue.push_back(delivery);
                 inner.bytes += weight;
-                self.charge(1);
             }
             (offered, if queued { inner.alarm.take() } else { None })
         };
@@ -452,8 +447,11 @@ mod tests {
             (offer(1), offer(2), offer(3)),
             (Offered::Queued, Offered::Queued, Offered::DroppedFull)
         );
-        assert_eq!(budget.used(), 2 * DELIVERY_COST);
+        // What the router charges for the two it queued.
+        budget.charge(2 * DELIVERY_COST);
         assert_eq!(pop(&mailbox), Some(1));
+        assert_eq!(budget.used(), DELIVERY_COST);
+        budget.charge(DELIVERY_COST);
         assert_eq!(offer(4), Offered::Queued);
         mailbox.clear();
         assert_eq!(budget.used(), 0, "every delivery's cost is given back");

@@ -136,9 +136,11 @@ impl ReadBuffer {
             } else {
                 self.budget.charge(growth);
             }
-        } else {
+        } else if wanted < self.charged {
             self.budget.release(self.charged - wanted);
         }
+        // Equal (most reads: nothing partial before or after): the shared
+        // counter is not touched.
         self.charged = wanted;
         true
     }
