@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ListenerSettings;
@@ -77,7 +77,7 @@ impl Gate {
                 return Err(Refused::PerAddress);
             }
             *count += 1;
-            Some(addr)
+            Some(Box::new(addr))
         } else {
             None
         };
@@ -96,8 +96,8 @@ impl Gate {
         let admission = Admission {
             gate: Arc::clone(self),
             addr,
-            pending: Some((id, token)),
-            permit: None,
+            pending: Some(Box::new((id, token))),
+            connected: false,
         };
         Ok((admission, evicted))
     }
@@ -126,13 +126,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// accepted, then its `max_connections` slot; its share of its address's
 /// count throughout. All given back on drop.
 #[derive(Debug)]
+///
+/// It lives in every resting connection, so it is kept small: what only a
+/// pending socket or a per-address count needs is boxed, and the slot is a
+/// flag (its permit is forgotten when taken and given back on drop).
 pub struct Admission {
     gate: Arc<Gate>,
     /// Counted under `max_connections_per_address`.
-    addr: Option<IpAddr>,
+    addr: Option<Box<IpAddr>>,
     /// Its entry in the pending set, and the token that evicts it.
-    pending: Option<(u64, CancellationToken)>,
-    permit: Option<OwnedSemaphorePermit>,
+    pending: Option<Box<(u64, CancellationToken)>>,
+    /// Holds one of `max_connections`.
+    connected: bool,
 }
 
 impl Admission {
@@ -140,7 +145,7 @@ impl Admission {
     /// connection past CONNECT is never evicted.
     pub fn eviction(&self) -> CancellationToken {
         match &self.pending {
-            Some((_, token)) => token.clone(),
+            Some(pending) => pending.1.clone(),
             None => CancellationToken::new(),
         }
     }
@@ -148,15 +153,17 @@ impl Admission {
     /// The CONNECT was accepted: leaves the pending set and takes a
     /// `max_connections` slot. `false` when none is free.
     pub fn connect(&mut self) -> bool {
-        if let Some((id, _)) = self.pending.take() {
-            self.gate.leave_pending(id);
+        if let Some(pending) = self.pending.take() {
+            self.gate.leave_pending(pending.0);
         }
-        if self.permit.is_some() {
+        if self.connected {
             return true;
         }
-        match Arc::clone(&self.gate.slots).try_acquire_owned() {
+        match self.gate.slots.try_acquire() {
             Ok(permit) => {
-                self.permit = Some(permit);
+                // Given back in `drop`.
+                permit.forget();
+                self.connected = true;
                 Metrics::incr(&self.gate.metrics.connections_current);
                 true
             }
@@ -167,18 +174,19 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some((id, _)) = self.pending.take() {
-            self.gate.leave_pending(id);
+        if let Some(pending) = self.pending.take() {
+            self.gate.leave_pending(pending.0);
         }
-        if self.permit.take().is_some() {
+        if std::mem::take(&mut self.connected) {
+            self.gate.slots.add_permits(1);
             Metrics::decr(&self.gate.metrics.connections_current);
         }
-        if let Some(addr) = self.addr {
+        if let Some(addr) = self.addr.take() {
             let mut counts = lock(&self.gate.per_address);
-            if let Some(count) = counts.get_mut(&addr) {
+            if let Some(count) = counts.get_mut(&*addr) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    counts.remove(&addr);
+                    counts.remove(&*addr);
                 }
             }
         }

@@ -38,7 +38,8 @@ struct Claim {
     owner_token: Option<CancellationToken>,
     /// Set while a persistent session waits offline for its client; taken
     /// by the next claim.
-    offline: Option<Offline>,
+    /// Boxed: only offline sessions have one, and every slot has the field.
+    offline: Option<Box<Offline>>,
 }
 
 /// One stretch of time a persistent session spent offline.
@@ -171,7 +172,7 @@ impl SessionSlot {
         let (owner_token, offline) = {
             let mut claim = lock(&self.claim);
             claim.latest = conn_id;
-            (claim.owner_token.take(), claim.offline.take())
+            (claim.owner_token.take(), claim.offline.take().map(|o| *o))
         };
         if let Some(token) = &owner_token {
             token.cancel();
@@ -326,10 +327,10 @@ impl Registry {
         if claim.latest != conn_id || claim.offline.is_some() {
             return;
         }
-        claim.offline = Some(Offline {
+        claim.offline = Some(Box::new(Offline {
             key,
             left_by: conn_id,
-        });
+        }));
         Metrics::incr(&self.metrics.sessions_offline_current);
         if self.expiry.is_some() {
             // Under the claim lock, so a claim cannot take the offline
@@ -348,7 +349,7 @@ impl Registry {
             return None;
         }
         let claim = lock(&slot.claim);
-        let offline = claim.offline.filter(|offline| offline.key == key)?;
+        let offline = claim.offline.as_deref().filter(|offline| offline.key == key)?;
         // The last owner let go before marking the slot offline, and any
         // later owner claims first, which takes the mark: the permit is free.
         let permit = slot.ownership.try_acquire().ok()?;
