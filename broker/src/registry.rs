@@ -349,7 +349,10 @@ impl Registry {
             return None;
         }
         let claim = lock(&slot.claim);
-        let offline = claim.offline.as_deref().filter(|offline| offline.key == key)?;
+        let offline = claim
+            .offline
+            .as_deref()
+            .filter(|offline| offline.key == key)?;
         // The last owner let go before marking the slot offline, and any
         // later owner claims first, which takes the mark: the permit is free.
         let permit = slot.ownership.try_acquire().ok()?;

@@ -474,3 +474,78 @@ impl RawClient {
         }
     }
 }
+
+/// A live round trip during an attack must stay under this. Unloaded it
+/// takes well under a millisecond here; before the caps one attack stalled
+/// every client for over a minute. A liveness bound, not a speed figure.
+pub const LIVE_BOUND: Duration = Duration::from_secs(1);
+
+/// A publisher and a subscriber of one topic at QoS 1, to show that other
+/// clients are still served (and how fast) while a test attacks the broker.
+pub struct LivePair {
+    topic: String,
+    publisher: RawClient,
+    subscriber: RawClient,
+    next_id: u16,
+}
+
+impl LivePair {
+    /// Connects both (client ids `live-sub`, `live-pub`) and subscribes to
+    /// `topic`.
+    pub async fn start(addr: SocketAddr, topic: &str) -> LivePair {
+        let (mut subscriber, _) =
+            RawClient::connected(addr, &ConnectOptions::new("live-sub")).await;
+        subscriber
+            .subscribe_granted(1, &[(topic, QoS::AtLeastOnce)])
+            .await;
+        let (publisher, _) = RawClient::connected(addr, &ConnectOptions::new("live-pub")).await;
+        LivePair {
+            topic: topic.to_string(),
+            publisher,
+            subscriber,
+            next_id: 1,
+        }
+    }
+
+    /// Publishes one QoS 1 message and waits for it at the subscriber.
+    pub async fn round_trip(&mut self) -> Duration {
+        let id = self.next_id;
+        self.next_id = self.next_id % 60_000 + 1;
+        let started = std::time::Instant::now();
+        self.publisher
+            .send(&publish_bytes(
+                &self.topic,
+                QoS::AtLeastOnce,
+                id,
+                &id.to_be_bytes(),
+                false,
+            ))
+            .await;
+        let delivered = self.subscriber.next_publish().await;
+        let elapsed = started.elapsed();
+        let (topic, payload, _, sub_id) = delivered.publish();
+        assert_eq!(
+            (topic.as_str(), payload),
+            (self.topic.as_str(), id.to_be_bytes().to_vec())
+        );
+        let [hi, lo] = sub_id.unwrap().to_be_bytes();
+        self.subscriber.send(&[0x40, 0x02, hi, lo]).await;
+        let puback = self.publisher.recv().await.expect("PUBACK");
+        assert_eq!(puback.packet_type, 4);
+        elapsed
+    }
+
+    /// `n` round trips, each under [`LIVE_BOUND`]; returns the slowest.
+    pub async fn assert_live(&mut self, n: usize, during: &str) -> Duration {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..n {
+            let rtt = self.round_trip().await;
+            assert!(
+                rtt < LIVE_BOUND,
+                "live round trip took {rtt:?} during {during}"
+            );
+            slowest = slowest.max(rtt);
+        }
+        slowest
+    }
+}

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tidemq_protocol::QoS;
 use tidemq_tests::{
-    connect_bytes, mqtt_options, publish_bytes, settings, Client, ConnectOptions, RawClient,
-    TestBroker, QUIET,
+    connect_bytes, mqtt_options, publish_bytes, settings, Client, ConnectOptions, LivePair,
+    RawClient, TestBroker, QUIET,
 };
 use tokio::net::TcpStream;
 
@@ -25,30 +25,6 @@ fn is_open(stream: &TcpStream) -> bool {
         Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
         Ok(read) => read > 0,
     }
-}
-
-/// A QoS 1 round trip through the broker on `topic`: published by
-/// `publisher`, acknowledged, and received by `subscriber`.
-async fn round_trip(publisher: &mut RawClient, subscriber: &mut RawClient, topic: &str, id: u16) {
-    let payload = id.to_be_bytes();
-    publisher
-        .publish_acked(topic, QoS::AtLeastOnce, id, &payload, false)
-        .await;
-    let (got, body, _, packet_id) = subscriber.next_publish().await.publish();
-    assert_eq!((got.as_str(), body.as_slice()), (topic, &payload[..]));
-    let [hi, lo] = packet_id.unwrap().to_be_bytes();
-    subscriber.send(&[0x40, 0x02, hi, lo]).await;
-}
-
-/// A subscriber on `filter` and a publisher, both connected.
-async fn live_pair(broker: &TestBroker, filter: &str) -> (RawClient, RawClient) {
-    let (mut subscriber, _) =
-        RawClient::connected(broker.addr, &ConnectOptions::new("live-sub")).await;
-    subscriber
-        .subscribe_granted(1, &[(filter, QoS::AtLeastOnce)])
-        .await;
-    let (publisher, _) = RawClient::connected(broker.addr, &ConnectOptions::new("live-pub")).await;
-    (subscriber, publisher)
 }
 
 /// README row "10,200 TCP connections that never send CONNECT, reopened
@@ -65,7 +41,7 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
     settings.listener.max_pending = 50;
     settings.listener.max_connections = 100;
     let broker = TestBroker::start_with(settings).await;
-    let (mut subscriber, mut publisher) = live_pair(&broker, "flood/#").await;
+    let mut live = LivePair::start(broker.addr, "flood/rt").await;
     let done = AtomicBool::new(false);
 
     let flood = async {
@@ -109,7 +85,7 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
             assert_eq!(late.connack.code, rumqttc::ConnectReturnCode::Success);
             let took = started.elapsed();
             assert!(took < Duration::from_secs(2), "CONNACK took {took:?}");
-            round_trip(&mut publisher, &mut subscriber, "flood/rt", round + 1).await;
+            live.round_trip().await;
             late.kill();
         }
         done.store(true, Ordering::Relaxed);
@@ -208,7 +184,7 @@ async fn stalled_partial_publishes_are_closed_and_their_memory_returned() {
     settings.limits.packet_read_timeout_ms = 500;
     settings.limits.memory_limit_mb = 2;
     let broker = TestBroker::start_with(settings).await;
-    let (mut subscriber, mut publisher) = live_pair(&broker, "live/#").await;
+    let mut live = LivePair::start(broker.addr, "live/rtt").await;
     let baseline = broker.metrics().memory_accounted_bytes;
 
     let wire = publish_bytes("stall", QoS::AtLeastOnce, 1, &vec![b's'; 256 * 1024], false);
@@ -224,7 +200,7 @@ async fn stalled_partial_publishes_are_closed_and_their_memory_returned() {
         staller.try_send(&wire[..200 * 1024]).await;
         stallers.push(staller);
     }
-    round_trip(&mut publisher, &mut subscriber, "live/during", 1).await;
+    live.round_trip().await;
     broker
         .wait_metrics("every staller closed", |m| {
             m.packet_read_timeouts + m.memory_limit_refusals == STALLERS
@@ -244,7 +220,7 @@ async fn stalled_partial_publishes_are_closed_and_their_memory_returned() {
             m.memory_accounted_bytes <= baseline
         })
         .await;
-    round_trip(&mut publisher, &mut subscriber, "live/after", 2).await;
+    live.round_trip().await;
 }
 
 /// With keepalive 0 nothing else would ever close it: a partial packet is

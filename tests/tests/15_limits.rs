@@ -8,88 +8,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidemq::Settings;
 use tidemq_protocol::QoS;
 use tidemq_tests::{
-    connect_bytes, publish_bytes, settings, subscribe_bytes, ConnectOptions, RawClient, TestBroker,
-    WAIT,
+    connect_bytes, publish_bytes, settings, subscribe_bytes, ConnectOptions, LivePair, RawClient,
+    TestBroker, WAIT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A live round trip during an attack must stay under this. Unloaded it
-/// takes well under a millisecond here; before the caps one attack stalled
-/// every client for over a minute. A liveness bound, not a speed figure.
-const LIVE_BOUND: Duration = Duration::from_secs(1);
 const SUBACK: u8 = 9;
 const PUBLISH: u8 = 3;
-
-/// A publisher and a subscriber of `live/rtt` at QoS 1, to time round trips.
-struct LivePair {
-    publisher: RawClient,
-    subscriber: RawClient,
-    next_id: u16,
-}
-
-impl LivePair {
-    async fn start(addr: SocketAddr) -> LivePair {
-        let (mut subscriber, _) =
-            RawClient::connected(addr, &ConnectOptions::new("live-sub")).await;
-        subscriber
-            .subscribe_granted(1, &[("live/rtt", QoS::AtLeastOnce)])
-            .await;
-        let (publisher, _) = RawClient::connected(addr, &ConnectOptions::new("live-pub")).await;
-        LivePair {
-            publisher,
-            subscriber,
-            next_id: 1,
-        }
-    }
-
-    /// Publishes one QoS 1 message and waits for it at the subscriber.
-    async fn round_trip(&mut self) -> Duration {
-        let id = self.next_id;
-        self.next_id = self.next_id % 60_000 + 1;
-        let started = Instant::now();
-        self.publisher
-            .send(&publish_bytes(
-                "live/rtt",
-                QoS::AtLeastOnce,
-                id,
-                &id.to_be_bytes(),
-                false,
-            ))
-            .await;
-        let delivered = self.subscriber.next_publish().await;
-        let elapsed = started.elapsed();
-        let (topic, payload, _, sub_id) = delivered.publish();
-        assert_eq!(
-            (topic.as_str(), payload),
-            ("live/rtt", id.to_be_bytes().to_vec())
-        );
-        let [hi, lo] = sub_id.unwrap().to_be_bytes();
-        self.subscriber.send(&[0x40, 0x02, hi, lo]).await;
-        let puback = self.publisher.recv().await.expect("PUBACK");
-        assert_eq!(puback.packet_type, 4);
-        elapsed
-    }
-
-    /// `n` round trips, each under [`LIVE_BOUND`]; returns the slowest.
-    async fn assert_live(&mut self, n: usize, during: &str) -> Duration {
-        let mut slowest = Duration::ZERO;
-        for _ in 0..n {
-            let rtt = self.round_trip().await;
-            assert!(
-                rtt < LIVE_BOUND,
-                "live round trip took {rtt:?} during {during}"
-            );
-            slowest = slowest.max(rtt);
-        }
-        slowest
-    }
-}
 
 /// A client whose socket has a tiny receive buffer and that never reads
 /// after its CONNACK.
@@ -149,7 +80,7 @@ async fn attack_a_subscribe_repeating_hash_from_a_client_that_never_reads() {
     let broker = TestBroker::start().await;
     store_retained(&broker, "ret", 1000, 10 * 1024).await;
     let stored = broker.metrics().memory_accounted_bytes;
-    let mut live = LivePair::start(broker.addr).await;
+    let mut live = LivePair::start(broker.addr, "live/rtt").await;
 
     let mut attacker = never_reading(broker.addr, "attacker").await;
     let filters = vec![("#", QoS::AtMostOnce); 262_142];
@@ -191,7 +122,7 @@ async fn attack_a_subscribe_repeating_hash_from_a_client_that_never_reads() {
 async fn attack_a_subscribe_that_would_scan_the_retained_store() {
     let broker = TestBroker::start().await;
     store_retained(&broker, "r", 20_000, 10).await;
-    let mut live = LivePair::start(broker.addr).await;
+    let mut live = LivePair::start(broker.addr, "live/rtt").await;
     let (mut attacker, _) =
         RawClient::connected(broker.addr, &ConnectOptions::new("scanner")).await;
     let filters = vec![("z/#", QoS::AtMostOnce); 174_761];
@@ -219,7 +150,7 @@ fn deep_filter(levels: usize, n: usize) -> String {
 #[tokio::test]
 async fn attack_ten_thousand_filters_of_200_levels() {
     let broker = TestBroker::start().await;
-    let mut live = LivePair::start(broker.addr).await;
+    let mut live = LivePair::start(broker.addr, "live/rtt").await;
     let (mut attacker, _) = RawClient::connected(broker.addr, &ConnectOptions::new("deep")).await;
     let per_packet = 2000;
     for packet in 0..5 {
@@ -420,7 +351,7 @@ async fn attack_a_retained_flood_is_capped_by_max_retained_bytes() {
     settings.limits.max_retained_bytes = cap;
     settings.sys.interval_secs = 0;
     let broker = TestBroker::start_with(settings).await;
-    let mut live = LivePair::start(broker.addr).await;
+    let mut live = LivePair::start(broker.addr, "live/rtt").await;
     store_retained(&broker, "big", 200, 50 * 1024).await;
     live.assert_live(10, "the retained flood").await;
     let metrics = broker.metrics();
