@@ -5,7 +5,8 @@
 //! | counted                        | charged by         | released when       |
 //! |--------------------------------|--------------------|---------------------|
 //! | a message (topic + payload)    | its [`Charge`]     | the last copy drops |
-//! | a queued delivery (its slot)   | the mailbox        | the session takes it|
+//! | a queued delivery (its slot)   | the router, once   | the session takes it|
+//! |                                | per message        | (or it was refused) |
 //! | a partly read packet's buffer  | the read task (the | the packet is whole |
 //! |                                | handshake: CONNECT)|                     |
 //!
@@ -59,14 +60,12 @@ impl Budget {
 /// The budget's share of one message: charged when the message is made,
 /// released when its last copy is dropped (every delivery and the retained
 /// store share one message).
-// Used by the router work (messages charged to the budget).
 #[derive(Debug, Default)]
 pub struct Charge {
     held: Option<(Arc<Budget>, u64)>,
 }
 
 impl Charge {
-    // Used by the router work.
     pub fn new(budget: &Arc<Budget>, bytes: u64) -> Charge {
         budget.charge(bytes);
         Charge {

@@ -50,7 +50,7 @@ counters! {
     messages_received: "PUBLISH packets received from clients.",
     messages_sent: "PUBLISH packets handed to write tasks.",
     dropped_qos0_offline: "QoS 0 messages not queued because their session was offline.",
-    dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages`.",
+    dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages` or `max_queued_bytes`.",
     held_for_slow_subscribers: "QoS 1/2 deliveries queued beyond a full mailbox, delaying their publisher's acknowledgement.",
     slow_subscriber_disconnects: "Sessions disconnected for staying over `max_queued_messages` for `slow_subscriber_timeout_ms`.",
     pending_evicted: "Sockets that had not finished CONNECT, closed to make room under `max_pending`.",

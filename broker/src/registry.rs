@@ -321,7 +321,10 @@ impl Registry {
     /// has claimed it since.
     pub fn went_offline(&self, slot: &Arc<SessionSlot>, conn_id: ConnId) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let at = Instant::now() + self.expiry.unwrap_or(NEVER);
+        let now = Instant::now();
+        let at = now
+            .checked_add(self.expiry.unwrap_or(NEVER))
+            .unwrap_or(now + NEVER);
         let key = DeadlineKey { at, generation };
         let mut claim = lock(&slot.claim);
         if claim.latest != conn_id || claim.offline.is_some() {

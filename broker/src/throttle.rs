@@ -57,8 +57,6 @@ pub struct Throttles {
     pub packet_read_timeout: LogThrottle,
     pub client_id: LogThrottle,
     pub topic: LogThrottle,
-    // Used by the router work.
-    // Used by the router work.
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,
     pub session_expired: LogThrottle,

@@ -500,3 +500,45 @@ async fn memory_limit_under_over_and_back_under() {
     assert_eq!(broker.metrics().memory_limit_refusals, 3);
     broker.stop().await;
 }
+
+/// Row 1 again, spread over packets: a client that acknowledges nothing
+/// repeats a SUBSCRIBE matching 1,000 QoS 1 retained messages in 1,000
+/// separate packets. Each is answered, but retained messages are only
+/// queued into an empty mailbox, so what it holds stays at one batch.
+#[tokio::test]
+async fn attack_repeated_subscribe_packets_add_nothing_to_a_full_mailbox() {
+    let broker = TestBroker::start().await;
+    let (mut storer, _) = RawClient::connected(broker.addr, &ConnectOptions::new("s")).await;
+    let payload = vec![b'r'; 100];
+    for i in 1..=1000u16 {
+        let topic = format!("ret/{i}");
+        storer
+            .publish_acked(&topic, QoS::AtLeastOnce, i, &payload, true)
+            .await;
+    }
+    let stored = broker.metrics().memory_accounted_bytes;
+    let (mut attacker, _) = RawClient::connected(broker.addr, &ConnectOptions::new("a")).await;
+    let mut packets = Vec::new();
+    for id in 1..=1000u16 {
+        packets.extend(subscribe_bytes(id, &[("ret/#", QoS::AtLeastOnce)]));
+    }
+    attacker.send(&packets).await;
+    // Every SUBACK arrives, among the retained PUBLISHes of the window.
+    let mut subacks = 0;
+    while subacks < 1000 {
+        let packet = attacker.recv().await.expect("SUBACK or PUBLISH");
+        subacks += usize::from(packet.packet_type == SUBACK);
+    }
+    // The session has handled every SUBSCRIBE once its PINGRESP arrives.
+    attacker.send(&[0xC0, 0x00]).await;
+    while attacker.recv().await.expect("PINGRESP").packet_type != 13 {}
+    let held = broker
+        .metrics()
+        .memory_accounted_bytes
+        .saturating_sub(stored);
+    assert!(
+        held < 64 * 1024,
+        "1,000 SUBSCRIBEs hold {held} bytes: more than one batch of deliveries"
+    );
+    broker.stop().await;
+}

@@ -231,7 +231,9 @@ pub async fn serve<S: Transport>(
     // A client with nothing yet to send or receive starts at rest, so a
     // connection storm of idle clients never builds tasks and buffers it
     // would free a moment later; its first packet or mail wakes it.
-    let idle = leftover.is_empty() && client.state.outbound.is_empty();
+    let idle = leftover.is_empty()
+        && client.state.outbound.is_empty()
+        && !client.state.has_retained_cursors();
     if S::CAN_REST && idle && client.ctx.settings.rest_after().is_some() {
         drop(token);
         return rest(client, stream, leftover);
@@ -253,8 +255,8 @@ async fn connect<S: Transport>(
 ) -> Option<(Client, CancellationToken, S, ReadBuffer)> {
     // Shutdown does not wait for clients that have not finished connecting,
     // and a newer socket evicts this one while it is pending (the gate
-    // counted it). Biased: an evicted socket goes even if its CONNECT just
-    // arrived, as the gate already counted it out.
+    // counted it). An evicted socket goes even if its CONNECT arrived just
+    // before (checked again below), as the gate already counted it out.
     let evicted = admission.eviction();
     let accepted = tokio::select! {
         biased;
@@ -266,6 +268,11 @@ async fn connect<S: Transport>(
         accepted = handshake::accept(&mut stream, conn_id, peer, &ctx) => accepted,
     };
     let accepted = accepted?;
+    if evicted.is_cancelled() {
+        // Evicted between its CONNECT arriving and here: counted out.
+        debug!("evicted before CONNECT: max_pending reached");
+        return None;
+    }
     // Only now does the connection take one of `max_connections`. A client
     // refused here is told the service is unavailable [MQTT-3.2.2-6], so it
     // backs off instead of retrying blindly.

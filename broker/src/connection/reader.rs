@@ -101,7 +101,9 @@ impl ReadBuffer {
     /// When the partial packet it holds must have arrived; `None` when it
     /// holds none.
     pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.started.map(|started| started + timeout)
+        // A timeout too large to add is as good as none.
+        self.started
+            .and_then(|started| started.checked_add(timeout))
     }
 
     pub(super) fn bytes_mut(&mut self) -> &mut BytesMut {

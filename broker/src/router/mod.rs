@@ -316,8 +316,11 @@ impl Router {
             scratch.push((address, sub.qos, Arc::clone(&sub.slot)));
         });
         merge_overlapping(scratch);
+        // Charged before any session can take (and release) a delivery.
+        let offered = scratch.len();
+        self.charge_deliveries(offered);
         let mut queued = 0;
-        for (_, sub_qos, slot) in scratch.drain(..) {
+        for (_, sub_qos, slot) in self.scratch.drain(..) {
             let delivery = Delivery {
                 message: Arc::clone(message),
                 qos: sub_qos.min(message.qos),
@@ -333,16 +336,24 @@ impl Router {
                 &self.metrics,
             ));
         }
-        self.charge_deliveries(queued);
+        self.refund_deliveries(offered - queued);
     }
 
-    /// Charges the memory budget for deliveries queued, once per message
-    /// rather than once per delivery: a counter shared by every core, added
-    /// to per delivery, cost fan-out a tenth of its throughput. Each mailbox
-    /// gives its share back as its session takes them.
-    fn charge_deliveries(&self, queued: usize) {
-        if queued > 0 {
-            self.budget.charge(queued as u64 * DELIVERY_COST);
+    /// Charges the memory budget for the deliveries of one message before
+    /// they are offered (a session may take one, and give its share back,
+    /// before the router is done), once per message rather than once per
+    /// delivery: a counter shared by every core, added to per delivery, cost
+    /// fan-out a tenth of its throughput. Each mailbox gives its share back
+    /// as its session takes them; `refund_deliveries` what was not queued.
+    fn charge_deliveries(&self, deliveries: usize) {
+        if deliveries > 0 {
+            self.budget.charge(deliveries as u64 * DELIVERY_COST);
+        }
+    }
+
+    fn refund_deliveries(&self, deliveries: usize) {
+        if deliveries > 0 {
+            self.budget.release(deliveries as u64 * DELIVERY_COST);
         }
     }
 
@@ -441,13 +452,19 @@ impl Router {
     }
 
     /// Queues the first `RETAINED_BATCH` retained messages of a SUBSCRIBE's
-    /// new subscriptions; returns the cursors that have more.
+    /// new subscriptions if the mailbox is empty; returns the cursors that
+    /// have more. A mailbox with mail waits for its session to pull, so a
+    /// client repeating SUBSCRIBEs without reading adds nothing to it.
     fn first_retained(
         &mut self,
         slot: &SessionSlot,
         cursors: Vec<RetainedCursor>,
     ) -> Vec<RetainedCursor> {
-        let mut room = RETAINED_BATCH;
+        let mut room = if slot.mailbox.is_empty() {
+            RETAINED_BATCH
+        } else {
+            0
+        };
         let mut left = Vec::new();
         for mut cursor in cursors {
             if room > 0 {
@@ -464,8 +481,9 @@ impl Router {
 
     /// Queues up to `max` of a cursor's retained messages in the session's
     /// mailbox [MQTT-3.3.1-6], [MQTT-3.3.1-8]; returns whether more may
-    /// follow, and how many were sent. They may go beyond the mailbox's
-    /// limit, by one batch at most.
+    /// follow, and how many were sent. Only ever offered to an empty mailbox
+    /// (on SUBSCRIBE, or when the session pulls), so they go beyond the
+    /// mailbox's limit by one batch at most.
     fn send_retained(
         &mut self,
         slot: &SessionSlot,
@@ -476,6 +494,7 @@ impl Router {
         batch.clear();
         let more = self.retained.next_batch(cursor, max, &mut batch);
         let sent = batch.len();
+        self.charge_deliveries(sent);
         let mut queued = 0;
         for message in batch.drain(..) {
             let delivery = Delivery {
@@ -486,7 +505,7 @@ impl Router {
             };
             queued += usize::from(offer(slot, delivery, Limit::Waived, None, &self.metrics));
         }
-        self.charge_deliveries(queued);
+        self.refund_deliveries(sent - queued);
         self.retained_scratch = batch;
         (sent, more)
     }

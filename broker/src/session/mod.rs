@@ -35,11 +35,15 @@ impl SessionState {
         }
     }
 
-    /// Queues the cursors of one SUBSCRIBE, behind those of earlier ones.
+    /// Queues the cursors of one SUBSCRIBE, behind those of earlier ones. A
+    /// filter subscribed again starts over [MQTT-3.8.4-3]: its earlier
+    /// cursor goes, so there is at most one cursor per subscription.
     pub fn add_retained_cursors(&mut self, cursors: Vec<RetainedCursor>) {
         if cursors.is_empty() {
             return;
         }
+        let filters: Vec<TopicFilter> = cursors.iter().map(|c| c.filter.clone()).collect();
+        self.drop_retained_cursors(&filters);
         let earlier = self.retained.take().map_or_else(Vec::new, |boxed| *boxed);
         let mut all: Vec<RetainedCursor> = cursors.into_iter().rev().collect();
         all.extend(earlier);
@@ -67,6 +71,8 @@ impl SessionState {
     /// An UNSUBSCRIBE ends the retained messages still due to those filters.
     pub fn drop_retained_cursors(&mut self, filters: &[TopicFilter]) {
         if let Some(cursors) = self.retained.as_mut() {
+            // A set: an UNSUBSCRIBE may list a great many filters.
+            let filters: std::collections::HashSet<&TopicFilter> = filters.iter().collect();
             cursors.retain(|cursor| !filters.contains(&cursor.filter));
             if cursors.is_empty() {
                 self.retained = None;
@@ -90,13 +96,15 @@ mod tests {
         let mut state = SessionState::new(1);
         state.add_retained_cursors(vec![cursor("a"), cursor("b")]);
         state.add_retained_cursors(vec![cursor("c")]);
+        // Subscribed again: one cursor, starting over, last in line.
+        state.add_retained_cursors(vec![cursor("a")]);
         let first = state.next_retained_cursor().unwrap();
-        assert_eq!(first.filter.as_str(), "a");
+        assert_eq!(first.filter.as_str(), "b");
         state.put_back_retained_cursor(first);
         state.drop_retained_cursors(&[TopicFilter::new("b").unwrap()]);
         let order: Vec<_> = std::iter::from_fn(|| state.next_retained_cursor())
             .map(|c| c.filter.as_str().to_string())
             .collect();
-        assert_eq!(order, ["a", "c"]);
+        assert_eq!(order, ["c", "a"]);
     }
 }
