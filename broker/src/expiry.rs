@@ -28,8 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::connection::{self, Context};
-use crate::metrics::Metrics;
+use crate::connection::{self, sleep_until_option, Context};
 use crate::registry::{lock, SessionSlot};
 
 /// Shortest gap between two wake-ups of the expiry task: sessions whose
@@ -136,20 +135,16 @@ async fn expire(ctx: &Context, slot: Arc<SessionSlot>, key: DeadlineKey) {
     // ownership is dropped below.
     connection::forget_session(ctx, &expiring.ownership.slot).await;
     ctx.registry.remove_expired(&expiring);
-    Metrics::incr(&ctx.metrics.sessions_expired);
-    if let Some(suppressed) = ctx.throttles.session_expired.allow() {
+    if let Some(suppressed) = ctx
+        .throttles
+        .session_expired
+        .count(&ctx.metrics.sessions_expired)
+    {
         info!(
             client_id = %slot.client_id,
             suppressed,
             "offline session expired after session_expiry_secs"
         );
-    }
-}
-
-async fn sleep_until_option(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

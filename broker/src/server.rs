@@ -195,8 +195,11 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
                 admission
             }
             Err(Refused::PerAddress) => {
-                Metrics::incr(&ctx.metrics.connections_refused_per_address);
-                if let Some(suppressed) = ctx.throttles.per_address.allow() {
+                if let Some(suppressed) = ctx
+                    .throttles
+                    .per_address
+                    .count(&ctx.metrics.connections_refused_per_address)
+                {
                     warn!(%peer, suppressed, "closing: connection limit for this address reached");
                 }
                 continue;

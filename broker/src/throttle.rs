@@ -46,6 +46,13 @@ impl LogThrottle {
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
     }
+
+    /// Counts one refusal in `counter` (always), then answers as
+    /// [`LogThrottle::allow`] whether it may be logged now.
+    pub fn count(&self, counter: &AtomicU64) -> Option<u64> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.allow()
+    }
 }
 
 /// One throttle per kind of refusal, shared by every connection.

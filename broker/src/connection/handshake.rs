@@ -81,8 +81,11 @@ where
     );
     let connect = match read.await {
         Err(_) => {
-            Metrics::incr(&ctx.metrics.connect_timeouts);
-            if let Some(suppressed) = ctx.throttles.connect_timeout.allow() {
+            if let Some(suppressed) = ctx
+                .throttles
+                .connect_timeout
+                .count(&ctx.metrics.connect_timeouts)
+            {
                 info!(conn_id, %peer, suppressed, "closing: no CONNECT within the connect timeout");
             }
             return None;
@@ -104,8 +107,11 @@ where
             return None;
         }
         Ok(Err(HandshakeError::MemoryLimit)) => {
-            Metrics::incr(&ctx.metrics.memory_limit_refusals);
-            if let Some(suppressed) = ctx.throttles.memory.allow() {
+            if let Some(suppressed) = ctx
+                .throttles
+                .memory
+                .count(&ctx.metrics.memory_limit_refusals)
+            {
                 warn!(
                     conn_id,
                     %peer,
@@ -123,8 +129,7 @@ where
     if let Some(will) = &connect.will {
         let topic = will.topic.as_str();
         if !ctx.router_limits.topic_fits(topic) {
-            Metrics::incr(&ctx.metrics.topics_refused_limit);
-            if let Some(suppressed) = ctx.throttles.topic.allow() {
+            if let Some(suppressed) = ctx.throttles.topic.count(&ctx.metrics.topics_refused_limit) {
                 let len = topic.len();
                 warn!(
                     conn_id,
@@ -153,8 +158,11 @@ where
         }
     };
     if connect.client_id.len() > limits.max_client_id_len {
-        Metrics::incr(&ctx.metrics.client_ids_refused);
-        if let Some(suppressed) = ctx.throttles.client_id.allow() {
+        if let Some(suppressed) = ctx
+            .throttles
+            .client_id
+            .count(&ctx.metrics.client_ids_refused)
+        {
             let len = connect.client_id.len();
             info!(
                 conn_id,
@@ -168,8 +176,11 @@ where
         return None;
     }
     if ctx.budget.is_over() {
-        Metrics::incr(&ctx.metrics.memory_limit_refusals);
-        if let Some(suppressed) = ctx.throttles.memory.allow() {
+        if let Some(suppressed) = ctx
+            .throttles
+            .memory
+            .count(&ctx.metrics.memory_limit_refusals)
+        {
             warn!(conn_id, %peer, suppressed, "refusing a connection: over memory_limit_mb");
         }
         refuse(stream, ctx, ConnectReturnCode::ServerUnavailable).await;

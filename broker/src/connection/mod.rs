@@ -277,8 +277,11 @@ async fn connect<S: Transport>(
     // refused here is told the service is unavailable [MQTT-3.2.2-6], so it
     // backs off instead of retrying blindly.
     if !admission.connect() {
-        Metrics::incr(&ctx.metrics.connections_refused_limit);
-        if let Some(suppressed) = ctx.throttles.connection_limit.allow() {
+        if let Some(suppressed) = ctx
+            .throttles
+            .connection_limit
+            .count(&ctx.metrics.connections_refused_limit)
+        {
             let max_connections = ctx.settings.listener.max_connections;
             warn!(
                 conn_id = conn_id.0,
@@ -681,6 +684,16 @@ impl<S: Transport> Tasks<S> {
     }
 }
 
+/// Sleeps until `deadline`, or forever when there is none. Cancel-safe: a
+/// `select!` branch for a timer that may be unset (session, read task,
+/// expiry task).
+pub(crate) async fn sleep_until_option(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a connection's token was cancelled.
 fn cancelled_end(ctx: &Context) -> End {
     if ctx.shutdown.is_cancelled() {
@@ -751,8 +764,7 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
     // A refusal a client can repeat at will: counted always, logged at most
     // once a second.
     let refused = |counter: &std::sync::atomic::AtomicU64, throttle: &LogThrottle, why: &str| {
-        Metrics::incr(counter);
-        if let Some(suppressed) = throttle.allow() {
+        if let Some(suppressed) = throttle.count(counter) {
             warn!(conn_id, %client_id, suppressed, "closing: {why}");
         }
     };

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sleep_until_option;
 use crate::budget::Budget;
 
 /// Smallest and largest room offered to one read. The room adapts: it
@@ -154,14 +155,6 @@ impl Drop for ReadBuffer {
     }
 }
 
-/// Races the partial packet's deadline; never resolves without one.
-async fn expiry(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What the read task is given besides the stream and its buffer.
 pub struct ReadConfig {
     pub framer: Framer,
@@ -271,7 +264,7 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
             let read = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                _ = expiry(deadline) => return Err(ReadLimit::PacketTimeout.into()),
+                _ = sleep_until_option(deadline) => return Err(ReadLimit::PacketTimeout.into()),
                 read = self.reader.read_buf(&mut buf.bytes) => read?,
             };
             if read == 0 {

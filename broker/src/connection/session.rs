@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError, ReadLimit};
 use super::writer::WriterEnd;
-use super::{Client, Context};
+use super::{sleep_until_option, Client, Context};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg, Subscribed, RETAINED_BATCH};
@@ -444,8 +444,11 @@ impl Session {
             if publish.qos != QoS::AtMostOnce {
                 return Err(End::MemoryLimit);
             }
-            Metrics::incr(&ctx.metrics.memory_limit_refusals);
-            if let Some(suppressed) = ctx.throttles.memory.allow() {
+            if let Some(suppressed) = ctx
+                .throttles
+                .memory
+                .count(&ctx.metrics.memory_limit_refusals)
+            {
                 warn!(suppressed, "QoS 0 message dropped: over memory_limit_mb");
             }
             return Ok(());
@@ -546,13 +549,5 @@ impl Session {
             let _ = answer.await;
         }
         slot.mailbox.clear();
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none. Cancel-safe.
-async fn sleep_until_option(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -24,6 +24,7 @@ mod subs;
 use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
@@ -361,8 +362,10 @@ impl Router {
     /// delivered to current subscribers, just not kept.
     fn retain(&mut self, message: &Arc<Message>) {
         if self.retained.update(message) == Update::Refused {
-            Metrics::incr(&self.metrics.retained_refused_limit);
-            if let Some(suppressed) = self.retained_refused.allow() {
+            if let Some(suppressed) = self
+                .retained_refused
+                .count(&self.metrics.retained_refused_limit)
+            {
                 warn!(
                     topic = %message.topic,
                     stored = self.retained.len(),
@@ -426,14 +429,18 @@ impl Router {
     fn subscribe_one(&mut self, slot: &Arc<SessionSlot>, filter: &TopicFilter, qos: QoS) -> bool {
         let client_id = &slot.client_id;
         if !self.limits.topic_fits(filter.as_str()) {
-            Metrics::incr(&self.metrics.topics_refused_limit);
-            self.refused(client_id, "filter over max_topic_levels or max_topic_len");
+            let counter = &self.metrics.topics_refused_limit;
+            self.refused(
+                counter,
+                client_id,
+                "filter over max_topic_levels or max_topic_len",
+            );
             return false;
         }
         let known = self.filters_by_client.entry(client_id.clone()).or_default();
         if !known.contains(filter) && known.len() >= self.limits.max_subscriptions_per_client {
-            Metrics::incr(&self.metrics.subscriptions_refused_limit);
-            self.refused(client_id, "max_subscriptions_per_client reached");
+            let counter = &self.metrics.subscriptions_refused_limit;
+            self.refused(counter, client_id, "max_subscriptions_per_client reached");
             return false;
         }
         known.insert(filter.clone());
@@ -445,8 +452,9 @@ impl Router {
         true
     }
 
-    fn refused(&self, client_id: &ClientId, why: &'static str) {
-        if let Some(suppressed) = self.subscriptions_refused.allow() {
+    /// Counts a filter refused with 0x80 and logs it, at most once a second.
+    fn refused(&self, counter: &AtomicU64, client_id: &ClientId, why: &'static str) {
+        if let Some(suppressed) = self.subscriptions_refused.count(counter) {
             warn!(%client_id, suppressed, "SUBACK 0x80: {why}");
         }
     }
