@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes};
 
 use crate::error::{ProtocolError, SpecViolation};
 use crate::framer::Frame;
-use crate::packet::{Connect, LastWill, ProtocolVersion, QoS};
+use crate::packet::{Connect, ConnectProperties, LastWill, ProtocolVersion, QoS};
 use crate::topic::TopicName;
 
 const PACKET: &str = "CONNECT";
@@ -35,6 +35,7 @@ pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
     let version = match (name.as_ref(), level) {
         (b"MQTT", 4) => ProtocolVersion::V311,
         (b"MQIsdp", 3) => ProtocolVersion::V31,
+        (b"MQTT", 5) => return crate::v5::decode_connect(frame),
         (b"MQTT", other) | (b"MQIsdp", other) => {
             return Err(ProtocolError::UnsupportedProtocolLevel(other))
         }
@@ -53,6 +54,8 @@ pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
             payload,
             qos,
             retain: flags & WILL_RETAIN != 0,
+            delay_interval: 0,
+            properties: None,
         })
     } else {
         None
@@ -70,6 +73,7 @@ pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
         will,
         username,
         password,
+        properties: ConnectProperties::default(),
     })
 }
 
@@ -192,11 +196,11 @@ mod tests {
     }
 
     #[test]
-    fn level_5_is_unsupported_not_malformed() {
-        let frame = connect_frame(b"MQTT", 5, 0, &[b"c"]);
+    fn level_6_is_unsupported_not_malformed() {
+        let frame = connect_frame(b"MQTT", 6, 0, &[b"c"]);
         assert_eq!(
             decode_connect(&frame),
-            Err(ProtocolError::UnsupportedProtocolLevel(5))
+            Err(ProtocolError::UnsupportedProtocolLevel(6))
         );
     }
 

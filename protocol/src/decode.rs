@@ -8,12 +8,18 @@ use mqttbytes::FixedHeader;
 
 use crate::error::{ProtocolError, SpecViolation};
 use crate::framer::Frame;
-use crate::packet::{Packet, PacketId, ProtocolVersion, Publish, QoS};
+use crate::packet::{
+    Ack, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions, Unsubscribe,
+};
 use crate::topic::{TopicFilter, TopicName};
 use crate::validate::check_fixed_header;
 
 /// Decodes one frame from a connected client.
 pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, ProtocolError> {
+    if version.is_v5() {
+        return crate::v5::decode_packet(frame);
+    }
     check_fixed_header(frame, version)?;
     let remaining = frame.bytes.len().saturating_sub(frame.header_len);
     let header = FixedHeader::new(
@@ -24,14 +30,14 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
     let bytes = frame.bytes.clone();
     let packet = match frame.packet_type() {
         3 => Packet::Publish(publish(header, bytes)?),
-        4 => Packet::PubAck(packet_id(frame)?),
-        5 => Packet::PubRec(packet_id(frame)?),
-        6 => Packet::PubRel(packet_id(frame)?),
-        7 => Packet::PubComp(packet_id(frame)?),
+        4 => Packet::PubAck(Ack::new(packet_id(frame)?)),
+        5 => Packet::PubRec(Ack::new(packet_id(frame)?)),
+        6 => Packet::PubRel(Ack::new(packet_id(frame)?)),
+        7 => Packet::PubComp(Ack::new(packet_id(frame)?)),
         8 => subscribe(frame, header)?,
         10 => unsubscribe(header, bytes)?,
         12 => Packet::PingReq,
-        14 => Packet::Disconnect,
+        14 => Packet::Disconnect(Disconnect::default()),
         other => return Err(SpecViolation::UnexpectedPacketType(other).into()),
     };
     Ok(packet)
@@ -62,6 +68,7 @@ fn publish(header: FixedHeader, bytes: Bytes) -> Result<Publish, ProtocolError> 
         topic: TopicName::new(&p.topic)?,
         packet_id,
         payload: p.payload,
+        properties: None,
     })
 }
 
@@ -85,10 +92,15 @@ fn subscribe(frame: &Frame, header: FixedHeader) -> Result<Packet, ProtocolError
         .iter()
         .map(|f| {
             let qos = QoS::from_bits(f.qos as u8).ok_or(SpecViolation::SubscribeOptions)?;
-            Ok((TopicFilter::new(&f.path)?, qos))
+            Ok((TopicFilter::new(&f.path)?, SubscriptionOptions::qos(qos)))
         })
         .collect::<Result<_, SpecViolation>>()?;
-    Ok(Packet::Subscribe { packet_id, filters })
+    Ok(Packet::Subscribe(Subscribe {
+        packet_id,
+        filters,
+        subscription_identifier: None,
+        user_properties: Vec::new(),
+    }))
 }
 
 /// `mqttbytes` masks the requested-QoS byte; the six upper bits are reserved
@@ -124,5 +136,9 @@ fn unsubscribe(header: FixedHeader, bytes: Bytes) -> Result<Packet, ProtocolErro
         .iter()
         .map(|t| TopicFilter::new(t))
         .collect::<Result<_, _>>()?;
-    Ok(Packet::Unsubscribe { packet_id, filters })
+    Ok(Packet::Unsubscribe(Unsubscribe {
+        packet_id,
+        filters,
+        user_properties: Vec::new(),
+    }))
 }

@@ -26,6 +26,35 @@ pub enum ProtocolError {
     UnsupportedProtocolLevel(u8),
 }
 
+impl ProtocolError {
+    /// The MQTT 5 reason code of the DISCONNECT that answers this error:
+    /// 0x95 for a packet over the size limit, 0x82 for a protocol error,
+    /// 0x81 for everything malformed.
+    pub fn reason_code(&self) -> crate::ReasonCode {
+        match self {
+            ProtocolError::PacketTooLarge { .. } => crate::ReasonCode::PACKET_TOO_LARGE,
+            ProtocolError::Violation(violation) => violation.reason_code(),
+            ProtocolError::Malformed { .. } => crate::ReasonCode::MALFORMED_PACKET,
+            ProtocolError::UnsupportedProtocolLevel(_) => {
+                crate::ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            }
+        }
+    }
+}
+
+impl SpecViolation {
+    /// Malformed (0x81) or protocol error (0x82), as section 4.13 of MQTT
+    /// 5.0 sorts them.
+    pub fn reason_code(self) -> crate::ReasonCode {
+        match self {
+            SpecViolation::FirstPacketNotConnect | SpecViolation::SecondConnect => {
+                crate::ReasonCode::PROTOCOL_ERROR
+            }
+            _ => crate::ReasonCode::MALFORMED_PACKET,
+        }
+    }
+}
+
 /// A broken normative statement of the MQTT 3.1.1 specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SpecViolation {

@@ -24,16 +24,24 @@ mod encode;
 mod error;
 mod framer;
 mod packet;
+mod reason;
 mod topic;
+mod v5;
 mod validate;
 
 pub use connect::decode_connect;
 pub use decode::decode_packet;
-pub use encode::{encode, encode_packet, encode_publish_ref, encoded_publish_len, PublishRef};
+pub use encode::{
+    encode, encode_packet, encode_publish_ref, encoded_publish_len, encoded_publish_ref_len,
+    PublishRef, PublishV5,
+};
 pub use error::{ProtocolError, SpecViolation};
 pub use framer::{put_remaining_length, Frame, Framer, MAX_REMAINING_LENGTH};
 pub use packet::{
-    Connect, ConnectReturnCode, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
-    QoS, SubAckCode,
+    Ack, AckProperties, Auth, ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect,
+    DisconnectProperties, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
+    UserProperty,
 };
+pub use reason::ReasonCode;
 pub use topic::{TopicFilter, TopicName, MAX_TOPIC_LEVELS};

@@ -57,6 +57,18 @@ impl TopicName {
         &self.0
     }
 
+    /// The empty name a decoded MQTT 5 PUBLISH carries when it names its
+    /// topic by alias alone [MQTT-3.3.2-12]; never routed.
+    pub(crate) fn alias_only() -> TopicName {
+        TopicName(Arc::from(""))
+    }
+
+    /// True only for [`TopicName::alias_only`]: a validated name is never
+    /// empty [MQTT-4.7.3-1].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Names that begin with `$` are not matched by a filter that begins
     /// with a wildcard [MQTT-4.7.2-1].
     pub fn is_system(&self) -> bool {
