@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::router::{Router, RouterLimits, RouterMsg};
+use crate::router::{Router, RouterLimits, RouterMsg, SubscribeRequest};
 use crate::types::{ClientId, ConnId, Message};
 
 /// A router filled with subscriptions, one client each.
@@ -36,7 +36,7 @@ impl RouterBench {
             let (done, _answer) = oneshot::channel();
             router.handle(RouterMsg::Subscribe {
                 slot: slot.clone(),
-                filters: vec![(filter, QoS::AtMostOnce)],
+                request: SubscribeRequest::qos(vec![(filter, QoS::AtMostOnce)]),
                 done,
             });
             slots.push(slot);

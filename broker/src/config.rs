@@ -56,6 +56,8 @@ pub struct Limits {
     pub max_connect_packet_size: usize,
     pub max_keepalive_secs: u16,
     pub max_inflight: usize,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
     pub max_queued_messages: usize,
     pub inbound_queue: usize,
     pub outbound_queue: usize,
@@ -129,7 +131,7 @@ impl Settings {
 
     /// Checks the values serde cannot: zero sizes, empty lists.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, usize); 18] = [
+        let positive: [(&'static str, usize); 19] = [
             ("listener.max_connections", self.listener.max_connections),
             ("listener.max_pending", self.listener.max_pending),
             (
@@ -154,6 +156,10 @@ impl Settings {
                 self.limits.packet_read_timeout_ms as usize,
             ),
             ("limits.max_inflight", self.limits.max_inflight),
+            (
+                "limits.receive_maximum",
+                usize::from(self.limits.receive_maximum),
+            ),
             (
                 "limits.max_queued_messages",
                 self.limits.max_queued_messages,

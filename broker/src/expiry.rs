@@ -94,12 +94,9 @@ impl Deadlines {
 }
 
 /// The expiry task: sleeps until the earliest deadline (or a new earlier
-/// one), removes every session due, and ends at shutdown. Does nothing when
-/// sessions never expire (`session_expiry_secs = 0`).
+/// one), removes every session due, and ends at shutdown. Runs even with
+/// `session_expiry_secs = 0`: an MQTT 5 client sets its own expiry.
 pub async fn run(ctx: Arc<Context>) {
-    if ctx.settings.session_expiry().is_none() {
-        return;
-    }
     let deadlines = ctx.registry.deadlines();
     let mut due = Vec::new();
     loop {

@@ -227,7 +227,9 @@ const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub struct Registry {
     slots: DashMap<ClientId, Arc<SessionSlot>>,
     mailbox_limits: MailboxLimits,
-    /// `limits.session_expiry_secs`; `None`: offline sessions are kept.
+    /// `limits.session_expiry_secs`; `None`: offline sessions are kept. The
+    /// expiry of 3.1.1 sessions and the cap on MQTT 5 ones; each session's
+    /// own is passed to `went_offline`.
     expiry: Option<Duration>,
     deadlines: Deadlines,
     /// Numbers offline stretches, broker-wide.
@@ -249,6 +251,11 @@ impl Registry {
             generations: AtomicU64::new(1),
             metrics,
         }
+    }
+
+    /// See the field.
+    pub fn default_expiry(&self) -> Option<Duration> {
+        self.expiry
     }
 
     pub fn deadlines(&self) -> &Deadlines {
@@ -319,11 +326,11 @@ impl Registry {
     /// owner `conn_id` ended (after it parked its state and let go of the
     /// slot), and queues its expiry. Nothing happens if a newer connection
     /// has claimed it since.
-    pub fn went_offline(&self, slot: &Arc<SessionSlot>, conn_id: ConnId) {
+    pub fn went_offline(&self, slot: &Arc<SessionSlot>, conn_id: ConnId, expiry: Option<Duration>) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let at = now
-            .checked_add(self.expiry.unwrap_or(NEVER))
+            .checked_add(expiry.unwrap_or(NEVER))
             .unwrap_or(now + NEVER);
         let key = DeadlineKey { at, generation };
         let mut claim = lock(&slot.claim);
@@ -335,7 +342,7 @@ impl Registry {
             left_by: conn_id,
         }));
         Metrics::incr(&self.metrics.sessions_offline_current);
-        if self.expiry.is_some() {
+        if expiry.is_some() {
             // Under the claim lock, so a claim cannot take the offline
             // mark before its deadline is in the queue.
             self.deadlines.insert(key, Arc::downgrade(slot));
@@ -412,7 +419,7 @@ mod tests {
         let ownership = own(registry, id, conn).await;
         let slot = Arc::clone(&ownership.slot);
         drop(ownership);
-        registry.went_offline(&slot, ConnId(conn));
+        registry.went_offline(&slot, ConnId(conn), registry.expiry);
         slot
     }
 
@@ -484,7 +491,7 @@ mod tests {
         assert_eq!(registry.deadlines().len(), 0);
         // It goes offline again: a new deadline, from now.
         drop(ownership);
-        registry.went_offline(&registry.slots.get(&id).unwrap().clone(), ConnId(2));
+        registry.went_offline(&registry.slots.get(&id).unwrap().clone(), ConnId(2), registry.expiry);
         assert_eq!(registry.deadlines().len(), 1);
         assert_eq!(gauges(&registry), (1, 1));
     }
@@ -520,7 +527,7 @@ mod tests {
         let slot = Arc::clone(&first.slot);
         let _ = registry.claim(&id, ConnId(2));
         drop(first);
-        registry.went_offline(&slot, ConnId(1));
+        registry.went_offline(&slot, ConnId(1), registry.expiry);
         assert_eq!(registry.deadlines().len(), 0);
         assert_eq!(gauges(&registry), (1, 0));
     }

@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidemq_protocol::{QoS, TopicFilter, TopicName};
+use tidemq_protocol::{PublishProperties, QoS, SubscriptionOptions, TopicFilter, TopicName};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::budget::{Budget, Charge};
 
@@ -56,6 +57,22 @@ pub struct Message {
     /// Its weight in the broker's memory budget, given back when the last
     /// delivery (or the retained store) lets go of it.
     pub charge: Charge,
+    /// What only MQTT 5 publishers set; `None` for most messages.
+    pub extra: Option<Box<MessageExtra>>,
+}
+
+/// The MQTT 5 side of a message: its properties (forwarded unchanged to
+/// MQTT 5 subscribers), when it expires, and who published it (for No
+/// Local). Boxed in [`Message`], so a 3.1.1 message pays one word.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MessageExtra {
+    /// Without topic alias and subscription identifiers, which belong to
+    /// one connection and one subscriber.
+    pub properties: PublishProperties,
+    /// From the Message Expiry Interval, when it was received.
+    pub expires_at: Option<Instant>,
+    /// The client that published it, for No Local [MQTT-3.8.3-3].
+    pub origin: Option<ClientId>,
 }
 
 /// What a message costs the memory budget besides its topic and payload.
@@ -70,7 +87,44 @@ impl Message {
             qos,
             retain,
             charge: Charge::default(),
+            extra: None,
         }
+    }
+
+    /// Adds what an MQTT 5 publisher set; nothing when there is nothing.
+    pub fn with_extra(mut self, extra: MessageExtra) -> Message {
+        if extra != MessageExtra::default() {
+            self.extra = Some(Box::new(extra));
+        }
+        self
+    }
+
+    pub fn properties(&self) -> Option<&PublishProperties> {
+        self.extra.as_ref().map(|extra| &extra.properties)
+    }
+
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.extra.as_ref().and_then(|extra| extra.expires_at)
+    }
+
+    /// Whether `client_id` published it.
+    pub fn published_by(&self, client_id: &ClientId) -> bool {
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.origin.as_ref())
+            .is_some_and(|origin| origin == client_id)
+    }
+
+    /// Whether its Message Expiry Interval has passed [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at().is_some_and(|at| at <= now)
+    }
+
+    /// The whole seconds it has left, for the PUBLISH that delivers it
+    /// [MQTT-3.3.2-6]; `None` when it never expires.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let left = self.expires_at()?.saturating_duration_since(now);
+        Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
     }
 
     /// A message counted against `budget` for as long as it lives.
@@ -105,6 +159,8 @@ pub struct RetainedCursor {
     pub filter: TopicFilter,
     pub qos: QoS,
     pub after: Option<TopicName>,
+    /// The subscription's identifier, carried on each delivery.
+    pub subscription_id: Option<u32>,
 }
 
 impl RetainedCursor {
@@ -113,6 +169,18 @@ impl RetainedCursor {
             filter,
             qos,
             after: None,
+            subscription_id: None,
+        }
+    }
+
+    pub fn for_subscription(
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> RetainedCursor {
+        RetainedCursor {
+            subscription_id,
+            ..RetainedCursor::new(filter, options.qos)
         }
     }
 }
@@ -120,14 +188,54 @@ impl RetainedCursor {
 /// Gates a publisher's acknowledgement. Every delivery that had to be queued
 /// beyond a session's `max_queued_messages` holds a clone; when the last clone
 /// is dropped (the subscriber's session took the delivery, or went offline)
-/// the receiver resolves and the PUBACK / PUBREC goes out.
+/// the receiver resolves with whether any session matched, and the PUBACK /
+/// PUBREC goes out (MQTT 5: 0x10 "no matching subscribers" when none did).
 #[derive(Debug, Clone)]
-pub struct Receipt(#[allow(dead_code)] Arc<oneshot::Sender<()>>);
+pub struct Receipt(Arc<ReceiptInner>);
+
+#[derive(Debug)]
+struct ReceiptInner {
+    tx: Option<oneshot::Sender<Routed>>,
+    matched: std::sync::atomic::AtomicBool,
+}
+
+/// What became of a published message, as its acknowledgement reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// At least one session's subscription matched.
+    Matched,
+    /// No session matched [MQTT 5 PUBACK 0x10].
+    NoSubscribers,
+}
+
+impl Drop for ReceiptInner {
+    fn drop(&mut self) {
+        let routed = if *self.matched.get_mut() {
+            Routed::Matched
+        } else {
+            Routed::NoSubscribers
+        };
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(routed);
+        }
+    }
+}
 
 impl Receipt {
-    pub fn new() -> (Receipt, oneshot::Receiver<()>) {
+    pub fn new() -> (Receipt, oneshot::Receiver<Routed>) {
         let (tx, rx) = oneshot::channel();
-        (Receipt(Arc::new(tx)), rx)
+        let inner = ReceiptInner {
+            tx: Some(tx),
+            matched: std::sync::atomic::AtomicBool::new(false),
+        };
+        (Receipt(Arc::new(inner)), rx)
+    }
+
+    /// Records that a session matched; called by the router.
+    pub fn matched(&self) {
+        self.0
+            .matched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -149,4 +257,7 @@ pub struct Delivery {
     pub retain: bool,
     /// Set only on deliveries held beyond the mailbox's limit.
     pub receipt: Option<Receipt>,
+    /// MQTT 5: the identifiers of the subscriptions it matched
+    /// [MQTT-3.3.4-3]; `None` for most deliveries.
+    pub subscription_ids: Option<Box<[u32]>>,
 }

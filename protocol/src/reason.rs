@@ -54,6 +54,16 @@ impl ReasonCode {
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA1);
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA2);
 
+    /// This code for an MQTT 5 client, 0x80 (Unspecified error) for 3.1.1,
+    /// whose acknowledgements have no other failure.
+    pub fn v3_or(self, v5: bool) -> ReasonCode {
+        if v5 {
+            self
+        } else {
+            ReasonCode::UNSPECIFIED_ERROR
+        }
+    }
+
     pub fn is_failure(self) -> bool {
         self.0 >= 0x80
     }

@@ -59,7 +59,7 @@ impl TopicName {
 
     /// The empty name a decoded MQTT 5 PUBLISH carries when it names its
     /// topic by alias alone [MQTT-3.3.2-12]; never routed.
-    pub(crate) fn alias_only() -> TopicName {
+    pub fn alias_only() -> TopicName {
         TopicName(Arc::from(""))
     }
 

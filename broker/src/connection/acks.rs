@@ -9,15 +9,17 @@
 
 use std::collections::VecDeque;
 
-use tidemq_protocol::Outgoing;
+use tidemq_protocol::{Outgoing, ReasonCode};
 use tokio::sync::oneshot::{self, error::TryRecvError};
+
+use crate::types::Routed;
 
 /// More acknowledgements than packet ids cannot be owed.
 const MAX_PENDING: usize = u16::MAX as usize;
 
 #[derive(Debug, Default)]
 pub struct PendingAcks {
-    queue: VecDeque<(Outgoing, oneshot::Receiver<()>)>,
+    queue: VecDeque<(Outgoing, oneshot::Receiver<Routed>)>,
 }
 
 /// The client has more unacknowledged PUBLISHes than packet ids.
@@ -33,11 +35,16 @@ impl PendingAcks {
         self.queue.is_empty()
     }
 
+    /// Acknowledgements owed and not yet sent.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Queues `ack` (PUBACK or PUBREC) until `released` resolves.
     pub fn push(
         &mut self,
         ack: Outgoing,
-        released: oneshot::Receiver<()>,
+        released: oneshot::Receiver<Routed>,
     ) -> Result<(), TooManyPending> {
         if self.queue.len() >= MAX_PENDING {
             return Err(TooManyPending);
@@ -50,7 +57,7 @@ impl PendingAcks {
     /// when none is waiting. Cancel-safe.
     pub async fn front_released(&mut self) {
         match self.queue.front_mut() {
-            // The sender is never used: "released" is the last receipt drop.
+            // Sent when the last receipt drops.
             Some((_, released)) => {
                 let _ = released.await;
             }
@@ -59,13 +66,22 @@ impl PendingAcks {
     }
 
     /// Takes the acknowledgements at the front whose receipts are released.
-    pub fn pop_released(&mut self) -> Vec<Outgoing> {
+    /// With `v5`, one whose message matched no session says so (0x10 "no
+    /// matching subscribers").
+    pub fn pop_released(&mut self, v5: bool) -> Vec<Outgoing> {
         let mut ready = Vec::new();
         while let Some((_, released)) = self.queue.front_mut() {
-            if released.try_recv() == Err(TryRecvError::Empty) {
-                break;
-            }
-            if let Some((ack, _)) = self.queue.pop_front() {
+            let routed = match released.try_recv() {
+                Err(TryRecvError::Empty) => break,
+                Ok(routed) => routed,
+                Err(TryRecvError::Closed) => Routed::Matched,
+            };
+            if let Some((mut ack, _)) = self.queue.pop_front() {
+                if v5 && routed == Routed::NoSubscribers {
+                    if let Outgoing::PubAck(ack) | Outgoing::PubRec(ack) = &mut ack {
+                        ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+                    }
+                }
                 ready.push(ack);
             }
         }
@@ -75,13 +91,13 @@ impl PendingAcks {
 
 #[cfg(test)]
 mod tests {
-    use tidemq_protocol::PacketId;
+    use tidemq_protocol::{Ack, PacketId};
 
     use super::*;
     use crate::types::Receipt;
 
     fn ack(n: u16) -> Outgoing {
-        Outgoing::PubAck(PacketId::new(n).unwrap())
+        Outgoing::PubAck(Ack::new(PacketId::new(n).unwrap()))
     }
 
     #[test]
@@ -91,10 +107,29 @@ mod tests {
         let (second, second_rx) = Receipt::new();
         acks.push(ack(1), first_rx).unwrap();
         acks.push(ack(2), second_rx).unwrap();
+        second.matched();
         drop(second);
-        assert!(acks.pop_released().is_empty(), "ack 2 waits behind ack 1");
+        assert!(acks.pop_released(false).is_empty(), "ack 2 waits behind ack 1");
+        first.matched();
         drop(first);
-        assert_eq!(acks.pop_released(), vec![ack(1), ack(2)]);
+        assert_eq!(acks.pop_released(false), vec![ack(1), ack(2)]);
         assert!(acks.is_empty());
+    }
+
+    #[test]
+    fn an_mqtt_5_ack_says_when_no_session_matched() {
+        let mut acks = PendingAcks::new();
+        let (matched, matched_rx) = Receipt::new();
+        let (unmatched, unmatched_rx) = Receipt::new();
+        acks.push(ack(1), matched_rx).unwrap();
+        acks.push(ack(2), unmatched_rx).unwrap();
+        matched.matched();
+        drop((matched, unmatched));
+        let mut no_match = Ack::new(PacketId::new(2).unwrap());
+        no_match.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        assert_eq!(
+            acks.pop_released(true),
+            vec![ack(1), Outgoing::PubAck(no_match)]
+        );
     }
 }

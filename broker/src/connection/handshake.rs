@@ -7,10 +7,14 @@
 //! | CONNECT                                  | answer            | counter                 |
 //! |------------------------------------------|-------------------|-------------------------|
 //! | will topic over `max_topic_levels`/`_len`| close, no CONNACK | `topics_refused_limit`  |
-//! | keepalive over `max_keepalive_secs`      | CONNACK 0x02      | `connacks_refused`      |
-//! | client id breaking the spec's rules      | CONNACK 0x02      | `connacks_refused`      |
-//! | client id over `max_client_id_len` bytes | CONNACK 0x02      | `client_ids_refused`    |
-//! | broker over `memory_limit_mb`            | CONNACK 0x03      | `memory_limit_refusals` |
+//! | keepalive over `max_keepalive_secs`      | 3.1.1: CONNACK 0x02; 5: capped, Server Keep Alive | `connacks_refused` |
+//! | client id breaking the spec's rules      | CONNACK 0x02 / 0x85 | `connacks_refused`    |
+//! | client id over `max_client_id_len` bytes | CONNACK 0x02 / 0x85 | `client_ids_refused`  |
+//! | MQTT 5 Authentication Method             | CONNACK 0x8C (no method configured) | `connacks_refused` |
+//! | broker over `memory_limit_mb`            | CONNACK 0x03 / 0x89 | `memory_limit_refusals` |
+//!
+//! An MQTT 5 CONNECT gets the MQTT 5 reason code (second column after the
+//! slash) and a CONNACK announcing what the broker supports.
 //!
 //! While the CONNECT is partly read its buffer is charged to the memory
 //! budget; no room for it closes the socket (`memory_limit_refusals`).
@@ -21,8 +25,8 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tidemq_protocol::{
-    decode_connect, encode, Connect, ConnectReturnCode, Framer, Outgoing, ProtocolError,
-    ProtocolVersion,
+    decode_connect, encode, ConnAck, ConnAckProperties, Connect, Framer, Outgoing, ProtocolError,
+    ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -39,6 +43,11 @@ const MQTT31_MAX_CLIENT_ID: usize = 23;
 pub struct Accepted {
     pub connect: Connect,
     pub client_id: ClientId,
+    /// The broker chose the client id (the client sent an empty one).
+    pub assigned: bool,
+    /// The keepalive granted: the client's, or for MQTT 5 the maximum when
+    /// it asked for more (announced as Server Keep Alive).
+    pub keep_alive: u16,
     /// Bytes read after the CONNECT; the read task starts from them.
     pub leftover: ReadBuffer,
 }
@@ -94,7 +103,8 @@ where
         Ok(Err(HandshakeError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2]: answer 0x01 and close.
             info!(conn_id, %peer, level, "refusing unsupported protocol level");
-            refuse(stream, ctx, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            let code = ReasonCode::UNSUPPORTED_PROTOCOL_VERSION;
+            refuse(stream, ctx, ProtocolVersion::V311, code).await;
             return None;
         }
         Ok(Err(HandshakeError::Protocol(error))) => {
@@ -142,21 +152,32 @@ where
             return None;
         }
     }
-    if let Err(code) = check_keepalive(&connect, ctx) {
-        let keep_alive = connect.keep_alive;
-        info!(conn_id, %peer, keep_alive, "refusing keepalive above the maximum");
-        refuse(stream, ctx, code).await;
-        return None;
-    }
-    let client_id = match client_id(&connect, ConnId(conn_id)) {
+    let version = connect.version;
+    let keep_alive = match check_keepalive(&connect, ctx) {
+        Ok(keep_alive) => keep_alive,
+        Err(code) => {
+            let keep_alive = connect.keep_alive;
+            info!(conn_id, %peer, keep_alive, "refusing keepalive above the maximum");
+            refuse(stream, ctx, version, code).await;
+            return None;
+        }
+    };
+    let (client_id, assigned) = match client_id(&connect, ConnId(conn_id)) {
         Ok(id) => id,
         Err(code) => {
             let client_id = connect.client_id;
             info!(conn_id, %peer, client_id, "refusing client identifier");
-            refuse(stream, ctx, code).await;
+            refuse(stream, ctx, version, code).await;
             return None;
         }
     };
+    if let Some(method) = &connect.properties.authentication_method {
+        // No authenticator is configured: every method is unknown
+        // [MQTT-4.12.0-1].
+        info!(conn_id, %peer, %method, "refusing unsupported authentication method (CONNACK 0x8C)");
+        refuse(stream, ctx, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
+        return None;
+    }
     if connect.client_id.len() > limits.max_client_id_len {
         if let Some(suppressed) = ctx
             .throttles
@@ -172,7 +193,7 @@ where
                 "refusing client identifier over max_client_id_len"
             );
         }
-        refuse(stream, ctx, ConnectReturnCode::IdentifierRejected).await;
+        refuse(stream, ctx, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
         return None;
     }
     if ctx.budget.is_over() {
@@ -183,12 +204,14 @@ where
         {
             warn!(conn_id, %peer, suppressed, "refusing a connection: over memory_limit_mb");
         }
-        refuse(stream, ctx, ConnectReturnCode::ServerUnavailable).await;
+        refuse(stream, ctx, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }
     Some(Accepted {
         connect,
         client_id,
+        assigned,
+        keep_alive,
         leftover: buf,
     })
 }
@@ -213,28 +236,35 @@ async fn read_connect<S: AsyncRead + Unpin>(
 }
 
 /// A 3.1/3.1.1 client cannot be told a smaller keepalive, so one above the
-/// maximum is refused, as mosquitto does. 0 (no keepalive) is always accepted.
-fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<(), ConnectReturnCode> {
-    if connect.keep_alive > ctx.settings.limits.max_keepalive_secs {
-        return Err(ConnectReturnCode::IdentifierRejected);
+/// maximum is refused, as mosquitto does; an MQTT 5 client is given the
+/// maximum (Server Keep Alive [MQTT-3.1.2-21]). 0 (no keepalive) is always
+/// accepted.
+fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<u16, ReasonCode> {
+    let max = ctx.settings.limits.max_keepalive_secs;
+    match connect.keep_alive {
+        asked if asked <= max => Ok(asked),
+        _ if connect.version.is_v5() => Ok(max),
+        _ => Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
     }
-    Ok(())
 }
 
 /// The client id rules: a zero-length id is assigned one when the session is
 /// clean [MQTT-3.1.3-6] and refused with 0x02 otherwise [MQTT-3.1.3-8];
-/// MQTT 3.1 requires 1 to 23 characters.
-fn client_id(connect: &Connect, conn_id: ConnId) -> Result<ClientId, ConnectReturnCode> {
+/// MQTT 5 assigns one whatever Clean Start says [MQTT-3.1.3-6] (v5) and
+/// returns it in CONNACK; MQTT 3.1 requires 1 to 23 characters. The flag
+/// says whether the broker assigned it.
+fn client_id(connect: &Connect, conn_id: ConnId) -> Result<(ClientId, bool), ReasonCode> {
     let id = connect.client_id.as_str();
+    let refused = ReasonCode::CLIENT_IDENTIFIER_NOT_VALID;
     match connect.version {
         ProtocolVersion::V31 if id.is_empty() || id.chars().count() > MQTT31_MAX_CLIENT_ID => {
-            Err(ConnectReturnCode::IdentifierRejected)
+            Err(refused)
         }
-        ProtocolVersion::V311 if id.is_empty() && !connect.clean_session => {
-            Err(ConnectReturnCode::IdentifierRejected)
+        ProtocolVersion::V311 if id.is_empty() && !connect.clean_session => Err(refused),
+        ProtocolVersion::V311 | ProtocolVersion::V5 if id.is_empty() => {
+            Ok((assigned_client_id(conn_id), true))
         }
-        ProtocolVersion::V311 if id.is_empty() => Ok(assigned_client_id(conn_id)),
-        _ => Ok(ClientId::new(id)),
+        _ => Ok((ClientId::new(id), false)),
     }
 }
 
@@ -248,27 +278,56 @@ fn assigned_client_id(conn_id: ConnId) -> ClientId {
     ClientId::new(&format!("tidemq-{:016x}-{conn_id}", hasher.finish()))
 }
 
-pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &Context, code: ConnectReturnCode) {
+/// What an MQTT 5 CONNACK announces: the broker's limits and features, and
+/// what it changed of the client's request.
+pub fn connack_properties(
+    ctx: &Context,
+    accepted: &Accepted,
+    session_expiry: Option<u32>,
+) -> ConnAckProperties {
+    let limits = &ctx.settings.limits;
+    let connect = &accepted.connect;
+    let max_packet_size = u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX);
+    ConnAckProperties {
+        receive_maximum: Some(limits.receive_maximum),
+        maximum_packet_size: Some(max_packet_size),
+        topic_alias_maximum: Some(limits.topic_alias_maximum),
+        retain_available: Some(1),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(0),
+        session_expiry_interval: session_expiry,
+        server_keep_alive: (accepted.keep_alive != connect.keep_alive)
+            .then_some(accepted.keep_alive),
+        assigned_client_identifier: accepted
+            .assigned
+            .then(|| accepted.client_id.as_str().to_owned()),
+        response_information: (connect.properties.request_response_information == Some(1))
+            .then(|| format!("response/{}", accepted.client_id)),
+        ..ConnAckProperties::default()
+    }
+}
+
+pub async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+) {
     Metrics::incr(&ctx.metrics.connacks_refused);
     // [MQTT-3.2.2-4]: session present is 0 on a refusal.
-    let _ = send_connack(stream, ctx, false, code).await;
+    let _ = send_connack(stream, ctx, version, ConnAck::new(false, reason)).await;
     let _ = tokio::time::timeout(ctx.settings.write_timeout(), stream.shutdown()).await;
 }
 
 pub async fn send_connack<S: AsyncWrite + Unpin>(
     stream: &mut S,
     ctx: &Context,
-    session_present: bool,
-    code: ConnectReturnCode,
+    version: ProtocolVersion,
+    connack: ConnAck,
 ) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(4);
-    encode(
-        &Outgoing::ConnAck {
-            session_present,
-            code,
-        },
-        &mut buf,
-    );
+    let mut buf = BytesMut::with_capacity(64);
+    encode(&Outgoing::ConnAck(connack), version, &mut buf);
     match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),

@@ -30,6 +30,7 @@ mod acks;
 mod handshake;
 mod reader;
 mod session;
+mod v5;
 mod writer;
 
 use std::net::SocketAddr;
@@ -40,7 +41,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tidemq_protocol::{
-    ConnectReturnCode, Framer, LastWill, Packet, ProtocolError, ProtocolVersion,
+    ConnAck, Disconnect, Framer, LastWill, Outgoing, Packet, ProtocolError, ProtocolVersion,
+    ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -173,8 +175,13 @@ struct Client {
     ctx: Arc<Context>,
     conn_id: ConnId,
     ownership: Ownership,
-    clean: bool,
+    /// How long the session outlives the connection: `Some(ZERO)` ends it
+    /// with the connection (3.1.1 clean session, MQTT 5 Session Expiry
+    /// Interval 0), `None` keeps it until the client returns.
+    expiry: Option<Duration>,
     version: ProtocolVersion,
+    /// MQTT 5 only: the client's limits and the topic aliases.
+    v5: Option<Box<v5::V5Conn>>,
     /// The keepalive the client asked for, in seconds; 0: none.
     keep_alive: u16,
     /// Boxed: most clients have none, and this struct is what a resting
@@ -189,6 +196,18 @@ struct Client {
 impl Client {
     fn slot(&self) -> &Arc<SessionSlot> {
         &self.ownership.slot
+    }
+
+    /// MQTT 5 DISCONNECT's new Session Expiry Interval, capped like the
+    /// CONNECT's (see [`session_expiry`]).
+    fn set_expiry(&mut self, interval: u32) {
+        self.expiry = capped_expiry(self.ctx.registry.default_expiry(), interval).0;
+        self.slot().set_persistent(!self.ends_with_connection());
+    }
+
+    /// Whether the session ends with the connection.
+    fn ends_with_connection(&self) -> bool {
+        self.expiry == Some(Duration::ZERO)
     }
 
     /// How long the connection may stay silent: 1.5 x its keepalive
@@ -291,7 +310,8 @@ async fn connect<S: Transport>(
                 "refusing: connection limit reached (CONNACK 0x03)"
             );
         }
-        handshake::refuse(&mut stream, &ctx, ConnectReturnCode::ServerUnavailable).await;
+        let version = accepted.connect.version;
+        handshake::refuse(&mut stream, &ctx, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
@@ -308,24 +328,40 @@ async fn connect<S: Transport>(
         debug!("a newer connection claimed this client id first");
         return None;
     };
-    let connect = accepted.connect;
-    let clean = connect.clean_session;
-    let (state, session_present) = take_up_session(&ctx, &ownership.slot, clean).await;
-    let keep_alive = connect.keep_alive;
+    let (expiry, granted_expiry) = session_expiry(&ctx, &accepted.connect);
+    let clean = accepted.connect.clean_session;
+    let (mut state, session_present) =
+        take_up_session(&ctx, &ownership.slot, clean, expiry).await;
+    let version = accepted.connect.version;
+    let mut connack = ConnAck::new(session_present, ReasonCode::SUCCESS);
+    let v5 = version.is_v5().then(|| {
+        let properties = handshake::connack_properties(&ctx, &accepted, granted_expiry);
+        connack.properties = Box::new(properties);
+        let connect = &accepted.connect;
+        Box::new(v5::V5Conn::new(connect, ctx.settings.limits.topic_alias_maximum))
+    });
+    // [MQTT-3.3.4-9]: never more unacknowledged PUBLISHes towards an MQTT 5
+    // client than its Receive Maximum.
+    let receive_maximum = accepted.connect.properties.receive_maximum;
+    let max_inflight = ctx.settings.limits.max_inflight;
+    state
+        .outbound
+        .set_window(receive_maximum.map_or(max_inflight, |n| max_inflight.min(usize::from(n))));
+    let keep_alive = accepted.keep_alive;
     let client = Client {
         conn_id,
         ownership,
-        clean,
-        version: connect.version,
+        expiry,
+        version,
+        v5,
         keep_alive,
-        will: connect.will.map(Box::new),
+        will: accepted.connect.will.map(Box::new),
         state,
         last_packet: Instant::now(),
         _admission: admission,
         ctx,
     };
-    let accepted_code = ConnectReturnCode::Accepted;
-    if handshake::send_connack(&mut stream, &client.ctx, session_present, accepted_code)
+    if handshake::send_connack(&mut stream, &client.ctx, version, connack)
         .await
         .is_err()
     {
@@ -336,6 +372,7 @@ async fn connect<S: Transport>(
         conn_id = conn_id.0,
         %peer,
         client_id = %client.slot().client_id,
+        ?version,
         clean,
         session_present,
         took_over,
@@ -486,20 +523,59 @@ async fn wake(resting: Box<Resting>) {
     .await
 }
 
-/// Takes up the session's state: a clean session starts empty (and drops
-/// what an earlier persistent session left); a persistent one resumes.
-/// Returns the state and the CONNACK's session-present flag.
-async fn take_up_session(ctx: &Context, slot: &SessionSlot, clean: bool) -> (SessionState, bool) {
-    let session_present = !clean && slot.is_persistent();
+/// How long a session outlives its connection (see [`Client::expiry`]), and
+/// for MQTT 5 the Session Expiry Interval to announce when the broker
+/// lowered the client's. 3.1.1: clean session ends it, otherwise
+/// `session_expiry_secs` (0: never). MQTT 5: the client's interval
+/// (absent: 0), capped by `session_expiry_secs`; 0xFFFFFFFF never expires
+/// [MQTT-3.1.2-23].
+fn session_expiry(ctx: &Context, connect: &tidemq_protocol::Connect) -> (Option<Duration>, Option<u32>) {
+    let cap = ctx.registry.default_expiry();
+    if !connect.version.is_v5() {
+        let expiry = if connect.clean_session {
+            Some(Duration::ZERO)
+        } else {
+            cap
+        };
+        return (expiry, None);
+    }
+    let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+    capped_expiry(cap, asked)
+}
+
+/// An MQTT 5 Session Expiry Interval under the broker's cap: the expiry,
+/// and the interval to announce when the cap lowered it.
+fn capped_expiry(cap: Option<Duration>, interval: u32) -> (Option<Duration>, Option<u32>) {
+    let wanted = (interval != u32::MAX).then(|| Duration::from_secs(u64::from(interval)));
+    match (wanted, cap) {
+        (Some(wanted), Some(cap)) if wanted <= cap => (Some(wanted), None),
+        (_, Some(cap)) => {
+            let granted = u32::try_from(cap.as_secs()).unwrap_or(u32::MAX - 1);
+            (Some(cap), Some(granted))
+        }
+        (wanted, None) => (wanted, None),
+    }
+}
+
+/// Takes up the session's state: a clean start begins empty (and drops
+/// what an earlier session left); otherwise it resumes. Returns the state
+/// and the CONNACK's session-present flag.
+async fn take_up_session(
+    ctx: &Context,
+    slot: &SessionSlot,
+    clean_start: bool,
+    expiry: Option<Duration>,
+) -> (SessionState, bool) {
+    let session_present = !clean_start && slot.is_persistent();
     let parked = slot.take_parked();
     let state = match parked {
-        Some(state) if !clean => state,
+        Some(state) if !clean_start => state,
         _ => SessionState::new(ctx.settings.limits.max_inflight),
     };
-    if clean {
+    if clean_start {
         Session::discard(ctx, slot).await;
     }
-    slot.set_persistent(!clean);
+    slot.set_persistent(expiry != Some(Duration::ZERO));
     slot.set_online(true);
     slot.reset_overflow();
     (state, session_present)
@@ -598,8 +674,15 @@ impl<S: Transport> Tasks<S> {
         let outcome = match end {
             End::Rest => self.stop_for_rest(&client.ctx).await,
             end => {
-                let graceful = matches!(end, End::Disconnect | End::Shutdown);
                 let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
+                // MQTT 5: the server's DISCONNECT, written under the grace
+                // deadline before the socket closes [MQTT-4.13.2-1].
+                let farewell = client.v5.as_ref().and_then(|_| end.disconnect());
+                let said = match farewell {
+                    Some(disconnect) => self.say_goodbye(disconnect, grace).await,
+                    None => false,
+                };
+                let graceful = said || end.is_graceful();
                 self.stop(graceful.then_some(grace)).await;
                 Outcome::Ended(end)
             }
@@ -645,7 +728,7 @@ impl<S: Transport> Tasks<S> {
             // (no will); other packets go with the connection.
             let disconnected = pending
                 .iter()
-                .any(|inbound| matches!(inbound, Inbound::Packet(Packet::Disconnect)));
+                .any(|inbound| matches!(inbound, Inbound::Packet(Packet::Disconnect(_))));
             return Outcome::Ended(if disconnected {
                 End::Disconnect
             } else {
@@ -657,6 +740,16 @@ impl<S: Transport> Tasks<S> {
             leftover,
             pending,
         }
+    }
+
+    /// Queues the server's DISCONNECT for the writer, waiting at most
+    /// `grace` for room; `false` when it could not be queued.
+    async fn say_goodbye(&mut self, disconnect: Disconnect, grace: Duration) -> bool {
+        let mut buf = bytes::BytesMut::new();
+        let packet = Outgoing::Disconnect(disconnect);
+        tidemq_protocol::encode(&packet, ProtocolVersion::V5, &mut buf);
+        let send = self.outgoing.send(buf.freeze());
+        matches!(tokio::time::timeout(grace, send).await, Ok(Ok(())))
     }
 
     /// Stops both tasks for good; after a graceful end the writer flushes
@@ -708,25 +801,27 @@ fn cancelled_end(ctx: &Context) -> End {
 /// state (and keeps its mailbox and subscriptions); a clean one is
 /// forgotten. Dropping the client frees its session slot.
 async fn close(client: Client, end: End) {
+    let ends_with_connection = client.ends_with_connection();
     let Client {
         ctx,
         conn_id,
         ownership,
-        clean,
+        expiry,
         will,
         state,
         ..
     } = client;
     report(&end, conn_id, &ownership.slot.client_id, &ctx);
-    if end.publishes_will() {
-        if let Some(will) = will {
-            publish_will(&ctx, *will).await;
+    if let (true, Some(will)) = (end.publishes_will(), will) {
+        match will_delay(&will, expiry) {
+            Some(delay) => delay_will(&ctx, &ownership.slot, conn_id, *will, delay),
+            None => publish_will(&ctx, *will).await,
         }
     }
     let slot = &ownership.slot;
     slot.set_online(false);
     slot.release_owner(conn_id);
-    if clean {
+    if ends_with_connection {
         Session::discard(&ctx, slot).await;
         slot.set_persistent(false);
         ctx.registry.remove(slot, conn_id);
@@ -736,8 +831,37 @@ async fn close(client: Client, end: End) {
         // client that claimed it meanwhile keeps it online.
         let slot = Arc::clone(slot);
         drop(ownership);
-        ctx.registry.went_offline(&slot, conn_id);
+        ctx.registry.went_offline(&slot, conn_id, expiry);
     }
+}
+
+/// How long an MQTT 5 will waits: its Will Delay Interval, or less when the
+/// session ends first [MQTT-3.1.3-9]; `None`: publish it now.
+fn will_delay(will: &LastWill, expiry: Option<Duration>) -> Option<Duration> {
+    let delay = Duration::from_secs(u64::from(will.delay_interval));
+    let wait = expiry.map_or(delay, |expiry| delay.min(expiry));
+    (!wait.is_zero()).then_some(wait)
+}
+
+/// Publishes the will after `delay` unless a new connection resumed the
+/// session meanwhile [MQTT-3.1.3-9], or the broker shut down. One timer task
+/// per delayed will, the session's own: the dormitory watches sockets only.
+fn delay_will(ctx: &Arc<Context>, slot: &Arc<SessionSlot>, conn_id: ConnId, will: LastWill, delay: Duration) {
+    Metrics::incr(&ctx.metrics.wills_delayed);
+    let ctx = Arc::clone(ctx);
+    let slot = Arc::downgrade(slot);
+    ctx.runtime.clone().spawn(async move {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let resumed = slot
+            .upgrade()
+            .is_some_and(|slot| !slot.is_latest(conn_id));
+        if !resumed {
+            publish_will(&ctx, will).await;
+        }
+    });
 }
 
 /// Empties a session the expiry task owns: its parked state, its
@@ -770,6 +894,31 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
     };
     match end {
         End::Disconnect => debug!("client disconnected"),
+        End::DisconnectWithWill => debug!("client disconnected asking for its will (0x04)"),
+        End::ReceiveMaximumExceeded => {
+            Metrics::incr(&metrics.receive_maximum_exceeded);
+            warn!(
+                conn_id,
+                %client_id,
+                "closing: more unacknowledged QoS 1/2 PUBLISHes than receive_maximum [MQTT-3.3.4-8] (DISCONNECT 0x93)"
+            );
+        }
+        End::BadAlias(error) => {
+            Metrics::incr(&metrics.protocol_errors);
+            warn!(conn_id, %client_id, %error, "closing: protocol violation (DISCONNECT 0x94)");
+        }
+        End::SessionExpiryFromZero => {
+            Metrics::incr(&metrics.protocol_errors);
+            warn!(
+                conn_id,
+                %client_id,
+                "closing: DISCONNECT set a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]"
+            );
+        }
+        End::UnexpectedAuth => {
+            Metrics::incr(&metrics.protocol_errors);
+            warn!(conn_id, %client_id, "closing: AUTH without an authentication method [MQTT-4.12.0-?]");
+        }
         End::PeerClosed => debug!("peer closed the connection"),
         End::Io(error) => debug!(%error, "read failed"),
         End::Shutdown => debug!("closed for shutdown"),

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
-    encode, encode_publish_ref, Outgoing, Packet, PacketId, ProtocolError, Publish, PublishRef, QoS,
+    encode, encode_publish_ref, encoded_publish_ref_len, Ack, AckProperties, Disconnect, Outgoing,
+    Packet, PacketId, ProtocolError, Publish, PublishRef, PublishV5, QoS, ReasonCode, Subscribe,
+    Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -28,23 +30,42 @@ use tracing::{debug, warn};
 
 use super::acks::PendingAcks;
 use super::reader::{Inbound, ReadError, ReadLimit};
+use super::v5::AliasUse;
 use super::writer::WriterEnd;
 use super::{sleep_until_option, Client, Context};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
-use crate::router::{RouterGone, RouterMsg, Subscribed, RETAINED_BATCH};
-use crate::types::{Delivery, Message, Receipt};
+use crate::router::{RouterGone, RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
+use crate::types::{Delivery, Message, MessageExtra, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
 const DELIVERY_BATCH: usize = 256;
 /// Decoded packets handled per wake-up before other events get a turn.
 const INBOUND_BATCH: usize = 64;
 
+/// The Reason String of a SUBACK with refusals (MQTT 5, when the client
+/// did not turn problem information off [MQTT-3.1.2-29]).
+const SUBACK_REFUSALS: &str =
+    "0x8F: filter invalid, 0x97: over a subscription or topic limit, 0x9E: no shared subscriptions";
+
 /// Why a connection ended; decides the log line, the counter and the will.
 #[derive(Debug)]
 pub enum End {
     /// The client sent DISCONNECT.
     Disconnect,
+    /// MQTT 5: the client sent DISCONNECT 0x04, asking for its will.
+    DisconnectWithWill,
+    /// MQTT 5: more QoS 1/2 PUBLISHes unacknowledged than the broker's
+    /// Receive Maximum [MQTT-3.3.4-8].
+    ReceiveMaximumExceeded,
+    /// MQTT 5: a topic alias of 0, above the maximum, or never set.
+    BadAlias(super::v5::BadAlias),
+    /// MQTT 5: DISCONNECT set a Session Expiry Interval after CONNECT had
+    /// 0 [MQTT-3.14.2-2].
+    SessionExpiryFromZero,
+    /// MQTT 5: AUTH on a connection that did not authenticate with a
+    /// method [MQTT-4.12.0-?].
+    UnexpectedAuth,
     /// The peer closed the socket without DISCONNECT.
     PeerClosed,
     Io(std::io::Error),
@@ -72,10 +93,60 @@ pub enum End {
 }
 
 impl End {
-    /// The will is published on every end but DISCONNECT [MQTT-3.1.2-10] and
-    /// broker shutdown.
+    /// The will is published on every end but a normal DISCONNECT
+    /// [MQTT-3.1.2-10] and broker shutdown.
     pub fn publishes_will(&self) -> bool {
         !matches!(self, End::Disconnect | End::Shutdown)
+    }
+
+    /// Whether the writer may flush what is queued before the socket closes.
+    pub fn is_graceful(&self) -> bool {
+        matches!(
+            self,
+            End::Disconnect | End::DisconnectWithWill | End::Shutdown
+        )
+    }
+
+    /// The DISCONNECT an MQTT 5 client is sent for this end, if the
+    /// connection can still carry one [MQTT-4.13.2-1]: never after the
+    /// client's own DISCONNECT [MQTT-3.14.0-1] or a broken socket.
+    pub fn disconnect(&self) -> Option<Disconnect> {
+        let (reason, why) = match self {
+            End::KeepAliveTimeout => (ReasonCode::KEEP_ALIVE_TIMEOUT, "keepalive timeout"),
+            End::TakenOver => (ReasonCode::SESSION_TAKEN_OVER, "session taken over"),
+            End::Shutdown => (ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down"),
+            End::Protocol(error) => (error.reason_code(), "bad packet"),
+            End::BadAlias(_) => (ReasonCode::TOPIC_ALIAS_INVALID, "topic alias invalid"),
+            End::ReceiveMaximumExceeded => (
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged PUBLISHes than Receive Maximum",
+            ),
+            End::TooManyUnacknowledged => (
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged PUBLISHes than packet ids",
+            ),
+            End::SessionExpiryFromZero => (
+                ReasonCode::PROTOCOL_ERROR,
+                "session expiry interval changed from 0",
+            ),
+            End::UnexpectedAuth => (ReasonCode::PROTOCOL_ERROR, "AUTH without a method"),
+            End::TopicLimit => (
+                ReasonCode::QUOTA_EXCEEDED,
+                "topic over max_topic_levels or max_topic_len",
+            ),
+            End::SlowSubscriber => (ReasonCode::QUOTA_EXCEEDED, "too slow: queue over its limit"),
+            End::MemoryLimit | End::ReadLimit(ReadLimit::MemoryLimit) => {
+                (ReasonCode::SERVER_BUSY, "server over its memory limit")
+            }
+            End::ReadLimit(ReadLimit::PacketTimeout) => (
+                ReasonCode::KEEP_ALIVE_TIMEOUT,
+                "a packet did not arrive whole in time",
+            ),
+            _ => return None,
+        };
+        let mut disconnect = Disconnect::new(reason);
+        disconnect.properties.reason_string = Some(why.to_owned());
+        Some(disconnect)
     }
 }
 
@@ -305,7 +376,7 @@ impl Session {
     /// Encodes a packet for the write task; the chunk is handed over at the
     /// end of the current wake-up, or now if it is full.
     async fn send(&mut self, packet: Outgoing) -> Result<(), End> {
-        encode(&packet, &mut self.out);
+        encode(&packet, self.client.version, &mut self.out);
         if self.out.len() >= self.out_limit {
             self.flush().await?;
         }
@@ -342,6 +413,12 @@ impl Session {
         if !self.more_mail && self.client.state.has_retained_cursors() {
             self.pull_retained().await?;
         }
+        let now = Instant::now();
+        if self.client.v5.is_some() {
+            self.drop_undeliverable(&mut batch, now);
+        } else {
+            self.drop_expired(&mut batch, now);
+        }
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent. Each
@@ -351,16 +428,7 @@ impl Session {
         ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
         let mut sent = Ok(());
         for (delivery, packet_id) in batch.iter().zip(&ids) {
-            let message = &delivery.message;
-            let publish = PublishRef {
-                dup: false,
-                qos: delivery.qos,
-                retain: delivery.retain,
-                topic: &message.topic,
-                packet_id: *packet_id,
-                payload: &message.payload,
-            };
-            encode_publish_ref(&publish, &mut self.out);
+            self.encode_delivery(delivery, *packet_id, now);
             if self.out.len() >= self.out_limit {
                 sent = self.flush().await;
                 if sent.is_err() {
@@ -373,6 +441,83 @@ impl Session {
         self.batch = batch;
         self.ids = ids;
         sent
+    }
+
+    /// Writes one delivery's PUBLISH; for an MQTT 5 client with its
+    /// properties, remaining expiry, subscription identifiers and alias.
+    fn encode_delivery(&mut self, delivery: &Delivery, packet_id: Option<PacketId>, now: Instant) {
+        let message = &delivery.message;
+        let mut publish = PublishRef {
+            dup: false,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: &message.topic,
+            packet_id,
+            payload: &message.payload,
+            v5: None,
+        };
+        if let Some(v5) = self.client.v5.as_mut() {
+            let alias = v5.aliases_out.alias_for(&message.topic);
+            publish.v5 = Some(PublishV5 {
+                properties: message.properties(),
+                message_expiry_interval: message.remaining_expiry(now),
+                topic_alias: match alias {
+                    AliasUse::None => None,
+                    AliasUse::Set(alias) | AliasUse::Known(alias) => Some(alias),
+                },
+                omit_topic: matches!(alias, AliasUse::Known(_)),
+                subscription_identifiers: delivery.subscription_ids.as_deref().unwrap_or(&[]),
+            });
+        }
+        encode_publish_ref(&publish, &mut self.out);
+    }
+
+    /// Drops deliveries whose Message Expiry Interval has passed
+    /// [MQTT-3.3.2-5]; counted in `messages_expired`.
+    fn drop_expired(&self, batch: &mut Vec<Delivery>, now: Instant) {
+        let before = batch.len();
+        batch.retain(|delivery| !delivery.message.is_expired(now));
+        let expired = before - batch.len();
+        if expired > 0 {
+            Metrics::add(&self.client.ctx.metrics.messages_expired, expired as u64);
+        }
+    }
+
+    /// MQTT 5: drops what has expired, and what would exceed the client's
+    /// Maximum Packet Size [MQTT-3.1.2-25] (`dropped_too_large`; for this
+    /// subscriber only).
+    fn drop_undeliverable(&self, batch: &mut Vec<Delivery>, now: Instant) {
+        self.drop_expired(batch, now);
+        let Some(max) = self.client.v5.as_ref().and_then(|v5| v5.max_packet_size) else {
+            return;
+        };
+        let before = batch.len();
+        batch.retain(|delivery| {
+            let message = &delivery.message;
+            let ids = delivery.subscription_ids.as_deref().unwrap_or(&[]);
+            // Sized with the full topic: an alias can only make it smaller.
+            let publish = PublishRef {
+                dup: false,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                topic: &message.topic,
+                packet_id: PacketId::new(1),
+                payload: &message.payload,
+                v5: Some(PublishV5 {
+                    properties: message.properties(),
+                    message_expiry_interval: message.remaining_expiry(now),
+                    topic_alias: Some(1),
+                    omit_topic: false,
+                    subscription_identifiers: ids,
+                }),
+            };
+            encoded_publish_ref_len(&publish) <= max as usize
+        });
+        let dropped = before - batch.len();
+        if dropped > 0 {
+            Metrics::add(&self.client.ctx.metrics.dropped_too_large, dropped as u64);
+            debug!(dropped, max, "deliveries over the client's Maximum Packet Size dropped");
+        }
     }
 
     /// Arms the slow-subscriber deadline while the mailbox is over its limit
@@ -391,38 +536,90 @@ impl Session {
     async fn handle(&mut self, packet: Packet) -> Result<(), End> {
         match packet {
             Packet::Publish(publish) => self.publish(publish).await,
-            Packet::PubAck(id) => {
-                Self::acknowledged(self.client.state.outbound.puback(id), "PUBACK");
+            Packet::PubAck(ack) => {
+                let acked = self.client.state.outbound.puback(ack.packet_id);
+                Self::acknowledged(acked, "PUBACK");
                 self.deliver().await
             }
-            Packet::PubRec(id) => {
+            Packet::PubRec(ack) => {
+                let id = ack.packet_id;
+                if ack.reason.is_failure() {
+                    // MQTT 5: the client refused it; the exchange ends here
+                    // [MQTT-4.3.3-?] and its window slot is free again.
+                    Self::acknowledged(self.client.state.outbound.puback(id), "PUBREC");
+                    return self.deliver().await;
+                }
                 Self::acknowledged(self.client.state.outbound.pubrec(id), "PUBREC");
                 // [MQTT-4.3.3-1] answer PUBREC with PUBREL.
-                self.send(Outgoing::PubRel(id)).await
+                self.send(Outgoing::PubRel(Ack::new(id))).await
             }
-            Packet::PubRel(id) => {
-                self.client.state.inbound.release(id);
-                self.send(Outgoing::PubComp(id)).await
+            Packet::PubRel(ack) => {
+                let id = ack.packet_id;
+                let known = self.client.state.inbound.release(id);
+                let reason = if known || !self.client.version.is_v5() {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(Outgoing::PubComp(Ack::with_reason(id, reason)))
+                    .await
             }
-            Packet::PubComp(id) => {
-                Self::acknowledged(self.client.state.outbound.pubcomp(id), "PUBCOMP");
+            Packet::PubComp(ack) => {
+                let acked = self.client.state.outbound.pubcomp(ack.packet_id);
+                Self::acknowledged(acked, "PUBCOMP");
                 self.deliver().await
             }
-            Packet::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
-            Packet::Unsubscribe { packet_id, filters } => {
-                self.client.state.drop_retained_cursors(&filters);
-                let client_id = self.client.ownership.slot.client_id.clone();
-                self.client
-                    .ctx
-                    .router
-                    .unsubscribe(client_id, filters)
-                    .await?;
-                // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
-                self.send(Outgoing::UnsubAck(packet_id)).await
-            }
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             Packet::PingReq => self.send(Outgoing::PingResp).await,
-            Packet::Disconnect => Err(End::Disconnect),
+            Packet::Disconnect(disconnect) => self.disconnected(disconnect),
+            // No authenticator is configured, so no connection has a method
+            // to re-authenticate with [MQTT-4.12.0-?].
+            Packet::Auth(_) => Err(End::UnexpectedAuth),
         }
+    }
+
+    /// The client's DISCONNECT: MQTT 5 may change the Session Expiry
+    /// Interval (not from 0 [MQTT-3.14.2-2]) and ask for the will (0x04).
+    fn disconnected(&mut self, disconnect: Disconnect) -> Result<(), End> {
+        if let Some(interval) = disconnect.properties.session_expiry_interval {
+            if self.client.ends_with_connection() && interval != 0 {
+                return Err(End::SessionExpiryFromZero);
+            }
+            self.client.set_expiry(interval);
+        }
+        if disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL {
+            return Err(End::DisconnectWithWill);
+        }
+        Err(End::Disconnect)
+    }
+
+    async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), End> {
+        let Unsubscribe {
+            packet_id, filters, ..
+        } = unsubscribe;
+        self.client.state.drop_retained_cursors(&filters);
+        let client_id = self.client.ownership.slot.client_id.clone();
+        let existed = self
+            .client
+            .ctx
+            .router
+            .unsubscribe(client_id, filters)
+            .await?;
+        let codes = existed
+            .into_iter()
+            .map(|existed| match existed {
+                true => ReasonCode::SUCCESS,
+                false => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            })
+            .collect();
+        // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
+        self.send(Outgoing::UnsubAck {
+            packet_id,
+            codes,
+            properties: AckProperties::default(),
+        })
+        .await
     }
 
     fn acknowledged<E: std::fmt::Display>(result: Result<(), E>, kind: &str) {
@@ -432,7 +629,10 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, publish: Publish) -> Result<(), End> {
+    async fn publish(&mut self, mut publish: Publish) -> Result<(), End> {
+        if let Some(v5) = self.client.v5.as_mut() {
+            v5.aliases_in.resolve(&mut publish).map_err(End::BadAlias)?;
+        }
         let ctx = &self.client.ctx;
         Metrics::incr(&ctx.metrics.messages_received);
         if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
@@ -454,13 +654,21 @@ impl Session {
             return Ok(());
         }
         let packet_id = publish.packet_id;
+        if packet_id.is_some() && self.client.v5.is_some() {
+            // [MQTT-3.3.4-8]: the broker's Receive Maximum, counting
+            // PUBLISHes not yet acknowledged and QoS 2 ones awaiting PUBREL.
+            let unacknowledged = self.acks.len() + self.client.state.inbound.held();
+            if unacknowledged >= usize::from(ctx.settings.limits.receive_maximum) {
+                return Err(End::ReceiveMaximumExceeded);
+            }
+        }
         let route = match (publish.qos, packet_id) {
             (QoS::ExactlyOnce, Some(id)) => self.client.state.inbound.receive(id),
             _ => true,
         };
         let ack = match (publish.qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => Some(Outgoing::PubAck(id)),
-            (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(id)),
+            (QoS::AtLeastOnce, Some(id)) => Some(Outgoing::PubAck(Ack::new(id))),
+            (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(Ack::new(id))),
             _ => None,
         };
         // Every acknowledged PUBLISH, routed or a resend, gets a receipt, so
@@ -476,39 +684,79 @@ impl Session {
             None => None,
         };
         if route {
-            let message = Message::charged(
-                publish.topic,
-                publish.payload,
-                publish.qos,
-                publish.retain,
-                &self.client.ctx.budget,
-            );
+            let message = self.message(publish);
             self.client.ctx.router.publish(message, receipt).await?;
         }
         Ok(())
     }
 
+    /// The message a PUBLISH becomes: charged to the memory budget, with
+    /// what an MQTT 5 publisher set besides topic and payload.
+    fn message(&self, publish: Publish) -> Message {
+        let message = Message::charged(
+            publish.topic,
+            publish.payload,
+            publish.qos,
+            publish.retain,
+            &self.client.ctx.budget,
+        );
+        let Some(mut properties) = publish.properties else {
+            if self.client.v5.is_none() {
+                return message;
+            }
+            // No Local needs the origin of every MQTT 5 message.
+            return message.with_extra(MessageExtra {
+                origin: Some(self.client.ownership.slot.client_id.clone()),
+                ..MessageExtra::default()
+            });
+        };
+        // The alias belongs to this connection [MQTT-3.3.2-7].
+        properties.topic_alias = None;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        message.with_extra(MessageExtra {
+            properties: *properties,
+            expires_at,
+            origin: Some(self.client.ownership.slot.client_id.clone()),
+        })
+    }
+
     /// Sends the acknowledgements whose messages every subscriber has taken.
     async fn send_released_acks(&mut self) -> Result<(), End> {
-        for ack in self.acks.pop_released() {
+        let v5 = self.client.version.is_v5();
+        for ack in self.acks.pop_released(v5) {
             self.send(ack).await?;
         }
         Ok(())
     }
 
-    async fn subscribe(
-        &mut self,
-        packet_id: PacketId,
-        filters: Vec<(tidemq_protocol::TopicFilter, QoS)>,
-    ) -> Result<(), End> {
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), End> {
+        let v5 = self.client.version.is_v5();
+        let request = SubscribeRequest {
+            filters: subscribe.filters,
+            subscription_id: subscribe.subscription_identifier,
+            v5,
+        };
         let Subscribed { codes, cursors } = self
             .client
             .ctx
             .router
-            .subscribe(self.client.ownership.slot.clone(), filters)
+            .subscribe(self.client.ownership.slot.clone(), request)
             .await?;
         self.client.state.add_retained_cursors(cursors);
-        self.send(Outgoing::SubAck { packet_id, codes }).await
+        let mut properties = AckProperties::default();
+        let problem_info = self.client.v5.as_ref().is_some_and(|v5| v5.problem_info);
+        if problem_info && codes.iter().any(|code| code.is_failure()) {
+            properties.reason_string = Some(SUBACK_REFUSALS.to_owned());
+        }
+        self.send(Outgoing::SubAck {
+            packet_id: subscribe.packet_id,
+            codes,
+            properties,
+        })
+        .await
     }
 
     /// Asks the router for the next batch of a new subscription's retained

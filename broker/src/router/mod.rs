@@ -27,7 +27,7 @@ use foldhash::fast::RandomState;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use tidemq_protocol::{QoS, SubAckCode, TopicFilter};
+use tidemq_protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -52,7 +52,7 @@ pub enum RouterMsg {
     },
     Subscribe {
         slot: Arc<SessionSlot>,
-        filters: Vec<(TopicFilter, QoS)>,
+        request: SubscribeRequest,
         /// Answered after the subscriptions are in place and the first batch
         /// of retained messages is in the mailbox, so SUBACK precedes them
         /// on the wire.
@@ -66,10 +66,11 @@ pub enum RouterMsg {
         max: usize,
         done: oneshot::Sender<Option<RetainedCursor>>,
     },
+    /// Answered with whether each filter was subscribed, in order.
     Unsubscribe {
         client_id: ClientId,
         filters: Vec<TopicFilter>,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Vec<bool>>,
     },
     /// Forget every subscription of a client (clean session start or end).
     /// Answered once done, so no delivery under the old subscriptions can
@@ -108,12 +109,12 @@ impl RouterHandle {
     pub async fn subscribe(
         &self,
         slot: Arc<SessionSlot>,
-        filters: Vec<(TopicFilter, QoS)>,
+        request: SubscribeRequest,
     ) -> Result<Subscribed, RouterGone> {
         let (done, answer) = oneshot::channel();
         self.send(RouterMsg::Subscribe {
             slot,
-            filters,
+            request,
             done,
         })
         .await?;
@@ -139,11 +140,12 @@ impl RouterHandle {
         answer.await.map_err(|_| RouterGone)
     }
 
+    /// Removes subscriptions; answers whether each filter was subscribed.
     pub async fn unsubscribe(
         &self,
         client_id: ClientId,
         filters: Vec<TopicFilter>,
-    ) -> Result<(), RouterGone> {
+    ) -> Result<Vec<bool>, RouterGone> {
         let (done, answer) = oneshot::channel();
         self.send(RouterMsg::Unsubscribe {
             client_id,
@@ -155,12 +157,36 @@ impl RouterHandle {
     }
 }
 
-/// The answer to a SUBSCRIBE: a return code per filter, in order, and the
-/// cursors of the new subscriptions whose retained messages did not all fit
-/// in the first batch.
+/// One SUBSCRIBE packet's filters, as the router takes them.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    pub filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    /// MQTT 5 Subscription Identifier, for every filter of the packet.
+    pub subscription_id: Option<u32>,
+    /// Whether the client speaks MQTT 5 (its refusals have more codes).
+    pub v5: bool,
+}
+
+impl SubscribeRequest {
+    /// 3.1.1-style filters with a QoS each (tests, benches).
+    pub fn qos(filters: Vec<(TopicFilter, QoS)>) -> SubscribeRequest {
+        SubscribeRequest {
+            filters: filters
+                .into_iter()
+                .map(|(filter, qos)| (filter, SubscriptionOptions::qos(qos)))
+                .collect(),
+            subscription_id: None,
+            v5: false,
+        }
+    }
+}
+
+/// The answer to a SUBSCRIBE: a reason code per filter, in order (the
+/// granted QoS, or a refusal), and the cursors of the new subscriptions
+/// whose retained messages did not all fit in the first batch.
 #[derive(Debug, Default)]
 pub struct Subscribed {
-    pub codes: Vec<SubAckCode>,
+    pub codes: Vec<ReasonCode>,
     pub cursors: Vec<RetainedCursor>,
 }
 
@@ -238,8 +264,8 @@ pub struct Router {
     retained: Retained,
     limits: RouterLimits,
     metrics: Arc<Metrics>,
-    /// Reused per publish: (slot address, QoS, slot) of every match.
-    scratch: Vec<(usize, QoS, Arc<SessionSlot>)>,
+    /// Reused per publish: every matching subscription.
+    scratch: Vec<Match>,
     /// Reused per retained batch.
     retained_scratch: Vec<Arc<Message>>,
     subscriptions_refused: LogThrottle,
@@ -270,10 +296,10 @@ impl Router {
             RouterMsg::Publish { message, receipt } => self.publish(&message, receipt.as_ref()),
             RouterMsg::Subscribe {
                 slot,
-                filters,
+                request,
                 done,
             } => {
-                let subscribed = self.subscribe(&slot, filters);
+                let subscribed = self.subscribe(&slot, request);
                 // The session may have ended meanwhile; nothing to answer then.
                 let _ = done.send(subscribed);
             }
@@ -291,11 +317,12 @@ impl Router {
                 filters,
                 done,
             } => {
-                for filter in &filters {
-                    self.unsubscribe(&client_id, filter);
-                }
+                let existed = filters
+                    .iter()
+                    .map(|filter| self.unsubscribe(&client_id, filter))
+                    .collect();
                 self.count_subscriptions();
-                let _ = done.send(());
+                let _ = done.send(existed);
             }
             RouterMsg::DropSession { client_id, done } => {
                 self.drop_session(&client_id);
@@ -306,31 +333,40 @@ impl Router {
     }
 
     /// Fans a message out: one delivery per client at the highest QoS of its
-    /// matching subscriptions, downgraded to the message's QoS.
+    /// matching subscriptions, downgraded to the message's QoS; none to its
+    /// publisher's subscriptions with No Local [MQTT-3.8.3-3].
     fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
         if message.retain {
             self.retain(message);
         }
         let scratch = &mut self.scratch;
-        self.subscriptions.for_each_match(&message.topic, |_, sub| {
-            let address = Arc::as_ptr(&sub.slot) as usize;
-            scratch.push((address, sub.qos, Arc::clone(&sub.slot)));
-        });
+        self.subscriptions
+            .for_each_match(&message.topic, |client_id, sub| {
+                if sub.options.no_local && message.published_by(client_id) {
+                    return;
+                }
+                scratch.push(Match::new(sub));
+            });
         merge_overlapping(scratch);
+        if let (Some(receipt), false) = (receipt, scratch.is_empty()) {
+            receipt.matched();
+        }
         // Charged before any session can take (and release) a delivery.
         let offered = scratch.len();
         self.charge_deliveries(offered);
         let mut queued = 0;
-        for (_, sub_qos, slot) in self.scratch.drain(..) {
+        for found in self.scratch.drain(..) {
             let delivery = Delivery {
                 message: Arc::clone(message),
-                qos: sub_qos.min(message.qos),
-                // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0.
-                retain: false,
+                qos: found.qos.min(message.qos),
+                // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0,
+                // unless MQTT 5's Retain As Published [MQTT-3.3.1-13].
+                retain: found.retain_as_published && message.retain,
                 receipt: None,
+                subscription_ids: found.ids,
             };
             queued += usize::from(offer(
-                &slot,
+                &found.slot,
                 delivery,
                 Limit::Enforced,
                 receipt,
@@ -386,37 +422,52 @@ impl Router {
     }
 
     /// Adds the filters of one SUBSCRIBE. A filter repeated in the packet is
-    /// subscribed once, at the QoS of its last occurrence (as handling them
-    /// one after the other would leave it), and its retained messages are
-    /// sent once; every occurrence still gets its return code, in order.
-    fn subscribe(
-        &mut self,
-        slot: &Arc<SessionSlot>,
-        filters: Vec<(TopicFilter, QoS)>,
-    ) -> Subscribed {
+    /// subscribed once, with the options of its last occurrence (as handling
+    /// them one after the other would leave it), and its retained messages
+    /// are sent once; every occurrence still gets its reason code, in order.
+    fn subscribe(&mut self, slot: &Arc<SessionSlot>, request: SubscribeRequest) -> Subscribed {
         slot.mark_subscribed();
-        // Filter -> (index of its last occurrence, whether it was granted).
-        let mut fate: HashMap<&TopicFilter, (usize, bool), RandomState> = HashMap::default();
+        let filters = &request.filters;
+        // Filter -> (index of its last occurrence, its reason code).
+        let mut fate: HashMap<&TopicFilter, (usize, ReasonCode), RandomState> =
+            HashMap::default();
         for (index, (filter, _)) in filters.iter().enumerate() {
-            fate.insert(filter, (index, false));
+            fate.insert(filter, (index, ReasonCode::UNSPECIFIED_ERROR));
         }
         let mut cursors = Vec::new();
-        for (index, (filter, qos)) in filters.iter().enumerate() {
-            let Some((last, granted)) = fate.get_mut(filter) else {
+        for (index, (filter, options)) in filters.iter().enumerate() {
+            let Some((last, code)) = fate.get_mut(filter) else {
                 continue;
             };
-            if *last == index {
-                *granted = self.subscribe_one(slot, filter, *qos);
-                if *granted {
-                    cursors.push(RetainedCursor::new(filter.clone(), *qos));
+            if *last != index {
+                continue;
+            }
+            let id = request.subscription_id;
+            match self.subscribe_one(slot, filter, *options, id, request.v5) {
+                Ok(new) => {
+                    *code = ReasonCode(options.qos as u8);
+                    // [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+                    let send_retained = match options.retain_handling {
+                        RetainHandling::OnSubscribe => true,
+                        RetainHandling::OnNewSubscription => new,
+                        RetainHandling::Never => false,
+                    };
+                    if send_retained {
+                        cursors.push(RetainedCursor::for_subscription(
+                            filter.clone(),
+                            *options,
+                            id,
+                        ));
+                    }
                 }
+                Err(refused) => *code = refused,
             }
         }
         let codes = filters
             .iter()
-            .map(|(filter, qos)| match fate.get(filter) {
-                Some((_, true)) => SubAckCode::Granted(*qos),
-                _ => SubAckCode::Failure,
+            .map(|(filter, _)| match fate.get(filter) {
+                Some((_, code)) => *code,
+                None => ReasonCode::UNSPECIFIED_ERROR,
             })
             .collect();
         self.count_subscriptions();
@@ -425,9 +476,23 @@ impl Router {
     }
 
     /// Subscribes one filter within the caps [MQTT-3.8.4-3]: replacing an
-    /// existing subscription always works.
-    fn subscribe_one(&mut self, slot: &Arc<SessionSlot>, filter: &TopicFilter, qos: QoS) -> bool {
+    /// existing subscription always works. `Ok(true)` for a new
+    /// subscription, `Ok(false)` for a replaced one.
+    fn subscribe_one(
+        &mut self,
+        slot: &Arc<SessionSlot>,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        v5: bool,
+    ) -> Result<bool, ReasonCode> {
         let client_id = &slot.client_id;
+        // Shared subscriptions are not supported yet: CONNACK says so to
+        // MQTT 5 clients, and a 3.1.1 client's `$share/...` is an ordinary
+        // filter, as 3.1.1 defines none.
+        if v5 && filter.as_str().starts_with("$share/") {
+            return Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
         if !self.limits.topic_fits(filter.as_str()) {
             let counter = &self.metrics.topics_refused_limit;
             self.refused(
@@ -435,21 +500,21 @@ impl Router {
                 client_id,
                 "filter over max_topic_levels or max_topic_len",
             );
-            return false;
+            return Err(ReasonCode::QUOTA_EXCEEDED.v3_or(v5));
         }
         let known = self.filters_by_client.entry(client_id.clone()).or_default();
         if !known.contains(filter) && known.len() >= self.limits.max_subscriptions_per_client {
             let counter = &self.metrics.subscriptions_refused_limit;
             self.refused(counter, client_id, "max_subscriptions_per_client reached");
-            return false;
+            return Err(ReasonCode::QUOTA_EXCEEDED.v3_or(v5));
         }
         known.insert(filter.clone());
         let subscriber = Subscriber {
-            qos,
+            options,
+            id,
             slot: Arc::clone(slot),
         };
-        self.subscriptions.insert(filter, client_id, subscriber);
-        true
+        Ok(self.subscriptions.insert(filter, client_id, subscriber))
     }
 
     /// Counts a filter refused with 0x80 and logs it, at most once a second.
@@ -510,6 +575,7 @@ impl Router {
                 message,
                 retain: true,
                 receipt: None,
+                subscription_ids: cursor.subscription_id.map(|id| Box::from([id])),
             };
             queued += usize::from(offer(slot, delivery, Limit::Waived, None, &self.metrics));
         }
@@ -525,14 +591,16 @@ impl Router {
         );
     }
 
-    fn unsubscribe(&mut self, client_id: &ClientId, filter: &TopicFilter) {
-        self.subscriptions.remove(filter, client_id);
+    /// Removes one subscription; `true` if it existed.
+    fn unsubscribe(&mut self, client_id: &ClientId, filter: &TopicFilter) -> bool {
+        let existed = self.subscriptions.remove(filter, client_id);
         if let Some(known) = self.filters_by_client.get_mut(client_id) {
             known.remove(filter);
             if known.is_empty() {
                 self.filters_by_client.remove(client_id);
             }
         }
+        existed
     }
 
     fn drop_session(&mut self, client_id: &ClientId) {
@@ -561,16 +629,50 @@ impl Router {
     }
 }
 
-/// Leaves one entry per session, at the highest QoS of its matching
-/// subscriptions (one copy per client [MQTT-3.3.5-1]). Sorting by address
-/// avoids hashing on the common single-match path.
-fn merge_overlapping(matches: &mut Vec<(usize, QoS, Arc<SessionSlot>)>) {
+/// One matching subscription, as a publish gathers them.
+#[derive(Debug)]
+struct Match {
+    /// The slot's address: sorts and dedups without hashing.
+    address: usize,
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Option<Box<[u32]>>,
+    slot: Arc<SessionSlot>,
+}
+
+impl Match {
+    fn new(sub: &Subscriber) -> Match {
+        Match {
+            address: Arc::as_ptr(&sub.slot) as usize,
+            qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            ids: sub.id.map(|id| Box::from([id])),
+            slot: Arc::clone(&sub.slot),
+        }
+    }
+}
+
+/// Leaves one entry per session (one copy per client [MQTT-3.3.5-1]) at the
+/// highest QoS of its matching subscriptions, carrying the identifiers of
+/// all of them [MQTT-3.3.4-3] and Retain As Published if any has it.
+/// Sorting by address avoids hashing on the common single-match path.
+fn merge_overlapping(matches: &mut Vec<Match>) {
     if matches.len() < 2 {
         return;
     }
-    // Highest QoS first within a session, so dedup keeps it.
-    matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    matches.dedup_by_key(|entry| entry.0);
+    // Highest QoS first within a session, so the kept entry has it.
+    matches.sort_unstable_by(|a, b| a.address.cmp(&b.address).then(b.qos.cmp(&a.qos)));
+    matches.dedup_by(|later, kept| {
+        if later.address != kept.address {
+            return false;
+        }
+        kept.retain_as_published |= later.retain_as_published;
+        if let Some(more) = later.ids.take() {
+            let ids = kept.ids.take().unwrap_or_default();
+            kept.ids = Some(ids.iter().chain(more.iter()).copied().collect());
+        }
+        true
+    });
 }
 
 /// Offers a delivery to a session's mailbox, and counts what was not

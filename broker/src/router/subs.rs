@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use tidemq_protocol::{QoS, TopicFilter, TopicName};
+use tidemq_protocol::{SubscriptionOptions, TopicFilter, TopicName};
 
 use crate::registry::SessionSlot;
 use crate::types::ClientId;
 
 #[derive(Debug, Clone)]
 pub struct Subscriber {
-    pub qos: QoS,
+    pub options: SubscriptionOptions,
+    /// MQTT 5 Subscription Identifier, carried on each delivery.
+    pub id: Option<u32>,
     pub slot: Arc<SessionSlot>,
 }
 
@@ -82,19 +84,26 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Adds or replaces (a new QoS) a client's subscription.
-    pub fn insert(&mut self, filter: &TopicFilter, client_id: &ClientId, subscriber: Subscriber) {
+    /// Adds or replaces (new options) a client's subscription; `true` if
+    /// it is new.
+    pub fn insert(
+        &mut self,
+        filter: &TopicFilter,
+        client_id: &ClientId,
+        subscriber: Subscriber,
+    ) -> bool {
         let mut node = &mut self.root;
         for level in filter.levels() {
             node = node.child_or_insert(level);
         }
-        if node
+        let new = node
             .subscribers
             .insert(client_id.clone(), subscriber)
-            .is_none()
-        {
+            .is_none();
+        if new {
             self.count += 1;
         }
+        new
     }
 
     /// Removes one subscription; `true` if it existed. Empty nodes are pruned.

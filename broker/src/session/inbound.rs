@@ -20,11 +20,12 @@ impl Inbound {
     }
 
     /// Handles a PUBREL: the id may be reused by the client from now on.
-    pub fn release(&mut self, id: PacketId) {
-        self.awaiting_release.remove(&id);
+    /// `false` if the id was not held.
+    pub fn release(&mut self, id: PacketId) -> bool {
+        self.awaiting_release.remove(&id)
     }
 
-    #[cfg(test)]
+    /// QoS 2 ids awaiting PUBREL.
     pub fn held(&self) -> usize {
         self.awaiting_release.len()
     }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tidemq_protocol::{Outgoing, PacketId, Publish, QoS};
+use tidemq_protocol::{Ack, Outgoing, PacketId, Publish, QoS};
 
 use crate::types::{Delivery, Message};
 
@@ -60,6 +60,12 @@ impl Outbound {
             next_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not zero")),
             steps: 0,
         }
+    }
+
+    /// Sets the window: `limits.max_inflight`, or less for an MQTT 5 client
+    /// with a smaller Receive Maximum. Messages already in flight stay.
+    pub fn set_window(&mut self, window: usize) {
+        self.window = u16::try_from(window).unwrap_or(u16::MAX);
     }
 
     /// Whether another QoS 1/2 message may be sent now.
@@ -176,8 +182,9 @@ impl Outbound {
                     topic: message.topic.clone(),
                     packet_id: Some(entry.id),
                     payload: message.payload.clone(),
+                    properties: message.properties().cloned().map(Box::new),
                 }),
-                Stage::Released => Outgoing::PubRel(entry.id),
+                Stage::Released => Outgoing::PubRel(Ack::new(entry.id)),
             })
             .collect()
     }

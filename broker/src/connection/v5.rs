@@ -1,0 +1,219 @@
+//! What an MQTT 5 connection keeps beyond a 3.1.1 one: the limits its client
+//! announced in CONNECT and the topic aliases both ways. Boxed in the
+//! client, so a 3.1.1 connection (and a resting one) pays one word for it.
+//!
+//! | state           | set by                      | used for                     |
+//! |-----------------|-----------------------------|------------------------------|
+//! | `max_packet_size` | CONNECT Maximum Packet Size | dropping larger deliveries |
+//! | `problem_info`  | CONNECT Request Problem Info | Reason Strings on acks      |
+//! | `aliases_in`    | client PUBLISHes            | topics sent by alias alone   |
+//! | `aliases_out`   | deliveries                  | topics replaced by an alias  |
+
+use std::collections::HashMap;
+
+use tidemq_protocol::{Connect, Publish, TopicName};
+
+/// The MQTT 5 side of a connection.
+#[derive(Debug)]
+pub struct V5Conn {
+    /// The largest packet the client accepts [MQTT-3.1.2-24]; `None`: no limit
+    /// beyond the protocol's.
+    pub max_packet_size: Option<u32>,
+    /// Request Problem Information: Reason Strings and User Properties may go
+    /// on packets other than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
+    pub problem_info: bool,
+    pub aliases_in: InboundAliases,
+    pub aliases_out: OutboundAliases,
+}
+
+impl V5Conn {
+    /// `alias_maximum` is the broker's Topic Alias Maximum (what the client
+    /// may use); the client's own caps the aliases the broker assigns.
+    pub fn new(connect: &Connect, alias_maximum: u16) -> V5Conn {
+        let properties = &connect.properties;
+        V5Conn {
+            max_packet_size: properties.maximum_packet_size,
+            problem_info: properties.request_problem_information != Some(0),
+            aliases_in: InboundAliases::new(alias_maximum),
+            aliases_out: OutboundAliases::new(
+                properties
+                    .topic_alias_maximum
+                    .unwrap_or(0)
+                    .min(alias_maximum),
+            ),
+        }
+    }
+}
+
+/// A topic alias the client used wrongly: 0, above the maximum, or unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("[MQTT-3.3.2-8]/[MQTT-3.3.2-9] topic alias {0} is 0, above the maximum or never set")]
+pub struct BadAlias(pub u16);
+
+/// Aliases the client set for its PUBLISHes [MQTT-3.3.2-10]: alias `n` at
+/// index `n - 1`, grown as they are set, never beyond the maximum.
+#[derive(Debug, Default)]
+pub struct InboundAliases {
+    maximum: u16,
+    topics: Vec<Option<TopicName>>,
+}
+
+impl InboundAliases {
+    pub fn new(maximum: u16) -> InboundAliases {
+        InboundAliases {
+            maximum,
+            topics: Vec::new(),
+        }
+    }
+
+    /// Sets or looks up the PUBLISH's alias; afterwards its topic is a real
+    /// name. A PUBLISH without an alias is left alone.
+    pub fn resolve(&mut self, publish: &mut Publish) -> Result<(), BadAlias> {
+        let Some(alias) = publish.properties.as_ref().and_then(|p| p.topic_alias) else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.maximum {
+            return Err(BadAlias(alias));
+        }
+        let index = usize::from(alias - 1);
+        if publish.topic.is_empty() {
+            let known = self.topics.get(index).and_then(Option::as_ref);
+            publish.topic = known.cloned().ok_or(BadAlias(alias))?;
+        } else {
+            if self.topics.len() <= index {
+                self.topics.resize(index + 1, None);
+            }
+            if let Some(entry) = self.topics.get_mut(index) {
+                *entry = Some(publish.topic.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Aliases the broker assigns for its deliveries, up to the client's Topic
+/// Alias Maximum; when all are taken, the least recently used is replaced.
+#[derive(Debug, Default)]
+pub struct OutboundAliases {
+    maximum: u16,
+    /// Topic -> (alias, last use).
+    by_topic: HashMap<TopicName, (u16, u64)>,
+    clock: u64,
+}
+
+/// How a delivery names its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AliasUse {
+    /// No alias: the client allows none.
+    None,
+    /// Send the topic and set this alias for it.
+    Set(u16),
+    /// Send this alias and an empty topic.
+    Known(u16),
+}
+
+impl OutboundAliases {
+    pub fn new(maximum: u16) -> OutboundAliases {
+        OutboundAliases {
+            maximum,
+            by_topic: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// The alias to use for `topic`, assigning one if there is room or the
+    /// least recently used one can be taken over.
+    pub fn alias_for(&mut self, topic: &TopicName) -> AliasUse {
+        if self.maximum == 0 {
+            return AliasUse::None;
+        }
+        self.clock += 1;
+        if let Some((alias, used)) = self.by_topic.get_mut(topic) {
+            *used = self.clock;
+            return AliasUse::Known(*alias);
+        }
+        let alias = if self.by_topic.len() < usize::from(self.maximum) {
+            // Aliases 1..=len are taken, in order of first use.
+            u16::try_from(self.by_topic.len() + 1).unwrap_or(self.maximum)
+        } else {
+            let oldest = self
+                .by_topic
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(topic, (alias, _))| (topic.clone(), *alias));
+            let Some((old_topic, alias)) = oldest else {
+                return AliasUse::None;
+            };
+            self.by_topic.remove(&old_topic);
+            alias
+        };
+        self.by_topic.insert(topic.clone(), (alias, self.clock));
+        AliasUse::Set(alias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tidemq_protocol::{PublishProperties, QoS};
+
+    use super::*;
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::new(name).unwrap()
+    }
+
+    #[test]
+    fn outbound_aliases_replace_the_least_recently_used() {
+        let mut aliases = OutboundAliases::new(2);
+        assert_eq!(aliases.alias_for(&topic("a")), AliasUse::Set(1));
+        assert_eq!(aliases.alias_for(&topic("b")), AliasUse::Set(2));
+        assert_eq!(aliases.alias_for(&topic("a")), AliasUse::Known(1));
+        // "b" is the least recently used: "c" takes its alias.
+        assert_eq!(aliases.alias_for(&topic("c")), AliasUse::Set(2));
+        assert_eq!(aliases.alias_for(&topic("a")), AliasUse::Known(1));
+        assert_eq!(aliases.alias_for(&topic("b")), AliasUse::Set(2));
+    }
+
+    #[test]
+    fn no_aliases_when_the_client_allows_none() {
+        let mut aliases = OutboundAliases::new(0);
+        assert_eq!(aliases.alias_for(&topic("a")), AliasUse::None);
+    }
+
+    fn aliased(name: &str, alias: u16) -> Publish {
+        let mut publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic(name),
+            packet_id: None,
+            payload: Bytes::new(),
+            properties: Some(Box::new(PublishProperties {
+                topic_alias: Some(alias),
+                ..PublishProperties::default()
+            })),
+        };
+        if name == "-" {
+            publish.topic = TopicName::alias_only();
+        }
+        publish
+    }
+
+    #[test]
+    fn mqtt_3_3_2_8_and_9_inbound_alias_zero_or_above_maximum_is_refused() {
+        let mut aliases = InboundAliases::new(4);
+        assert_eq!(aliases.resolve(&mut aliased("t", 0)), Err(BadAlias(0)));
+        assert_eq!(aliases.resolve(&mut aliased("t", 5)), Err(BadAlias(5)));
+    }
+
+    #[test]
+    fn mqtt_3_3_2_10_an_alias_set_once_names_the_topic_later() {
+        let mut aliases = InboundAliases::new(4);
+        aliases.resolve(&mut aliased("a/b", 3)).unwrap();
+        let mut by_alias = aliased("-", 3);
+        aliases.resolve(&mut by_alias).unwrap();
+        assert_eq!(by_alias.topic.as_str(), "a/b");
+        assert_eq!(aliases.resolve(&mut aliased("-", 2)), Err(BadAlias(2)));
+    }
+}
