@@ -328,6 +328,7 @@ mod tests {
             qos,
             retain: false,
             receipt: None,
+            subscription_ids: None,
         }
     }
 
@@ -379,7 +380,7 @@ mod tests {
             "held by delivery 2"
         );
         assert_eq!(pop(&mailbox), Some(2));
-        assert_eq!(released.try_recv(), Err(TryRecvError::Closed));
+        assert!(released.try_recv().is_ok(), "released");
     }
 
     #[test]
@@ -398,7 +399,7 @@ mod tests {
         );
         drop(receipt);
         mailbox.set_online(false);
-        assert_eq!(released.try_recv(), Err(TryRecvError::Closed));
+        assert!(released.try_recv().is_ok(), "released");
         assert_eq!((pop(&mailbox), pop(&mailbox)), (Some(1), Some(2)));
     }
 

@@ -491,7 +491,11 @@ mod tests {
         assert_eq!(registry.deadlines().len(), 0);
         // It goes offline again: a new deadline, from now.
         drop(ownership);
-        registry.went_offline(&registry.slots.get(&id).unwrap().clone(), ConnId(2), registry.expiry);
+        registry.went_offline(
+            &registry.slots.get(&id).unwrap().clone(),
+            ConnId(2),
+            registry.expiry,
+        );
         assert_eq!(registry.deadlines().len(), 1);
         assert_eq!(gauges(&registry), (1, 1));
     }

@@ -371,3 +371,28 @@ pub enum Outgoing {
     /// MQTT 5 only.
     Auth(Auth),
 }
+
+impl Subscribe {
+    /// A SUBSCRIBE with a QoS per filter and no MQTT 5 extras.
+    pub fn qos(packet_id: PacketId, filters: Vec<(TopicFilter, QoS)>) -> Subscribe {
+        Subscribe {
+            packet_id,
+            filters: filters
+                .into_iter()
+                .map(|(filter, qos)| (filter, SubscriptionOptions::qos(qos)))
+                .collect(),
+            subscription_identifier: None,
+            user_properties: Vec::new(),
+        }
+    }
+}
+
+impl Unsubscribe {
+    pub fn new(packet_id: PacketId, filters: Vec<TopicFilter>) -> Unsubscribe {
+        Unsubscribe {
+            packet_id,
+            filters,
+            user_properties: Vec::new(),
+        }
+    }
+}

@@ -109,7 +109,10 @@ mod tests {
         acks.push(ack(2), second_rx).unwrap();
         second.matched();
         drop(second);
-        assert!(acks.pop_released(false).is_empty(), "ack 2 waits behind ack 1");
+        assert!(
+            acks.pop_released(false).is_empty(),
+            "ack 2 waits behind ack 1"
+        );
         first.matched();
         drop(first);
         assert_eq!(acks.pop_released(false), vec![ack(1), ack(2)]);

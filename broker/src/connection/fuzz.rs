@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use tidemq_protocol::{
-    encode_packet, put_remaining_length, Framer, Packet, PacketId, Publish, QoS, TopicFilter,
-    TopicName, MAX_REMAINING_LENGTH,
+    encode_packet, put_remaining_length, Ack, Framer, Packet, PacketId, ProtocolVersion, Publish,
+    QoS, Subscribe, TopicFilter, TopicName, MAX_REMAINING_LENGTH,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -173,22 +173,20 @@ fn valid_packet(rng: &mut Rng) -> Vec<u8> {
                 topic,
                 packet_id: (qos != QoS::AtMostOnce).then_some(id),
                 payload: rng.bytes_below(MAX_PACKET / 4).into(),
+                properties: None,
             }),
             Err(_) => Packet::PingReq,
         },
         2 => match TopicFilter::new(&topic(rng)) {
-            Ok(filter) => Packet::Subscribe {
-                packet_id: id,
-                filters: vec![(filter, qos)],
-            },
+            Ok(filter) => Packet::Subscribe(Subscribe::qos(id, vec![(filter, qos)])),
             Err(_) => Packet::PingReq,
         },
-        3 => Packet::PubAck(id),
-        4 => Packet::PubRel(id),
+        3 => Packet::PubAck(Ack::new(id)),
+        4 => Packet::PubRel(Ack::new(id)),
         _ => Packet::PingReq,
     };
     let mut wire = BytesMut::new();
-    encode_packet(&packet, &mut wire);
+    encode_packet(&packet, ProtocolVersion::V311, &mut wire);
     wire.to_vec()
 }
 
@@ -355,10 +353,8 @@ async fn normal_client_is_served(ctx: &Arc<Context>) {
     let filter = TopicFilter::new("n/t").unwrap();
     let packet_id = PacketId::new(1).unwrap();
     encode_packet(
-        &Packet::Subscribe {
-            packet_id,
-            filters: vec![(filter, QoS::AtLeastOnce)],
-        },
+        &Packet::Subscribe(Subscribe::qos(packet_id, vec![(filter, QoS::AtLeastOnce)])),
+        ProtocolVersion::V311,
         &mut wire,
     );
     encode_packet(
@@ -369,7 +365,9 @@ async fn normal_client_is_served(ctx: &Arc<Context>) {
             topic: TopicName::new("n/t").unwrap(),
             packet_id: PacketId::new(2),
             payload: bytes::Bytes::from_static(b"still here"),
+            properties: None,
         }),
+        ProtocolVersion::V311,
         &mut wire,
     );
     client.write_all(&wire).await.unwrap();

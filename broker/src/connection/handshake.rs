@@ -193,7 +193,13 @@ where
                 "refusing client identifier over max_client_id_len"
             );
         }
-        refuse(stream, ctx, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+        refuse(
+            stream,
+            ctx,
+            version,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
         return None;
     }
     if ctx.budget.is_over() {

@@ -330,15 +330,17 @@ async fn connect<S: Transport>(
     };
     let (expiry, granted_expiry) = session_expiry(&ctx, &accepted.connect);
     let clean = accepted.connect.clean_session;
-    let (mut state, session_present) =
-        take_up_session(&ctx, &ownership.slot, clean, expiry).await;
+    let (mut state, session_present) = take_up_session(&ctx, &ownership.slot, clean, expiry).await;
     let version = accepted.connect.version;
     let mut connack = ConnAck::new(session_present, ReasonCode::SUCCESS);
     let v5 = version.is_v5().then(|| {
         let properties = handshake::connack_properties(&ctx, &accepted, granted_expiry);
         connack.properties = Box::new(properties);
         let connect = &accepted.connect;
-        Box::new(v5::V5Conn::new(connect, ctx.settings.limits.topic_alias_maximum))
+        Box::new(v5::V5Conn::new(
+            connect,
+            ctx.settings.limits.topic_alias_maximum,
+        ))
     });
     // [MQTT-3.3.4-9]: never more unacknowledged PUBLISHes towards an MQTT 5
     // client than its Receive Maximum.
@@ -529,7 +531,10 @@ async fn wake(resting: Box<Resting>) {
 /// `session_expiry_secs` (0: never). MQTT 5: the client's interval
 /// (absent: 0), capped by `session_expiry_secs`; 0xFFFFFFFF never expires
 /// [MQTT-3.1.2-23].
-fn session_expiry(ctx: &Context, connect: &tidemq_protocol::Connect) -> (Option<Duration>, Option<u32>) {
+fn session_expiry(
+    ctx: &Context,
+    connect: &tidemq_protocol::Connect,
+) -> (Option<Duration>, Option<u32>) {
     let cap = ctx.registry.default_expiry();
     if !connect.version.is_v5() {
         let expiry = if connect.clean_session {
@@ -846,7 +851,13 @@ fn will_delay(will: &LastWill, expiry: Option<Duration>) -> Option<Duration> {
 /// Publishes the will after `delay` unless a new connection resumed the
 /// session meanwhile [MQTT-3.1.3-9], or the broker shut down. One timer task
 /// per delayed will, the session's own: the dormitory watches sockets only.
-fn delay_will(ctx: &Arc<Context>, slot: &Arc<SessionSlot>, conn_id: ConnId, will: LastWill, delay: Duration) {
+fn delay_will(
+    ctx: &Arc<Context>,
+    slot: &Arc<SessionSlot>,
+    conn_id: ConnId,
+    will: LastWill,
+    delay: Duration,
+) {
     Metrics::incr(&ctx.metrics.wills_delayed);
     let ctx = Arc::clone(ctx);
     let slot = Arc::downgrade(slot);
@@ -855,9 +866,7 @@ fn delay_will(ctx: &Arc<Context>, slot: &Arc<SessionSlot>, conn_id: ConnId, will
             _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let resumed = slot
-            .upgrade()
-            .is_some_and(|slot| !slot.is_latest(conn_id));
+        let resumed = slot.upgrade().is_some_and(|slot| !slot.is_latest(conn_id));
         if !resumed {
             publish_will(&ctx, will).await;
         }

@@ -516,7 +516,10 @@ impl Session {
         let dropped = before - batch.len();
         if dropped > 0 {
             Metrics::add(&self.client.ctx.metrics.dropped_too_large, dropped as u64);
-            debug!(dropped, max, "deliveries over the client's Maximum Packet Size dropped");
+            debug!(
+                dropped,
+                max, "deliveries over the client's Maximum Packet Size dropped"
+            );
         }
     }
 

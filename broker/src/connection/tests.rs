@@ -9,7 +9,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tidemq_protocol::{encode_packet, Packet, PacketId, QoS, TopicFilter};
+use tidemq_protocol::{
+    encode_packet, Packet, PacketId, ProtocolVersion, QoS, Subscribe, TopicFilter,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::task::JoinHandle;
 
@@ -124,7 +126,11 @@ async fn a_stalled_write_side_ends_the_reader_and_the_session() {
     let mut wire = BytesMut::new();
     let filters = vec![(TopicFilter::new("t").unwrap(), QoS::AtMostOnce)];
     let packet_id = PacketId::new(1).unwrap();
-    encode_packet(&Packet::Subscribe { packet_id, filters }, &mut wire);
+    encode_packet(
+        &Packet::Subscribe(Subscribe::qos(packet_id, filters)),
+        ProtocolVersion::V311,
+        &mut wire,
+    );
     client.write_all(&wire).await.unwrap();
     // The SUBACK alone fits; PINGRESPs pile up behind a full pipe.
     for _ in 0..64 {
@@ -209,8 +215,9 @@ fn publish_wire(packet_id: u16, payload_len: usize) -> Vec<u8> {
         topic: tidemq_protocol::TopicName::new("t").unwrap(),
         packet_id: PacketId::new(packet_id),
         payload: bytes::Bytes::from(vec![b'p'; payload_len]),
+        properties: None,
     };
-    encode_packet(&Packet::Publish(publish), &mut wire);
+    encode_packet(&Packet::Publish(publish), ProtocolVersion::V311, &mut wire);
     wire.to_vec()
 }
 

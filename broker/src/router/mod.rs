@@ -429,8 +429,7 @@ impl Router {
         slot.mark_subscribed();
         let filters = &request.filters;
         // Filter -> (index of its last occurrence, its reason code).
-        let mut fate: HashMap<&TopicFilter, (usize, ReasonCode), RandomState> =
-            HashMap::default();
+        let mut fate: HashMap<&TopicFilter, (usize, ReasonCode), RandomState> = HashMap::default();
         for (index, (filter, _)) in filters.iter().enumerate() {
             fate.insert(filter, (index, ReasonCode::UNSPECIFIED_ERROR));
         }
@@ -463,10 +462,12 @@ impl Router {
                 Err(refused) => *code = refused,
             }
         }
+        // Each occurrence is answered with its own QoS when granted.
         let codes = filters
             .iter()
-            .map(|(filter, _)| match fate.get(filter) {
-                Some((_, code)) => *code,
+            .map(|(filter, options)| match fate.get(filter) {
+                Some((_, code)) if code.is_failure() => *code,
+                Some(_) => ReasonCode(options.qos as u8),
                 None => ReasonCode::UNSPECIFIED_ERROR,
             })
             .collect();

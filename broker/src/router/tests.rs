@@ -1,7 +1,7 @@
 //! `Router::handle` driven directly: matching, QoS, retained, drops.
 
 use bytes::Bytes;
-use tidemq_protocol::TopicName;
+use tidemq_protocol::{ReasonCode, TopicName};
 
 use super::*;
 use crate::types::ConnId;
@@ -25,7 +25,7 @@ fn subscribe(
     router: &mut Router,
     slot: &Arc<SessionSlot>,
     filters: &[(&str, QoS)],
-) -> Vec<SubAckCode> {
+) -> Vec<ReasonCode> {
     subscribe_with_cursors(router, slot, filters).codes
 }
 
@@ -41,7 +41,7 @@ fn subscribe_with_cursors(
         .collect();
     router.handle(RouterMsg::Subscribe {
         slot: slot.clone(),
-        filters,
+        request: SubscribeRequest::qos(filters),
         done,
     });
     answer.try_recv().unwrap()
@@ -204,7 +204,7 @@ fn full_mailbox_of_an_online_session_holds_qos1_with_the_receipt() {
     assert_eq!(drain(&s).len(), 3, "nothing acknowledged was dropped");
     assert!(matches!(
         released.try_recv(),
-        Err(oneshot::error::TryRecvError::Closed)
+        Ok(crate::types::Routed::Matched)
     ));
     let snapshot = metrics.snapshot();
     assert_eq!(
@@ -275,7 +275,7 @@ fn a_filter_repeated_in_one_subscribe_is_handled_once() {
     let s = slot("c", 1000);
     let filters = vec![("#", QoS::AtLeastOnce); 10_000];
     let codes = subscribe(&mut router, &s, &filters);
-    assert_eq!(codes, vec![SubAckCode::Granted(QoS::AtLeastOnce); 10_000]);
+    assert_eq!(codes, vec![ReasonCode(QoS::AtLeastOnce as u8); 10_000]);
     assert_eq!(drain(&s).len(), 10, "each retained message once");
     assert_eq!(router.subscription_count(), 1);
 }
@@ -292,8 +292,8 @@ fn a_repeated_filter_ends_at_the_qos_of_its_last_occurrence() {
     assert_eq!(
         codes,
         [
-            SubAckCode::Granted(QoS::ExactlyOnce),
-            SubAckCode::Granted(QoS::AtMostOnce)
+            ReasonCode(QoS::ExactlyOnce as u8),
+            ReasonCode(QoS::AtMostOnce as u8)
         ]
     );
     router.handle(publish(message("t", QoS::ExactlyOnce, false, b"x")));
@@ -305,7 +305,7 @@ fn max_subscriptions_per_client_at_the_limit_and_one_over() {
     let metrics = Arc::new(Metrics::default());
     let mut router = limited(&metrics, |l| l.max_subscriptions_per_client = 2);
     let s = slot("c", 10);
-    let granted = SubAckCode::Granted(QoS::AtMostOnce);
+    let granted = ReasonCode(QoS::AtMostOnce as u8);
     let codes = subscribe(
         &mut router,
         &s,
@@ -315,11 +315,11 @@ fn max_subscriptions_per_client_at_the_limit_and_one_over() {
             ("c", QoS::AtMostOnce),
         ],
     );
-    assert_eq!(codes, [granted, granted, SubAckCode::Failure]);
+    assert_eq!(codes, [granted, granted, ReasonCode::UNSPECIFIED_ERROR]);
     // [MQTT-3.8.4-3] replacing a subscription needs no new room.
     assert_eq!(
         subscribe(&mut router, &s, &[("a", QoS::AtLeastOnce)]),
-        [SubAckCode::Granted(QoS::AtLeastOnce)]
+        [ReasonCode(QoS::AtLeastOnce as u8)]
     );
     assert_eq!(metrics.snapshot().subscriptions_refused_limit, 1);
     assert_eq!(metrics.snapshot().subscriptions_current, 2);
@@ -338,7 +338,7 @@ fn filters_over_the_topic_caps_get_0x80() {
         l.max_topic_len = 8;
     });
     let s = slot("c", 10);
-    let granted = SubAckCode::Granted(QoS::AtMostOnce);
+    let granted = ReasonCode(QoS::AtMostOnce as u8);
     let codes = subscribe(
         &mut router,
         &s,
@@ -351,7 +351,12 @@ fn filters_over_the_topic_caps_get_0x80() {
     );
     assert_eq!(
         codes,
-        [granted, SubAckCode::Failure, granted, SubAckCode::Failure]
+        [
+            granted,
+            ReasonCode::UNSPECIFIED_ERROR,
+            granted,
+            ReasonCode::UNSPECIFIED_ERROR
+        ]
     );
     assert_eq!(metrics.snapshot().topics_refused_limit, 2);
 }

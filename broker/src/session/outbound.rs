@@ -211,6 +211,7 @@ mod tests {
             qos,
             retain: false,
             receipt: None,
+            subscription_ids: None,
         }
     }
 
@@ -243,7 +244,7 @@ mod tests {
         let a = out.send(&delivery(QoS::ExactlyOnce)).unwrap();
         assert!(out.pubcomp(a).is_err(), "PUBCOMP before PUBREC is unknown");
         out.pubrec(a).unwrap();
-        assert_eq!(out.resend(), vec![Outgoing::PubRel(a)]);
+        assert_eq!(out.resend(), vec![Outgoing::PubRel(Ack::new(a))]);
         out.pubcomp(a).unwrap();
         assert_eq!(out.in_flight(), 0);
     }
@@ -260,7 +261,10 @@ mod tests {
         match (&resent[0], &resent[1], &resent[2]) {
             (Outgoing::Publish(p0), Outgoing::PubRel(r), Outgoing::Publish(p2)) => {
                 assert!(p0.dup && p2.dup);
-                assert_eq!((p0.packet_id, *r, p2.packet_id), (Some(a), b, Some(c)));
+                assert_eq!(
+                    (p0.packet_id, r.packet_id, p2.packet_id),
+                    (Some(a), b, Some(c))
+                );
             }
             other => panic!("unexpected resend {other:?}"),
         }
