@@ -187,7 +187,10 @@ impl Client {
 
     /// Sends DISCONNECT, best effort, within `limit`.
     pub async fn disconnect(mut self, limit: Duration) {
-        wire::encode_control(&mut self.write_buf, &tidemq_protocol::Packet::Disconnect);
+        wire::encode_control(
+            &mut self.write_buf,
+            &tidemq_protocol::Packet::Disconnect(Default::default()),
+        );
         let _ = timeout(limit, async {
             self.flush().await?;
             self.stream.shutdown().await

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tidemq_protocol::{Packet, PacketId, Publish, QoS, TopicName};
+use tidemq_protocol::{Ack, Packet, PacketId, Publish, QoS, TopicName};
 use tokio::time::{sleep_until, Instant};
 
 use crate::client::{Client, BULK_READ_CHUNK};
@@ -178,6 +178,7 @@ impl State {
                 topic: plan.topic.clone(),
                 packet_id,
                 payload: self.payload_buf.split().freeze(),
+                properties: None,
             };
             wire::encode_publish(&mut client.write_buf, client.version, publish);
             self.result.sent += 1;
@@ -214,7 +215,10 @@ impl State {
                 ServerPacket::PubRec(ack) => match self.window.on_pubrec(ack.packet_id) {
                     AckOutcome::SendRel => {
                         if let Some(id) = PacketId::new(ack.packet_id) {
-                            wire::encode_control(&mut client.write_buf, &Packet::PubRel(id));
+                            wire::encode_control(
+                                &mut client.write_buf,
+                                &Packet::PubRel(Ack::new(id)),
+                            );
                         }
                         AckOutcome::SendRel
                     }

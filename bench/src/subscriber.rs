@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemq_protocol::{Packet, QoS};
+use tidemq_protocol::{Ack, Packet, QoS};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -114,17 +114,17 @@ fn handle_incoming(
                 }
                 match (qos, packet_id) {
                     (QoS::AtLeastOnce, Some(id)) => {
-                        wire::encode_control(&mut client.write_buf, &Packet::PubAck(id))
+                        wire::encode_control(&mut client.write_buf, &Packet::PubAck(Ack::new(id)))
                     }
                     (QoS::ExactlyOnce, Some(id)) => {
-                        wire::encode_control(&mut client.write_buf, &Packet::PubRec(id))
+                        wire::encode_control(&mut client.write_buf, &Packet::PubRec(Ack::new(id)))
                     }
                     _ => {}
                 }
             }
             ServerPacket::PubRel(ack) => {
                 if let Some(id) = tidemq_protocol::PacketId::new(ack.packet_id) {
-                    wire::encode_control(&mut client.write_buf, &Packet::PubComp(id));
+                    wire::encode_control(&mut client.write_buf, &Packet::PubComp(Ack::new(id)));
                 }
             }
             ServerPacket::PingResp => {}

@@ -10,7 +10,9 @@
 //! PUBLISH and acks: the payload is a slice of the frame. Pure code.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tidemq_protocol::{encode_packet, Frame, Packet, PacketId, Publish, QoS, TopicFilter};
+use tidemq_protocol::{
+    encode_packet, Frame, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter,
+};
 
 /// The protocol level this tool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -113,10 +115,11 @@ pub fn encode_subscribe(
 ) {
     match version {
         Version::V4 => encode_packet(
-            &Packet::Subscribe {
+            &Packet::Subscribe(tidemq_protocol::Subscribe::qos(
                 packet_id,
-                filters: vec![(filter.clone(), qos)],
-            },
+                vec![(filter.clone(), qos)],
+            )),
+            ProtocolVersion::V311,
             buf,
         ),
         Version::V5 => {
@@ -136,7 +139,7 @@ pub fn encode_subscribe(
 /// released at once and the caller's payload buffer can be reused.
 pub fn encode_publish(buf: &mut BytesMut, version: Version, publish: Publish) {
     match version {
-        Version::V4 => encode_packet(&Packet::Publish(publish), buf),
+        Version::V4 => encode_packet(&Packet::Publish(publish), ProtocolVersion::V311, buf),
         Version::V5 => {
             let topic = publish.topic.as_str().as_bytes();
             let id_len = if publish.packet_id.is_some() { 2 } else { 0 };
@@ -158,9 +161,10 @@ pub fn encode_publish(buf: &mut BytesMut, version: Version, publish: Publish) {
 }
 
 /// Appends PUBACK, PUBREC, PUBREL or PUBCOMP (`packet` must be one of them),
-/// or PINGREQ / DISCONNECT: the same bytes in 3.1.1 and 5.
+/// or PINGREQ / DISCONNECT: the same bytes in 3.1.1 and 5 (a v5 ack with
+/// reason 0x00 and no properties may be written in the 3.1.1 form).
 pub fn encode_control(buf: &mut BytesMut, packet: &Packet) {
-    encode_packet(packet, buf);
+    encode_packet(packet, ProtocolVersion::V311, buf);
 }
 
 /// Decodes one frame sent by a server.

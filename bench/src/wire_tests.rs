@@ -24,6 +24,7 @@ fn publish(qos: QoS, id: Option<u16>) -> Publish {
         topic: TopicName::new("bench/run/7").unwrap(),
         packet_id: id.and_then(PacketId::new),
         payload: Bytes::from_static(b"0123456789abcdefghijklmnopqrstuvwxyz"),
+        properties: None,
     }
 }
 
@@ -116,7 +117,7 @@ fn publish_reads_back_in_both_versions() {
 fn control_packets_are_the_same_in_both_versions() {
     let id = PacketId::new(7).unwrap();
     let mut buf = BytesMut::new();
-    encode_control(&mut buf, &Packet::PubRel(id));
+    encode_control(&mut buf, &Packet::PubRel(tidemq_protocol::Ack::new(id)));
     assert_eq!(
         v5::read(&mut buf.clone(), MAX).unwrap(),
         v5::Packet::PubRel(v5::PubRel::new(7))

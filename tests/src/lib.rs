@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tidemq::{Broker, MetricsSnapshot, Settings};
 use tidemq_protocol::{
-    encode_packet, put_remaining_length, Framer, Packet, PacketId, Publish, QoS, TopicFilter,
-    TopicName,
+    encode_packet, put_remaining_length, Framer, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    Subscribe, TopicFilter, TopicName,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -184,7 +184,7 @@ pub fn connect_bytes(options: &ConnectOptions<'_>) -> Vec<u8> {
 /// Bytes of a client packet, via the protocol crate's encoder.
 pub fn packet_bytes(packet: &Packet) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    encode_packet(packet, &mut buf);
+    encode_packet(packet, ProtocolVersion::V311, &mut buf);
     buf.to_vec()
 }
 
@@ -206,17 +206,18 @@ pub fn publish_bytes(
         topic: TopicName::new(topic).unwrap(),
         packet_id: PacketId::new(packet_id),
         payload: bytes::Bytes::copy_from_slice(payload),
+        properties: None,
     }))
 }
 
 pub fn subscribe_bytes(packet_id: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
-    packet_bytes(&Packet::Subscribe {
-        packet_id: id(packet_id),
-        filters: filters
+    packet_bytes(&Packet::Subscribe(Subscribe::qos(
+        id(packet_id),
+        filters
             .iter()
             .map(|(f, q)| (TopicFilter::new(f).unwrap(), *q))
             .collect(),
-    })
+    )))
 }
 
 impl RawClient {

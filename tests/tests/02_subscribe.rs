@@ -4,7 +4,7 @@
 //! that close the connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tidemq_protocol::{Packet, QoS, TopicFilter};
+use tidemq_protocol::{Packet, QoS, TopicFilter, Unsubscribe};
 use tidemq_tests::{
     id, packet_bytes, publish_bytes, raw_packet_bytes, string_field, subscribe_bytes,
     ConnectOptions, RawClient, TestBroker,
@@ -21,13 +21,13 @@ async fn connected(broker: &TestBroker, client_id: &str) -> RawClient {
 }
 
 fn unsubscribe_bytes(packet_id: u16, filters: &[&str]) -> Vec<u8> {
-    packet_bytes(&Packet::Unsubscribe {
-        packet_id: id(packet_id),
-        filters: filters
+    packet_bytes(&Packet::Unsubscribe(Unsubscribe::new(
+        id(packet_id),
+        filters
             .iter()
             .map(|f| TopicFilter::new(f).unwrap())
             .collect(),
-    })
+    )))
 }
 
 /// Reads PUBLISHes up to and including the sentinel; returns the topics

@@ -152,6 +152,7 @@ async fn mqtt_4_3_3_2_resent_qos2_publish_before_pubrel_is_delivered_once() {
             topic: TopicName::new("once/t").unwrap(),
             packet_id: Some(id(5)),
             payload: Bytes::from_static(payload),
+            properties: None,
         }))
     };
     publisher.send(&publish(false, b"first")).await;

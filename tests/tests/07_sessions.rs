@@ -4,7 +4,7 @@
 //! on resume, and survives a takeover; a clean session discards all of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tidemq_protocol::{Packet, QoS};
+use tidemq_protocol::{Ack, Packet, QoS};
 use tidemq_tests::{
     connect_bytes, id, packet_bytes, publish_bytes, settings, subscribe_bytes, ConnectOptions,
     RawClient, RawPacket, TestBroker, QUIET,
@@ -85,7 +85,7 @@ async fn assert_nothing_arrives(client: &mut RawClient) {
 
 async fn puback(client: &mut RawClient, packet_id: u16) {
     client
-        .send(&packet_bytes(&Packet::PubAck(id(packet_id))))
+        .send(&packet_bytes(&Packet::PubAck(Ack::new(id(packet_id)))))
         .await;
 }
 
@@ -261,7 +261,9 @@ async fn mqtt_4_4_0_1_qos2_resume_resends_pubrel() {
         ))
         .await;
     assert_eq!(publisher.recv().await.expect("PUBREC").packet_type, PUBREC);
-    publisher.send(&packet_bytes(&Packet::PubRel(id(9)))).await;
+    publisher
+        .send(&packet_bytes(&Packet::PubRel(Ack::new(id(9)))))
+        .await;
     assert_eq!(
         publisher.recv().await.expect("PUBCOMP").packet_type,
         PUBCOMP
@@ -274,7 +276,7 @@ async fn mqtt_4_4_0_1_qos2_resume_resends_pubrel() {
     );
     let packet_id = packet_id.unwrap();
     client
-        .send(&packet_bytes(&Packet::PubRec(id(packet_id))))
+        .send(&packet_bytes(&Packet::PubRec(Ack::new(id(packet_id)))))
         .await;
     let pubrel = client.recv().await.expect("PUBREL");
     assert_eq!((pubrel.packet_type, pubrel.flags), (PUBREL, 0b0010));
@@ -291,7 +293,7 @@ async fn mqtt_4_4_0_1_qos2_resume_resends_pubrel() {
     );
     assert_eq!(resent.body, packet_id.to_be_bytes());
     client
-        .send(&packet_bytes(&Packet::PubComp(id(packet_id))))
+        .send(&packet_bytes(&Packet::PubComp(Ack::new(id(packet_id)))))
         .await;
     assert_nothing_arrives(&mut client).await;
     broker.stop().await;
@@ -452,7 +454,9 @@ async fn mqtt_4_3_3_2_qos2_publish_resent_after_reconnect_is_delivered_once() {
         (pubrec.packet_type, pubrec.body.as_slice()),
         (PUBREC, &[0, 5][..])
     );
-    publisher.send(&packet_bytes(&Packet::PubRel(id(5)))).await;
+    publisher
+        .send(&packet_bytes(&Packet::PubRel(Ack::new(id(5)))))
+        .await;
     let pubcomp = publisher.recv().await.expect("PUBCOMP");
     assert_eq!(
         (pubcomp.packet_type, pubcomp.body.as_slice()),
@@ -463,12 +467,16 @@ async fn mqtt_4_3_3_2_qos2_publish_resent_after_reconnect_is_delivered_once() {
     let (_, payload, _, packet_id) = packet.publish();
     assert_eq!(payload, b"only once");
     subscriber
-        .send(&packet_bytes(&Packet::PubRec(id(packet_id.unwrap()))))
+        .send(&packet_bytes(&Packet::PubRec(Ack::new(id(
+            packet_id.unwrap()
+        )))))
         .await;
     let pubrel = subscriber.recv().await.expect("PUBREL");
     assert_eq!(pubrel.packet_type, PUBREL);
     subscriber
-        .send(&packet_bytes(&Packet::PubComp(id(packet_id.unwrap()))))
+        .send(&packet_bytes(&Packet::PubComp(Ack::new(id(
+            packet_id.unwrap()
+        )))))
         .await;
     assert_nothing_arrives(&mut subscriber).await;
     broker.stop().await;

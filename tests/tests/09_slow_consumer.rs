@@ -267,7 +267,9 @@ async fn read_ten_in_order(subscriber: &mut RawClient) {
     for n in 1..=10u16 {
         let (_, payload, qos, packet_id) = subscriber.next_publish().await.publish();
         assert_eq!((payload, qos), (n.to_be_bytes().to_vec(), QoS::AtLeastOnce));
-        let ack = tidemq_protocol::Packet::PubAck(tidemq_tests::id(packet_id.unwrap()));
+        let ack = tidemq_protocol::Packet::PubAck(tidemq_protocol::Ack::new(tidemq_tests::id(
+            packet_id.unwrap(),
+        )));
         subscriber.send(&tidemq_tests::packet_bytes(&ack)).await;
     }
 }
