@@ -58,6 +58,7 @@ pub struct Limits {
     pub max_inflight: usize,
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
+    pub shared_subscription_strategy: crate::router::shared::Strategy,
     pub max_queued_messages: usize,
     pub inbound_queue: usize,
     pub outbound_queue: usize,

@@ -280,6 +280,12 @@ impl Mailbox {
         }
     }
 
+    /// Whether the session is connected (shared subscriptions prefer
+    /// members that are).
+    pub fn is_online(&self) -> bool {
+        self.inner().online
+    }
+
     pub fn clear(&self) {
         let dropped = {
             let mut inner = self.inner();

@@ -301,7 +301,7 @@ pub fn connack_properties(
         retain_available: Some(1),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         session_expiry_interval: session_expiry,
         server_keep_alive: (accepted.keep_alive != connect.keep_alive)
             .then_some(accepted.keep_alive),

@@ -46,7 +46,7 @@ const INBOUND_BATCH: usize = 64;
 /// The Reason String of a SUBACK with refusals (MQTT 5, when the client
 /// did not turn problem information off [MQTT-3.1.2-29]).
 const SUBACK_REFUSALS: &str =
-    "0x8F: filter invalid, 0x97: over a subscription or topic limit, 0x9E: no shared subscriptions";
+    "0x8F: shared subscription name invalid, 0x97: over a subscription or topic limit";
 
 /// Why a connection ended; decides the log line, the counter and the will.
 #[derive(Debug)]

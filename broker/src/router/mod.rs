@@ -19,6 +19,7 @@
 //! client, topic levels and length of a filter, retained count and bytes.
 
 mod retain;
+pub mod shared;
 mod subs;
 
 use std::collections::{HashMap, HashSet};
@@ -205,6 +206,8 @@ pub struct RouterLimits {
     pub max_topic_len: usize,
     pub max_retained_messages: usize,
     pub max_retained_bytes: usize,
+    /// Which member of a shared subscription's group gets a message.
+    pub shared_strategy: shared::Strategy,
 }
 
 impl RouterLimits {
@@ -216,6 +219,7 @@ impl RouterLimits {
             max_topic_len: limits.max_topic_len,
             max_retained_messages: limits.max_retained_messages,
             max_retained_bytes: limits.max_retained_bytes,
+            shared_strategy: limits.shared_subscription_strategy,
         }
     }
 
@@ -227,6 +231,7 @@ impl RouterLimits {
             max_topic_len: usize::MAX,
             max_retained_messages: usize::MAX,
             max_retained_bytes: usize::MAX,
+            shared_strategy: shared::Strategy::RoundRobin,
         }
     }
 
@@ -262,6 +267,8 @@ pub struct Router {
     /// Every filter of each client, to drop a session's subscriptions.
     filters_by_client: HashMap<ClientId, HashSet<TopicFilter, RandomState>, RandomState>,
     retained: Retained,
+    /// Chooses the member of a shared subscription's group.
+    picker: shared::Picker,
     limits: RouterLimits,
     metrics: Arc<Metrics>,
     /// Reused per publish: every matching subscription.
@@ -281,6 +288,7 @@ impl Router {
             subscriptions: Subscriptions::default(),
             filters_by_client: HashMap::default(),
             retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
+            picker: shared::Picker::new(limits.shared_strategy),
             limits,
             scratch: Vec::new(),
             retained_scratch: Vec::new(),
@@ -341,7 +349,7 @@ impl Router {
         }
         let scratch = &mut self.scratch;
         self.subscriptions
-            .for_each_match(&message.topic, |client_id, sub| {
+            .for_each_delivery(message, &self.picker, |client_id, sub| {
                 if sub.options.no_local && message.published_by(client_id) {
                     return;
                 }
@@ -445,8 +453,10 @@ impl Router {
             match self.subscribe_one(slot, filter, *options, id, request.v5) {
                 Ok(new) => {
                     *code = ReasonCode(options.qos as u8);
-                    // [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]
-                    let send_retained = match options.retain_handling {
+                    // [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11];
+                    // none for a shared subscription [MQTT-4.8.2-?].
+                    let send_retained = !shared::is_shared(filter)
+                        && match options.retain_handling {
                         RetainHandling::OnSubscribe => true,
                         RetainHandling::OnNewSubscription => new,
                         RetainHandling::Never => false,
@@ -488,11 +498,8 @@ impl Router {
         v5: bool,
     ) -> Result<bool, ReasonCode> {
         let client_id = &slot.client_id;
-        // Shared subscriptions are not supported yet: CONNACK says so to
-        // MQTT 5 clients, and a 3.1.1 client's `$share/...` is an ordinary
-        // filter, as 3.1.1 defines none.
-        if v5 && filter.as_str().starts_with("$share/") {
-            return Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        if let Some(Err(shared::BadShareName)) = shared::split(filter) {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID.v3_or(v5));
         }
         if !self.limits.topic_fits(filter.as_str()) {
             let counter = &self.metrics.topics_refused_limit;

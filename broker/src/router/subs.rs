@@ -1,5 +1,8 @@
 //! The subscription trie: one node per topic level, `+` and `#` as ordinary
-//! children that matching treats specially. Owned by the router task alone.
+//! children that matching treats specially. A shared subscription
+//! (`$share/{group}/{filter}`) sits at its filter's node in that group, and
+//! a message matching it goes to one member of the group. Owned by the
+//! router task alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,8 +11,9 @@ use foldhash::fast::RandomState;
 
 use tidemq_protocol::{SubscriptionOptions, TopicFilter, TopicName};
 
+use super::shared::{self, Group, Picker};
 use crate::registry::SessionSlot;
-use crate::types::ClientId;
+use crate::types::{ClientId, Message};
 
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -32,6 +36,9 @@ struct Node {
     plus: Option<Box<Node>>,
     hash: Option<Box<Node>>,
     subscribers: Map<ClientId, Subscriber>,
+    /// Shared subscriptions on this node's filter, by group name; boxed, as
+    /// most nodes have none.
+    groups: Option<Box<Map<Box<str>, Group>>>,
 }
 
 impl Node {
@@ -40,6 +47,34 @@ impl Node {
             && self.plus.is_none()
             && self.hash.is_none()
             && self.subscribers.is_empty()
+            && self.groups.is_none()
+    }
+
+    /// Adds or replaces a member of `group` here; `true` if new.
+    fn insert_shared(&mut self, group: &str, client_id: &ClientId, subscriber: Subscriber) -> bool {
+        let groups = self.groups.get_or_insert_with(Box::default);
+        groups
+            .entry(Box::from(group))
+            .or_default()
+            .insert(client_id, subscriber)
+    }
+
+    /// Removes a member of `group` here; `true` if it was one.
+    fn remove_shared(&mut self, group: &str, client_id: &ClientId) -> bool {
+        let Some(groups) = self.groups.as_mut() else {
+            return false;
+        };
+        let Some(members) = groups.get_mut(group) else {
+            return false;
+        };
+        let removed = members.remove(client_id);
+        if members.members.is_empty() {
+            groups.remove(group);
+        }
+        if groups.is_empty() {
+            self.groups = None;
+        }
+        removed
     }
 
     fn child(&self, level: &str) -> Option<&Node> {
@@ -85,21 +120,29 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     /// Adds or replaces (new options) a client's subscription; `true` if
-    /// it is new.
+    /// it is new. A `$share/{group}/{filter}` must have been checked with
+    /// [`shared::split`].
     pub fn insert(
         &mut self,
         filter: &TopicFilter,
         client_id: &ClientId,
         subscriber: Subscriber,
     ) -> bool {
+        let (group, filter) = match shared::split(filter) {
+            Some(Ok((group, inner))) => (Some(group), inner),
+            _ => (None, filter.clone()),
+        };
         let mut node = &mut self.root;
         for level in filter.levels() {
             node = node.child_or_insert(level);
         }
-        let new = node
-            .subscribers
-            .insert(client_id.clone(), subscriber)
-            .is_none();
+        let new = match group {
+            Some(group) => node.insert_shared(group, client_id, subscriber),
+            None => node
+                .subscribers
+                .insert(client_id.clone(), subscriber)
+                .is_none(),
+        };
         if new {
             self.count += 1;
         }
@@ -108,7 +151,13 @@ impl Subscriptions {
 
     /// Removes one subscription; `true` if it existed. Empty nodes are pruned.
     pub fn remove(&mut self, filter: &TopicFilter, client_id: &ClientId) -> bool {
-        let removed = remove_at(&mut self.root, filter.levels(), client_id);
+        let removed = match shared::split(filter) {
+            Some(Ok((group, inner))) => {
+                remove_at(&mut self.root, inner.levels(), client_id, Some(group))
+            }
+            Some(Err(_)) => false,
+            None => remove_at(&mut self.root, filter.levels(), client_id, None),
+        };
         if removed {
             self.count -= 1;
         }
@@ -119,26 +168,67 @@ impl Subscriptions {
         self.count
     }
 
-    /// Calls `visit` for every subscription matching `topic`, once per
-    /// matching filter (a client with overlapping filters is seen twice).
+    /// Calls `visit` for every ordinary subscription matching `topic`, once
+    /// per matching filter (a client with overlapping filters is seen
+    /// twice). Shared subscriptions are left out.
     pub fn for_each_match(&self, topic: &TopicName, mut visit: impl FnMut(&ClientId, &Subscriber)) {
-        walk(&self.root, topic.levels(), topic.is_system(), &mut visit);
+        walk(&self.root, topic.levels(), topic.is_system(), None, &mut visit);
+    }
+
+    /// As [`Subscriptions::for_each_match`], and one member per matching
+    /// shared group, chosen by `picker` [MQTT-4.8.2-3].
+    pub fn for_each_delivery(
+        &self,
+        message: &Message,
+        picker: &Picker,
+        mut visit: impl FnMut(&ClientId, &Subscriber),
+    ) {
+        let topic = &message.topic;
+        let shared = Some((picker, message));
+        walk(&self.root, topic.levels(), topic.is_system(), shared, &mut visit);
     }
 }
 
 /// Recursion depth is bounded by `MAX_TOPIC_LEVELS`.
-fn remove_at(node: &mut Node, mut levels: std::str::Split<'_, char>, client_id: &ClientId) -> bool {
+fn remove_at(
+    node: &mut Node,
+    mut levels: std::str::Split<'_, char>,
+    client_id: &ClientId,
+    group: Option<&str>,
+) -> bool {
     let Some(first) = levels.next() else {
-        return node.subscribers.remove(client_id).is_some();
+        return match group {
+            Some(group) => node.remove_shared(group, client_id),
+            None => node.subscribers.remove(client_id).is_some(),
+        };
     };
     let Some(child) = node.child_mut(first) else {
         return false;
     };
-    let removed = remove_at(child, levels, client_id);
+    let removed = remove_at(child, levels, client_id, group);
     if child.is_empty() {
         node.remove_child(first);
     }
     removed
+}
+
+/// With shared groups to visit: how to pick a member, and for which message.
+type SharedVisit<'a> = Option<(&'a Picker, &'a Message)>;
+
+/// Visits a matching node's subscribers (and one member per group).
+fn visit_node(
+    node: &Node,
+    shared: SharedVisit<'_>,
+    visit: &mut impl FnMut(&ClientId, &Subscriber),
+) {
+    node.subscribers.iter().for_each(|(c, s)| visit(c, s));
+    if let (Some(groups), Some((picker, message))) = (&node.groups, shared) {
+        for group in groups.values() {
+            if let Some((client_id, subscriber)) = group.pick(picker, message) {
+                visit(client_id, subscriber);
+            }
+        }
+    }
 }
 
 /// Recursion depth is bounded by `MAX_TOPIC_LEVELS`. `levels` is a cheap
@@ -149,24 +239,25 @@ fn walk(
     node: &Node,
     mut levels: std::str::Split<'_, char>,
     at_root_of_system_topic: bool,
+    shared: SharedVisit<'_>,
     visit: &mut impl FnMut(&ClientId, &Subscriber),
 ) {
     if !at_root_of_system_topic {
         // `#` also matches the parent level: "a/#" matches "a".
         if let Some(hash) = &node.hash {
-            hash.subscribers.iter().for_each(|(c, s)| visit(c, s));
+            visit_node(hash, shared, visit);
         }
     }
     let Some(first) = levels.next() else {
-        node.subscribers.iter().for_each(|(c, s)| visit(c, s));
+        visit_node(node, shared, visit);
         return;
     };
     if !at_root_of_system_topic {
         if let Some(plus) = &node.plus {
-            walk(plus, levels.clone(), false, visit);
+            walk(plus, levels.clone(), false, shared, visit);
         }
     }
     if let Some(child) = node.child(first) {
-        walk(child, levels, false, visit);
+        walk(child, levels, false, shared, visit);
     }
 }
