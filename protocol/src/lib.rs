@@ -18,22 +18,25 @@
 //! | `topic`    | `TopicName` / `TopicFilter` and matching                   |
 //! | `encode`   | server packets into a write buffer                         |
 
+mod alias;
 mod connect;
 mod decode;
 mod encode;
 mod error;
 mod framer;
 mod packet;
+mod reader;
 mod reason;
 mod topic;
 mod v5;
 mod validate;
 
+pub use alias::TopicAliases;
 pub use connect::decode_connect;
 pub use decode::decode_packet;
 pub use encode::{
-    encode, encode_packet, encode_publish_ref, encoded_publish_len, encoded_publish_ref_len,
-    PublishRef, PublishV5,
+    encode, encode_connect, encode_packet, encode_publish_ref, encoded_publish_len,
+    encoded_publish_ref_len, PublishRef, PublishV5,
 };
 pub use error::{ProtocolError, SpecViolation};
 pub use framer::{put_remaining_length, Frame, Framer, MAX_REMAINING_LENGTH};
@@ -45,3 +48,4 @@ pub use packet::{
 };
 pub use reason::ReasonCode;
 pub use topic::{TopicFilter, TopicName, MAX_TOPIC_LEVELS};
+pub use v5::decode_server_packet;
