@@ -380,7 +380,7 @@ fn mqtt_3_3_2_4_payload_format_1_means_utf8_payload() {
     assert_mqttbytes_v5_accepts(&bytes);
     assert!(decode(&publish(b"t", &[0x01, 1], "é".as_bytes())).is_ok());
     assert!(decode(&publish(b"t", &[0x01, 0], &[0xFF])).is_ok());
-    // The will payload too [MQTT-3.1.3-?]: its properties are a PUBLISH's.
+    // The will payload too (3.1.3.2.3): its properties are a PUBLISH's.
     let will = connect_bytes(
         0x04,
         &[],
