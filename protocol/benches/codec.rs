@@ -17,6 +17,7 @@ fn publish(qos: QoS, payload: usize) -> Publish {
         topic: TopicName::new("site/42/device/1234/temperature").unwrap(),
         packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(7).unwrap()),
         payload: Bytes::from(vec![0xAB; payload]),
+        properties: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn frame_and_decode(c: &mut Criterion) {
         for _ in 0..100 {
             encode_packet(
                 &Packet::Publish(publish(QoS::AtLeastOnce, payload)),
+                ProtocolVersion::V311,
                 &mut wire,
             );
         }
@@ -63,7 +65,7 @@ fn encode_for_subscribers(c: &mut Criterion) {
                 b.iter(|| {
                     buf.clear();
                     for _ in 0..n {
-                        encode(&packet, &mut buf);
+                        encode(&packet, ProtocolVersion::V311, &mut buf);
                     }
                 });
             },

@@ -1,70 +1,82 @@
-//! CONNECT parsing for MQTT 3.1 (`MQIsdp`, level 3) and 3.1.1 (`MQTT`,
-//! level 4). `mqttbytes` only knows 3.1.1 and refuses `MQIsdp`, so the first
-//! packet of every connection is read here; its rules are checked in order
-//! of the specification's section 3.1.
-
-use bytes::{Buf, Bytes};
+//! CONNECT parsing for MQTT 3.1 (`MQIsdp`, level 3), 3.1.1 (`MQTT`, level
+//! 4) and 5.0 (`MQTT`, level 5). `mqttbytes` only knows 3.1.1 and refuses
+//! `MQIsdp`, so the first packet of every connection is read here; its rules
+//! are checked in order of the specification's section 3.1. The MQTT 5
+//! properties are read by `v5::properties`; everything else is shared.
 
 use crate::error::{ProtocolError, SpecViolation};
 use crate::framer::Frame;
 use crate::packet::{Connect, ConnectProperties, LastWill, ProtocolVersion, QoS};
+use crate::reader::Reader;
 use crate::topic::TopicName;
+use crate::v5::properties::{self, Context};
 
 const PACKET: &str = "CONNECT";
 
-const USERNAME: u8 = 0b1000_0000;
-const PASSWORD: u8 = 0b0100_0000;
-const WILL_RETAIN: u8 = 0b0010_0000;
-const WILL_QOS: u8 = 0b0001_1000;
-const WILL: u8 = 0b0000_0100;
-const CLEAN_SESSION: u8 = 0b0000_0010;
+pub(crate) const USERNAME: u8 = 0b1000_0000;
+pub(crate) const PASSWORD: u8 = 0b0100_0000;
+pub(crate) const WILL_RETAIN: u8 = 0b0010_0000;
+pub(crate) const WILL_QOS: u8 = 0b0001_1000;
+pub(crate) const WILL: u8 = 0b0000_0100;
+pub(crate) const CLEAN_SESSION: u8 = 0b0000_0010;
 const RESERVED: u8 = 0b0000_0001;
 
 /// Decodes the first packet of a connection, which must be a CONNECT
 /// [MQTT-3.1.0-1].
 pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
+    let (version, body) = read_header(frame)?;
+    if version.is_v5() {
+        return crate::v5::decode_connect(frame);
+    }
+    read_rest(version, body)
+}
+
+/// The fixed header, protocol name and level: the version, and a reader at
+/// the connect flags.
+pub(crate) fn read_header(frame: &Frame) -> Result<(ProtocolVersion, Reader), ProtocolError> {
     if frame.packet_type() != 1 {
         return Err(SpecViolation::FirstPacketNotConnect.into());
     }
     if frame.flags() != 0 {
         return Err(SpecViolation::ReservedFlags(1).into());
     }
-    let mut body = frame.body();
-    let name = read_bytes(&mut body)?;
-    let level = read_u8(&mut body)?;
+    let mut body = Reader::new(frame.body(), PACKET);
+    let name = body.bytes()?;
+    let level = body.u8()?;
     let version = match (name.as_ref(), level) {
         (b"MQTT", 4) => ProtocolVersion::V311,
         (b"MQIsdp", 3) => ProtocolVersion::V31,
-        (b"MQTT", 5) => return crate::v5::decode_connect(frame),
+        (b"MQTT", 5) => ProtocolVersion::V5,
         (b"MQTT", other) | (b"MQIsdp", other) => {
             return Err(ProtocolError::UnsupportedProtocolLevel(other))
         }
         _ => return Err(SpecViolation::ProtocolName.into()),
     };
-    let flags = read_u8(&mut body)?;
+    Ok((version, body))
+}
+
+/// Flags, keep alive, (MQTT 5) properties, then the payload.
+pub(crate) fn read_rest(
+    version: ProtocolVersion,
+    mut body: Reader,
+) -> Result<Connect, ProtocolError> {
+    let flags = body.u8()?;
     check_flags(flags, version)?;
-    let keep_alive = read_u16(&mut body)?;
-    let client_id = read_string(&mut body)?;
+    let keep_alive = body.u16()?;
+    let properties = if version.is_v5() {
+        connect_properties(properties::read(&mut body, Context::Connect)?)
+    } else {
+        ConnectProperties::default()
+    };
+    let client_id = body.string()?;
     let will = if flags & WILL != 0 {
-        let topic = TopicName::new(&read_string(&mut body)?)?;
-        let payload = read_bytes(&mut body)?;
-        let qos = QoS::from_bits((flags & WILL_QOS) >> 3).ok_or(SpecViolation::WillQoS)?;
-        Some(LastWill {
-            topic,
-            payload,
-            qos,
-            retain: flags & WILL_RETAIN != 0,
-            delay_interval: 0,
-            properties: None,
-        })
+        Some(read_will(flags, version, &mut body)?)
     } else {
         None
     };
-    let username = optional(flags & USERNAME != 0, &mut body, read_string)?;
-    let password = optional(flags & PASSWORD != 0, &mut body, read_bytes)?;
-    if !body.is_empty() {
-        return Err(SpecViolation::ConnectTrailingBytes.into());
-    }
+    let username = optional(flags & USERNAME != 0, &mut body, Reader::string)?;
+    let password = optional(flags & PASSWORD != 0, &mut body, Reader::bytes)?;
+    body.finish(SpecViolation::ConnectTrailingBytes)?;
     Ok(Connect {
         version,
         client_id,
@@ -73,8 +85,52 @@ pub fn decode_connect(frame: &Frame) -> Result<Connect, ProtocolError> {
         will,
         username,
         password,
-        properties: ConnectProperties::default(),
+        properties,
     })
+}
+
+fn read_will(
+    flags: u8,
+    version: ProtocolVersion,
+    body: &mut Reader,
+) -> Result<LastWill, ProtocolError> {
+    let will_properties = if version.is_v5() {
+        Some(properties::read(body, Context::Will)?)
+    } else {
+        None
+    };
+    let topic = TopicName::new(&body.string()?)?;
+    let payload = body.bytes()?;
+    let qos = QoS::from_bits((flags & WILL_QOS) >> 3).ok_or(SpecViolation::WillQoS)?;
+    let (delay_interval, properties) = match will_properties {
+        Some(mut p) => (
+            p.will_delay_interval.take().unwrap_or(0),
+            crate::v5::publish_properties(p, &payload)?,
+        ),
+        None => (0, None),
+    };
+    Ok(LastWill {
+        topic,
+        payload,
+        qos,
+        retain: flags & WILL_RETAIN != 0,
+        delay_interval,
+        properties,
+    })
+}
+
+fn connect_properties(p: properties::Properties) -> ConnectProperties {
+    ConnectProperties {
+        session_expiry_interval: p.session_expiry_interval,
+        receive_maximum: p.receive_maximum,
+        maximum_packet_size: p.maximum_packet_size,
+        topic_alias_maximum: p.topic_alias_maximum,
+        request_response_information: p.request_response_information,
+        request_problem_information: p.request_problem_information,
+        user_properties: p.user_properties,
+        authentication_method: p.authentication_method,
+        authentication_data: p.authentication_data,
+    }
 }
 
 fn check_flags(flags: u8, version: ProtocolVersion) -> Result<(), SpecViolation> {
@@ -87,7 +143,7 @@ fn check_flags(flags: u8, version: ProtocolVersion) -> Result<(), SpecViolation>
     if flags & WILL_QOS == WILL_QOS {
         return Err(SpecViolation::WillQoS);
     }
-    // MQTT 3.1 allowed a password without a user name; 3.1.1 does not.
+    // MQTT 3.1 and 5.0 allow a password without a user name; 3.1.1 does not.
     if version == ProtocolVersion::V311 && flags & PASSWORD != 0 && flags & USERNAME == 0 {
         return Err(SpecViolation::PasswordWithoutUsername);
     }
@@ -96,43 +152,10 @@ fn check_flags(flags: u8, version: ProtocolVersion) -> Result<(), SpecViolation>
 
 fn optional<T>(
     present: bool,
-    body: &mut Bytes,
-    read: fn(&mut Bytes) -> Result<T, ProtocolError>,
+    body: &mut Reader,
+    read: fn(&mut Reader) -> Result<T, ProtocolError>,
 ) -> Result<Option<T>, ProtocolError> {
     present.then(|| read(body)).transpose()
-}
-
-fn truncated(field: &str) -> ProtocolError {
-    ProtocolError::Malformed {
-        packet: PACKET,
-        detail: format!("truncated {field}"),
-    }
-}
-
-fn read_u8(body: &mut Bytes) -> Result<u8, ProtocolError> {
-    body.try_get_u8().map_err(|_| truncated("byte"))
-}
-
-fn read_u16(body: &mut Bytes) -> Result<u16, ProtocolError> {
-    body.try_get_u16()
-        .map_err(|_| truncated("two-byte integer"))
-}
-
-fn read_bytes(body: &mut Bytes) -> Result<Bytes, ProtocolError> {
-    let len = usize::from(read_u16(body)?);
-    if body.len() < len {
-        return Err(truncated("length-prefixed field"));
-    }
-    Ok(body.split_to(len))
-}
-
-fn read_string(body: &mut Bytes) -> Result<String, ProtocolError> {
-    let bytes = read_bytes(body)?;
-    let s = String::from_utf8(bytes.to_vec()).map_err(|_| SpecViolation::InvalidUtf8)?;
-    if s.contains('\0') {
-        return Err(SpecViolation::NullCharacter.into());
-    }
-    Ok(s)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Decodes the packets a client sends after its CONNECT into version-neutral
-//! [`Packet`]s. Bodies are parsed by `mqttbytes`; the fixed header is checked
-//! first by `validate`, and the topic rules by `topic`.
+//! Decodes the packets a 3.1/3.1.1 client sends after its CONNECT into
+//! version-neutral [`Packet`]s (5.0 goes to `v5::decode`). Bodies are parsed
+//! by `mqttbytes`; the fixed header is checked first by `validate`, and the
+//! topic rules by `topic`.
 
 use bytes::{Buf, Bytes};
 use mqttbytes::v4;

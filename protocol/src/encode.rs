@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::framer::{put_remaining_length, remaining_length_len};
 use crate::packet::{
-    Ack, Outgoing, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
+    Ack, Connect, Outgoing, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
 };
 use crate::topic::TopicName;
 
@@ -41,6 +41,14 @@ pub fn encode(packet: &Outgoing, version: ProtocolVersion, buf: &mut BytesMut) {
         // 3.1.1 has no server DISCONNECT and no AUTH: the socket is closed.
         Outgoing::Disconnect(_) | Outgoing::Auth(_) => {}
     }
+}
+
+/// Appends a CONNECT in the form its `version` names: `MQIsdp` level 3,
+/// `MQTT` level 4, or `MQTT` level 5 with its properties and will
+/// properties. The flags follow the fields: a password without a user name
+/// is written as it is (3.1.1 refuses it; 3.1 and 5.0 allow it).
+pub fn encode_connect(connect: &Connect, buf: &mut BytesMut) {
+    crate::v5::encode_connect(connect, buf);
 }
 
 /// Appends one client packet to `buf`, in the form of `version`.

@@ -45,17 +45,37 @@ impl ProtocolError {
 impl SpecViolation {
     /// Malformed (0x81) or protocol error (0x82), as section 4.13 of MQTT
     /// 5.0 sorts them.
+    /// Where the specification names another code for a rule (0x94 Topic
+    /// Alias invalid, 0x99 Payload format invalid), that code.
     pub fn reason_code(self) -> crate::ReasonCode {
+        use crate::ReasonCode as R;
+        use SpecViolation as V;
         match self {
-            SpecViolation::FirstPacketNotConnect | SpecViolation::SecondConnect => {
-                crate::ReasonCode::PROTOCOL_ERROR
-            }
-            _ => crate::ReasonCode::MALFORMED_PACKET,
+            V::FirstPacketNotConnect
+            | V::SecondConnect
+            | V::DuplicateProperty(_)
+            | V::ZeroReceiveMaximum
+            | V::ZeroMaximumPacketSize
+            | V::ZeroSubscriptionIdentifier
+            | V::PropertyValue(_)
+            | V::WildcardInResponseTopic
+            | V::SubscriptionIdentifierFromClient
+            | V::SubscribeQoS3
+            | V::RetainHandling3
+            | V::NoLocalOnSharedSubscription
+            | V::AuthenticationDataWithoutMethod
+            | V::EmptyTopicWithoutAlias
+            | V::TopicAliasUnknown(_)
+            | V::ReasonCodeNotAllowed { .. } => R::PROTOCOL_ERROR,
+            V::TopicAliasZero | V::TopicAliasAboveMaximum { .. } => R::TOPIC_ALIAS_INVALID,
+            V::PayloadFormatInvalid => R::PAYLOAD_FORMAT_INVALID,
+            _ => R::MALFORMED_PACKET,
         }
     }
 }
 
-/// A broken normative statement of the MQTT 3.1.1 specification.
+/// A broken normative statement of the MQTT 3.1.1 or 5.0 specification.
+/// Where 5.0 has no numbered statement, the section is named instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SpecViolation {
     #[error("[MQTT-2.2.3] remaining length uses more than four bytes")]
@@ -115,4 +135,57 @@ pub enum SpecViolation {
     EmptyUnsubscribe,
     #[error("[MQTT-2.2] packet has the wrong remaining length for its type")]
     FixedLength,
+
+    // ---- MQTT 5.0 -------------------------------------------------------
+    #[error("[MQTT-1.5.5] variable byte integer uses more than four bytes")]
+    VariableByteIntegerTooLong,
+    #[error("[MQTT-1.5.5-1] variable byte integer is not in its shortest form")]
+    NonMinimalVariableByteInteger,
+    #[error("[MQTT-2.2.2.1] property length runs past the end of the packet")]
+    PropertyLength,
+    #[error("[MQTT-2.2.2.2] property identifier {0:#04x} is unknown")]
+    UnknownProperty(u8),
+    #[error("[MQTT-2.2.2.2] property {0:#04x} does not belong in this packet")]
+    PropertyNotAllowed(u8),
+    /// Each property's definition says "It is a Protocol Error to include
+    /// ... more than once" (all but User Property, and Subscription
+    /// Identifier in a server's PUBLISH).
+    #[error("[MQTT-2.2.2.2] property {0:#04x} appears more than once")]
+    DuplicateProperty(u8),
+    #[error("[MQTT-2.2.2.2] property {0:#04x} has a value other than 0 or 1")]
+    PropertyValue(u8),
+    #[error("[MQTT-3.1.2.11.3] Receive Maximum is 0")]
+    ZeroReceiveMaximum,
+    #[error("[MQTT-3.1.2.11.4] Maximum Packet Size is 0")]
+    ZeroMaximumPacketSize,
+    #[error("[MQTT-3.8.2.1.2] Subscription Identifier is 0")]
+    ZeroSubscriptionIdentifier,
+    #[error("[MQTT-3.1.2.11.10] Authentication Data without an Authentication Method")]
+    AuthenticationDataWithoutMethod,
+    #[error("[MQTT-3.3.2-4] payload is not UTF-8 but its Payload Format Indicator is 1")]
+    PayloadFormatInvalid,
+    #[error("[MQTT-3.3.2-8] Topic Alias is 0")]
+    TopicAliasZero,
+    #[error("[MQTT-3.3.2-9] Topic Alias {alias} is above the maximum of {maximum}")]
+    TopicAliasAboveMaximum { alias: u16, maximum: u16 },
+    #[error("[MQTT-3.3.2.3.4] Topic Alias {0} has no topic on this connection")]
+    TopicAliasUnknown(u16),
+    #[error("[MQTT-3.3.2.3.4] PUBLISH has an empty topic and no Topic Alias")]
+    EmptyTopicWithoutAlias,
+    #[error("[MQTT-3.3.2-14] Response Topic contains a wildcard")]
+    WildcardInResponseTopic,
+    #[error("[MQTT-3.3.4-6] a client's PUBLISH carries a Subscription Identifier")]
+    SubscriptionIdentifierFromClient,
+    #[error("[MQTT-3.8.3-5] reserved bits of the subscription options are set")]
+    SubscribeReservedBits,
+    #[error("[MQTT-3.8.3.1] subscription Maximum QoS is 3")]
+    SubscribeQoS3,
+    #[error("[MQTT-3.8.3.1] Retain Handling is 3")]
+    RetainHandling3,
+    #[error("[MQTT-3.8.3-4] No Local is set on a shared subscription")]
+    NoLocalOnSharedSubscription,
+    #[error("[MQTT-2.4] reason code {code:#04x} is not one packet type {packet_type} may carry")]
+    ReasonCodeNotAllowed { packet_type: u8, code: u8 },
+    #[error("[MQTT-2.1] packet type {0} has bytes after its last field")]
+    TrailingBytes(u8),
 }

@@ -63,8 +63,9 @@ impl TopicName {
         TopicName(Arc::from(""))
     }
 
-    /// True only for [`TopicName::alias_only`]: a validated name is never
-    /// empty [MQTT-4.7.3-1].
+    /// True only for the name of an alias-only MQTT 5 PUBLISH (made by the
+    /// crate-private `alias_only`): a validated name is never empty
+    /// [MQTT-4.7.3-1].
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -18,8 +18,9 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tidemq_protocol::{
-    decode_connect, decode_packet, encode_packet, put_remaining_length, Framer, Packet, PacketId,
-    ProtocolError, ProtocolVersion, Publish, QoS, TopicFilter, TopicName, MAX_REMAINING_LENGTH,
+    decode_connect, decode_packet, encode_packet, put_remaining_length, Ack, Disconnect, Framer,
+    Packet, PacketId, ProtocolError, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+    TopicFilter, TopicName, Unsubscribe, MAX_REMAINING_LENGTH,
 };
 
 /// Packet limit for the valid streams: above the largest generated packet
@@ -98,6 +99,7 @@ fn publish() -> impl Strategy<Value = Publish> {
                 topic,
                 packet_id: with_id.then_some(id),
                 payload,
+                properties: None,
             }
         })
 }
@@ -105,16 +107,30 @@ fn publish() -> impl Strategy<Value = Publish> {
 fn client_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
         4 => publish().prop_map(Packet::Publish),
-        1 => packet_id().prop_map(Packet::PubAck),
-        1 => packet_id().prop_map(Packet::PubRec),
-        1 => packet_id().prop_map(Packet::PubRel),
-        1 => packet_id().prop_map(Packet::PubComp),
-        2 => (packet_id(), vec((topic_filter(), qos()), 1..=4))
-            .prop_map(|(packet_id, filters)| Packet::Subscribe { packet_id, filters }),
-        2 => (packet_id(), vec(topic_filter(), 1..=4))
-            .prop_map(|(packet_id, filters)| Packet::Unsubscribe { packet_id, filters }),
+        1 => packet_id().prop_map(|id| Packet::PubAck(Ack::new(id))),
+        1 => packet_id().prop_map(|id| Packet::PubRec(Ack::new(id))),
+        1 => packet_id().prop_map(|id| Packet::PubRel(Ack::new(id))),
+        1 => packet_id().prop_map(|id| Packet::PubComp(Ack::new(id))),
+        2 => (packet_id(), vec((topic_filter(), qos()), 1..=4)).prop_map(|(packet_id, filters)| {
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                filters: filters
+                    .into_iter()
+                    .map(|(f, q)| (f, SubscriptionOptions::qos(q)))
+                    .collect(),
+                subscription_identifier: None,
+                user_properties: Vec::new(),
+            })
+        }),
+        2 => (packet_id(), vec(topic_filter(), 1..=4)).prop_map(|(packet_id, filters)| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                filters,
+                user_properties: Vec::new(),
+            })
+        }),
         1 => Just(Packet::PingReq),
-        1 => Just(Packet::Disconnect),
+        1 => Just(Packet::Disconnect(Disconnect::default())),
     ]
 }
 
@@ -155,7 +171,7 @@ fn corrupted_packets() -> impl Strategy<Value = Vec<u8>> {
     (vec(client_packet(), 1..=8), edits).prop_map(|(packets, edits)| {
         let mut wire = BytesMut::new();
         for packet in &packets {
-            encode_packet(packet, &mut wire);
+            encode_packet(packet, ProtocolVersion::V311, &mut wire);
         }
         for (index, byte) in edits {
             let at = index.index(wire.len());
@@ -192,6 +208,7 @@ fn large_publish() -> impl Strategy<Value = Packet> {
             topic,
             packet_id: Some(id),
             payload: Bytes::from(payload),
+            properties: None,
         })
     })
 }
@@ -279,7 +296,7 @@ proptest! {
     ) {
         let mut wire = BytesMut::new();
         for packet in &packets {
-            encode_packet(packet, &mut wire);
+            encode_packet(packet, ProtocolVersion::V311, &mut wire);
         }
         let mut decoded = Vec::new();
         let result = feed(&wire, &chunks, VALID_MAX_PACKET_SIZE, |frame| {
@@ -335,7 +352,7 @@ proptest! {
     ) {
         let mut wire = BytesMut::new();
         for packet in &packets {
-            encode_packet(packet, &mut wire);
+            encode_packet(packet, ProtocolVersion::V311, &mut wire);
         }
         let mut decoded = Vec::new();
         let result = feed(&wire, &chunks, LARGE_MAX_PACKET_SIZE, |frame| {

@@ -8,9 +8,10 @@
 use bytes::{Bytes, BytesMut};
 use mqttbytes::v4;
 use tidemq_protocol::{
-    decode_packet, encode, encode_packet, encode_publish_ref, encoded_publish_len,
-    ConnectReturnCode, Framer, Outgoing, Packet, PacketId, ProtocolVersion, Publish, PublishRef,
-    QoS, SubAckCode, TopicFilter, TopicName,
+    decode_packet, encode, encode_packet, encode_publish_ref, encoded_publish_len, Ack,
+    AckProperties, ConnAck, Disconnect, Framer, Outgoing, Packet, PacketId, ProtocolVersion,
+    Publish, PublishRef, QoS, ReasonCode, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
+    Unsubscribe,
 };
 
 fn id(id: u16) -> PacketId {
@@ -25,6 +26,7 @@ fn publish(qos: QoS, packet_id: Option<u16>, payload: &[u8]) -> Publish {
         topic: TopicName::new("a/b").unwrap(),
         packet_id: packet_id.map(id),
         payload: Bytes::copy_from_slice(payload),
+        properties: None,
     }
 }
 
@@ -34,7 +36,7 @@ fn filter(s: &str) -> TopicFilter {
 
 fn outgoing_bytes(packet: &Outgoing) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    encode(packet, &mut buf);
+    encode(packet, ProtocolVersion::V311, &mut buf);
     buf.to_vec()
 }
 
@@ -58,28 +60,34 @@ fn every_client_packet_kind_round_trips() {
         Packet::Publish(publish(QoS::AtMostOnce, None, b"")),
         Packet::Publish(publish(QoS::AtLeastOnce, Some(1), b"hello")),
         Packet::Publish(big),
-        Packet::PubAck(id(1)),
-        Packet::PubRec(id(2)),
-        Packet::PubRel(id(3)),
-        Packet::PubComp(id(4)),
-        Packet::Subscribe {
+        Packet::PubAck(Ack::new(id(1))),
+        Packet::PubRec(Ack::new(id(2))),
+        Packet::PubRel(Ack::new(id(3))),
+        Packet::PubComp(Ack::new(id(4))),
+        Packet::Subscribe(Subscribe {
             packet_id: id(5),
             filters: vec![
-                (filter("a/+/c"), QoS::AtMostOnce),
-                (filter("#"), QoS::AtLeastOnce),
-                (filter("$SYS/é/#"), QoS::ExactlyOnce),
+                (filter("a/+/c"), SubscriptionOptions::qos(QoS::AtMostOnce)),
+                (filter("#"), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+                (
+                    filter("$SYS/é/#"),
+                    SubscriptionOptions::qos(QoS::ExactlyOnce),
+                ),
             ],
-        },
-        Packet::Unsubscribe {
+            subscription_identifier: None,
+            user_properties: Vec::new(),
+        }),
+        Packet::Unsubscribe(Unsubscribe {
             packet_id: id(6),
             filters: vec![filter("a/+/c"), filter("#")],
-        },
+            user_properties: Vec::new(),
+        }),
         Packet::PingReq,
-        Packet::Disconnect,
+        Packet::Disconnect(Disconnect::default()),
     ];
     let mut buf = BytesMut::new();
     for packet in &packets {
-        encode_packet(packet, &mut buf);
+        encode_packet(packet, ProtocolVersion::V311, &mut buf);
     }
     let framer = Framer::new(4096);
     let decoded: Vec<Packet> = std::iter::from_fn(|| framer.next_frame(&mut buf).unwrap())
@@ -91,15 +99,9 @@ fn every_client_packet_kind_round_trips() {
 
 #[test]
 fn connack_bytes() {
-    let accepted = Outgoing::ConnAck {
-        session_present: true,
-        code: ConnectReturnCode::Accepted,
-    };
+    let accepted = Outgoing::ConnAck(ConnAck::new(true, ReasonCode::SUCCESS));
     assert_eq!(outgoing_bytes(&accepted), [0x20, 0x02, 0x01, 0x00]);
-    let refused = Outgoing::ConnAck {
-        session_present: false,
-        code: ConnectReturnCode::NotAuthorized,
-    };
+    let refused = Outgoing::ConnAck(ConnAck::new(false, ReasonCode::NOT_AUTHORIZED));
     assert_eq!(outgoing_bytes(&refused), [0x20, 0x02, 0x00, 0x05]);
     let v4::Packet::ConnAck(connack) = mqttbytes_read(&outgoing_bytes(&accepted)) else {
         panic!("not a CONNACK")
@@ -113,11 +115,12 @@ fn suback_bytes() {
     let suback = Outgoing::SubAck {
         packet_id: id(0x1234),
         codes: vec![
-            SubAckCode::Granted(QoS::AtMostOnce),
-            SubAckCode::Granted(QoS::AtLeastOnce),
-            SubAckCode::Granted(QoS::ExactlyOnce),
-            SubAckCode::Failure,
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::GRANTED_QOS_2,
+            ReasonCode::UNSPECIFIED_ERROR,
         ],
+        properties: AckProperties::default(),
     };
     let bytes = outgoing_bytes(&suback);
     assert_eq!(bytes, [0x90, 0x06, 0x12, 0x34, 0x00, 0x01, 0x02, 0x80]);
@@ -132,12 +135,19 @@ fn suback_bytes() {
 #[test]
 fn puback_pubrec_pubrel_pubcomp_unsuback_bytes() {
     let cases = [
-        (Outgoing::PubAck(id(0x0102)), 0x40),
-        (Outgoing::PubRec(id(0x0102)), 0x50),
+        (Outgoing::PubAck(Ack::new(id(0x0102))), 0x40),
+        (Outgoing::PubRec(Ack::new(id(0x0102))), 0x50),
         // [MQTT-3.6.1-1] PUBREL's reserved flags are 0010.
-        (Outgoing::PubRel(id(0x0102)), 0x62),
-        (Outgoing::PubComp(id(0x0102)), 0x70),
-        (Outgoing::UnsubAck(id(0x0102)), 0xB0),
+        (Outgoing::PubRel(Ack::new(id(0x0102))), 0x62),
+        (Outgoing::PubComp(Ack::new(id(0x0102))), 0x70),
+        (
+            Outgoing::UnsubAck {
+                packet_id: id(0x0102),
+                codes: Vec::new(),
+                properties: AckProperties::default(),
+            },
+            0xB0,
+        ),
     ];
     for (packet, first_byte) in cases {
         assert_eq!(
@@ -207,7 +217,11 @@ fn a_borrowed_publish_encodes_the_same_bytes_as_an_owned_one() {
         owned.dup = qos != QoS::AtMostOnce;
         owned.retain = true;
         let mut expected = BytesMut::new();
-        encode(&Outgoing::Publish(owned.clone()), &mut expected);
+        encode(
+            &Outgoing::Publish(owned.clone()),
+            ProtocolVersion::V311,
+            &mut expected,
+        );
         let mut borrowed = BytesMut::new();
         encode_publish_ref(&PublishRef::from(&owned), &mut borrowed);
         assert_eq!(borrowed, expected, "{qos:?}");

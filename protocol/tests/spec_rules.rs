@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use tidemq_protocol::{
-    decode_connect, decode_packet, Framer, Packet, PacketId, ProtocolError, ProtocolVersion,
+    decode_connect, decode_packet, Ack, Framer, Packet, PacketId, ProtocolError, ProtocolVersion,
     SpecViolation,
 };
 
@@ -153,7 +153,10 @@ fn mqtt_3_10_1_1_unsubscribe_reserved_flags_must_be_0010() {
 fn mqtt_3_6_1_1_pubrel_reserved_flags_must_be_0010() {
     // [MQTT-3.6.1-1] Bits 3,2,1 and 0 of the fixed header in the PUBREL
     // Control Packet are reserved and MUST be set to 0,0,1 and 0.
-    assert_eq!(decode(&wire(0x62, &[0, 7])), Ok(Packet::PubRel(id(7))));
+    assert_eq!(
+        decode(&wire(0x62, &[0, 7])),
+        Ok(Packet::PubRel(Ack::new(id(7))))
+    );
     for first_byte in (0x60..=0x6F).filter(|b| *b != 0x62) {
         let bytes = wire(first_byte, &[0, 7]);
         assert_eq!(
@@ -224,7 +227,7 @@ fn mqtt_3_1_pubrel_subscribe_unsubscribe_may_carry_dup() {
     }
     assert_eq!(
         decode_as(ProtocolVersion::V31, &wire(0x6A, &[0, 7])),
-        Ok(Packet::PubRel(id(7)))
+        Ok(Packet::PubRel(Ack::new(id(7))))
     );
     // Only DUP is forgiven: the QoS bits stay fixed in 3.1 too.
     assert_eq!(
@@ -747,6 +750,31 @@ fn every_violation_has_a_test() {
             SpecViolation::TopicTooDeep => topics_deeper_than_the_level_limit_are_refused,
             SpecViolation::StringTooLong => mqtt_1_5_3_topics_fit_a_two_byte_length,
             SpecViolation::ConnectTrailingBytes => mqtt_3_1_3_connect_has_nothing_after_its_fields,
+            // MQTT 5 only: `every_v5_violation_has_a_test` in v5_rules.rs.
+            SpecViolation::VariableByteIntegerTooLong
+            | SpecViolation::NonMinimalVariableByteInteger
+            | SpecViolation::PropertyLength
+            | SpecViolation::UnknownProperty(_)
+            | SpecViolation::PropertyNotAllowed(_)
+            | SpecViolation::DuplicateProperty(_)
+            | SpecViolation::PropertyValue(_)
+            | SpecViolation::ZeroReceiveMaximum
+            | SpecViolation::ZeroMaximumPacketSize
+            | SpecViolation::ZeroSubscriptionIdentifier
+            | SpecViolation::AuthenticationDataWithoutMethod
+            | SpecViolation::PayloadFormatInvalid
+            | SpecViolation::TopicAliasZero
+            | SpecViolation::TopicAliasAboveMaximum { .. }
+            | SpecViolation::TopicAliasUnknown(_)
+            | SpecViolation::EmptyTopicWithoutAlias
+            | SpecViolation::WildcardInResponseTopic
+            | SpecViolation::SubscriptionIdentifierFromClient
+            | SpecViolation::SubscribeReservedBits
+            | SpecViolation::SubscribeQoS3
+            | SpecViolation::RetainHandling3
+            | SpecViolation::NoLocalOnSharedSubscription
+            | SpecViolation::ReasonCodeNotAllowed { .. }
+            | SpecViolation::TrailingBytes(_) => return None,
         })
     }
     assert!(covered_by(SpecViolation::DupOnQoS0).is_some());

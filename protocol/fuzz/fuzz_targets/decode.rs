@@ -1,5 +1,7 @@
 //! Feeds arbitrary bytes through the read path of one connection: the
-//! framer, `decode_connect` on the first frame, `decode_packet` on the rest.
+//! framer, `decode_connect` on the first frame, `decode_packet` on the rest,
+//! in the version the CONNECT named (3.1.1 when it failed to decode), and
+//! every frame also through the MQTT 5 decoders and `decode_server_packet`.
 //! Unlike the broker it keeps going after a decode error, so every frame in
 //! the input reaches a decoder. Oracles: no panic; no frame above the limit;
 //! whatever `decode_packet` accepts re-encodes to bytes it accepts again as
@@ -9,7 +11,10 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tidemq_protocol::{decode_connect, decode_packet, encode_packet, Framer, ProtocolVersion};
+use tidemq_protocol::{
+    decode_connect, decode_packet, decode_server_packet, encode_connect, encode_packet, Framer,
+    ProtocolVersion,
+};
 
 /// Small enough that the fuzzer reaches the limit, large enough for real
 /// packets.
@@ -21,8 +26,20 @@ fuzz_target!(|data: &[u8]| {
     let mut version = None;
     while let Ok(Some(frame)) = framer.next_frame(&mut buf) {
         assert!(frame.bytes.len() <= MAX_PACKET_SIZE);
+        // Whatever the connection's version, the v5 readers must not panic.
+        let _ = decode_packet(&frame, ProtocolVersion::V5);
+        let _ = decode_server_packet(&frame, ProtocolVersion::V5);
+        let _ = decode_server_packet(&frame, ProtocolVersion::V311);
         let Some(version) = version else {
             let connect = decode_connect(&frame);
+            if let Ok(connect) = &connect {
+                // A decoded CONNECT re-encodes to itself.
+                let mut again = BytesMut::new();
+                encode_connect(connect, &mut again);
+                let reframed = framer.next_frame(&mut again);
+                let redecoded = reframed.map(|f| f.map(|f| decode_connect(&f)));
+                assert_eq!(redecoded, Ok(Some(Ok(connect.clone()))));
+            }
             version = Some(connect.map_or(ProtocolVersion::V311, |c| c.version));
             continue;
         };
@@ -30,9 +47,9 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let mut again = BytesMut::new();
-        encode_packet(&packet, &mut again);
+        encode_packet(&packet, version, &mut again);
         let reframed = framer.next_frame(&mut again);
-        let redecoded = reframed.map(|f| f.map(|f| decode_packet(&f, ProtocolVersion::V311)));
+        let redecoded = reframed.map(|f| f.map(|f| decode_packet(&f, version)));
         assert_eq!(
             redecoded,
             Ok(Some(Ok(packet))),
