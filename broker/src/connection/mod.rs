@@ -912,10 +912,6 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
                 "closing: more unacknowledged QoS 1/2 PUBLISHes than receive_maximum [MQTT-3.3.4-8] (DISCONNECT 0x93)"
             );
         }
-        End::BadAlias(error) => {
-            Metrics::incr(&metrics.protocol_errors);
-            warn!(conn_id, %client_id, %error, "closing: protocol violation (DISCONNECT 0x94)");
-        }
         End::SessionExpiryFromZero => {
             Metrics::incr(&metrics.protocol_errors);
             warn!(

@@ -58,8 +58,6 @@ pub enum End {
     /// MQTT 5: more QoS 1/2 PUBLISHes unacknowledged than the broker's
     /// Receive Maximum [MQTT-3.3.4-8].
     ReceiveMaximumExceeded,
-    /// MQTT 5: a topic alias of 0, above the maximum, or never set.
-    BadAlias(super::v5::BadAlias),
     /// MQTT 5: DISCONNECT set a Session Expiry Interval after CONNECT had
     /// 0 [MQTT-3.14.2-2].
     SessionExpiryFromZero,
@@ -116,7 +114,6 @@ impl End {
             End::TakenOver => (ReasonCode::SESSION_TAKEN_OVER, "session taken over"),
             End::Shutdown => (ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down"),
             End::Protocol(error) => (error.reason_code(), "bad packet"),
-            End::BadAlias(_) => (ReasonCode::TOPIC_ALIAS_INVALID, "topic alias invalid"),
             End::ReceiveMaximumExceeded => (
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                 "more unacknowledged PUBLISHes than Receive Maximum",
@@ -634,7 +631,7 @@ impl Session {
 
     async fn publish(&mut self, mut publish: Publish) -> Result<(), End> {
         if let Some(v5) = self.client.v5.as_mut() {
-            v5.aliases_in.resolve(&mut publish).map_err(End::BadAlias)?;
+            v5.aliases_in.resolve(&mut publish).map_err(End::Protocol)?;
         }
         let ctx = &self.client.ctx;
         Metrics::incr(&ctx.metrics.messages_received);

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use tidemq_protocol::{Connect, Publish, TopicName};
+use tidemq_protocol::{Connect, TopicAliases, TopicName};
 
 /// The MQTT 5 side of a connection.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub struct V5Conn {
     /// Request Problem Information: Reason Strings and User Properties may go
     /// on packets other than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
     pub problem_info: bool,
-    pub aliases_in: InboundAliases,
+    pub aliases_in: TopicAliases,
     pub aliases_out: OutboundAliases,
 }
 
@@ -34,7 +34,7 @@ impl V5Conn {
         V5Conn {
             max_packet_size: properties.maximum_packet_size,
             problem_info: properties.request_problem_information != Some(0),
-            aliases_in: InboundAliases::new(alias_maximum),
+            aliases_in: TopicAliases::new(alias_maximum),
             aliases_out: OutboundAliases::new(
                 properties
                     .topic_alias_maximum
@@ -42,52 +42,6 @@ impl V5Conn {
                     .min(alias_maximum),
             ),
         }
-    }
-}
-
-/// A topic alias the client used wrongly: 0, above the maximum, or unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("[MQTT-3.3.2-8]/[MQTT-3.3.2-9] topic alias {0} is 0, above the maximum or never set")]
-pub struct BadAlias(pub u16);
-
-/// Aliases the client set for its PUBLISHes [MQTT-3.3.2-10]: alias `n` at
-/// index `n - 1`, grown as they are set, never beyond the maximum.
-#[derive(Debug, Default)]
-pub struct InboundAliases {
-    maximum: u16,
-    topics: Vec<Option<TopicName>>,
-}
-
-impl InboundAliases {
-    pub fn new(maximum: u16) -> InboundAliases {
-        InboundAliases {
-            maximum,
-            topics: Vec::new(),
-        }
-    }
-
-    /// Sets or looks up the PUBLISH's alias; afterwards its topic is a real
-    /// name. A PUBLISH without an alias is left alone.
-    pub fn resolve(&mut self, publish: &mut Publish) -> Result<(), BadAlias> {
-        let Some(alias) = publish.properties.as_ref().and_then(|p| p.topic_alias) else {
-            return Ok(());
-        };
-        if alias == 0 || alias > self.maximum {
-            return Err(BadAlias(alias));
-        }
-        let index = usize::from(alias - 1);
-        if publish.topic.is_empty() {
-            let known = self.topics.get(index).and_then(Option::as_ref);
-            publish.topic = known.cloned().ok_or(BadAlias(alias))?;
-        } else {
-            if self.topics.len() <= index {
-                self.topics.resize(index + 1, None);
-            }
-            if let Some(entry) = self.topics.get_mut(index) {
-                *entry = Some(publish.topic.clone());
-            }
-        }
-        Ok(())
     }
 }
 
@@ -154,9 +108,6 @@ impl OutboundAliases {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use tidemq_protocol::{PublishProperties, QoS};
-
     use super::*;
 
     fn topic(name: &str) -> TopicName {
@@ -179,41 +130,5 @@ mod tests {
     fn no_aliases_when_the_client_allows_none() {
         let mut aliases = OutboundAliases::new(0);
         assert_eq!(aliases.alias_for(&topic("a")), AliasUse::None);
-    }
-
-    fn aliased(name: &str, alias: u16) -> Publish {
-        let mut publish = Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: false,
-            topic: topic(name),
-            packet_id: None,
-            payload: Bytes::new(),
-            properties: Some(Box::new(PublishProperties {
-                topic_alias: Some(alias),
-                ..PublishProperties::default()
-            })),
-        };
-        if name == "-" {
-            publish.topic = TopicName::alias_only();
-        }
-        publish
-    }
-
-    #[test]
-    fn mqtt_3_3_2_8_and_9_inbound_alias_zero_or_above_maximum_is_refused() {
-        let mut aliases = InboundAliases::new(4);
-        assert_eq!(aliases.resolve(&mut aliased("t", 0)), Err(BadAlias(0)));
-        assert_eq!(aliases.resolve(&mut aliased("t", 5)), Err(BadAlias(5)));
-    }
-
-    #[test]
-    fn mqtt_3_3_2_10_an_alias_set_once_names_the_topic_later() {
-        let mut aliases = InboundAliases::new(4);
-        aliases.resolve(&mut aliased("a/b", 3)).unwrap();
-        let mut by_alias = aliased("-", 3);
-        aliases.resolve(&mut by_alias).unwrap();
-        assert_eq!(by_alias.topic.as_str(), "a/b");
-        assert_eq!(aliases.resolve(&mut aliased("-", 2)), Err(BadAlias(2)));
     }
 }

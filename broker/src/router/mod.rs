@@ -457,10 +457,10 @@ impl Router {
                     // none for a shared subscription [MQTT-4.8.2-?].
                     let send_retained = !shared::is_shared(filter)
                         && match options.retain_handling {
-                        RetainHandling::OnSubscribe => true,
-                        RetainHandling::OnNewSubscription => new,
-                        RetainHandling::Never => false,
-                    };
+                            RetainHandling::OnSubscribe => true,
+                            RetainHandling::OnNewSubscription => new,
+                            RetainHandling::Never => false,
+                        };
                     if send_retained {
                         cursors.push(RetainedCursor::for_subscription(
                             filter.clone(),

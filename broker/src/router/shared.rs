@@ -151,7 +151,11 @@ impl Picker {
 
     fn hash_of(&self, message: &Message) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        match message.extra.as_ref().and_then(|extra| extra.origin.as_ref()) {
+        match message
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.origin.as_ref())
+        {
             Some(origin) => origin.hash(&mut hasher),
             None => hash_topic(&message.topic, &mut hasher),
         }
@@ -173,10 +177,17 @@ mod tests {
 
     #[test]
     fn mqtt_4_8_2_1_and_2_share_names_are_checked() {
-        let (group, inner) = split(&filter("$share/g1/a/+/c")).unwrap().unwrap();
+        let shared = filter("$share/g1/a/+/c");
+        let (group, inner) = split(&shared).unwrap().unwrap();
         assert_eq!((group, inner.as_str()), ("g1", "a/+/c"));
         assert!(split(&filter("a/b")).is_none());
-        for bad in ["$share/g", "$share//a", "$share/g+/a", "$share/#", "$share/+/a"] {
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/#",
+            "$share/+/a",
+        ] {
             assert_eq!(split(&filter(bad)), Some(Err(BadShareName)), "{bad}");
         }
     }

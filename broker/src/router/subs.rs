@@ -172,7 +172,13 @@ impl Subscriptions {
     /// per matching filter (a client with overlapping filters is seen
     /// twice). Shared subscriptions are left out.
     pub fn for_each_match(&self, topic: &TopicName, mut visit: impl FnMut(&ClientId, &Subscriber)) {
-        walk(&self.root, topic.levels(), topic.is_system(), None, &mut visit);
+        walk(
+            &self.root,
+            topic.levels(),
+            topic.is_system(),
+            None,
+            &mut visit,
+        );
     }
 
     /// As [`Subscriptions::for_each_match`], and one member per matching
@@ -185,7 +191,13 @@ impl Subscriptions {
     ) {
         let topic = &message.topic;
         let shared = Some((picker, message));
-        walk(&self.root, topic.levels(), topic.is_system(), shared, &mut visit);
+        walk(
+            &self.root,
+            topic.levels(),
+            topic.is_system(),
+            shared,
+            &mut visit,
+        );
     }
 }
 
