@@ -181,13 +181,8 @@ mod tests {
         let (group, inner) = split(&shared).unwrap().unwrap();
         assert_eq!((group, inner.as_str()), ("g1", "a/+/c"));
         assert!(split(&filter("a/b")).is_none());
-        for bad in [
-            "$share/g",
-            "$share//a",
-            "$share/g+/a",
-            "$share/#",
-            "$share/+/a",
-        ] {
+        // ("$share/g+/a" is no filter at all: the decoder refuses it.)
+        for bad in ["$share/g", "$share//a", "$share/#", "$share/+/a"] {
             assert_eq!(split(&filter(bad)), Some(Err(BadShareName)), "{bad}");
         }
     }
