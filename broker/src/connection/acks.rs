@@ -19,7 +19,31 @@ const MAX_PENDING: usize = u16::MAX as usize;
 
 #[derive(Debug, Default)]
 pub struct PendingAcks {
-    queue: VecDeque<(Outgoing, oneshot::Receiver<Routed>)>,
+    queue: VecDeque<Pending>,
+}
+
+/// One acknowledgement owed, and what its receipt said once released.
+#[derive(Debug)]
+struct Pending {
+    ack: Outgoing,
+    released: oneshot::Receiver<Routed>,
+    /// Set when `front_released` saw the receipt resolve: the receiver
+    /// gives its value once.
+    routed: Option<Routed>,
+}
+
+impl Pending {
+    /// The receipt's answer if it is released; `None` while it is not.
+    fn routed(&mut self) -> Option<Routed> {
+        if self.routed.is_none() {
+            self.routed = match self.released.try_recv() {
+                Err(TryRecvError::Empty) => None,
+                Ok(routed) => Some(routed),
+                Err(TryRecvError::Closed) => Some(Routed::Matched),
+            };
+        }
+        self.routed
+    }
 }
 
 /// The client has more unacknowledged PUBLISHes than packet ids.
@@ -49,17 +73,22 @@ impl PendingAcks {
         if self.queue.len() >= MAX_PENDING {
             return Err(TooManyPending);
         }
-        self.queue.push_back((ack, released));
+        self.queue.push_back(Pending {
+            ack,
+            released,
+            routed: None,
+        });
         Ok(())
     }
 
     /// Resolves when the oldest acknowledgement may be sent; never resolves
-    /// when none is waiting. Cancel-safe.
+    /// when none is waiting. Cancel-safe: the answer is kept once it came.
     pub async fn front_released(&mut self) {
         match self.queue.front_mut() {
-            // Sent when the last receipt drops.
-            Some((_, released)) => {
-                let _ = released.await;
+            Some(pending) if pending.routed.is_some() => {}
+            Some(pending) => {
+                let routed = (&mut pending.released).await;
+                pending.routed = Some(routed.unwrap_or(Routed::Matched));
             }
             None => std::future::pending().await,
         }
@@ -70,20 +99,16 @@ impl PendingAcks {
     /// matching subscribers").
     pub fn pop_released(&mut self, v5: bool) -> Vec<Outgoing> {
         let mut ready = Vec::new();
-        while let Some((_, released)) = self.queue.front_mut() {
-            let routed = match released.try_recv() {
-                Err(TryRecvError::Empty) => break,
-                Ok(routed) => routed,
-                Err(TryRecvError::Closed) => Routed::Matched,
+        while let Some(routed) = self.queue.front_mut().and_then(Pending::routed) {
+            let Some(Pending { mut ack, .. }) = self.queue.pop_front() else {
+                break;
             };
-            if let Some((mut ack, _)) = self.queue.pop_front() {
-                if v5 && routed == Routed::NoSubscribers {
-                    if let Outgoing::PubAck(ack) | Outgoing::PubRec(ack) = &mut ack {
-                        ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
-                    }
+            if v5 && routed == Routed::NoSubscribers {
+                if let Outgoing::PubAck(ack) | Outgoing::PubRec(ack) = &mut ack {
+                    ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
                 }
-                ready.push(ack);
             }
+            ready.push(ack);
         }
         ready
     }

@@ -498,6 +498,29 @@ impl Sleeper for Resting {
     }
 }
 
+/// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
+/// that has no tasks (a resting connection ended where it rests), within
+/// `timeout`, then shuts it down.
+async fn farewell(socket: std::net::TcpStream, end: &End, timeout: Duration) {
+    let Some(disconnect) = end.disconnect() else {
+        return;
+    };
+    let Ok(mut stream) = TcpStream::from_std(socket) else {
+        return;
+    };
+    let mut buf = bytes::BytesMut::new();
+    tidemq_protocol::encode(
+        &Outgoing::Disconnect(disconnect),
+        ProtocolVersion::V5,
+        &mut buf,
+    );
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
 async fn wake(resting: Box<Resting>) {
     let Resting {
         client,
@@ -508,6 +531,9 @@ async fn wake(resting: Box<Resting>) {
     async move {
         let token = client.ctx.shutdown.child_token();
         if !client.slot().install_owner(client.conn_id, token.clone()) {
+            if client.v5.is_some() {
+                farewell(socket, &End::TakenOver, client.ctx.settings.write_timeout()).await;
+            }
             return close(client, End::TakenOver).await;
         }
         match TcpStream::from_std(socket) {
