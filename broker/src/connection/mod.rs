@@ -335,7 +335,7 @@ async fn connect<S: Transport>(
     let mut connack = ConnAck::new(session_present, ReasonCode::SUCCESS);
     let v5 = version.is_v5().then(|| {
         let properties = handshake::connack_properties(&ctx, &accepted, granted_expiry);
-        connack.properties = Box::new(properties);
+        *connack.properties = properties;
         let connect = &accepted.connect;
         Box::new(v5::V5Conn::new(
             connect,
