@@ -287,12 +287,18 @@ impl Mailbox {
     }
 
     pub fn clear(&self) {
+        drop(self.drain());
+    }
+
+    /// Empties the mailbox and returns what it held.
+    pub fn drain(&self) -> Vec<Delivery> {
         let dropped = {
             let mut inner = self.inner();
             inner.bytes = 0;
             std::mem::take(&mut inner.queue)
         };
         self.release(dropped.len());
+        dropped.into()
     }
 
     /// Resolves after the next push (or at once if a push happened since the
@@ -334,7 +340,7 @@ mod tests {
             qos,
             retain: false,
             receipt: None,
-            subscription_ids: None,
+            extra: None,
         }
     }
 

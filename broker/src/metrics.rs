@@ -66,6 +66,8 @@ counters! {
     dropped_too_large: "Deliveries dropped because they exceed the subscriber's MQTT 5 Maximum Packet Size.",
     receive_maximum_exceeded: "MQTT 5 connections closed (0x93) for more unacknowledged QoS 1/2 PUBLISHes than `receive_maximum`.",
     wills_delayed: "MQTT 5 wills held for their Will Delay Interval.",
+    shared_redelivered: "Messages of a shared subscription given to another member after the session that had them ended unacknowledged.",
+    dropped_shared_no_member: "Messages of a shared subscription dropped because the session that had them ended and no member was left.",
     sessions_expired: "Offline persistent sessions removed after `session_expiry_secs`.",
     sessions_current: "Sessions known now, online or offline (gauge).",
     sessions_offline_current: "Persistent sessions waiting offline for their client now (gauge).",

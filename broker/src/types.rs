@@ -257,7 +257,47 @@ pub struct Delivery {
     pub retain: bool,
     /// Set only on deliveries held beyond the mailbox's limit.
     pub receipt: Option<Receipt>,
+    /// Subscription identifiers and the shared subscription it came by;
+    /// `None` for most deliveries.
+    pub extra: Option<Box<DeliveryExtra>>,
+}
+
+/// What few deliveries carry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryExtra {
     /// MQTT 5: the identifiers of the subscriptions it matched
-    /// [MQTT-3.3.4-3]; `None` for most deliveries.
-    pub subscription_ids: Option<Box<[u32]>>,
+    /// [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/{group}/{filter}`) that chose this
+    /// session: if the session ends before it is acknowledged, another
+    /// member gets it [MQTT-4.8.2-?].
+    pub shared: Option<TopicFilter>,
+}
+
+impl DeliveryExtra {
+    /// `None` when there is nothing to carry.
+    pub fn boxed(
+        subscription_ids: Vec<u32>,
+        shared: Option<TopicFilter>,
+    ) -> Option<Box<DeliveryExtra>> {
+        if subscription_ids.is_empty() && shared.is_none() {
+            return None;
+        }
+        Some(Box::new(DeliveryExtra {
+            subscription_ids,
+            shared,
+        }))
+    }
+}
+
+impl Delivery {
+    pub fn subscription_ids(&self) -> &[u32] {
+        self.extra
+            .as_ref()
+            .map_or(&[], |extra| extra.subscription_ids.as_slice())
+    }
+
+    pub fn shared(&self) -> Option<&TopicFilter> {
+        self.extra.as_ref().and_then(|extra| extra.shared.as_ref())
+    }
 }

@@ -947,3 +947,35 @@ async fn a_v5_client_takes_over_a_v311_session_and_the_reverse() {
     assert_eq!(old_again.next_publish().await.publish().1, b"to 3.1.1");
     let _ = subscribe_bytes;
 }
+
+#[tokio::test]
+async fn mqtt_4_8_2_a_departed_members_unacknowledged_messages_go_to_another_member() {
+    let broker = TestBroker::start().await;
+    let mut leaving = V5Client::plain(broker.addr, "leaving").await;
+    leaving
+        .subscribe_qos("$share/w/work/#", QoS::AtLeastOnce)
+        .await;
+    let mut staying = V5Client::plain(broker.addr, "staying").await;
+    staying
+        .subscribe_qos("$share/w/work/#", QoS::AtLeastOnce)
+        .await;
+    let mut publisher = V5Client::plain(broker.addr, "boss").await;
+    for id in 1..=2u16 {
+        publisher
+            .publish_qos1(publish("work/x", QoS::AtLeastOnce, id, &[id as u8], None))
+            .await;
+    }
+    // Round robin: one each. The leaving member takes its job and never
+    // acknowledges it; its session ends with the connection.
+    let Some(Outgoing::Publish(unacked)) = leaving.recv().await else {
+        panic!("the leaving member gets one job")
+    };
+    let kept = staying.next_publish().await;
+    leaving.kill();
+    let redelivered = staying.next_publish().await;
+    let mut jobs = [kept.payload[0], redelivered.payload[0]];
+    jobs.sort_unstable();
+    assert_eq!(jobs, [1, 2]);
+    assert_eq!(redelivered.payload, unacked.payload);
+    assert_eq!(broker.metrics().shared_redelivered, 1);
+}

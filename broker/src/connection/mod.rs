@@ -599,12 +599,12 @@ async fn take_up_session(
 ) -> (SessionState, bool) {
     let session_present = !clean_start && slot.is_persistent();
     let parked = slot.take_parked();
-    let state = match parked {
-        Some(state) if !clean_start => state,
-        _ => SessionState::new(ctx.settings.limits.max_inflight),
+    let (state, old) = match parked {
+        Some(state) if !clean_start => (state, None),
+        old => (SessionState::new(ctx.settings.limits.max_inflight), old),
     };
     if clean_start {
-        Session::discard(ctx, slot).await;
+        Session::discard(ctx, slot, old).await;
     }
     slot.set_persistent(expiry != Some(Duration::ZERO));
     slot.set_online(true);
@@ -853,7 +853,7 @@ async fn close(client: Client, end: End) {
     slot.set_online(false);
     slot.release_owner(conn_id);
     if ends_with_connection {
-        Session::discard(&ctx, slot).await;
+        Session::discard(&ctx, slot, Some(state)).await;
         slot.set_persistent(false);
         ctx.registry.remove(slot, conn_id);
     } else {
@@ -904,9 +904,9 @@ fn delay_will(
 /// under them afterwards) and its queued messages. A client that claims it
 /// meanwhile waits for the task and then finds session present 0.
 pub(crate) async fn forget_session(ctx: &Context, slot: &SessionSlot) {
-    drop(slot.take_parked());
+    let parked = slot.take_parked();
     slot.set_persistent(false);
-    Session::discard(ctx, slot).await;
+    Session::discard(ctx, slot, parked).await;
 }
 
 async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {

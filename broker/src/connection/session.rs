@@ -36,6 +36,7 @@ use super::{sleep_until_option, Client, Context};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
+use crate::session::SessionState;
 use crate::types::{Delivery, Message, MessageExtra, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
@@ -463,7 +464,7 @@ impl Session {
                     AliasUse::Set(alias) | AliasUse::Known(alias) => Some(alias),
                 },
                 omit_topic: matches!(alias, AliasUse::Known(_)),
-                subscription_identifiers: delivery.subscription_ids.as_deref().unwrap_or(&[]),
+                subscription_identifiers: delivery.subscription_ids(),
             });
         }
         encode_publish_ref(&publish, &mut self.out);
@@ -491,7 +492,7 @@ impl Session {
         let before = batch.len();
         batch.retain(|delivery| {
             let message = &delivery.message;
-            let ids = delivery.subscription_ids.as_deref().unwrap_or(&[]);
+            let ids = delivery.subscription_ids();
             // Sized with the full topic: an alias can only make it smaller.
             let publish = PublishRef {
                 dup: false,
@@ -779,10 +780,12 @@ impl Session {
         Ok(())
     }
 
-    /// Discards a session's subscriptions and queued messages (clean
-    /// session). The mailbox is emptied only after the router confirms, so a
+    /// Discards a session's subscriptions and queued messages (the session
+    /// ends). The mailbox is emptied only after the router confirms, so a
     /// message routed under the old subscriptions cannot slip in after.
-    pub async fn discard(ctx: &Context, slot: &SessionSlot) {
+    /// QoS 1/2 messages a shared subscription gave it, queued or not yet
+    /// acknowledged (in `state`), go to another member of their group.
+    pub async fn discard(ctx: &Context, slot: &SessionSlot, state: Option<SessionState>) {
         if !slot.take_subscribed() {
             slot.mailbox.clear();
             return;
@@ -796,6 +799,13 @@ impl Session {
         if ctx.router.send(msg).await.is_ok() {
             let _ = answer.await;
         }
-        slot.mailbox.clear();
+        let mut shared = state.map_or_else(Vec::new, |mut state| state.outbound.take_shared());
+        shared.extend(slot.mailbox.drain().into_iter().filter_map(|delivery| {
+            let filter = delivery.shared()?.clone();
+            (delivery.qos != QoS::AtMostOnce).then_some((filter, delivery.message, delivery.qos))
+        }));
+        if !shared.is_empty() {
+            let _ = ctx.router.send(RouterMsg::Redeliver { shared }).await;
+        }
     }
 }

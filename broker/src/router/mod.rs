@@ -38,7 +38,7 @@ use crate::mailbox::{Limit, Offered, DELIVERY_COST};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::throttle::LogThrottle;
-use crate::types::{ClientId, Delivery, Message, Receipt, RetainedCursor};
+use crate::types::{ClientId, Delivery, DeliveryExtra, Message, Receipt, RetainedCursor};
 
 pub use retain::{Retained, Update};
 pub use subs::{Subscriber, Subscriptions};
@@ -72,6 +72,11 @@ pub enum RouterMsg {
         client_id: ClientId,
         filters: Vec<TopicFilter>,
         done: oneshot::Sender<Vec<bool>>,
+    },
+    /// Messages a departed member of a shared subscription had not
+    /// acknowledged: each goes to another member of its group, if any.
+    Redeliver {
+        shared: Vec<(TopicFilter, Arc<Message>, QoS)>,
     },
     /// Forget every subscription of a client (clean session start or end).
     /// Answered once done, so no delivery under the old subscriptions can
@@ -332,6 +337,11 @@ impl Router {
                 self.count_subscriptions();
                 let _ = done.send(existed);
             }
+            RouterMsg::Redeliver { shared } => {
+                for (filter, message, qos) in shared {
+                    self.redeliver(&filter, message, qos);
+                }
+            }
             RouterMsg::DropSession { client_id, done } => {
                 self.drop_session(&client_id);
                 self.count_subscriptions();
@@ -371,7 +381,7 @@ impl Router {
                 // unless MQTT 5's Retain As Published [MQTT-3.3.1-13].
                 retain: found.retain_as_published && message.retain,
                 receipt: None,
-                subscription_ids: found.ids,
+                extra: DeliveryExtra::boxed(found.ids, found.shared),
             };
             queued += usize::from(offer(
                 &found.slot,
@@ -382,6 +392,32 @@ impl Router {
             ));
         }
         self.refund_deliveries(offered - queued);
+    }
+
+    /// Gives a shared subscription's message to another member of its
+    /// group [MQTT-4.8.2-?]; dropped (and counted) when none is left.
+    fn redeliver(&mut self, filter: &TopicFilter, message: Arc<Message>, qos: QoS) {
+        let member = self
+            .subscriptions
+            .group(filter)
+            .and_then(|group| group.pick(&self.picker, &message));
+        let Some((_, member)) = member else {
+            Metrics::incr(&self.metrics.dropped_shared_no_member);
+            return;
+        };
+        let slot = Arc::clone(&member.slot);
+        let delivery = Delivery {
+            qos: qos.min(member.options.qos),
+            message,
+            retain: false,
+            receipt: None,
+            extra: DeliveryExtra::boxed(member.id.into_iter().collect(), Some(filter.clone())),
+        };
+        Metrics::incr(&self.metrics.shared_redelivered);
+        self.charge_deliveries(1);
+        if !offer(&slot, delivery, Limit::Enforced, None, &self.metrics) {
+            self.refund_deliveries(1);
+        }
     }
 
     /// Charges the memory budget for the deliveries of one message before
@@ -520,6 +556,7 @@ impl Router {
         let subscriber = Subscriber {
             options,
             id,
+            share: shared::is_shared(filter).then(|| filter.clone()),
             slot: Arc::clone(slot),
         };
         Ok(self.subscriptions.insert(filter, client_id, subscriber))
@@ -583,7 +620,7 @@ impl Router {
                 message,
                 retain: true,
                 receipt: None,
-                subscription_ids: cursor.subscription_id.map(|id| Box::from([id])),
+                extra: DeliveryExtra::boxed(cursor.subscription_id.into_iter().collect(), None),
             };
             queued += usize::from(offer(slot, delivery, Limit::Waived, None, &self.metrics));
         }
@@ -644,7 +681,9 @@ struct Match {
     address: usize,
     qos: QoS,
     retain_as_published: bool,
-    ids: Option<Box<[u32]>>,
+    ids: Vec<u32>,
+    /// The shared subscription that chose this session, if one did.
+    shared: Option<TopicFilter>,
     slot: Arc<SessionSlot>,
 }
 
@@ -654,7 +693,8 @@ impl Match {
             address: Arc::as_ptr(&sub.slot) as usize,
             qos: sub.options.qos,
             retain_as_published: sub.options.retain_as_published,
-            ids: sub.id.map(|id| Box::from([id])),
+            ids: sub.id.into_iter().collect(),
+            shared: sub.share.clone(),
             slot: Arc::clone(&sub.slot),
         }
     }
@@ -675,9 +715,11 @@ fn merge_overlapping(matches: &mut Vec<Match>) {
             return false;
         }
         kept.retain_as_published |= later.retain_as_published;
-        if let Some(more) = later.ids.take() {
-            let ids = kept.ids.take().unwrap_or_default();
-            kept.ids = Some(ids.iter().chain(more.iter()).copied().collect());
+        kept.ids.append(&mut later.ids);
+        // One copy for the session: it answers for the shared subscription
+        // if one chose it.
+        if kept.shared.is_none() {
+            kept.shared = later.shared.take();
         }
         true
     });

@@ -20,6 +20,8 @@ pub struct Subscriber {
     pub options: SubscriptionOptions,
     /// MQTT 5 Subscription Identifier, carried on each delivery.
     pub id: Option<u32>,
+    /// The whole `$share/{group}/{filter}` of a shared subscription.
+    pub share: Option<TopicFilter>,
     pub slot: Arc<SessionSlot>,
 }
 
@@ -166,6 +168,18 @@ impl Subscriptions {
 
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// The group of a `$share/{group}/{filter}`, if it has members.
+    pub fn group(&self, shared: &TopicFilter) -> Option<&Group> {
+        let Some(Ok((group, filter))) = shared::split(shared) else {
+            return None;
+        };
+        let mut node = &self.root;
+        for level in filter.levels() {
+            node = node.child(level)?;
+        }
+        node.groups.as_ref()?.get(group)
     }
 
     /// Calls `visit` for every ordinary subscription matching `topic`, once

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tidemq_protocol::{Ack, Outgoing, PacketId, Publish, QoS};
+use tidemq_protocol::{Ack, Outgoing, PacketId, Publish, QoS, TopicFilter};
 
 use crate::types::{Delivery, Message};
 
@@ -23,6 +23,8 @@ enum Stage {
         message: Arc<Message>,
         qos: QoS,
         retain: bool,
+        /// The shared subscription it came by, if any.
+        shared: Option<TopicFilter>,
     },
     Released,
 }
@@ -103,6 +105,7 @@ impl Outbound {
                 message: Arc::clone(&delivery.message),
                 qos: delivery.qos,
                 retain: delivery.retain,
+                shared: delivery.shared().cloned(),
             },
         });
         Some(id)
@@ -164,6 +167,23 @@ impl Outbound {
         Ok(())
     }
 
+    /// The unacknowledged messages that came by a shared subscription:
+    /// what another member should get when this session ends.
+    pub fn take_shared(&mut self) -> Vec<(TopicFilter, Arc<Message>, QoS)> {
+        self.inflight
+            .drain(..)
+            .filter_map(|entry| match entry.stage {
+                Stage::Unacked {
+                    message,
+                    qos,
+                    shared: Some(filter),
+                    ..
+                } => Some((filter, message, qos)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// What to send again when a session resumes: unacknowledged PUBLISHes
     /// with DUP set, and PUBRELs for released ones, in their original order
     /// [MQTT-4.4.0-1].
@@ -175,6 +195,7 @@ impl Outbound {
                     message,
                     qos,
                     retain,
+                    ..
                 } => Outgoing::Publish(Publish {
                     dup: true,
                     qos: *qos,
@@ -211,7 +232,7 @@ mod tests {
             qos,
             retain: false,
             receipt: None,
-            subscription_ids: None,
+            extra: None,
         }
     }
 
