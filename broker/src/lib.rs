@@ -5,6 +5,7 @@
 //! | `config`     | typed, layered, validated settings                        |
 //! | `server`     | listeners, the accept loop, start and shutdown            |
 //! | `admission`  | pending sockets, connection slots, per-address counts     |
+//! | `auth`       | the MQTT 5 enhanced-authentication plug-in trait          |
 //! | `connection` | one client: handshake, read task, write task, session task|
 //! | `dormitory`  | idle connections, without tasks, on one watching thread   |
 //! | `session`    | pure QoS state machines (in-flight window, QoS 2 ids)     |
@@ -22,6 +23,7 @@
 //! subscriber's session task -> write task -> subscriber socket.
 
 mod admission;
+pub mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 mod budget;

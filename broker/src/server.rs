@@ -50,6 +50,14 @@ pub enum StartError {
 impl Broker {
     /// Binds every listener of `settings` and starts serving.
     pub async fn start(settings: Settings) -> Result<Broker, StartError> {
+        Broker::start_with_authenticator(settings, None).await
+    }
+
+    /// As [`Broker::start`], with an MQTT 5 enhanced authentication method.
+    pub async fn start_with_authenticator(
+        settings: Settings,
+        authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
+    ) -> Result<Broker, StartError> {
         let mut listeners = Vec::new();
         for addr in &settings.listener.bind {
             let listener = TcpListener::bind(addr)
@@ -75,8 +83,9 @@ impl Broker {
             tokio::spawn(sys);
         }
         let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
-        let ctx = Context::new(settings, router, metrics, budget, shutdown)
+        let mut ctx = Context::new(settings, router, metrics, budget, shutdown)
             .map_err(StartError::Dormitory)?;
+        ctx.authenticator = authenticator;
         let ctx = Arc::new(ctx);
         // Session expiry (issue 7): ends with the shutdown token.
         tokio::spawn(crate::expiry::run(ctx.clone()));

@@ -44,7 +44,17 @@ impl TestBroker {
     }
 
     pub async fn start_with(settings: Settings) -> TestBroker {
-        let broker = Broker::start(settings).await.unwrap();
+        TestBroker::start_with_authenticator(settings, None).await
+    }
+
+    /// A broker with an MQTT 5 enhanced authentication method.
+    pub async fn start_with_authenticator(
+        settings: Settings,
+        authenticator: Option<std::sync::Arc<dyn tidemq::auth::Authenticator>>,
+    ) -> TestBroker {
+        let broker = Broker::start_with_authenticator(settings, authenticator)
+            .await
+            .unwrap();
         let addr = broker.local_addrs()[0];
         TestBroker {
             broker: Some(broker),

@@ -79,6 +79,15 @@ pub struct V5Client {
 }
 
 impl V5Client {
+    /// A client on a connected socket that has sent nothing yet.
+    pub fn from_stream(stream: TcpStream) -> V5Client {
+        stream.set_nodelay(true).unwrap();
+        V5Client {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Connects and sends `connect`; returns the client and the CONNACK.
     pub async fn connect(addr: SocketAddr, connect: &Connect) -> (V5Client, ConnAck) {
         let stream = TcpStream::connect(addr).await.unwrap();

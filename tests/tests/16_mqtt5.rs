@@ -201,7 +201,7 @@ async fn shutdown_sends_disconnect_0x8b() {
 }
 
 #[tokio::test]
-async fn mqtt_3_3_4_8_more_than_receive_maximum_unacknowledged_gets_disconnect_0x93() {
+async fn mqtt_3_3_4_7_more_than_receive_maximum_unacknowledged_gets_disconnect_0x93() {
     let mut s = settings();
     s.limits.receive_maximum = 2;
     let broker = TestBroker::start_with(s).await;
@@ -375,7 +375,7 @@ async fn mqtt_3_14_2_disconnect_may_shorten_the_session_expiry_to_0() {
 }
 
 #[tokio::test]
-async fn mqtt_4_1_0_4_an_expired_session_is_removed_and_its_memory_freed() {
+async fn mqtt_4_1_0_2_an_expired_session_is_removed_and_its_memory_freed() {
     let broker = TestBroker::start().await;
     let (mut first, _) = V5Client::connected(broker.addr, &persistent("short-lived", 1)).await;
     first.subscribe_qos("mem/t", QoS::AtLeastOnce).await;
@@ -587,7 +587,7 @@ async fn mqtt_3_1_2_25_a_message_too_large_for_one_subscriber_is_dropped_for_it_
 // ------------------------------------------------------------ topic aliases
 
 #[tokio::test]
-async fn mqtt_3_3_2_10_an_inbound_alias_names_its_topic_later() {
+async fn mqtt_3_3_2_12_an_inbound_alias_names_its_topic_later() {
     let broker = TestBroker::start().await;
     let mut sub = V5Client::plain(broker.addr, "alias-sub").await;
     sub.subscribe_qos("alias/#", QoS::AtMostOnce).await;
@@ -707,7 +707,12 @@ async fn mqtt_3_8_3_3_no_local_keeps_a_clients_own_messages_from_it() {
 }
 
 #[tokio::test]
-async fn mqtt_3_3_1_12_and_13_retain_as_published() {
+async fn mqtt_3_3_1_13_retain_as_published() {
+    // Also [MQTT-3.3.1-12].
+    retain_as_published().await;
+}
+
+async fn retain_as_published() {
     let broker = TestBroker::start().await;
     let mut keeps = V5Client::plain(broker.addr, "keeps-flag").await;
     let rap = SubscriptionOptions {
@@ -728,7 +733,12 @@ async fn mqtt_3_3_1_12_and_13_retain_as_published() {
 }
 
 #[tokio::test]
-async fn mqtt_3_3_1_9_to_11_retain_handling() {
+async fn mqtt_3_3_1_10_retain_handling() {
+    // Also [MQTT-3.3.1-9] and [MQTT-3.3.1-11].
+    retain_handling().await;
+}
+
+async fn retain_handling() {
     let broker = TestBroker::start().await;
     let mut publisher = RawClient::connected(broker.addr, &ConnectOptions::new("rh"))
         .await
@@ -949,7 +959,7 @@ async fn a_v5_client_takes_over_a_v311_session_and_the_reverse() {
 }
 
 #[tokio::test]
-async fn mqtt_4_8_2_a_departed_members_unacknowledged_messages_go_to_another_member() {
+async fn mqtt_4_8_2_a_departed_members_unacknowledged_qos1_messages_go_to_another_member() {
     let broker = TestBroker::start().await;
     let mut leaving = V5Client::plain(broker.addr, "leaving").await;
     leaving
@@ -978,4 +988,148 @@ async fn mqtt_4_8_2_a_departed_members_unacknowledged_messages_go_to_another_mem
     assert_eq!(jobs, [1, 2]);
     assert_eq!(redelivered.payload, unacked.payload);
     assert_eq!(broker.metrics().shared_redelivered, 1);
+}
+
+// ------------------------------------------------- enhanced authentication
+
+/// A method for the tests: "hello" is answered with the challenge "prove",
+/// and "secret" then authenticates; anything else is refused (0x86).
+#[derive(Debug)]
+struct Challenge;
+
+#[derive(Debug, Default)]
+struct ChallengeExchange {
+    challenged: bool,
+}
+
+impl tidemq::auth::Authenticator for Challenge {
+    fn method(&self) -> &str {
+        "CHALLENGE"
+    }
+
+    fn start(&self, _: &str, _: Option<&str>) -> Box<dyn tidemq::auth::AuthExchange> {
+        Box::new(ChallengeExchange::default())
+    }
+}
+
+impl tidemq::auth::AuthExchange for ChallengeExchange {
+    fn step(&mut self, data: Option<&[u8]>) -> tidemq::auth::AuthStep {
+        use tidemq::auth::AuthStep;
+        match (self.challenged, data) {
+            (false, Some(b"hello")) => {
+                self.challenged = true;
+                AuthStep::Continue(Bytes::from_static(b"prove"))
+            }
+            (true, Some(b"secret")) => AuthStep::Success(Some(Bytes::from_static(b"welcome"))),
+            _ => AuthStep::Failure(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+        }
+    }
+}
+
+async fn challenge_broker() -> TestBroker {
+    TestBroker::start_with_authenticator(settings(), Some(std::sync::Arc::new(Challenge))).await
+}
+
+fn auth(reason: ReasonCode, data: &'static [u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        authentication_method: Some("CHALLENGE".into()),
+        authentication_data: Some(Bytes::from_static(data)),
+        ..Auth::default()
+    })
+}
+
+fn challenge_connect(client_id: &str) -> tidemq_protocol::Connect {
+    let mut c = connect(client_id);
+    c.properties.authentication_method = Some("CHALLENGE".into());
+    c.properties.authentication_data = Some(Bytes::from_static(b"hello"));
+    c
+}
+
+/// Sends CONNECT with the method and "hello", expects the challenge.
+async fn challenged(broker: &TestBroker, client_id: &str) -> V5Client {
+    let mut wire = bytes::BytesMut::new();
+    tidemq_protocol::encode_connect(&challenge_connect(client_id), &mut wire);
+    let stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut client = V5Client::from_stream(stream);
+    client.send_raw(&wire).await;
+    match client.recv().await {
+        Some(Outgoing::Auth(auth)) => {
+            assert_eq!(auth.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+            assert_eq!(auth.authentication_method.as_deref(), Some("CHALLENGE"));
+            assert_eq!(auth.authentication_data.as_deref(), Some(&b"prove"[..]));
+        }
+        other => panic!("expected AUTH 0x18, got {other:?}"),
+    }
+    client
+}
+
+#[tokio::test]
+async fn mqtt_4_12_0_2_to_4_the_auth_exchange_runs_before_connack() {
+    let broker = challenge_broker().await;
+    let mut client = challenged(&broker, "authed").await;
+    client
+        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, b"secret"))
+        .await;
+    let Some(Outgoing::ConnAck(connack)) = client.recv().await else {
+        panic!("CONNACK")
+    };
+    assert_eq!(connack.reason, ReasonCode::SUCCESS);
+    // [MQTT-4.12.0-5]: the same method in every AUTH and the CONNACK.
+    let p = &connack.properties;
+    assert_eq!(p.authentication_method.as_deref(), Some("CHALLENGE"));
+    assert_eq!(p.authentication_data.as_deref(), Some(&b"welcome"[..]));
+    // Authenticated: the connection works.
+    client.subscribe_qos("t", QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn mqtt_4_12_0_a_refused_exchange_gets_the_methods_reason_in_connack() {
+    let broker = challenge_broker().await;
+    let mut client = challenged(&broker, "impostor").await;
+    client
+        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, b"guess"))
+        .await;
+    let Some(Outgoing::ConnAck(connack)) = client.recv().await else {
+        panic!("CONNACK")
+    };
+    assert_eq!(connack.reason, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    // [MQTT-4.12.0-4]
+    assert!(client.recv().await.is_none(), "closed after the refusal");
+    // Another method than the one configured: 0x8C.
+    let mut other = challenge_connect("other-method");
+    other.properties.authentication_method = Some("KERBEROS".into());
+    let (_c, connack) = V5Client::connect(broker.addr, &other).await;
+    assert_eq!(connack.reason, ReasonCode::BAD_AUTHENTICATION_METHOD);
+}
+
+#[tokio::test]
+async fn mqtt_4_12_1_re_authentication_while_connected() {
+    let broker = challenge_broker().await;
+    let mut client = challenged(&broker, "reauth").await;
+    client
+        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, b"secret"))
+        .await;
+    assert!(matches!(client.recv().await, Some(Outgoing::ConnAck(_))));
+    client
+        .send(&auth(ReasonCode::RE_AUTHENTICATE, b"hello"))
+        .await;
+    let Some(Outgoing::Auth(challenge)) = client.recv().await else {
+        panic!("AUTH 0x18")
+    };
+    assert_eq!(challenge.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+    client
+        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, b"secret"))
+        .await;
+    let Some(Outgoing::Auth(done)) = client.recv().await else {
+        panic!("AUTH 0x00")
+    };
+    assert_eq!(done.reason, ReasonCode::SUCCESS);
+    // A failed re-authentication ends the connection [MQTT-4.12.1-2]: 0x87,
+    // as DISCONNECT has no 0x86.
+    client
+        .send(&auth(ReasonCode::RE_AUTHENTICATE, b"nonsense"))
+        .await;
+    let disconnect = client.expect_disconnect().await;
+    assert_eq!(disconnect.reason, ReasonCode::NOT_AUTHORIZED);
 }

@@ -10,7 +10,8 @@
 //! | keepalive over `max_keepalive_secs`      | 3.1.1: CONNACK 0x02; 5: capped, Server Keep Alive | `connacks_refused` |
 //! | client id breaking the spec's rules      | CONNACK 0x02 / 0x85 | `connacks_refused`    |
 //! | client id over `max_client_id_len` bytes | CONNACK 0x02 / 0x85 | `client_ids_refused`  |
-//! | MQTT 5 Authentication Method             | CONNACK 0x8C (no method configured) | `connacks_refused` |
+//! | MQTT 5 Authentication Method not configured | CONNACK 0x8C    | `connacks_refused`      |
+//! | MQTT 5 AUTH exchange refused             | CONNACK with the method's reason | `connacks_refused` |
 //! | broker over `memory_limit_mb`            | CONNACK 0x03 / 0x89 | `memory_limit_refusals` |
 //!
 //! An MQTT 5 CONNECT gets the MQTT 5 reason code (second column after the
@@ -31,6 +32,7 @@ use tidemq_protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use super::enhanced_auth::{self, Authenticated};
 use super::reader::ReadBuffer;
 use super::Context;
 use crate::metrics::Metrics;
@@ -48,6 +50,10 @@ pub struct Accepted {
     /// The keepalive granted: the client's, or for MQTT 5 the maximum when
     /// it asked for more (announced as Server Keep Alive).
     pub keep_alive: u16,
+    /// MQTT 5 enhanced authentication: the method the client passed, and
+    /// the data for the CONNACK.
+    pub auth_method: Option<String>,
+    pub auth_data: Option<bytes::Bytes>,
     /// Bytes read after the CONNECT; the read task starts from them.
     pub leftover: ReadBuffer,
 }
@@ -171,13 +177,6 @@ where
             return None;
         }
     };
-    if let Some(method) = &connect.properties.authentication_method {
-        // No authenticator is configured: every method is unknown
-        // [MQTT-4.12.0-1].
-        info!(conn_id, %peer, %method, "refusing unsupported authentication method (CONNACK 0x8C)");
-        refuse(stream, ctx, version, ReasonCode::BAD_AUTHENTICATION_METHOD).await;
-        return None;
-    }
     if connect.client_id.len() > limits.max_client_id_len {
         if let Some(suppressed) = ctx
             .throttles
@@ -213,11 +212,29 @@ where
         refuse(stream, ctx, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }
+    let authenticated =
+        enhanced_auth::before_connack(stream, &mut buf, &connect, &client_id, ctx).await;
+    let (auth_method, auth_data) = match authenticated {
+        Authenticated::Yes { method, data } => ((!method.is_empty()).then_some(method), data),
+        Authenticated::Refused(reason) => {
+            let method = connect.properties.authentication_method.unwrap_or_default();
+            info!(conn_id, %peer, %method, %reason, "refusing: enhanced authentication");
+            refuse(stream, ctx, version, reason).await;
+            return None;
+        }
+        Authenticated::Broken => {
+            Metrics::incr(&ctx.metrics.protocol_errors);
+            info!(conn_id, %peer, "closing: AUTH exchange broken off or out of protocol");
+            return None;
+        }
+    };
     Some(Accepted {
         connect,
         client_id,
         assigned,
         keep_alive,
+        auth_method,
+        auth_data,
         leftover: buf,
     })
 }
@@ -310,6 +327,8 @@ pub fn connack_properties(
             .then(|| accepted.client_id.as_str().to_owned()),
         response_information: (connect.properties.request_response_information == Some(1))
             .then(|| format!("response/{}", accepted.client_id)),
+        authentication_method: accepted.auth_method.clone(),
+        authentication_data: accepted.auth_data.clone(),
         ..ConnAckProperties::default()
     }
 }

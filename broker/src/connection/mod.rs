@@ -27,6 +27,7 @@
 //! also wakes it) and its charge to the memory budget.
 
 mod acks;
+mod enhanced_auth;
 mod handshake;
 mod reader;
 mod session;
@@ -87,6 +88,8 @@ pub struct Context {
     pub gate: Arc<Gate>,
     /// One log line a second at most per kind of refusal.
     pub throttles: Throttles,
+    /// The MQTT 5 enhanced authentication method, if one is plugged in.
+    pub authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
     pub shutdown: CancellationToken,
     /// Where woken connections are spawned (the dormitory is a plain thread).
     runtime: tokio::runtime::Handle,
@@ -123,6 +126,7 @@ impl Context {
             router_limits,
             gate,
             throttles: Throttles::default(),
+            authenticator: None,
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             next_conn_id: AtomicU64::new(1),
@@ -337,10 +341,10 @@ async fn connect<S: Transport>(
         let properties = handshake::connack_properties(&ctx, &accepted, granted_expiry);
         *connack.properties = properties;
         let connect = &accepted.connect;
-        Box::new(v5::V5Conn::new(
-            connect,
-            ctx.settings.limits.topic_alias_maximum,
-        ))
+        let mut v5 = v5::V5Conn::new(connect, ctx.settings.limits.topic_alias_maximum);
+        v5.auth_method = accepted.auth_method.clone();
+        v5.username = accepted.connect.username.clone();
+        Box::new(v5)
     });
     // [MQTT-3.3.4-9]: never more unacknowledged PUBLISHes towards an MQTT 5
     // client than its Receive Maximum.
@@ -945,6 +949,9 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
                 %client_id,
                 "closing: DISCONNECT set a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]"
             );
+        }
+        End::AuthFailed(reason) => {
+            info!(conn_id, %client_id, %reason, "closing: re-authentication refused");
         }
         End::UnexpectedAuth => {
             Metrics::incr(&metrics.protocol_errors);

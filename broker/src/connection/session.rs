@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
-    encode, encode_publish_ref, encoded_publish_ref_len, Ack, AckProperties, Disconnect, Outgoing,
-    Packet, PacketId, ProtocolError, Publish, PublishRef, PublishV5, QoS, ReasonCode, Subscribe,
-    Unsubscribe,
+    encode, encode_publish_ref, encoded_publish_ref_len, Ack, AckProperties, Auth, Disconnect,
+    Outgoing, Packet, PacketId, ProtocolError, Publish, PublishRef, PublishV5, QoS, ReasonCode,
+    Subscribe, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -29,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::acks::PendingAcks;
+use super::enhanced_auth;
 use super::reader::{Inbound, ReadError, ReadLimit};
 use super::v5::AliasUse;
 use super::writer::WriterEnd;
 use super::{sleep_until_option, Client, Context};
+use crate::auth::MAX_AUTH_ROUNDS;
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::{RouterGone, RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
@@ -63,8 +65,10 @@ pub enum End {
     /// 0 [MQTT-3.14.2-2].
     SessionExpiryFromZero,
     /// MQTT 5: AUTH on a connection that did not authenticate with a
-    /// method [MQTT-4.12.0-?].
+    /// method, or naming another method [MQTT-4.12.0-?].
     UnexpectedAuth,
+    /// MQTT 5: the authenticator refused a re-authentication.
+    AuthFailed(ReasonCode),
     /// The peer closed the socket without DISCONNECT.
     PeerClosed,
     Io(std::io::Error),
@@ -127,7 +131,9 @@ impl End {
                 ReasonCode::PROTOCOL_ERROR,
                 "session expiry interval changed from 0",
             ),
-            End::UnexpectedAuth => (ReasonCode::PROTOCOL_ERROR, "AUTH without a method"),
+            End::UnexpectedAuth => (ReasonCode::PROTOCOL_ERROR, "AUTH out of the exchange"),
+            // DISCONNECT has no 0x86: every refusal is 0x87 there.
+            End::AuthFailed(_) => (ReasonCode::NOT_AUTHORIZED, "re-authentication failed"),
             End::TopicLimit => (
                 ReasonCode::QUOTA_EXCEEDED,
                 "topic over max_topic_levels or max_topic_len",
@@ -574,10 +580,45 @@ impl Session {
             Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             Packet::PingReq => self.send(Outgoing::PingResp).await,
             Packet::Disconnect(disconnect) => self.disconnected(disconnect),
-            // No authenticator is configured, so no connection has a method
-            // to re-authenticate with [MQTT-4.12.0-?].
-            Packet::Auth(_) => Err(End::UnexpectedAuth),
+            Packet::Auth(auth) => self.auth(auth).await,
         }
+    }
+
+    /// MQTT 5 re-authentication [MQTT-4.12.1]: AUTH 0x19 starts a new
+    /// exchange with the method the connection authenticated with, AUTH 0x18
+    /// continues it; an AUTH on a connection without a method, or naming
+    /// another, is a protocol error [MQTT-4.12.0-?].
+    async fn auth(&mut self, auth: Auth) -> Result<(), End> {
+        let ctx = Arc::clone(&self.client.ctx);
+        let client_id = self.client.ownership.slot.client_id.clone();
+        let Some(v5) = self.client.v5.as_mut() else {
+            return Err(End::UnexpectedAuth);
+        };
+        let (Some(method), Some(authenticator)) = (v5.auth_method.clone(), &ctx.authenticator)
+        else {
+            return Err(End::UnexpectedAuth);
+        };
+        if auth.authentication_method.as_deref() != Some(method.as_str()) {
+            return Err(End::UnexpectedAuth);
+        }
+        let (mut exchange, rounds) = match (auth.reason, v5.reauth.take()) {
+            (ReasonCode::RE_AUTHENTICATE, _) => (
+                authenticator.start(client_id.as_str(), v5.username.as_deref()),
+                0,
+            ),
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(going)) => going,
+            _ => return Err(End::UnexpectedAuth),
+        };
+        if rounds >= MAX_AUTH_ROUNDS {
+            return Err(End::AuthFailed(ReasonCode::NOT_AUTHORIZED));
+        }
+        let data = auth.authentication_data.as_deref();
+        let (answer, done) = enhanced_auth::reauthenticate_step(&mut *exchange, &method, data)
+            .map_err(End::AuthFailed)?;
+        if !done {
+            v5.reauth = Some((exchange, rounds + 1));
+        }
+        self.send(Outgoing::Auth(answer)).await
     }
 
     /// The client's DISCONNECT: MQTT 5 may change the Session Expiry

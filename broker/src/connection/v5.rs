@@ -24,6 +24,12 @@ pub struct V5Conn {
     pub problem_info: bool,
     pub aliases_in: TopicAliases,
     pub aliases_out: OutboundAliases,
+    /// The enhanced authentication method the connection authenticated
+    /// with; re-authentication must use it [MQTT-4.12.1-1].
+    pub auth_method: Option<String>,
+    pub username: Option<String>,
+    /// A re-authentication in progress, and its rounds so far.
+    pub reauth: Option<(Box<dyn crate::auth::AuthExchange>, usize)>,
 }
 
 impl V5Conn {
@@ -41,6 +47,9 @@ impl V5Conn {
                     .unwrap_or(0)
                     .min(alias_maximum),
             ),
+            auth_method: None,
+            username: None,
+            reauth: None,
         }
     }
 }

@@ -167,18 +167,20 @@ impl Outbound {
         Ok(())
     }
 
-    /// The unacknowledged messages that came by a shared subscription:
-    /// what another member should get when this session ends.
+    /// The unacknowledged QoS 1 messages that came by a shared
+    /// subscription: what another member should get when this session ends
+    /// [MQTT-4.8.2-?]. A QoS 2 one already sent goes to nobody else
+    /// [MQTT-4.8.2-5].
     pub fn take_shared(&mut self) -> Vec<(TopicFilter, Arc<Message>, QoS)> {
         self.inflight
             .drain(..)
             .filter_map(|entry| match entry.stage {
                 Stage::Unacked {
                     message,
-                    qos,
+                    qos: QoS::AtLeastOnce,
                     shared: Some(filter),
                     ..
-                } => Some((filter, message, qos)),
+                } => Some((filter, message, QoS::AtLeastOnce)),
                 _ => None,
             })
             .collect()
