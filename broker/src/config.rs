@@ -37,6 +37,22 @@ pub struct ListenerSettings {
     pub connect_timeout_ms: u64,
     pub max_pending: usize,
     pub max_connections_per_address: usize,
+    pub server_reference: String,
+    pub server_moved: bool,
+}
+
+impl ListenerSettings {
+    /// Where MQTT 5 clients are sent when this broker cannot serve them:
+    /// the reference, and whether the move is permanent (0x9D) or not
+    /// (0x9C). `None` when `server_reference` is empty.
+    pub fn redirect(&self) -> Option<(&str, tidemq_protocol::ReasonCode)> {
+        use tidemq_protocol::ReasonCode;
+        let reason = match self.server_moved {
+            true => ReasonCode::SERVER_MOVED,
+            false => ReasonCode::USE_ANOTHER_SERVER,
+        };
+        (!self.server_reference.is_empty()).then_some((self.server_reference.as_str(), reason))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1133,3 +1133,78 @@ async fn mqtt_4_12_1_re_authentication_while_connected() {
     let disconnect = client.expect_disconnect().await;
     assert_eq!(disconnect.reason, ReasonCode::NOT_AUTHORIZED);
 }
+
+// ------------------------------------------------ over limits, redirection
+
+#[tokio::test]
+async fn over_memory_limit_an_mqtt5_qos1_publish_gets_puback_0x97() {
+    let mut s = settings();
+    s.limits.memory_limit_mb = 1;
+    let broker = TestBroker::start_with(s).await;
+    let (mut filler, _) = RawClient::connected(broker.addr, &ConnectOptions::new("fill")).await;
+    let mut publisher = V5Client::plain(broker.addr, "refused").await;
+    // Retained messages of 60 KB until the broker holds more than 1 MiB.
+    let big = vec![b'x'; 60 * 1024];
+    let mut n = 0;
+    while broker.metrics().memory_accounted_bytes <= 1024 * 1024 {
+        assert!(n < 40, "{:?}", broker.metrics());
+        let topic = format!("fill/{n}");
+        filler
+            .publish_acked(&topic, QoS::AtLeastOnce, 1, &big, true)
+            .await;
+        n += 1;
+    }
+    let ack = publisher
+        .publish_qos1(publish("m/t", QoS::AtLeastOnce, 7, b"no room", None))
+        .await;
+    assert_eq!(
+        (ack.packet_id.get(), ack.reason),
+        (7, ReasonCode::QUOTA_EXCEEDED)
+    );
+    // The connection stays: the client was told, nothing was lost.
+    publisher.send(&Packet::PingReq).await;
+    assert_eq!(publisher.recv().await, Some(Outgoing::PingResp));
+    // A new MQTT 5 connection meanwhile: 0x89 "server busy".
+    let (_c, connack) = V5Client::connect(broker.addr, &connect("late")).await;
+    assert_eq!(connack.reason, ReasonCode::SERVER_BUSY);
+}
+
+#[tokio::test]
+async fn a_full_broker_sends_mqtt5_clients_to_the_server_reference() {
+    let mut s = settings();
+    s.listener.max_connections = 1;
+    s.listener.server_reference = "standby.example:1883".into();
+    let broker = TestBroker::start_with(s).await;
+    let mut first = V5Client::plain(broker.addr, "first").await;
+    let (_c, connack) = V5Client::connect(broker.addr, &connect("second")).await;
+    assert_eq!(connack.reason, ReasonCode::USE_ANOTHER_SERVER);
+    assert_eq!(
+        connack.properties.server_reference.as_deref(),
+        Some("standby.example:1883")
+    );
+    // At shutdown, the connected client is sent there too.
+    let stopping = tokio::spawn(broker.stop());
+    let disconnect = first.expect_disconnect().await;
+    assert_eq!(disconnect.reason, ReasonCode::USE_ANOTHER_SERVER);
+    assert_eq!(
+        disconnect.properties.server_reference.as_deref(),
+        Some("standby.example:1883")
+    );
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn mqtt_3_7_2_1_pubrel_for_an_unknown_packet_id_gets_pubcomp_0x92() {
+    let broker = TestBroker::start().await;
+    let mut client = V5Client::plain(broker.addr, "stray-pubrel").await;
+    client
+        .send(&Packet::PubRel(Ack::new(PacketId::new(42).unwrap())))
+        .await;
+    let Some(Outgoing::PubComp(ack)) = client.recv().await else {
+        panic!("PUBCOMP")
+    };
+    assert_eq!(
+        (ack.packet_id.get(), ack.reason),
+        (42, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+    );
+}

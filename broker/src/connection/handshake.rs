@@ -341,7 +341,15 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
 ) {
     Metrics::incr(&ctx.metrics.connacks_refused);
     // [MQTT-3.2.2-4]: session present is 0 on a refusal.
-    let _ = send_connack(stream, ctx, version, ConnAck::new(false, reason)).await;
+    let mut connack = ConnAck::new(false, reason);
+    // A full broker sends MQTT 5 clients elsewhere when told where.
+    if let (true, ReasonCode::SERVER_BUSY, Some((reference, moved))) =
+        (version.is_v5(), reason, ctx.settings.listener.redirect())
+    {
+        connack.reason = moved;
+        connack.properties.server_reference = Some(reference.to_owned());
+    }
+    let _ = send_connack(stream, ctx, version, connack).await;
     let _ = tokio::time::timeout(ctx.settings.write_timeout(), stream.shutdown()).await;
 }
 

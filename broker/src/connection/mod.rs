@@ -505,8 +505,9 @@ impl Sleeper for Resting {
 /// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
 /// that has no tasks (a resting connection ended where it rests), within
 /// `timeout`, then shuts it down.
-async fn farewell(socket: std::net::TcpStream, end: &End, timeout: Duration) {
-    let Some(disconnect) = end.disconnect() else {
+async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context) {
+    let timeout = ctx.settings.write_timeout();
+    let Some(disconnect) = end.disconnect(ctx) else {
         return;
     };
     let Ok(mut stream) = TcpStream::from_std(socket) else {
@@ -536,7 +537,7 @@ async fn wake(resting: Box<Resting>) {
         let token = client.ctx.shutdown.child_token();
         if !client.slot().install_owner(client.conn_id, token.clone()) {
             if client.v5.is_some() {
-                farewell(socket, &End::TakenOver, client.ctx.settings.write_timeout()).await;
+                farewell(socket, &End::TakenOver, &client.ctx).await;
             }
             return close(client, End::TakenOver).await;
         }
@@ -712,7 +713,7 @@ impl<S: Transport> Tasks<S> {
                 let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
                 // MQTT 5: the server's DISCONNECT, written under the grace
                 // deadline before the socket closes [MQTT-4.13.2-1].
-                let farewell = client.v5.as_ref().and_then(|_| end.disconnect());
+                let farewell = client.v5.as_ref().and_then(|_| end.disconnect(&client.ctx));
                 let said = match farewell {
                     Some(disconnect) => self.say_goodbye(disconnect, grace).await,
                     None => false,

@@ -113,7 +113,13 @@ impl End {
     /// The DISCONNECT an MQTT 5 client is sent for this end, if the
     /// connection can still carry one [MQTT-4.13.2-1]: never after the
     /// client's own DISCONNECT [MQTT-3.14.0-1] or a broken socket.
-    pub fn disconnect(&self) -> Option<Disconnect> {
+    pub fn disconnect(&self, ctx: &Context) -> Option<Disconnect> {
+        if let (End::Shutdown, Some((reference, moved))) = (self, ctx.settings.listener.redirect())
+        {
+            let mut disconnect = Disconnect::new(moved);
+            disconnect.properties.server_reference = Some(reference.to_owned());
+            return Some(disconnect);
+        }
         let (reason, why) = match self {
             End::KeepAliveTimeout => (ReasonCode::KEEP_ALIVE_TIMEOUT, "keepalive timeout"),
             End::TakenOver => (ReasonCode::SESSION_TAKEN_OVER, "session taken over"),
@@ -683,6 +689,11 @@ impl Session {
         // Clearing a retained message frees memory, so it is always let in.
         let clears = publish.retain && publish.payload.is_empty();
         if ctx.budget.is_over() && !clears {
+            if let (Some(id), true) = (publish.packet_id, self.client.v5.is_some()) {
+                // MQTT 5 can say "not accepted" [MQTT-3.3.4-?]: 0x97, in
+                // the order of the PUBLISHes; the client decides to resend.
+                return self.refuse_publish(publish.qos, id, ReasonCode::QUOTA_EXCEEDED);
+            }
             if publish.qos != QoS::AtMostOnce {
                 return Err(End::MemoryLimit);
             }
@@ -729,6 +740,24 @@ impl Session {
             let message = self.message(publish);
             self.client.ctx.router.publish(message, receipt).await?;
         }
+        Ok(())
+    }
+
+    /// Answers a QoS 1/2 PUBLISH with a failure reason, behind the
+    /// acknowledgements owed before it: its receipt is released at once.
+    fn refuse_publish(&mut self, qos: QoS, id: PacketId, reason: ReasonCode) -> Result<(), End> {
+        let ack = Ack::with_reason(id, reason);
+        let ack = match qos {
+            QoS::ExactlyOnce => Outgoing::PubRec(ack),
+            _ => Outgoing::PubAck(ack),
+        };
+        let (receipt, released) = Receipt::new();
+        receipt.matched();
+        drop(receipt);
+        self.acks
+            .push(ack, released)
+            .map_err(|_| End::TooManyUnacknowledged)?;
+        Metrics::incr(&self.client.ctx.metrics.memory_limit_refusals);
         Ok(())
     }
 
