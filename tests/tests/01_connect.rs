@@ -56,11 +56,12 @@ async fn mqtt_3_1_connect_with_mqisdp_level_3_gets_connack_accepted() {
 // [MQTT-3.1.2-2]: an unsupported protocol level is answered with CONNACK
 // 0x01 and the connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_1_2_2_protocol_level_5_gets_connack_0x01_then_close() {
+async fn mqtt_3_1_2_2_protocol_level_6_gets_connack_0x01_then_close() {
+    // Level 5 is MQTT 5.0 (see 16_mqtt5); 6 is no MQTT yet.
     let broker = TestBroker::start().await;
     let options = ConnectOptions {
-        level: 5,
-        ..ConnectOptions::new("v5")
+        level: 6,
+        ..ConnectOptions::new("v6")
     };
     assert_refused(&broker, &options, 0x01).await;
     assert_eq!(broker.metrics().connacks_refused, 1);
