@@ -43,13 +43,35 @@ struct Claim {
 }
 
 /// One stretch of time a persistent session spent offline.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Offline {
     /// When it expires (a far deadline when sessions never expire), and the
     /// generation that tells this stretch from any later one.
     key: DeadlineKey,
     /// The connection whose end left it offline.
     left_by: ConnId,
+    /// An MQTT 5 will waiting for its delay: cancelled when a connection
+    /// resumes the session (this mark is dropped), published at once when
+    /// the session expires first.
+    will: Option<WillTimer>,
+}
+
+/// The handle of a delayed will's timer task. Dropping it cancels the will;
+/// [`WillTimer::fire`] publishes it now.
+#[derive(Debug)]
+pub struct WillTimer(tokio::sync::oneshot::Sender<()>);
+
+impl WillTimer {
+    /// A handle, and what the timer task waits on: `Ok` to publish now,
+    /// `Err` (the handle dropped) to give the will up.
+    pub fn new() -> (WillTimer, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (WillTimer(tx), rx)
+    }
+
+    pub fn fire(self) {
+        let _ = self.0.send(());
+    }
 }
 
 #[derive(Debug)]
@@ -326,7 +348,13 @@ impl Registry {
     /// owner `conn_id` ended (after it parked its state and let go of the
     /// slot), and queues its expiry. Nothing happens if a newer connection
     /// has claimed it since.
-    pub fn went_offline(&self, slot: &Arc<SessionSlot>, conn_id: ConnId, expiry: Option<Duration>) {
+    pub fn went_offline(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn_id: ConnId,
+        expiry: Option<Duration>,
+        will: Option<WillTimer>,
+    ) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let at = now
@@ -340,6 +368,7 @@ impl Registry {
         claim.offline = Some(Box::new(Offline {
             key,
             left_by: conn_id,
+            will,
         }));
         Metrics::incr(&self.metrics.sessions_offline_current);
         if expiry.is_some() {
@@ -380,8 +409,13 @@ impl Registry {
     pub fn remove_expired(&self, expiring: &Expiring) -> bool {
         let slot = &expiring.ownership.slot;
         let removed = self.remove(slot, expiring.left_by);
-        if removed && lock(&slot.claim).offline.take().is_some() {
+        let offline = lock(&slot.claim).offline.take();
+        if let (true, Some(offline)) = (removed, offline) {
             Metrics::decr(&self.metrics.sessions_offline_current);
+            // The session ends before the will's delay: it goes now.
+            if let Some(will) = offline.will {
+                will.fire();
+            }
         }
         removed
     }
@@ -419,7 +453,7 @@ mod tests {
         let ownership = own(registry, id, conn).await;
         let slot = Arc::clone(&ownership.slot);
         drop(ownership);
-        registry.went_offline(&slot, ConnId(conn), registry.expiry);
+        registry.went_offline(&slot, ConnId(conn), registry.expiry, None);
         slot
     }
 
@@ -432,6 +466,26 @@ mod tests {
     fn gauges(registry: &Registry) -> (u64, u64) {
         let m = registry.metrics.snapshot();
         (m.sessions_current, m.sessions_offline_current)
+    }
+
+    #[tokio::test]
+    async fn mqtt_3_1_3_9_resuming_the_session_gives_the_delayed_will_up() {
+        let registry = registry(Some(Duration::from_secs(60)));
+        let id = ClientId::new("w");
+        let ownership = own(&registry, &id, 1).await;
+        let slot = Arc::clone(&ownership.slot);
+        drop(ownership);
+        let (timer, mut fired) = WillTimer::new();
+        registry.went_offline(&slot, ConnId(1), registry.expiry, Some(timer));
+        assert!(fired
+            .try_recv()
+            .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Empty));
+        let _back = own(&registry, &id, 2).await;
+        assert_eq!(
+            fired.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the timer's handle was dropped: no will"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,6 +549,7 @@ mod tests {
             &registry.slots.get(&id).unwrap().clone(),
             ConnId(2),
             registry.expiry,
+            None,
         );
         assert_eq!(registry.deadlines().len(), 1);
         assert_eq!(gauges(&registry), (1, 1));
@@ -531,7 +586,7 @@ mod tests {
         let slot = Arc::clone(&first.slot);
         let _ = registry.claim(&id, ConnId(2));
         drop(first);
-        registry.went_offline(&slot, ConnId(1), registry.expiry);
+        registry.went_offline(&slot, ConnId(1), registry.expiry, None);
         assert_eq!(registry.deadlines().len(), 0);
         assert_eq!(gauges(&registry), (1, 0));
     }

@@ -1208,3 +1208,17 @@ async fn mqtt_3_7_2_1_pubrel_for_an_unknown_packet_id_gets_pubcomp_0x92() {
         (42, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
     );
 }
+
+#[tokio::test]
+async fn mqtt_3_1_2_8_a_session_expiring_before_the_will_delay_publishes_the_will() {
+    let broker = TestBroker::start().await;
+    let mut watcher = will_watcher(&broker, "will/#").await;
+    let mut brief = persistent("brief-session", 1);
+    brief.will = Some(will("will/brief", b"at expiry", 600));
+    let (client, _) = V5Client::connected(broker.addr, &brief).await;
+    client.kill();
+    assert_eq!(payload(&watcher.next_publish().await), b"at expiry");
+    broker
+        .wait_metrics("expired", |m| m.sessions_expired == 1)
+        .await;
+}

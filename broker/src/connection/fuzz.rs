@@ -1,10 +1,14 @@
-//! A bounded fuzz run of whole connections (issue 7): random byte streams go
+//! A bounded fuzz run of whole connections (issues 7 and 8: MQTT 3.1, 3.1.1
+//! and 5 CONNECTs and packets, MQTT 5 properties): random byte streams go
 //! into [`serve`] over `tokio::io::duplex`, through the real reader, session
 //! task and router, for [`FUZZ_BUDGET`] of wall time or [`FUZZ_CASES`]
 //! streams, whichever comes first, so it runs on every `cargo test`.
 //!
-//! Streams: pure noise; a valid CONNECT (3.1 or 3.1.1, random flags, a will
-//! now and then) followed by valid packets, corrupted packets, well-framed
+//! Streams: pure noise; a valid CONNECT (3.1 or 3.1.1 with random flags and
+//! a will now and then, or MQTT 5 with random limits, expiry, will delay and
+//! sometimes an authentication method) followed by valid packets of its
+//! version (MQTT 5 ones with random properties, subscription options, AUTH
+//! and DISCONNECT with a reason), corrupted packets, well-framed
 //! packets with random bodies whose remaining length takes 1 to 4 bytes (up
 //! to `max_packet_size`, and announced lengths far beyond it), and malformed
 //! length prefixes; all delivered in random splits. A few client ids are
@@ -26,8 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use tidemq_protocol::{
-    encode_packet, put_remaining_length, Ack, Framer, Packet, PacketId, ProtocolVersion, Publish,
-    QoS, Subscribe, TopicFilter, TopicName, MAX_REMAINING_LENGTH,
+    encode_connect, encode_packet, put_remaining_length, Ack, Auth, Connect, ConnectProperties,
+    Disconnect, Framer, LastWill, Packet, PacketId, ProtocolVersion, Publish, PublishProperties,
+    QoS, ReasonCode, RetainHandling, Subscribe, TopicFilter, TopicName, MAX_REMAINING_LENGTH,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -119,8 +124,11 @@ fn put_str(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
 }
 
-/// A valid CONNECT with random flags.
-fn connect(rng: &mut Rng) -> Vec<u8> {
+/// A valid CONNECT with random flags, of a random version.
+fn connect(rng: &mut Rng) -> (Vec<u8>, ProtocolVersion) {
+    if rng.one_in(3) {
+        return (connect_v5(rng), ProtocolVersion::V5);
+    }
     let v31 = rng.one_in(3);
     let mut body = BytesMut::new();
     if v31 {
@@ -148,7 +156,62 @@ fn connect(rng: &mut Rng) -> Vec<u8> {
     wire.put_u8(0x10);
     put_remaining_length(&mut wire, body.len());
     wire.put_slice(&body);
+    let version = if v31 {
+        ProtocolVersion::V31
+    } else {
+        ProtocolVersion::V311
+    };
+    (wire.to_vec(), version)
+}
+
+/// An MQTT 5 CONNECT with random limits, expiry and will delay, through the
+/// protocol crate's encoder.
+fn connect_v5(rng: &mut Rng) -> Vec<u8> {
+    let small = |rng: &mut Rng, n: usize| rng.one_in(2).then(|| rng.range(1, n) as u16);
+    let properties = ConnectProperties {
+        session_expiry_interval: rng.one_in(2).then(|| rng.below(3) as u32),
+        receive_maximum: small(rng, 4),
+        maximum_packet_size: rng.one_in(3).then(|| rng.range(16, 512) as u32),
+        topic_alias_maximum: small(rng, 4),
+        request_problem_information: rng.one_in(3).then(|| rng.below(2) as u8),
+        authentication_method: rng.one_in(16).then(|| "X".to_owned()),
+        ..ConnectProperties::default()
+    };
+    let will = rng.one_in(4).then(|| LastWill {
+        topic: TopicName::new("f/will").unwrap(),
+        payload: rng.bytes_below(64).into(),
+        qos: [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)],
+        retain: rng.one_in(2),
+        delay_interval: rng.below(2) as u32,
+        properties: None,
+    });
+    let connect = Connect {
+        version: ProtocolVersion::V5,
+        client_id: format!("fz{}", rng.below(CLIENT_IDS as usize)),
+        clean_session: rng.one_in(2),
+        keep_alive: rng.next() as u16,
+        will,
+        username: None,
+        password: None,
+        properties,
+    };
+    let mut wire = BytesMut::new();
+    encode_connect(&connect, &mut wire);
     wire.to_vec()
+}
+
+/// MQTT 5 properties a client may put on a PUBLISH, at random.
+fn publish_properties(rng: &mut Rng) -> Option<Box<PublishProperties>> {
+    if !rng.one_in(2) {
+        return None;
+    }
+    Some(Box::new(PublishProperties {
+        topic_alias: rng.one_in(2).then(|| rng.range(1, 6) as u16),
+        message_expiry_interval: rng.one_in(3).then(|| rng.below(3) as u32),
+        user_properties: vec![("k".into(), "v".into()); rng.below(3)],
+        content_type: rng.one_in(3).then(|| "t".to_owned()),
+        ..PublishProperties::default()
+    }))
 }
 
 fn topic(rng: &mut Rng) -> String {
@@ -160,8 +223,9 @@ fn topic(rng: &mut Rng) -> String {
         .join("/")
 }
 
-/// A valid client packet (when the random topic makes one).
-fn valid_packet(rng: &mut Rng) -> Vec<u8> {
+/// A valid client packet of `version` (when the random topic makes one).
+fn valid_packet(rng: &mut Rng, version: ProtocolVersion) -> Vec<u8> {
+    let v5 = version.is_v5();
     let id = PacketId::new(rng.range(1, 0xFFFF) as u16).unwrap();
     let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)];
     let packet = match rng.below(6) {
@@ -173,20 +237,43 @@ fn valid_packet(rng: &mut Rng) -> Vec<u8> {
                 topic,
                 packet_id: (qos != QoS::AtMostOnce).then_some(id),
                 payload: rng.bytes_below(MAX_PACKET / 4).into(),
-                properties: None,
+                properties: if v5 { publish_properties(rng) } else { None },
             }),
             Err(_) => Packet::PingReq,
         },
         2 => match TopicFilter::new(&topic(rng)) {
-            Ok(filter) => Packet::Subscribe(Subscribe::qos(id, vec![(filter, qos)])),
+            Ok(filter) => {
+                let mut subscribe = Subscribe::qos(id, vec![(filter, qos)]);
+                if v5 {
+                    subscribe.subscription_identifier =
+                        rng.one_in(2).then(|| rng.range(1, 9) as u32);
+                    for (_, options) in &mut subscribe.filters {
+                        options.no_local = rng.one_in(3);
+                        options.retain_as_published = rng.one_in(3);
+                        options.retain_handling = [
+                            RetainHandling::OnSubscribe,
+                            RetainHandling::OnNewSubscription,
+                            RetainHandling::Never,
+                        ][rng.below(3)];
+                    }
+                }
+                Packet::Subscribe(subscribe)
+            }
             Err(_) => Packet::PingReq,
         },
         3 => Packet::PubAck(Ack::new(id)),
         4 => Packet::PubRel(Ack::new(id)),
+        5 if v5 && rng.one_in(4) => Packet::Auth(Auth::default()),
+        5 if v5 && rng.one_in(4) => {
+            let mut disconnect = Disconnect::new(ReasonCode([0, 4][rng.below(2)]));
+            disconnect.properties.session_expiry_interval =
+                rng.one_in(2).then(|| rng.below(3) as u32);
+            Packet::Disconnect(disconnect)
+        }
         _ => Packet::PingReq,
     };
     let mut wire = BytesMut::new();
-    encode_packet(&packet, ProtocolVersion::V311, &mut wire);
+    encode_packet(&packet, version, &mut wire);
     wire.to_vec()
 }
 
@@ -227,24 +314,23 @@ fn framed_noise(rng: &mut Rng) -> Vec<u8> {
 
 /// One random stream, from the case's own generator.
 fn stream(rng: &mut Rng) -> Vec<u8> {
-    let mut out = Vec::new();
+    let (mut out, version) = connect(rng);
     match rng.below(8) {
         0 => return rng.bytes_below(4096),
         1 => {
             // A CONNECT with a few bytes overwritten.
-            out = connect(rng);
             for _ in 0..rng.range(1, 3) {
                 let at = rng.below(out.len());
                 out[at] = rng.byte();
             }
         }
-        _ => out.extend(connect(rng)),
+        _ => {}
     }
     for _ in 0..rng.range(0, 20) {
         match rng.below(10) {
-            0..=3 => out.extend(valid_packet(rng)),
+            0..=3 => out.extend(valid_packet(rng, version)),
             4 => {
-                let mut packet = valid_packet(rng);
+                let mut packet = valid_packet(rng, version);
                 for _ in 0..rng.range(1, 4) {
                     let at = rng.below(packet.len());
                     packet[at] = rng.byte();

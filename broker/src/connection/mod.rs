@@ -59,7 +59,7 @@ use crate::config::Settings;
 use crate::dormitory::{Alarm, Dormitory, Sleeper};
 use crate::mailbox::MailboxLimits;
 use crate::metrics::Metrics;
-use crate::registry::{Opened, Ownership, Registry, SessionSlot};
+use crate::registry::{Opened, Ownership, Registry, SessionSlot, WillTimer};
 use crate::router::{RouterHandle, RouterLimits};
 use crate::session::SessionState;
 use crate::throttle::{LogThrottle, Throttles};
@@ -848,9 +848,10 @@ async fn close(client: Client, end: End) {
         ..
     } = client;
     report(&end, conn_id, &ownership.slot.client_id, &ctx);
+    let mut will_timer = None;
     if let (true, Some(will)) = (end.publishes_will(), will) {
         match will_delay(&will, expiry) {
-            Some(delay) => delay_will(&ctx, &ownership.slot, conn_id, *will, delay),
+            Some(delay) => will_timer = Some(delay_will(&ctx, *will, delay)),
             None => publish_will(&ctx, *will).await,
         }
     }
@@ -867,7 +868,8 @@ async fn close(client: Client, end: End) {
         // client that claimed it meanwhile keeps it online.
         let slot = Arc::clone(slot);
         drop(ownership);
-        ctx.registry.went_offline(&slot, conn_id, expiry);
+        ctx.registry
+            .went_offline(&slot, conn_id, expiry, will_timer);
     }
 }
 
@@ -879,29 +881,28 @@ fn will_delay(will: &LastWill, expiry: Option<Duration>) -> Option<Duration> {
     (!wait.is_zero()).then_some(wait)
 }
 
-/// Publishes the will after `delay` unless a new connection resumed the
-/// session meanwhile [MQTT-3.1.3-9], or the broker shut down. One timer task
-/// per delayed will, the session's own: the dormitory watches sockets only.
-fn delay_will(
-    ctx: &Arc<Context>,
-    slot: &Arc<SessionSlot>,
-    conn_id: ConnId,
-    will: LastWill,
-    delay: Duration,
-) {
+/// Publishes the will after `delay` [MQTT-3.1.3-9] from a timer task of
+/// the session's own (the dormitory watches sockets only). Its handle goes
+/// into the session's offline mark: a connection resuming the session drops
+/// it, which gives the will up; the session expiring first fires it. At most
+/// one per offline session; it holds no reference to the broker, so it ends
+/// with it too.
+fn delay_will(ctx: &Arc<Context>, will: LastWill, delay: Duration) -> WillTimer {
     Metrics::incr(&ctx.metrics.wills_delayed);
-    let ctx = Arc::clone(ctx);
-    let slot = Arc::downgrade(slot);
-    ctx.runtime.clone().spawn(async move {
+    let (timer, fired) = WillTimer::new();
+    let weak = Arc::downgrade(ctx);
+    let shutdown = ctx.shutdown.clone();
+    ctx.runtime.spawn(async move {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+            fired = fired => if fired.is_err() { return },
         }
-        let resumed = slot.upgrade().is_some_and(|slot| !slot.is_latest(conn_id));
-        if !resumed {
+        if let Some(ctx) = weak.upgrade() {
             publish_will(&ctx, will).await;
         }
     });
+    timer
 }
 
 /// Empties a session the expiry task owns: its parked state, its
