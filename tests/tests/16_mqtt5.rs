@@ -1222,3 +1222,28 @@ async fn mqtt_3_1_2_8_a_session_expiring_before_the_will_delay_publishes_the_wil
         .wait_metrics("expired", |m| m.sessions_expired == 1)
         .await;
 }
+
+#[tokio::test]
+async fn mqtt_4_3_3_a_new_qos2_publish_reusing_an_unreleased_id_gets_pubrec_0x91() {
+    let broker = TestBroker::start().await;
+    let mut watcher = V5Client::plain(broker.addr, "q2-watcher").await;
+    watcher.subscribe_qos("q2/#", QoS::AtMostOnce).await;
+    let mut client = V5Client::plain(broker.addr, "q2-reuser").await;
+    client
+        .send(&publish("q2/t", QoS::ExactlyOnce, 9, b"first", None))
+        .await;
+    let Some(Outgoing::PubRec(ack)) = client.recv().await else {
+        panic!("PUBREC")
+    };
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    // Id 9 again, DUP 0, before any PUBREL: not a resend.
+    client
+        .send(&publish("q2/t", QoS::ExactlyOnce, 9, b"second", None))
+        .await;
+    let Some(Outgoing::PubRec(ack)) = client.recv().await else {
+        panic!("PUBREC")
+    };
+    assert_eq!(ack.reason, ReasonCode::PACKET_IDENTIFIER_IN_USE);
+    assert_eq!(payload(&watcher.next_publish().await), b"first");
+    watcher.assert_silent(QUIET).await;
+}

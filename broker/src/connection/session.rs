@@ -692,6 +692,7 @@ impl Session {
             if let (Some(id), true) = (publish.packet_id, self.client.v5.is_some()) {
                 // MQTT 5 can say "not accepted" [MQTT-3.3.4-?]: 0x97, in
                 // the order of the PUBLISHes; the client decides to resend.
+                Metrics::incr(&ctx.metrics.memory_limit_refusals);
                 return self.refuse_publish(publish.qos, id, ReasonCode::QUOTA_EXCEEDED);
             }
             if publish.qos != QoS::AtMostOnce {
@@ -719,6 +720,15 @@ impl Session {
             (QoS::ExactlyOnce, Some(id)) => self.client.state.inbound.receive(id),
             _ => true,
         };
+        if let (false, false, Some(id), true) =
+            (route, publish.dup, packet_id, self.client.v5.is_some())
+        {
+            // A new QoS 2 PUBLISH (DUP 0) with an id still awaiting PUBREL:
+            // the client's state and ours disagree. MQTT 5 says so with
+            // PUBREC 0x91 and routes nothing; a resend (DUP 1) is answered
+            // as before.
+            return self.refuse_publish(publish.qos, id, ReasonCode::PACKET_IDENTIFIER_IN_USE);
+        }
         let ack = match (publish.qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => Some(Outgoing::PubAck(Ack::new(id))),
             (QoS::ExactlyOnce, Some(id)) => Some(Outgoing::PubRec(Ack::new(id))),
@@ -757,7 +767,6 @@ impl Session {
         self.acks
             .push(ack, released)
             .map_err(|_| End::TooManyUnacknowledged)?;
-        Metrics::incr(&self.client.ctx.metrics.memory_limit_refusals);
         Ok(())
     }
 
