@@ -25,12 +25,28 @@
 //! the reader decoded while stopping are handled first, and a partial
 //! packet keeps its read deadline (`limits.packet_read_timeout_ms`, which
 //! also wakes it) and its charge to the memory budget.
+//!
+//! | file            | owns                                                   |
+//! |-----------------|--------------------------------------------------------|
+//! | `mod.rs`        | the life cycle: handshake, session take-up, runs, rests |
+//! | `handshake`     | CONNECT, its checks and CONNACK                        |
+//! | `enhanced_auth` | the MQTT 5 AUTH exchange                               |
+//! | `tasks`         | the read and write tasks of one run, and how it stops  |
+//! | `reader`, `writer` | the two socket tasks                               |
+//! | `session`       | the session task: the client's logic and timers        |
+//! | `acks`          | acknowledgements owed, in order                        |
+//! | `v5`            | an MQTT 5 connection's limits and topic aliases        |
+//! | `rest`          | to the dormitory and back                              |
+//! | `close`         | the end: report, will, what survives                   |
 
 mod acks;
+mod close;
 mod enhanced_auth;
 mod handshake;
 mod reader;
+mod rest;
 mod session;
+mod tasks;
 mod v5;
 mod writer;
 
@@ -65,12 +81,13 @@ use crate::session::SessionState;
 use crate::throttle::{LogThrottle, Throttles};
 use crate::types::{ClientId, ConnId, Message};
 
+use close::close;
+pub(crate) use close::forget_session;
 use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
+use rest::rest;
 use session::{End, Session};
+use tasks::{Outcome, Tasks};
 use writer::{WriterConfig, WriterEnd};
-
-/// Longest wait for the writer to flush after DISCONNECT or at shutdown.
-const GRACEFUL_FLUSH: Duration = Duration::from_secs(5);
 
 /// What every connection shares: settings, the router, the registry, the
 /// dormitory, the counters and the broker's shutdown signal.
@@ -432,130 +449,6 @@ async fn live<S: Transport>(
     }
 }
 
-/// Hands a connection to the dormitory. It gives up its token too (a
-/// takeover rings its alarm instead) and gets a new one when it wakes.
-fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer) {
-    let socket = match stream.into_socket() {
-        Ok(socket) => socket,
-        Err(error) => {
-            // The stream is gone; end the connection from a task of its own.
-            let runtime = client.ctx.runtime.clone();
-            runtime.spawn(close(client, End::Io(error)));
-            return;
-        }
-    };
-    Metrics::incr(&client.ctx.metrics.connections_rested);
-    client.slot().release_owner(client.conn_id);
-    // Keep a partial packet (with its deadline and its charge); an empty
-    // buffer's room is not worth its bytes.
-    let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
-    let ctx = Arc::clone(&client.ctx);
-    ctx.dormitory.admit(Box::new(Resting {
-        client,
-        socket,
-        leftover,
-    }));
-}
-
-/// A connection in the dormitory.
-struct Resting {
-    client: Client,
-    socket: std::net::TcpStream,
-    /// A partial packet read before the rest, if any.
-    leftover: Option<Box<ReadBuffer>>,
-}
-
-impl Sleeper for Resting {
-    fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
-    }
-
-    /// The earlier of the keepalive's and the partial packet's deadlines;
-    /// the woken read task ends a connection past the latter.
-    fn deadline(&self) -> Option<std::time::Instant> {
-        let keepalive = self
-            .client
-            .keepalive()
-            .map(|keepalive| self.client.last_packet + keepalive);
-        let packet_timeout = self.client.ctx.settings.packet_read_timeout();
-        let partial = self
-            .leftover
-            .as_ref()
-            .and_then(|buf| buf.deadline(packet_timeout));
-        let deadline = match (keepalive, partial) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        deadline.map(Instant::into_std)
-    }
-
-    fn install_alarm(&self, alarm: Alarm) -> bool {
-        let slot = self.client.slot();
-        let mail_waiting = slot.mailbox.install_alarm(alarm);
-        // A claim made since the rest began found no alarm to ring.
-        mail_waiting || !slot.is_latest(self.client.conn_id)
-    }
-
-    fn wake(self: Box<Self>) {
-        let runtime = self.client.ctx.runtime.clone();
-        runtime.spawn(wake(self));
-    }
-}
-
-/// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
-/// that has no tasks (a resting connection ended where it rests), within
-/// `timeout`, then shuts it down.
-async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context) {
-    let timeout = ctx.settings.write_timeout();
-    let Some(disconnect) = end.disconnect(ctx) else {
-        return;
-    };
-    let Ok(mut stream) = TcpStream::from_std(socket) else {
-        return;
-    };
-    let mut buf = bytes::BytesMut::new();
-    tidemq_protocol::encode(
-        &Outgoing::Disconnect(disconnect),
-        ProtocolVersion::V5,
-        &mut buf,
-    );
-    let _ = tokio::time::timeout(timeout, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
-    })
-    .await;
-}
-
-async fn wake(resting: Box<Resting>) {
-    let Resting {
-        client,
-        socket,
-        leftover,
-    } = *resting;
-    let span = live_span(&client);
-    async move {
-        let token = client.ctx.shutdown.child_token();
-        if !client.slot().install_owner(client.conn_id, token.clone()) {
-            if client.v5.is_some() {
-                farewell(socket, &End::TakenOver, &client.ctx).await;
-            }
-            return close(client, End::TakenOver).await;
-        }
-        match TcpStream::from_std(socket) {
-            Ok(stream) => {
-                let leftover = match leftover {
-                    Some(buf) => *buf,
-                    None => ReadBuffer::new(bytes::BytesMut::new(), &client.ctx.budget),
-                };
-                live(client, token, stream, leftover, Vec::new(), false).await
-            }
-            Err(error) => close(client, End::Io(error)).await,
-        }
-    }
-    .instrument(span)
-    .await
-}
-
 /// How long a session outlives its connection (see [`Client::expiry`]), and
 /// for MQTT 5 the Session Expiry Interval to announce when the broker
 /// lowered the client's. 3.1.1: clean session ends it, otherwise
@@ -617,202 +510,6 @@ async fn take_up_session(
     (state, session_present)
 }
 
-/// How a run of the tasks stopped.
-enum Outcome<S> {
-    Ended(End),
-    /// The session rested; the stream is whole again.
-    Rested {
-        stream: S,
-        leftover: ReadBuffer,
-        /// Decoded while the reader was stopping.
-        pending: Vec<Inbound>,
-    },
-}
-
-struct Stopped<S> {
-    outcome: Outcome<S>,
-    client: Client,
-}
-
-/// The read and write tasks of one connection and the channels to them.
-struct Tasks<S> {
-    reader: JoinHandle<(ReadHalf<S>, ReadBuffer, Option<ReadError>)>,
-    writer: JoinHandle<(WriteHalf<S>, WriterEnd)>,
-    inbound: mpsc::Receiver<Inbound>,
-    outgoing: mpsc::Sender<Bytes>,
-    /// Whether the writer is in the middle of a batch.
-    writing: Arc<AtomicBool>,
-    /// Stops the reader at its next read (rest), or at once with `token`.
-    reader_stop: CancellationToken,
-    /// The writer has its own token so that a graceful end (DISCONNECT,
-    /// shutdown, rest) can let it flush before it is stopped.
-    writer_token: CancellationToken,
-    token: CancellationToken,
-}
-
-impl<S: Transport> Tasks<S> {
-    fn spawn(
-        stream: S,
-        client: &Client,
-        token: &CancellationToken,
-        leftover: ReadBuffer,
-    ) -> Tasks<S> {
-        let (read_half, write_half) = tokio::io::split(stream);
-        let ctx = &client.ctx;
-        let limits = &ctx.settings.limits;
-        let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
-        let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
-        let config = ReadConfig {
-            framer: Framer::new(limits.max_packet_size),
-            version: client.version,
-            packet_timeout: ctx.settings.packet_read_timeout(),
-        };
-        let reader_stop = token.child_token();
-        let reader = tokio::spawn(reader::run(
-            read_half,
-            leftover,
-            config,
-            inbound_tx,
-            reader_stop.clone(),
-        ));
-        let writing = Arc::new(AtomicBool::new(false));
-        let config = WriterConfig {
-            batch_bytes: limits.write_batch_bytes,
-            write_timeout: ctx.settings.write_timeout(),
-            writing: Arc::clone(&writing),
-        };
-        let writer_token = CancellationToken::new();
-        let writer = tokio::spawn(writer::run(
-            write_half,
-            outgoing_rx,
-            config,
-            writer_token.clone(),
-        ));
-        Tasks {
-            reader,
-            writer,
-            inbound,
-            outgoing,
-            writing,
-            reader_stop,
-            writer_token,
-            token: token.clone(),
-        }
-    }
-
-    /// Runs the session until it ends or rests, then stops both tasks and
-    /// waits for them: no task outlives a run.
-    async fn run(mut self, mut session: Session, pending: Vec<Inbound>, first: bool) -> Stopped<S> {
-        let end = session
-            .run(&mut self.inbound, &mut self.writer, pending, first)
-            .await;
-        let client = session.into_client();
-        let outcome = match end {
-            End::Rest => self.stop_for_rest(&client.ctx).await,
-            end => {
-                let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
-                // MQTT 5: the server's DISCONNECT, written under the grace
-                // deadline before the socket closes [MQTT-4.13.2-1].
-                let farewell = client.v5.as_ref().and_then(|_| end.disconnect(&client.ctx));
-                let said = match farewell {
-                    Some(disconnect) => self.say_goodbye(disconnect, grace).await,
-                    None => false,
-                };
-                let graceful = said || end.is_graceful();
-                self.stop(graceful.then_some(grace)).await;
-                Outcome::Ended(end)
-            }
-        };
-        Stopped { outcome, client }
-    }
-
-    /// Lets the writer flush and the reader stop between reads, keeping
-    /// what it decodes meanwhile, and joins the stream again.
-    async fn stop_for_rest(mut self, ctx: &Context) -> Outcome<S> {
-        drop(self.outgoing);
-        self.reader_stop.cancel();
-        let mut pending = Vec::new();
-        let reader = loop {
-            tokio::select! {
-                joined = &mut self.reader => break joined,
-                Some(inbound) = self.inbound.recv() => pending.push(inbound),
-            }
-        };
-        while let Ok(inbound) = self.inbound.try_recv() {
-            pending.push(inbound);
-        }
-        // The writer was idle when the session chose to rest, so it ends at
-        // once; a takeover or shutdown meanwhile still wins.
-        let writer = tokio::select! {
-            joined = &mut self.writer => joined,
-            _ = self.token.cancelled() => {
-                self.writer_token.cancel();
-                let _ = (&mut self.writer).await;
-                return Outcome::Ended(cancelled_end(ctx));
-            }
-        };
-        let (Ok((read_half, leftover, read_error)), Ok((write_half, writer_end))) =
-            (reader, writer)
-        else {
-            return Outcome::Ended(End::WriterEnded);
-        };
-        if let Some(error) = read_error {
-            pending.push(Inbound::Failed(error));
-        }
-        if !matches!(writer_end, WriterEnd::Drained) {
-            // The socket failed. A DISCONNECT read meanwhile still counts
-            // (no will); other packets go with the connection.
-            let disconnected = pending
-                .iter()
-                .any(|inbound| matches!(inbound, Inbound::Packet(Packet::Disconnect(_))));
-            return Outcome::Ended(if disconnected {
-                End::Disconnect
-            } else {
-                End::Writer(writer_end)
-            });
-        }
-        Outcome::Rested {
-            stream: read_half.unsplit(write_half),
-            leftover,
-            pending,
-        }
-    }
-
-    /// Queues the server's DISCONNECT for the writer, waiting at most
-    /// `grace` for room; `false` when it could not be queued.
-    async fn say_goodbye(&mut self, disconnect: Disconnect, grace: Duration) -> bool {
-        let mut buf = bytes::BytesMut::new();
-        let packet = Outgoing::Disconnect(disconnect);
-        tidemq_protocol::encode(&packet, ProtocolVersion::V5, &mut buf);
-        let send = self.outgoing.send(buf.freeze());
-        matches!(tokio::time::timeout(grace, send).await, Ok(Ok(())))
-    }
-
-    /// Stops both tasks for good; after a graceful end the writer flushes
-    /// first and the socket is shut down.
-    async fn stop(mut self, grace: Option<Duration>) {
-        drop(self.outgoing);
-        let mut write_half = None;
-        if let Some(grace) = grace {
-            if let Ok(Ok((half, WriterEnd::Drained))) =
-                tokio::time::timeout(grace, &mut self.writer).await
-            {
-                write_half = Some(half);
-            }
-        }
-        self.token.cancel();
-        self.reader_stop.cancel();
-        self.writer_token.cancel();
-        drop(self.inbound);
-        let _ = self.reader.await;
-        if let (Some(mut half), Some(grace)) = (write_half, grace) {
-            let _ = tokio::time::timeout(grace, half.shutdown()).await;
-        } else if !self.writer.is_finished() {
-            let _ = self.writer.await;
-        }
-    }
-}
-
 /// Sleeps until `deadline`, or forever when there is none. Cancel-safe: a
 /// `select!` branch for a timer that may be unset (session, read task,
 /// expiry task).
@@ -829,202 +526,6 @@ fn cancelled_end(ctx: &Context) -> End {
         End::Shutdown
     } else {
         End::TakenOver
-    }
-}
-
-/// Ends a connection: logs and counts why, publishes the will when the end
-/// calls for it, and decides what survives: a persistent session parks its
-/// state (and keeps its mailbox and subscriptions); a clean one is
-/// forgotten. Dropping the client frees its session slot.
-async fn close(client: Client, end: End) {
-    let ends_with_connection = client.ends_with_connection();
-    let Client {
-        ctx,
-        conn_id,
-        ownership,
-        expiry,
-        will,
-        state,
-        ..
-    } = client;
-    report(&end, conn_id, &ownership.slot.client_id, &ctx);
-    let mut will_timer = None;
-    if let (true, Some(will)) = (end.publishes_will(), will) {
-        match will_delay(&will, expiry) {
-            Some(delay) => will_timer = Some(delay_will(&ctx, *will, delay)),
-            None => publish_will(&ctx, *will).await,
-        }
-    }
-    let slot = &ownership.slot;
-    slot.set_online(false);
-    slot.release_owner(conn_id);
-    if ends_with_connection {
-        Session::discard(&ctx, slot, Some(state)).await;
-        slot.set_persistent(false);
-        ctx.registry.remove(slot, conn_id);
-    } else {
-        slot.park(state);
-        // Let go of the slot first, so the expiry task finds it free; a
-        // client that claimed it meanwhile keeps it online.
-        let slot = Arc::clone(slot);
-        drop(ownership);
-        ctx.registry
-            .went_offline(&slot, conn_id, expiry, will_timer);
-    }
-}
-
-/// How long an MQTT 5 will waits: its Will Delay Interval, or less when the
-/// session ends first [MQTT-3.1.3-9]; `None`: publish it now.
-fn will_delay(will: &LastWill, expiry: Option<Duration>) -> Option<Duration> {
-    let delay = Duration::from_secs(u64::from(will.delay_interval));
-    let wait = expiry.map_or(delay, |expiry| delay.min(expiry));
-    (!wait.is_zero()).then_some(wait)
-}
-
-/// Publishes the will after `delay` [MQTT-3.1.3-9] from a timer task of
-/// the session's own (the dormitory watches sockets only). Its handle goes
-/// into the session's offline mark: a connection resuming the session drops
-/// it, which gives the will up; the session expiring first fires it. At most
-/// one per offline session; it holds no reference to the broker, so it ends
-/// with it too.
-fn delay_will(ctx: &Arc<Context>, will: LastWill, delay: Duration) -> WillTimer {
-    Metrics::incr(&ctx.metrics.wills_delayed);
-    let (timer, fired) = WillTimer::new();
-    let weak = Arc::downgrade(ctx);
-    let shutdown = ctx.shutdown.clone();
-    ctx.runtime.spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-            fired = fired => if fired.is_err() { return },
-        }
-        if let Some(ctx) = weak.upgrade() {
-            publish_will(&ctx, will).await;
-        }
-    });
-    timer
-}
-
-/// Empties a session the expiry task owns: its parked state, its
-/// subscriptions (answered by the router once gone, so nothing is delivered
-/// under them afterwards) and its queued messages. A client that claims it
-/// meanwhile waits for the task and then finds session present 0.
-pub(crate) async fn forget_session(ctx: &Context, slot: &SessionSlot) {
-    let parked = slot.take_parked();
-    slot.set_persistent(false);
-    Session::discard(ctx, slot, parked).await;
-}
-
-async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
-    Metrics::incr(&ctx.metrics.wills_published);
-    debug!(topic = %will.topic, "publishing will");
-    let message = Message::charged(will.topic, will.payload, will.qos, will.retain, &ctx.budget);
-    let _ = ctx.router.publish(message, None).await;
-}
-
-/// The one place an end becomes a log line and a counter.
-fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
-    let (metrics, throttles) = (&ctx.metrics, &ctx.throttles);
-    let conn_id = conn_id.0;
-    // A refusal a client can repeat at will: counted always, logged at most
-    // once a second.
-    let refused = |counter: &std::sync::atomic::AtomicU64, throttle: &LogThrottle, why: &str| {
-        if let Some(suppressed) = throttle.count(counter) {
-            warn!(conn_id, %client_id, suppressed, "closing: {why}");
-        }
-    };
-    match end {
-        End::Disconnect => debug!("client disconnected"),
-        End::DisconnectWithWill => debug!("client disconnected asking for its will (0x04)"),
-        End::ReceiveMaximumExceeded => {
-            Metrics::incr(&metrics.receive_maximum_exceeded);
-            warn!(
-                conn_id,
-                %client_id,
-                "closing: more unacknowledged QoS 1/2 PUBLISHes than receive_maximum [MQTT-3.3.4-8] (DISCONNECT 0x93)"
-            );
-        }
-        End::SessionExpiryFromZero => {
-            Metrics::incr(&metrics.protocol_errors);
-            warn!(
-                conn_id,
-                %client_id,
-                "closing: DISCONNECT set a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]"
-            );
-        }
-        End::AuthFailed(reason) => {
-            info!(conn_id, %client_id, %reason, "closing: re-authentication refused");
-        }
-        End::UnexpectedAuth => {
-            Metrics::incr(&metrics.protocol_errors);
-            warn!(conn_id, %client_id, "closing: AUTH without an authentication method [MQTT-4.12.0-?]");
-        }
-        End::PeerClosed => debug!("peer closed the connection"),
-        End::Io(error) => debug!(%error, "read failed"),
-        End::Shutdown => debug!("closed for shutdown"),
-        End::Protocol(error @ ProtocolError::PacketTooLarge { .. }) => {
-            Metrics::incr(&metrics.packets_too_large);
-            warn!(conn_id, %client_id, %error, "closing: packet too large");
-        }
-        End::Protocol(error) => {
-            Metrics::incr(&metrics.protocol_errors);
-            warn!(conn_id, %client_id, %error, "closing: protocol violation");
-        }
-        End::ReadLimit(ReadLimit::PacketTimeout) => refused(
-            &metrics.packet_read_timeouts,
-            &throttles.packet_read_timeout,
-            "a packet did not arrive whole within packet_read_timeout_ms",
-        ),
-        End::ReadLimit(ReadLimit::MemoryLimit) => refused(
-            &metrics.memory_limit_refusals,
-            &throttles.memory,
-            "over memory_limit_mb, no room for a partly read packet",
-        ),
-        End::KeepAliveTimeout => {
-            Metrics::incr(&metrics.keepalive_timeouts);
-            info!(conn_id, %client_id, "closing: keepalive timeout");
-        }
-        End::TooManyUnacknowledged => {
-            Metrics::incr(&metrics.protocol_errors);
-            warn!(
-                conn_id,
-                %client_id,
-                "closing: more unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2]"
-            );
-        }
-        End::TopicLimit => refused(
-            &metrics.topics_refused_limit,
-            &throttles.topic,
-            "PUBLISH topic over max_topic_levels or max_topic_len",
-        ),
-        End::MemoryLimit => refused(
-            &metrics.memory_limit_refusals,
-            &throttles.memory,
-            "QoS 1/2 PUBLISH while over memory_limit_mb (not acknowledged)",
-        ),
-        End::SlowSubscriber => {
-            Metrics::incr(&metrics.slow_subscriber_disconnects);
-            warn!(
-                conn_id,
-                %client_id,
-                "closing: too slow, over max_queued_messages for slow_subscriber_timeout_ms"
-            );
-        }
-        End::TakenOver => {
-            Metrics::incr(&metrics.takeovers);
-            info!(conn_id, %client_id, "closing: client id taken over by a new connection");
-        }
-        End::Writer(WriterEnd::Stalled) => {
-            Metrics::incr(&metrics.write_timeouts);
-            warn!(
-                conn_id,
-                %client_id,
-                "closing: write made no progress within the write timeout"
-            );
-        }
-        End::Writer(WriterEnd::Failed(error)) => debug!(%error, "write failed"),
-        End::Writer(_) | End::WriterEnded => debug!("write side closed"),
-        End::Rest => debug!("rested"),
     }
 }
 

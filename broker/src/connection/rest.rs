@@ -1,0 +1,130 @@
+//! Resting: a connection with nothing to do hands its socket and its
+//! [`Client`] to the dormitory, and is woken from there (mail, a packet, its
+//! keepalive deadline, a takeover, shutdown). A resting MQTT 5 connection
+//! that ends where it rests (taken over) is still sent its DISCONNECT.
+
+use super::*;
+
+/// Hands a connection to the dormitory. It gives up its token too (a
+/// takeover rings its alarm instead) and gets a new one when it wakes.
+pub(super) fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer) {
+    let socket = match stream.into_socket() {
+        Ok(socket) => socket,
+        Err(error) => {
+            // The stream is gone; end the connection from a task of its own.
+            let runtime = client.ctx.runtime.clone();
+            runtime.spawn(close(client, End::Io(error)));
+            return;
+        }
+    };
+    Metrics::incr(&client.ctx.metrics.connections_rested);
+    client.slot().release_owner(client.conn_id);
+    // Keep a partial packet (with its deadline and its charge); an empty
+    // buffer's room is not worth its bytes.
+    let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
+    let ctx = Arc::clone(&client.ctx);
+    ctx.dormitory.admit(Box::new(Resting {
+        client,
+        socket,
+        leftover,
+    }));
+}
+
+/// A connection in the dormitory.
+struct Resting {
+    client: Client,
+    socket: std::net::TcpStream,
+    /// A partial packet read before the rest, if any.
+    leftover: Option<Box<ReadBuffer>>,
+}
+
+impl Sleeper for Resting {
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// The earlier of the keepalive's and the partial packet's deadlines;
+    /// the woken read task ends a connection past the latter.
+    fn deadline(&self) -> Option<std::time::Instant> {
+        let keepalive = self
+            .client
+            .keepalive()
+            .map(|keepalive| self.client.last_packet + keepalive);
+        let packet_timeout = self.client.ctx.settings.packet_read_timeout();
+        let partial = self
+            .leftover
+            .as_ref()
+            .and_then(|buf| buf.deadline(packet_timeout));
+        let deadline = match (keepalive, partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline.map(Instant::into_std)
+    }
+
+    fn install_alarm(&self, alarm: Alarm) -> bool {
+        let slot = self.client.slot();
+        let mail_waiting = slot.mailbox.install_alarm(alarm);
+        // A claim made since the rest began found no alarm to ring.
+        mail_waiting || !slot.is_latest(self.client.conn_id)
+    }
+
+    fn wake(self: Box<Self>) {
+        let runtime = self.client.ctx.runtime.clone();
+        runtime.spawn(wake(self));
+    }
+}
+
+/// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
+/// that has no tasks (a resting connection ended where it rests), within
+/// `timeout`, then shuts it down.
+async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context) {
+    let timeout = ctx.settings.write_timeout();
+    let Some(disconnect) = end.disconnect(ctx) else {
+        return;
+    };
+    let Ok(mut stream) = TcpStream::from_std(socket) else {
+        return;
+    };
+    let mut buf = bytes::BytesMut::new();
+    tidemq_protocol::encode(
+        &Outgoing::Disconnect(disconnect),
+        ProtocolVersion::V5,
+        &mut buf,
+    );
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn wake(resting: Box<Resting>) {
+    let Resting {
+        client,
+        socket,
+        leftover,
+    } = *resting;
+    let span = live_span(&client);
+    async move {
+        let token = client.ctx.shutdown.child_token();
+        if !client.slot().install_owner(client.conn_id, token.clone()) {
+            if client.v5.is_some() {
+                farewell(socket, &End::TakenOver, &client.ctx).await;
+            }
+            return close(client, End::TakenOver).await;
+        }
+        match TcpStream::from_std(socket) {
+            Ok(stream) => {
+                let leftover = match leftover {
+                    Some(buf) => *buf,
+                    None => ReadBuffer::new(bytes::BytesMut::new(), &client.ctx.budget),
+                };
+                live(client, token, stream, leftover, Vec::new(), false).await
+            }
+            Err(error) => close(client, End::Io(error)).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
