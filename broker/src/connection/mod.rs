@@ -35,12 +35,14 @@
 //! | `reader`, `writer` | the two socket tasks                               |
 //! | `session`       | the session task: the client's logic and timers        |
 //! | `acks`          | acknowledgements owed, in order                        |
+//! | `end`           | why a connection ended, and what that means            |
 //! | `v5`            | an MQTT 5 connection's limits and topic aliases        |
 //! | `rest`          | to the dormitory and back                              |
 //! | `close`         | the end: report, will, what survives                   |
 
 mod acks;
 mod close;
+mod end;
 mod enhanced_auth;
 mod handshake;
 mod reader;
@@ -83,9 +85,10 @@ use crate::types::{ClientId, ConnId, Message};
 
 use close::close;
 pub(crate) use close::forget_session;
+use end::End;
 use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
 use rest::rest;
-use session::{End, Session};
+use session::Session;
 use tasks::{Outcome, Tasks};
 use writer::{WriterConfig, WriterEnd};
 
