@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+pub mod mosquitto;
 pub mod v5;
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);

@@ -10,132 +10,18 @@
 //! is for an exit, an output, a packet or a metric, bounded by [`WAIT`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use tidemq_protocol::{ConnectProperties, Outgoing, QoS};
+use tidemq_tests::mosquitto::{run_pub, start_sub};
 use tidemq_tests::v5::{self, V5Client};
 use tidemq_tests::{TestBroker, QUIET, WAIT};
 use tokio::time::Instant;
-
-/// How often a running process is checked for its exit.
-const POLL: Duration = Duration::from_millis(10);
-/// `mosquitto_sub -W`: a subscriber gives up by itself after this many
-/// seconds, should the test die before it can kill it.
-const SUB_GIVES_UP_SECS: &str = "15";
 /// The Will Delay Interval of the will test, in seconds.
 const WILL_DELAY_SECS: u64 = 2;
 /// The will must not arrive earlier than this after the kill (one second of
 /// slack under the delay, for a loaded machine's clocks and schedulers).
 const WILL_NOT_BEFORE: Duration = Duration::from_secs(WILL_DELAY_SECS - 1);
-
-/// A mosquitto client run against a test broker; killed when dropped, so no
-/// test leaves one behind.
-struct Process {
-    tool: &'static str,
-    child: Child,
-}
-
-/// How a process ended and what it printed.
-struct Exit {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Process {
-    fn start(tool: &'static str, broker: &TestBroker, args: &[&str]) -> Process {
-        let child = Command::new(tool)
-            .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot run {tool} ({error}): install the mosquitto-clients package")
-            });
-        Process { tool, child }
-    }
-
-    /// Waits up to [`WAIT`] for the process to end.
-    async fn exit(mut self) -> Exit {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stdout = String::new();
-                let mut stderr = String::new();
-                // The process has exited: both pipes are at EOF.
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stdout)
-                    .unwrap();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                return Exit {
-                    status,
-                    stdout,
-                    stderr,
-                };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish within {WAIT:?}",
-                self.tool
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Waits for a successful exit; returns its stdout.
-    async fn succeeds(self) -> String {
-        let tool = self.tool;
-        let exit = self.exit().await;
-        assert!(
-            exit.status.success(),
-            "{tool} failed ({}): stdout {:?}, stderr {:?}",
-            exit.status,
-            exit.stdout,
-            exit.stderr
-        );
-        exit.stdout
-    }
-
-    /// Sends SIGKILL: the client closes its socket without DISCONNECT.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `mosquitto_sub` with `args` (plus `-W`).
-fn start_sub(broker: &TestBroker, args: &[&str]) -> Process {
-    let mut args = args.to_vec();
-    args.extend(["-W", SUB_GIVES_UP_SECS]);
-    Process::start("mosquitto_sub", broker, &args)
-}
-
-/// Runs `mosquitto_pub` to completion; at QoS 1 it exits only after the
-/// broker's PUBACK, so the broker owns the message when this returns.
-async fn run_pub(broker: &TestBroker, args: &[&str]) {
-    Process::start("mosquitto_pub", broker, args)
-        .succeeds()
-        .await;
-}
 
 /// Waits until the broker holds `count` subscriptions, so a subscriber
 /// started in the background is known to be in place.
