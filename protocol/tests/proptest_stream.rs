@@ -14,12 +14,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::{packet_id, qos};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tidemq_protocol::{
     decode_connect, decode_packet, encode_packet, put_remaining_length, Ack, Disconnect, Framer,
-    Packet, PacketId, ProtocolError, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+    Packet, ProtocolError, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
     TopicFilter, TopicName, Unsubscribe, MAX_REMAINING_LENGTH,
 };
 
@@ -65,18 +68,6 @@ fn topic_filter() -> impl Strategy<Value = TopicFilter> {
             TopicFilter::new(&levels.join("/")).ok()
         },
     )
-}
-
-fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
-}
-
-fn packet_id() -> impl Strategy<Value = PacketId> {
-    (1..=u16::MAX).prop_map(|id| PacketId::new(id).unwrap())
 }
 
 fn publish() -> impl Strategy<Value = Publish> {

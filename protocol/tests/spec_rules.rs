@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::BytesMut;
 use tidemq_protocol::{
     decode_connect, decode_packet, Ack, Framer, Packet, PacketId, ProtocolError, ProtocolVersion,
@@ -79,15 +81,8 @@ fn connect_body(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Vec<u8>
     body
 }
 
-/// Frames `bytes`, which must hold exactly one whole packet.
 fn frame(bytes: &[u8]) -> tidemq_protocol::Frame {
-    let mut buf = BytesMut::from(bytes);
-    let frame = Framer::new(MAX_PACKET_SIZE)
-        .next_frame(&mut buf)
-        .unwrap()
-        .unwrap();
-    assert!(buf.is_empty(), "exactly one packet");
-    frame
+    common::frame(bytes, MAX_PACKET_SIZE)
 }
 
 fn decode_as(version: ProtocolVersion, bytes: &[u8]) -> Result<Packet, ProtocolError> {

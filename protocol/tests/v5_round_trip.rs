@@ -6,7 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::{packet_id, qos};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -50,18 +53,6 @@ fn topic_filter() -> impl Strategy<Value = TopicFilter> {
         }
         TopicFilter::new(&levels.join("/")).ok()
     })
-}
-
-fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
-}
-
-fn packet_id() -> impl Strategy<Value = PacketId> {
-    (1..=u16::MAX).prop_map(|id| PacketId::new(id).unwrap())
 }
 
 fn flag() -> impl Strategy<Value = Option<u8>> {

@@ -9,11 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
     decode_connect, decode_packet, encode_connect, Ack, Connect, ConnectProperties, Disconnect,
-    Framer, LastWill, Packet, PacketId, ProtocolError, ProtocolVersion, Publish, PublishProperties,
-    QoS, ReasonCode, SpecViolation, TopicAliases, TopicName,
+    LastWill, Packet, PacketId, ProtocolError, ProtocolVersion, Publish, PublishProperties, QoS,
+    ReasonCode, SpecViolation, TopicAliases, TopicName,
 };
 
 const MAX_PACKET_SIZE: usize = 64 * 1024;
@@ -49,13 +51,7 @@ fn props(block: &[u8]) -> Vec<u8> {
 }
 
 fn frame(bytes: &[u8]) -> tidemq_protocol::Frame {
-    let mut buf = BytesMut::from(bytes);
-    let frame = Framer::new(MAX_PACKET_SIZE)
-        .next_frame(&mut buf)
-        .unwrap()
-        .unwrap();
-    assert!(buf.is_empty());
-    frame
+    common::frame(bytes, MAX_PACKET_SIZE)
 }
 
 fn decode(bytes: &[u8]) -> Result<Packet, ProtocolError> {
