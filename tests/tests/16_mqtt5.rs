@@ -1247,3 +1247,34 @@ async fn mqtt_4_3_3_a_new_qos2_publish_reusing_an_unreleased_id_gets_pubrec_0x91
     assert_eq!(payload(&watcher.next_publish().await), b"first");
     watcher.assert_silent(QUIET).await;
 }
+
+#[tokio::test]
+async fn mqtt_3_1_2_24_no_packet_over_the_clients_maximum_reason_strings_give_way() {
+    let mut s = settings();
+    s.limits.max_topic_levels = 2;
+    let broker = TestBroker::start_with(s).await;
+    let mut tiny = connect("tiny");
+    tiny.properties.maximum_packet_size = Some(16);
+    let (mut client, _) = V5Client::connected(broker.addr, &tiny).await;
+    client
+        .send(&subscribe(1, "a/b/c/d", options(QoS::AtMostOnce)))
+        .await;
+    let Some(Outgoing::SubAck {
+        codes, properties, ..
+    }) = client.recv().await
+    else {
+        panic!("SUBACK")
+    };
+    assert_eq!(codes, [ReasonCode::QUOTA_EXCEEDED]);
+    assert_eq!(
+        properties.reason_string, None,
+        "it would not fit in 16 bytes"
+    );
+    // [MQTT-3.14.2-3]: the DISCONNECT too.
+    client
+        .send_raw(&raw_packet_bytes(0x30, &[0, 1, b't', 9, 1]))
+        .await;
+    let disconnect = client.expect_disconnect().await;
+    assert_eq!(disconnect.reason, ReasonCode::MALFORMED_PACKET);
+    assert_eq!(disconnect.properties.reason_string, None);
+}

@@ -78,7 +78,7 @@ impl Sleeper for Resting {
 /// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
 /// that has no tasks (a resting connection ended where it rests), within
 /// `timeout`, then shuts it down.
-async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context) {
+async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context, v5: &v5::V5Conn) {
     let timeout = ctx.settings.write_timeout();
     let Some(disconnect) = end.disconnect(ctx) else {
         return;
@@ -87,11 +87,7 @@ async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context) {
         return;
     };
     let mut buf = bytes::BytesMut::new();
-    tidemq_protocol::encode(
-        &Outgoing::Disconnect(disconnect),
-        ProtocolVersion::V5,
-        &mut buf,
-    );
+    v5.encode(Outgoing::Disconnect(disconnect), &mut buf);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&buf).await?;
         stream.shutdown().await
@@ -109,8 +105,8 @@ async fn wake(resting: Box<Resting>) {
     async move {
         let token = client.ctx.shutdown.child_token();
         if !client.slot().install_owner(client.conn_id, token.clone()) {
-            if client.v5.is_some() {
-                farewell(socket, &End::TakenOver, &client.ctx).await;
+            if let Some(v5) = client.v5.as_deref() {
+                farewell(socket, &End::TakenOver, &client.ctx, v5).await;
             }
             return close(client, End::TakenOver).await;
         }

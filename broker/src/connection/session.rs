@@ -261,7 +261,10 @@ impl Session {
     /// Encodes a packet for the write task; the chunk is handed over at the
     /// end of the current wake-up, or now if it is full.
     async fn send(&mut self, packet: Outgoing) -> Result<(), End> {
-        encode(&packet, self.client.version, &mut self.out);
+        match self.client.v5.as_deref() {
+            Some(v5) => v5.encode(packet, &mut self.out),
+            None => encode(&packet, self.client.version, &mut self.out),
+        }
         if self.out.len() >= self.out_limit {
             self.flush().await?;
         }

@@ -110,9 +110,12 @@ impl<S: Transport> Tasks<S> {
                 let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
                 // MQTT 5: the server's DISCONNECT, written under the grace
                 // deadline before the socket closes [MQTT-4.13.2-1].
-                let farewell = client.v5.as_ref().and_then(|_| end.disconnect(&client.ctx));
+                let farewell = client
+                    .v5
+                    .as_deref()
+                    .and_then(|v5| Some((v5, end.disconnect(&client.ctx)?)));
                 let said = match farewell {
-                    Some(disconnect) => self.say_goodbye(disconnect, grace).await,
+                    Some((v5, disconnect)) => self.say_goodbye(v5, disconnect, grace).await,
                     None => false,
                 };
                 let graceful = said || end.is_graceful();
@@ -177,10 +180,14 @@ impl<S: Transport> Tasks<S> {
 
     /// Queues the server's DISCONNECT for the writer, waiting at most
     /// `grace` for room; `false` when it could not be queued.
-    async fn say_goodbye(&mut self, disconnect: Disconnect, grace: Duration) -> bool {
+    async fn say_goodbye(
+        &mut self,
+        v5: &v5::V5Conn,
+        disconnect: Disconnect,
+        grace: Duration,
+    ) -> bool {
         let mut buf = bytes::BytesMut::new();
-        let packet = Outgoing::Disconnect(disconnect);
-        tidemq_protocol::encode(&packet, ProtocolVersion::V5, &mut buf);
+        v5.encode(Outgoing::Disconnect(disconnect), &mut buf);
         let send = self.outgoing.send(buf.freeze());
         matches!(tokio::time::timeout(grace, send).await, Ok(Ok(())))
     }

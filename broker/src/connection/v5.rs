@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 
-use tidemq_protocol::{Connect, TopicAliases, TopicName};
+use bytes::BytesMut;
+use tidemq_protocol::{
+    encode, AckProperties, Connect, Outgoing, ProtocolVersion, TopicAliases, TopicName,
+};
 
 /// The MQTT 5 side of a connection.
 #[derive(Debug)]
@@ -51,6 +54,43 @@ impl V5Conn {
             username: None,
             reauth: None,
         }
+    }
+}
+
+impl V5Conn {
+    /// Writes `packet` for this client, without its Reason String and User
+    /// Properties if they would make it larger than the client's Maximum
+    /// Packet Size [MQTT-3.1.2-24], [MQTT-3.14.2-3], [MQTT-3.9.2-1]. PUBLISHes
+    /// are checked before they get here (too large: dropped).
+    pub fn encode(&self, mut packet: Outgoing, out: &mut BytesMut) {
+        let start = out.len();
+        encode(&packet, ProtocolVersion::V5, out);
+        let Some(max) = self.max_packet_size else {
+            return;
+        };
+        if out.len() - start <= max as usize {
+            return;
+        }
+        match &mut packet {
+            Outgoing::PubAck(ack)
+            | Outgoing::PubRec(ack)
+            | Outgoing::PubRel(ack)
+            | Outgoing::PubComp(ack) => ack.properties = AckProperties::default(),
+            Outgoing::SubAck { properties, .. } | Outgoing::UnsubAck { properties, .. } => {
+                *properties = AckProperties::default();
+            }
+            Outgoing::Disconnect(disconnect) => {
+                disconnect.properties.reason_string = None;
+                disconnect.properties.user_properties.clear();
+            }
+            Outgoing::Auth(auth) => {
+                auth.reason_string = None;
+                auth.user_properties.clear();
+            }
+            _ => return,
+        }
+        out.truncate(start);
+        encode(&packet, ProtocolVersion::V5, out);
     }
 }
 
