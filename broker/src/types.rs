@@ -78,6 +78,27 @@ pub struct MessageExtra {
 /// What a message costs the memory budget besides its topic and payload.
 const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 16;
 
+impl MessageExtra {
+    /// What a PUBLISH's (or a will's) properties become: the topic alias is
+    /// the connection's and goes [MQTT-3.3.2-7], the expiry interval becomes
+    /// a deadline from now, the rest is kept to be forwarded.
+    pub fn from_properties(
+        mut properties: PublishProperties,
+        origin: Option<ClientId>,
+    ) -> MessageExtra {
+        properties.topic_alias = None;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| Instant::now() + std::time::Duration::from_secs(u64::from(secs)));
+        MessageExtra {
+            properties,
+            expires_at,
+            origin,
+        }
+    }
+}
+
 impl Message {
     /// A message outside the memory budget (tests, benches).
     pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Message {

@@ -68,6 +68,7 @@ async fn mqtt_3_2_2_16_an_empty_client_id_gets_an_assigned_client_identifier() {
     let broker = TestBroker::start().await;
     // Clean Start 0 as well: MQTT 5 assigns an id whatever Clean Start says.
     let (_client, connack) = V5Client::connected(broker.addr, &persistent("", 60)).await;
+    // [MQTT-3.1.3-7]
     let assigned = connack.properties.assigned_client_identifier.unwrap();
     assert!(assigned.starts_with("tidemq-"), "{assigned}");
 }
@@ -281,6 +282,7 @@ async fn mqtt_3_11_3_unsuback_says_which_filters_had_no_subscription() {
     let broker = TestBroker::start().await;
     let mut client = V5Client::plain(broker.addr, "unsubscriber").await;
     client.subscribe_qos("a", QoS::AtMostOnce).await;
+    // [MQTT-3.10.4-6]: two filters, one UNSUBACK.
     let codes = client.unsubscribe(2, &["a", "b"]).await;
     assert_eq!(
         codes,
@@ -752,7 +754,7 @@ async fn retain_handling() {
         ..options(QoS::AtMostOnce)
     };
     let mut client = V5Client::plain(broker.addr, "handler").await;
-    // 2: never at subscribe.
+    // 2: never at subscribe [MQTT-3.3.1-11].
     client
         .subscribe(subscribe(1, "rh/t", with(RetainHandling::Never)))
         .await;
@@ -803,6 +805,7 @@ async fn mqtt_3_3_4_3_overlapping_subscriptions_give_one_publish_with_every_iden
         .send(&publish("ids/b", QoS::AtMostOnce, 0, b"one", None))
         .await;
     let both = client.next_publish().await;
+    // [MQTT-3.3.4-4]: one copy, carrying both identifiers.
     let mut ids = both.properties.unwrap().subscription_identifiers;
     ids.sort_unstable();
     assert_eq!(ids, [11, 22]);
@@ -1266,6 +1269,7 @@ async fn mqtt_3_1_2_24_no_packet_over_the_clients_maximum_reason_strings_give_wa
         panic!("SUBACK")
     };
     assert_eq!(codes, [ReasonCode::QUOTA_EXCEEDED]);
+    // [MQTT-3.9.2-1]
     assert_eq!(
         properties.reason_string, None,
         "it would not fit in 16 bytes"
@@ -1277,4 +1281,123 @@ async fn mqtt_3_1_2_24_no_packet_over_the_clients_maximum_reason_strings_give_wa
     let disconnect = client.expect_disconnect().await;
     assert_eq!(disconnect.reason, ReasonCode::MALFORMED_PACKET);
     assert_eq!(disconnect.properties.reason_string, None);
+}
+
+#[tokio::test]
+async fn mqtt_4_9_0_3_a_full_window_holds_back_publishes_only() {
+    // Also [MQTT-3.3.4-10].
+    let broker = TestBroker::start().await;
+    let mut one = connect("one-at-a-time");
+    one.properties.receive_maximum = Some(1);
+    let (mut sub, _) = V5Client::connected(broker.addr, &one).await;
+    sub.subscribe_qos("win/t", QoS::AtLeastOnce).await;
+    let mut publisher = V5Client::plain(broker.addr, "win-pub").await;
+    for id in 1..=2u16 {
+        publisher
+            .publish_qos1(publish("win/t", QoS::AtLeastOnce, id, &[id as u8], None))
+            .await;
+    }
+    let Some(Outgoing::Publish(first)) = sub.recv().await else {
+        panic!("PUBLISH")
+    };
+    // The window is full; a PINGREQ and a SUBSCRIBE are still answered.
+    sub.send(&Packet::PingReq).await;
+    assert_eq!(sub.recv().await, Some(Outgoing::PingResp));
+    sub.subscribe_qos("other/t", QoS::AtMostOnce).await;
+    sub.acknowledge(&first).await;
+    assert_eq!(sub.next_publish().await.payload[0], 2);
+}
+
+#[tokio::test]
+async fn mqtt_4_4_0_2_a_publish_refused_by_the_client_is_not_resent() {
+    let broker = TestBroker::start().await;
+    let (mut sub, _) = V5Client::connected(broker.addr, &persistent("refuser", 60)).await;
+    sub.subscribe_qos("ref/t", QoS::AtLeastOnce).await;
+    let mut publisher = V5Client::plain(broker.addr, "ref-pub").await;
+    publisher
+        .publish_qos1(publish("ref/t", QoS::AtLeastOnce, 1, b"refused", None))
+        .await;
+    let Some(Outgoing::Publish(p)) = sub.recv().await else {
+        panic!("PUBLISH")
+    };
+    let refusal = Ack::with_reason(p.packet_id.unwrap(), ReasonCode::UNSPECIFIED_ERROR);
+    sub.send(&Packet::PubAck(refusal)).await;
+    sub.disconnect(Disconnect::default()).await;
+    broker
+        .wait_metrics("offline", |m| m.sessions_offline_current == 1)
+        .await;
+    let (mut back, connack) = V5Client::connected(broker.addr, &persistent("refuser", 60)).await;
+    assert!(connack.session_present);
+    back.assert_silent(QUIET).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_3_10_a_wills_properties_reach_subscribers_in_order() {
+    // Also [MQTT-3.1.2-15] (Will Retain) for MQTT 5.
+    let broker = TestBroker::start().await;
+    let mut dying = connect("will-props");
+    let mut last = will("will/props", b"bye", 0);
+    last.retain = true;
+    last.properties = Some(Box::new(PublishProperties {
+        user_properties: vec![
+            ("z".into(), "1".into()),
+            ("a".into(), "2".into()),
+            ("z".into(), "3".into()),
+        ],
+        content_type: Some("text/plain".into()),
+        ..PublishProperties::default()
+    }));
+    let expected = last.properties.clone();
+    dying.will = Some(last);
+    let (client, _) = V5Client::connected(broker.addr, &dying).await;
+    client.kill();
+    broker
+        .wait_metrics("will", |m| m.wills_published == 1)
+        .await;
+    // Retained: a later subscriber gets it, with its properties.
+    let mut later = V5Client::plain(broker.addr, "later").await;
+    later.subscribe_qos("will/#", QoS::AtLeastOnce).await;
+    let got = later.next_publish().await;
+    assert!(got.retain);
+    assert_eq!(got.properties, expected);
+}
+
+#[tokio::test]
+async fn mqtt_3_8_4_8_delivery_at_the_lower_of_published_and_granted_qos() {
+    let broker = TestBroker::start().await;
+    let mut sub = V5Client::plain(broker.addr, "lower").await;
+    sub.subscribe_qos("low/t", QoS::AtLeastOnce).await;
+    let mut publisher = V5Client::plain(broker.addr, "higher").await;
+    publisher
+        .send(&publish("low/t", QoS::ExactlyOnce, 1, b"q2", None))
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Outgoing::PubRec(_))));
+    assert_eq!(sub.next_publish().await.qos, QoS::AtLeastOnce);
+}
+
+#[tokio::test]
+async fn mqtt_4_3_3_7_a_qos2_delivery_under_way_is_finished_though_its_message_expired() {
+    // Also [MQTT-4.3.3-13].
+    let broker = TestBroker::start().await;
+    let mut sub = V5Client::plain(broker.addr, "slow-q2").await;
+    sub.subscribe_qos("q2x/t", QoS::ExactlyOnce).await;
+    let mut publisher = V5Client::plain(broker.addr, "q2x-pub").await;
+    let expiring = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..PublishProperties::default()
+    };
+    publisher
+        .send(&publish("q2x/t", QoS::ExactlyOnce, 1, b"x", Some(expiring)))
+        .await;
+    let Some(Outgoing::Publish(p)) = sub.recv().await else {
+        panic!("PUBLISH")
+    };
+    // The expiry is what is under test: let it pass before PUBREC.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = p.packet_id.unwrap();
+    sub.send(&Packet::PubRec(Ack::new(id))).await;
+    let Some(Outgoing::PubRel(rel)) = sub.recv().await else {
+        panic!("PUBREL")
+    };
+    assert_eq!(rel.packet_id, id);
 }

@@ -81,7 +81,7 @@ use crate::registry::{Opened, Ownership, Registry, SessionSlot, WillTimer};
 use crate::router::{RouterHandle, RouterLimits};
 use crate::session::SessionState;
 use crate::throttle::{LogThrottle, Throttles};
-use crate::types::{ClientId, ConnId, Message};
+use crate::types::{ClientId, ConnId, Message, MessageExtra};
 
 use close::close;
 pub(crate) use close::forget_session;

@@ -658,7 +658,7 @@ impl Session {
             publish.retain,
             &self.client.ctx.budget,
         );
-        let Some(mut properties) = publish.properties else {
+        let Some(properties) = publish.properties else {
             if self.client.v5.is_none() {
                 return message;
             }
@@ -668,17 +668,8 @@ impl Session {
                 ..MessageExtra::default()
             });
         };
-        // The alias belongs to this connection [MQTT-3.3.2-7].
-        properties.topic_alias = None;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
-        message.with_extra(MessageExtra {
-            properties: *properties,
-            expires_at,
-            origin: Some(self.client.ownership.slot.client_id.clone()),
-        })
+        let origin = Some(self.client.ownership.slot.client_id.clone());
+        message.with_extra(MessageExtra::from_properties(*properties, origin))
     }
 
     /// Sends the acknowledgements whose messages every subscriber has taken.
