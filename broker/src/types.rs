@@ -59,11 +59,16 @@ pub struct Message {
     pub charge: Charge,
     /// What only MQTT 5 publishers set; `None` for most messages.
     pub extra: Option<Box<MessageExtra>>,
+    /// The client that published it: set for MQTT 5 publishers (No Local
+    /// [MQTT-3.8.3-3]) and for all when shared subscriptions pick members by
+    /// publisher. Outside `extra`, so a message without properties needs no
+    /// allocation for it.
+    pub origin: Option<ClientId>,
 }
 
 /// The MQTT 5 side of a message: its properties (forwarded unchanged to
-/// MQTT 5 subscribers), when it expires, and who published it (for No
-/// Local). Boxed in [`Message`], so a 3.1.1 message pays one word.
+/// MQTT 5 subscribers) and when it expires. Boxed in [`Message`], so a
+/// message without them pays one word.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MessageExtra {
     /// Without topic alias and subscription identifiers, which belong to
@@ -71,8 +76,6 @@ pub struct MessageExtra {
     pub properties: PublishProperties,
     /// From the Message Expiry Interval, when it was received.
     pub expires_at: Option<Instant>,
-    /// The client that published it, for No Local [MQTT-3.8.3-3].
-    pub origin: Option<ClientId>,
 }
 
 /// What a message costs the memory budget besides its topic and payload.
@@ -82,10 +85,7 @@ impl MessageExtra {
     /// What a PUBLISH's (or a will's) properties become: the topic alias is
     /// the connection's and goes [MQTT-3.3.2-7], the expiry interval becomes
     /// a deadline from now, the rest is kept to be forwarded.
-    pub fn from_properties(
-        mut properties: PublishProperties,
-        origin: Option<ClientId>,
-    ) -> MessageExtra {
+    pub fn from_properties(mut properties: PublishProperties) -> MessageExtra {
         properties.topic_alias = None;
         let expires_at = properties
             .message_expiry_interval
@@ -94,7 +94,6 @@ impl MessageExtra {
         MessageExtra {
             properties,
             expires_at,
-            origin,
         }
     }
 }
@@ -109,7 +108,14 @@ impl Message {
             retain,
             charge: Charge::default(),
             extra: None,
+            origin: None,
         }
+    }
+
+    /// Records who published it.
+    pub fn published_by_client(mut self, origin: ClientId) -> Message {
+        self.origin = Some(origin);
+        self
     }
 
     /// Adds what an MQTT 5 publisher set; nothing when there is nothing.
@@ -130,9 +136,8 @@ impl Message {
 
     /// Whether `client_id` published it.
     pub fn published_by(&self, client_id: &ClientId) -> bool {
-        self.extra
+        self.origin
             .as_ref()
-            .and_then(|extra| extra.origin.as_ref())
             .is_some_and(|origin| origin == client_id)
     }
 

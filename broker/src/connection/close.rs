@@ -93,7 +93,7 @@ async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
     let message = Message::charged(will.topic, will.payload, will.qos, will.retain, &ctx.budget);
     // An MQTT 5 will's properties travel with it [MQTT-3.1.3-10].
     let message = match will.properties {
-        Some(properties) => message.with_extra(MessageExtra::from_properties(*properties, None)),
+        Some(properties) => message.with_extra(MessageExtra::from_properties(*properties)),
         None => message,
     };
     let _ = ctx.router.publish(message, None).await;

@@ -38,6 +38,7 @@ use super::{sleep_until_option, Client, Context};
 use crate::auth::MAX_AUTH_ROUNDS;
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
+use crate::router::shared::Strategy;
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::session::SessionState;
 use crate::types::{Delivery, Message, MessageExtra, Receipt};
@@ -658,18 +659,18 @@ impl Session {
             publish.retain,
             &self.client.ctx.budget,
         );
-        let Some(properties) = publish.properties else {
-            if self.client.v5.is_none() {
-                return message;
-            }
-            // No Local needs the origin of every MQTT 5 message.
-            return message.with_extra(MessageExtra {
-                origin: Some(self.client.ownership.slot.client_id.clone()),
-                ..MessageExtra::default()
-            });
+        // No Local needs the publisher of every MQTT 5 message; the `hash`
+        // strategy of shared subscriptions, that of every message.
+        let by_publisher = self.client.v5.is_some()
+            || self.client.ctx.router_limits.shared_strategy == Strategy::Hash;
+        let message = match by_publisher {
+            true => message.published_by_client(self.client.ownership.slot.client_id.clone()),
+            false => message,
         };
-        let origin = Some(self.client.ownership.slot.client_id.clone());
-        message.with_extra(MessageExtra::from_properties(*properties, origin))
+        match publish.properties {
+            Some(properties) => message.with_extra(MessageExtra::from_properties(*properties)),
+            None => message,
+        }
     }
 
     /// Sends the acknowledgements whose messages every subscriber has taken.

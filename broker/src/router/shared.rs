@@ -6,7 +6,7 @@
 //! |-------------------------------------------------|--------------------------|
 //! | `round_robin` (default)                         | the next one, in turn    |
 //! | `random`                                        | any one                  |
-//! | `hash`                                          | by the publisher's client id (by topic when it has none): one publisher's messages stay with one member |
+//! | `hash`                                          | by the publisher's client id (by topic for a will, which has none): one publisher's messages stay with one member |
 //!
 //! Members whose session is online are preferred; when none is, an offline
 //! persistent member's queue takes it.
@@ -151,11 +151,7 @@ impl Picker {
 
     fn hash_of(&self, message: &Message) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        match message
-            .extra
-            .as_ref()
-            .and_then(|extra| extra.origin.as_ref())
-        {
+        match &message.origin {
             Some(origin) => origin.hash(&mut hasher),
             None => hash_topic(&message.topic, &mut hasher),
         }

@@ -160,14 +160,56 @@ fn forwarded_properties(s: &mut dyn Sink, p: &PublishProperties) {
 }
 
 pub(super) fn encode_publish(publish: &PublishRef<'_>, v5: &PublishV5<'_>, buf: &mut BytesMut) {
+    if let Some(remaining) = plain_remaining_len(publish, v5) {
+        return put_plain_publish(publish, remaining, buf);
+    }
     packet(buf, publish_first_byte(publish), &|s| {
         publish_body(s, publish, v5)
     });
 }
 
 pub(super) fn encoded_publish_len(publish: &PublishRef<'_>, v5: &PublishV5<'_>) -> usize {
-    let len = measure(&|s| publish_body(s, publish, v5));
+    let len = plain_remaining_len(publish, v5)
+        .unwrap_or_else(|| measure(&|s| publish_body(s, publish, v5)));
     1 + remaining_length_len(len) + len
+}
+
+/// The remaining length of a PUBLISH that carries no property at all (most
+/// messages), which is written without the general writer's measuring
+/// pass: a delivery is the broker's hottest path. `None` otherwise.
+fn plain_remaining_len(publish: &PublishRef<'_>, v5: &PublishV5<'_>) -> Option<usize> {
+    let forwards_nothing = v5.properties.is_none_or(|p| {
+        p.payload_format_indicator.is_none()
+            && p.content_type.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && p.user_properties.is_empty()
+    });
+    let plain = forwards_nothing
+        && v5.message_expiry_interval.is_none()
+        && v5.topic_alias.is_none()
+        && v5.subscription_identifiers.is_empty()
+        && !v5.omit_topic;
+    let id_len = match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
+        _ => 0,
+    };
+    // Topic, packet id, a property length of 0, payload.
+    plain.then(|| 2 + publish.topic.as_str().len() + id_len + 1 + publish.payload.len())
+}
+
+fn put_plain_publish(publish: &PublishRef<'_>, remaining: usize, buf: &mut BytesMut) {
+    buf.reserve(1 + remaining_length_len(remaining) + remaining);
+    buf.put_u8(publish_first_byte(publish));
+    put_remaining_length(buf, remaining);
+    let topic = publish.topic.as_str().as_bytes();
+    buf.put_u16(topic.len().min(usize::from(u16::MAX)) as u16);
+    buf.put_slice(topic);
+    if let (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
+        buf.put_u16(id.get());
+    }
+    buf.put_u8(0);
+    buf.put_slice(publish.payload);
 }
 
 fn ack_props(s: &mut dyn Sink, p: &AckProperties) {
@@ -371,4 +413,47 @@ fn encode_connect_body(s: &mut dyn Sink, connect: &Connect) {
 /// Appends a CONNECT of the version `connect.version` names.
 pub(crate) fn encode_connect(connect: &Connect, buf: &mut BytesMut) {
     packet(buf, 0x10, &|s| encode_connect_body(s, connect));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::TopicName;
+
+    #[test]
+    fn the_plain_publish_fast_path_writes_what_the_general_writer_writes() {
+        let topic = TopicName::new("a/b").unwrap();
+        let empty = PublishProperties::default();
+        for (qos, packet_id) in [
+            (QoS::AtMostOnce, None),
+            (QoS::AtLeastOnce, PacketId::new(7)),
+            (QoS::ExactlyOnce, PacketId::new(65535)),
+        ] {
+            for payload in [&b""[..], b"x", &[9u8; 300][..]] {
+                for properties in [None, Some(&empty)] {
+                    let publish = PublishRef {
+                        dup: qos != QoS::AtMostOnce,
+                        qos,
+                        retain: true,
+                        topic: &topic,
+                        packet_id,
+                        payload,
+                        v5: None,
+                    };
+                    let v5 = PublishV5 {
+                        properties,
+                        ..PublishV5::default()
+                    };
+                    let mut fast = BytesMut::new();
+                    encode_publish(&publish, &v5, &mut fast);
+                    let mut general = BytesMut::new();
+                    packet(&mut general, publish_first_byte(&publish), &|s| {
+                        publish_body(s, &publish, &v5)
+                    });
+                    assert_eq!(fast, general);
+                    assert_eq!(encoded_publish_len(&publish, &v5), general.len());
+                }
+            }
+        }
+    }
 }
