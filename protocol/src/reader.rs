@@ -28,6 +28,11 @@ impl Reader {
         self.body.len()
     }
 
+    /// The next byte, left in place.
+    pub(crate) fn peek_u8(&self) -> Option<u8> {
+        self.body.first().copied()
+    }
+
     pub(crate) fn truncated(&self, field: &str) -> ProtocolError {
         ProtocolError::Malformed {
             packet: self.packet,

@@ -118,18 +118,28 @@ pub(crate) fn publish(
         QoS::AtMostOnce => None,
         _ => Some(packet_id(r)?),
     };
-    let props = properties::read(r, context)?;
+    // Most PUBLISHes carry no property: a zero length is all there is to read.
+    let props = match r.peek_u8() {
+        Some(0) => {
+            r.u8()?;
+            None
+        }
+        _ => Some(properties::read(r, context)?),
+    };
     let payload = r.rest();
     let topic = if topic.is_empty() {
         // [MQTT-3.3.2.3.4]: an empty name stands for the alias's topic.
-        if props.topic_alias.is_none() {
+        if props.as_ref().and_then(|p| p.topic_alias).is_none() {
             return Err(SpecViolation::EmptyTopicWithoutAlias.into());
         }
         TopicName::alias_only()
     } else {
         TopicName::new(topic)?
     };
-    let properties = super::publish_properties(props, &payload)?;
+    let properties = match props {
+        Some(props) => super::publish_properties(props, &payload)?,
+        None => None,
+    };
     Ok(Publish {
         dup,
         qos,

@@ -220,6 +220,11 @@ fn ack_props(s: &mut dyn Sink, p: &AckProperties) {
 /// The reason and the properties are left out when they say nothing
 /// (3.4.2.1): a successful ack is four bytes, as in 3.1.1.
 fn put_ack(buf: &mut BytesMut, first_byte: u8, ack: &Ack) {
+    if ack.reason == ReasonCode::SUCCESS && ack.properties.is_empty() {
+        // The common case, without the general writer's measuring pass.
+        let [hi, lo] = ack.packet_id.get().to_be_bytes();
+        return buf.put_slice(&[first_byte, 2, hi, lo]);
+    }
     packet(buf, first_byte, &|s| {
         s.put(&ack.packet_id.get().to_be_bytes());
         reason_and_block(s, ack.reason, !ack.properties.is_empty(), &|s| {
