@@ -381,7 +381,7 @@ impl Router {
                 // unless MQTT 5's Retain As Published [MQTT-3.3.1-13].
                 retain: found.retain_as_published && message.retain,
                 receipt: None,
-                extra: DeliveryExtra::boxed(found.ids, found.shared),
+                extra: found.extra,
             };
             queued += usize::from(offer(
                 &found.slot,
@@ -411,7 +411,7 @@ impl Router {
             message,
             retain: false,
             receipt: None,
-            extra: DeliveryExtra::boxed(member.id.into_iter().collect(), Some(filter.clone())),
+            extra: DeliveryExtra::boxed(member.id().into_iter().collect(), Some(filter.clone())),
         };
         Metrics::incr(&self.metrics.shared_redelivered);
         self.charge_deliveries(1);
@@ -555,8 +555,10 @@ impl Router {
         known.insert(filter.clone());
         let subscriber = Subscriber {
             options,
-            id,
-            share: shared::is_shared(filter).then(|| filter.clone()),
+            extra: DeliveryExtra::boxed(
+                id.into_iter().collect(),
+                shared::is_shared(filter).then(|| filter.clone()),
+            ),
             slot: Arc::clone(slot),
         };
         Ok(self.subscriptions.insert(filter, client_id, subscriber))
@@ -681,10 +683,10 @@ struct Match {
     address: usize,
     qos: QoS,
     retain_as_published: bool,
-    ids: Vec<u32>,
-    /// The shared subscription that chose this session, if one did.
-    shared: Option<TopicFilter>,
     slot: Arc<SessionSlot>,
+    /// Subscription identifiers, the shared subscription that chose this
+    /// session: `None` for most (and small, as publishes sort these).
+    extra: Option<Box<DeliveryExtra>>,
 }
 
 impl Match {
@@ -693,9 +695,8 @@ impl Match {
             address: Arc::as_ptr(&sub.slot) as usize,
             qos: sub.options.qos,
             retain_as_published: sub.options.retain_as_published,
-            ids: sub.id.into_iter().collect(),
-            shared: sub.share.clone(),
             slot: Arc::clone(&sub.slot),
+            extra: sub.extra.clone(),
         }
     }
 }
@@ -715,11 +716,14 @@ fn merge_overlapping(matches: &mut Vec<Match>) {
             return false;
         }
         kept.retain_as_published |= later.retain_as_published;
-        kept.ids.append(&mut later.ids);
-        // One copy for the session: it answers for the shared subscription
-        // if one chose it.
-        if kept.shared.is_none() {
-            kept.shared = later.shared.take();
+        if let Some(mut more) = later.extra.take() {
+            let extra = kept.extra.get_or_insert_with(Box::default);
+            extra.subscription_ids.append(&mut more.subscription_ids);
+            // One copy for the session: it answers for the shared
+            // subscription if one chose it.
+            if extra.shared.is_none() {
+                extra.shared = more.shared.take();
+            }
         }
         true
     });

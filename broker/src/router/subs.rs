@@ -13,16 +13,25 @@ use tidemq_protocol::{SubscriptionOptions, TopicFilter, TopicName};
 
 use super::shared::{self, Group, Picker};
 use crate::registry::SessionSlot;
-use crate::types::{ClientId, Message};
+use crate::types::{ClientId, DeliveryExtra, Message};
 
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub options: SubscriptionOptions,
-    /// MQTT 5 Subscription Identifier, carried on each delivery.
-    pub id: Option<u32>,
-    /// The whole `$share/{group}/{filter}` of a shared subscription.
-    pub share: Option<TopicFilter>,
     pub slot: Arc<SessionSlot>,
+    /// What few subscriptions have: what each of their deliveries carries
+    /// (the Subscription Identifier, the `$share/{group}/{filter}`). Boxed:
+    /// the trie holds one per subscription, and matching walks them all.
+    pub extra: Option<Box<DeliveryExtra>>,
+}
+
+impl Subscriber {
+    /// The MQTT 5 Subscription Identifier, if it has one.
+    pub fn id(&self) -> Option<u32> {
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.subscription_ids.first().copied())
+    }
 }
 
 /// Topic levels come from clients, so the maps are keyed with a randomly
