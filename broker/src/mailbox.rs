@@ -147,7 +147,7 @@ impl Mailbox {
             let weight = delivery.message.weight();
             let offered = self.decide(&inner, &delivery, weight, limit, receipt.is_some());
             if offered == Offered::Held {
-                delivery.receipt = receipt.cloned();
+                delivery.set_receipt(receipt.cloned());
             }
             let queued = matches!(offered, Offered::Queued | Offered::Held);
             if queued {
@@ -276,7 +276,7 @@ impl Mailbox {
         let mut inner = self.inner();
         inner.online = online;
         if !online {
-            inner.queue.iter_mut().for_each(|d| d.receipt = None);
+            inner.queue.iter_mut().for_each(|d| d.set_receipt(None));
         }
     }
 
@@ -339,7 +339,6 @@ mod tests {
             )),
             qos,
             retain: false,
-            receipt: None,
             extra: None,
         }
     }

@@ -281,16 +281,17 @@ pub struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
-    /// Set only on deliveries held beyond the mailbox's limit.
-    pub receipt: Option<Receipt>,
-    /// Subscription identifiers and the shared subscription it came by;
-    /// `None` for most deliveries.
+    /// The receipt of a delivery held beyond the mailbox's limit,
+    /// subscription identifiers, the shared subscription it came by: `None`
+    /// for most deliveries, so a queued delivery is three words.
     pub extra: Option<Box<DeliveryExtra>>,
 }
 
 /// What few deliveries carry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeliveryExtra {
+    /// Set only on deliveries held beyond the mailbox's limit.
+    pub receipt: Option<Receipt>,
     /// MQTT 5: the identifiers of the subscriptions it matched
     /// [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
@@ -310,6 +311,7 @@ impl DeliveryExtra {
             return None;
         }
         Some(Box::new(DeliveryExtra {
+            receipt: None,
             subscription_ids,
             shared,
         }))
@@ -325,5 +327,19 @@ impl Delivery {
 
     pub fn shared(&self) -> Option<&TopicFilter> {
         self.extra.as_ref().and_then(|extra| extra.shared.as_ref())
+    }
+
+    /// Holds (or with `None`, lets go of) the publisher's receipt.
+    pub fn set_receipt(&mut self, receipt: Option<Receipt>) {
+        match (receipt, self.extra.as_mut()) {
+            (receipt, Some(extra)) => extra.receipt = receipt,
+            (Some(receipt), None) => {
+                self.extra = Some(Box::new(DeliveryExtra {
+                    receipt: Some(receipt),
+                    ..DeliveryExtra::default()
+                }));
+            }
+            (None, None) => {}
+        }
     }
 }

@@ -380,7 +380,6 @@ impl Router {
                 // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0,
                 // unless MQTT 5's Retain As Published [MQTT-3.3.1-13].
                 retain: found.retain_as_published && message.retain,
-                receipt: None,
                 extra: found.extra,
             };
             queued += usize::from(offer(
@@ -410,7 +409,6 @@ impl Router {
             qos: qos.min(member.options.qos),
             message,
             retain: false,
-            receipt: None,
             extra: DeliveryExtra::boxed(member.id().into_iter().collect(), Some(filter.clone())),
         };
         Metrics::incr(&self.metrics.shared_redelivered);
@@ -621,7 +619,6 @@ impl Router {
                 qos: cursor.qos.min(message.qos),
                 message,
                 retain: true,
-                receipt: None,
                 extra: DeliveryExtra::boxed(cursor.subscription_id.into_iter().collect(), None),
             };
             queued += usize::from(offer(slot, delivery, Limit::Waived, None, &self.metrics));

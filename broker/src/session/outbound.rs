@@ -233,7 +233,6 @@ mod tests {
             )),
             qos,
             retain: false,
-            receipt: None,
             extra: None,
         }
     }
