@@ -8,8 +8,9 @@ use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
     decode_packet, encode, Auth, Connect, Framer, Outgoing, Packet, ProtocolVersion, ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::handshake;
 use super::reader::ReadBuffer;
 use super::Context;
 use crate::auth::{AuthExchange, AuthStep, MAX_AUTH_ROUNDS};
@@ -125,16 +126,9 @@ async fn read_auth<S: AsyncRead + Unpin>(
 ) -> Option<Auth> {
     let limits = &ctx.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
-    loop {
-        if let Some(frame) = framer.next_frame(buf.bytes_mut()).ok()? {
-            buf.restart();
-            return match decode_packet(&frame, ProtocolVersion::V5).ok()? {
-                Packet::Auth(auth) => Some(auth),
-                _ => None,
-            };
-        }
-        if !buf.account() || stream.read_buf(buf.bytes_mut()).await.ok()? == 0 {
-            return None;
-        }
+    let frame = handshake::read_frame(stream, buf, framer).await.ok()?;
+    match decode_packet(&frame, ProtocolVersion::V5).ok()? {
+        Packet::Auth(auth) => Some(auth),
+        _ => None,
     }
 }

@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tidemq_protocol::{
-    decode_connect, encode, ConnAck, ConnAckProperties, Connect, Framer, Outgoing, ProtocolError,
-    ProtocolVersion, ReasonCode,
+    decode_connect, encode, ConnAck, ConnAckProperties, Connect, Frame, Framer, Outgoing,
+    ProtocolError, ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -59,7 +59,7 @@ pub struct Accepted {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum HandshakeError {
+pub(super) enum HandshakeError {
     #[error("peer closed before CONNECT")]
     Closed,
     #[error("read failed: {0}")]
@@ -244,10 +244,21 @@ async fn read_connect<S: AsyncRead + Unpin>(
     buf: &mut ReadBuffer,
     framer: Framer,
 ) -> Result<Connect, HandshakeError> {
+    let frame = read_frame(stream, buf, framer).await?;
+    Ok(decode_connect(&frame)?)
+}
+
+/// The next whole packet before CONNACK (the CONNECT, an AUTH), its
+/// partial bytes charged to the memory budget.
+pub(super) async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut ReadBuffer,
+    framer: Framer,
+) -> Result<Frame, HandshakeError> {
     loop {
         if let Some(frame) = framer.next_frame(buf.bytes_mut())? {
             buf.restart();
-            return Ok(decode_connect(&frame)?);
+            return Ok(frame);
         }
         if !buf.account() {
             return Err(HandshakeError::MemoryLimit);

@@ -346,29 +346,12 @@ impl Session {
         packet_id: Option<PacketId>,
         now: Option<Instant>,
     ) {
-        let message = &delivery.message;
-        let mut publish = PublishRef {
-            dup: false,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            topic: &message.topic,
-            packet_id,
-            payload: &message.payload,
-            v5: None,
-        };
-        if let Some(v5) = self.client.v5.as_mut() {
-            let alias = v5.aliases_out.alias_for(&message.topic);
-            publish.v5 = Some(PublishV5 {
-                properties: message.properties(),
-                message_expiry_interval: now.and_then(|now| message.remaining_expiry(now)),
-                topic_alias: match alias {
-                    AliasUse::None => None,
-                    AliasUse::Set(alias) | AliasUse::Known(alias) => Some(alias),
-                },
-                omit_topic: matches!(alias, AliasUse::Known(_)),
-                subscription_identifiers: delivery.subscription_ids(),
-            });
-        }
+        let alias = self
+            .client
+            .v5
+            .as_mut()
+            .map(|v5| v5.aliases_out.alias_for(&delivery.message.topic));
+        let publish = delivery_publish(delivery, packet_id, now, alias);
         encode_publish_ref(&publish, &mut self.out);
     }
 
@@ -392,24 +375,8 @@ impl Session {
         };
         let before = batch.len();
         batch.retain(|delivery| {
-            let message = &delivery.message;
-            let ids = delivery.subscription_ids();
             // Sized with the full topic: an alias can only make it smaller.
-            let publish = PublishRef {
-                dup: false,
-                qos: delivery.qos,
-                retain: delivery.retain,
-                topic: &message.topic,
-                packet_id: PacketId::new(1),
-                payload: &message.payload,
-                v5: Some(PublishV5 {
-                    properties: message.properties(),
-                    message_expiry_interval: now.and_then(|now| message.remaining_expiry(now)),
-                    topic_alias: Some(1),
-                    omit_topic: false,
-                    subscription_identifiers: ids,
-                }),
-            };
+            let publish = delivery_publish(delivery, PacketId::new(1), now, Some(AliasUse::Set(1)));
             encoded_publish_ref_len(&publish) <= max as usize
         });
         let dropped = before - batch.len();
@@ -766,5 +733,36 @@ impl Session {
         if !shared.is_empty() {
             let _ = ctx.router.send(RouterMsg::Redeliver { shared }).await;
         }
+    }
+}
+
+/// The PUBLISH that carries `delivery`: with `alias` (an MQTT 5 client's
+/// connection), also its properties, the expiry it has left (`now` is set
+/// when a message of the batch can expire), its subscription identifiers
+/// and the topic alias.
+fn delivery_publish(
+    delivery: &Delivery,
+    packet_id: Option<PacketId>,
+    now: Option<Instant>,
+    alias: Option<AliasUse>,
+) -> PublishRef<'_> {
+    let message = &delivery.message;
+    PublishRef {
+        dup: false,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: &message.topic,
+        packet_id,
+        payload: &message.payload,
+        v5: alias.map(|alias| PublishV5 {
+            properties: message.properties(),
+            message_expiry_interval: now.and_then(|now| message.remaining_expiry(now)),
+            topic_alias: match alias {
+                AliasUse::None => None,
+                AliasUse::Set(alias) | AliasUse::Known(alias) => Some(alias),
+            },
+            omit_topic: matches!(alias, AliasUse::Known(_)),
+            subscription_identifiers: delivery.subscription_ids(),
+        }),
     }
 }
