@@ -241,6 +241,7 @@ mod tests {
 
     fn gate(edit: impl FnOnce(&mut ListenerSettings)) -> Arc<Gate> {
         let mut settings = Settings::defaults().unwrap();
+        settings.storage.enabled = false;
         edit(&mut settings.listener);
         Arc::new(Gate::new(&settings.listener, Arc::default()))
     }

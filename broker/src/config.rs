@@ -19,6 +19,30 @@ pub struct Settings {
     pub limits: Limits,
     pub sys: SysSettings,
     pub log: LogSettings,
+    pub storage: StorageSettings,
+}
+
+/// `[storage]`: what is kept on disk, where, and when it counts as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub enabled: bool,
+    pub dir: std::path::PathBuf,
+    pub sync: SyncMode,
+    pub batch_max_delay_us: u64,
+    pub max_bytes: u64,
+    pub compact_min_bytes: u64,
+}
+
+/// When a write counts as durable (see `store`): after its own fsync, after
+/// an fsync shared with the writes gathered for up to
+/// `batch_max_delay_us`, or once handed to the OS without an fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Always,
+    Batch,
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +252,18 @@ impl Settings {
         }
         if self.limits.max_inflight > usize::from(u16::MAX) {
             return Err(invalid("limits.max_inflight", "must be at most 65535"));
+        }
+        if self.storage.enabled && self.storage.dir.as_os_str().is_empty() {
+            return Err(invalid("storage.dir", "must name a directory"));
+        }
+        if self.storage.max_bytes < 1024 * 1024 {
+            return Err(invalid("storage.max_bytes", "must be at least 1 MiB"));
+        }
+        if self.storage.batch_max_delay_us > 1_000_000 {
+            return Err(invalid(
+                "storage.batch_max_delay_us",
+                "must be at most 1000000 (one second)",
+            ));
         }
         Ok(())
     }

@@ -253,6 +253,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_get_the_listener_options() {
         let mut settings = Settings::defaults().unwrap();
+        settings.storage.enabled = false;
         settings.listener.tcp_keepalive_secs = 77;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         configure(SockRef::from(&listener), &settings.listener);

@@ -14,6 +14,7 @@ fn tidemq() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidemq"));
     command
         .env_remove("RUST_LOG")
+        .env("TIDEMQ_STORAGE__ENABLED", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command

@@ -32,6 +32,7 @@ pub struct TestBroker {
 /// Default settings, listening on 127.0.0.1 port 0.
 pub fn settings() -> Settings {
     let mut settings = Settings::defaults().unwrap();
+    settings.storage.enabled = false;
     settings.listener.bind = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     // Connections rest after 20 ms of nothing to do, so every test also
     // crosses rests and wake-ups (mail, packets, takeover, keepalive, close).

@@ -368,6 +368,7 @@ fn chunks(rng: &mut Rng, len: usize) -> Vec<usize> {
 
 fn fuzz_context() -> Arc<Context> {
     let mut settings = Settings::defaults().unwrap();
+    settings.storage.enabled = false;
     settings.limits.max_packet_size = MAX_PACKET;
     settings.limits.max_connect_packet_size = 16 * 1024;
     settings.limits.max_queued_messages = 64;

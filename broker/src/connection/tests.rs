@@ -19,6 +19,7 @@ use super::*;
 
 fn context(edit: impl FnOnce(&mut Settings)) -> Arc<Context> {
     let mut settings = Settings::defaults().unwrap();
+    settings.storage.enabled = false;
     edit(&mut settings);
     Context::for_tests(settings)
 }
