@@ -37,6 +37,7 @@ mod registry;
 mod router;
 mod server;
 mod session;
+mod store;
 mod sys;
 mod throttle;
 mod types;

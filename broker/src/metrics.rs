@@ -75,6 +75,15 @@ counters! {
     retained_messages_current: "Retained messages stored now (gauge).",
     retained_bytes_current: "Bytes (topic + payload) of the retained messages stored now (gauge).",
     memory_accounted_bytes: "Bytes counted against `memory_limit_mb` now (gauge).",
+    storage_commits: "Commits written to the store (each one frame, from many connections' writes).",
+    storage_fsyncs: "fsyncs of the store's log (one per commit unless `sync = \"never\"`).",
+    storage_errors: "Failed writes or compactions of the store (retried; acknowledgements wait).",
+    storage_compactions: "Times the store's log was rewritten to its live records.",
+    storage_bytes_current: "Bytes of the store's log on disk now (gauge).",
+    storage_live_bytes_current: "Bytes of live records in the store now, roughly (gauge).",
+    storage_recovered_messages: "Queued messages loaded from the store at start.",
+    dropped_storage_full: "Deliveries to persistent sessions not queued because the store reached `storage.max_bytes`.",
+    retained_refused_storage_full: "Retained messages not stored because the store reached `storage.max_bytes`.",
 }
 
 impl Metrics {
