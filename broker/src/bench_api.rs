@@ -61,6 +61,7 @@ impl RouterBench {
             false,
         ));
         self.router.handle(RouterMsg::Publish {
+            hold: None,
             message,
             receipt: None,
         });

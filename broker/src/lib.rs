@@ -16,6 +16,8 @@
 //! | `metrics`    | counters for every decision the broker makes              |
 //! | `sys`        | publishes the counters under `$SYS/broker/`               |
 //! | `budget`     | the bytes counted against `limits.memory_limit_mb`        |
+//! | `store`      | what survives a restart: the log, group commit, recovery  |
+//! | `recovery`   | the store's content back into registry, router, sessions  |
 //! | `throttle`   | at most one log line a second per kind of refusal         |
 //!
 //! The path of one PUBLISH: publisher socket -> read task -> session task ->
@@ -33,6 +35,7 @@ mod dormitory;
 mod expiry;
 mod mailbox;
 pub mod metrics;
+mod recovery;
 mod registry;
 mod router;
 mod server;

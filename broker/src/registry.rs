@@ -80,6 +80,9 @@ pub struct SessionSlot {
     pub mailbox: Mailbox,
     /// The last owner asked for a persistent session (clean session 0).
     persistent: AtomicBool,
+    /// The store may hold records of this session (its settings were
+    /// written): its end must be written too.
+    stored: AtomicBool,
     /// Set once the mailbox overflowed, so the drop is logged once.
     overflow_logged: AtomicBool,
     /// The router may hold subscriptions of this session (set by the router
@@ -125,6 +128,7 @@ impl SessionSlot {
             client_id,
             mailbox: Mailbox::new(mailbox_limits),
             persistent: AtomicBool::new(false),
+            stored: AtomicBool::new(false),
             overflow_logged: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             ownership: Semaphore::new(1),
@@ -149,6 +153,16 @@ impl SessionSlot {
 
     pub fn set_persistent(&self, persistent: bool) {
         self.persistent.store(persistent, Ordering::Release);
+    }
+
+    pub fn mark_stored(&self) {
+        self.stored.store(true, Ordering::Release);
+    }
+
+    /// Whether the store may hold records of this session, clearing the
+    /// mark.
+    pub fn take_stored(&self) -> bool {
+        self.stored.swap(false, Ordering::AcqRel)
     }
 
     /// `true` the first time the mailbox overflows since the last reset.
@@ -240,6 +254,10 @@ pub struct Expiring {
     pub ownership: Ownership,
     left_by: ConnId,
 }
+
+/// The connection a session recovered from the store last had: none
+/// (connection numbers start at 1).
+const RESTORED: ConnId = ConnId(0);
 
 /// How far away "never" is for a session that does not expire: its
 /// deadline key is still unique, but it is never queued.
@@ -355,11 +373,45 @@ impl Registry {
         expiry: Option<Duration>,
         will: Option<WillTimer>,
     ) {
+        self.offline_since(slot, conn_id, expiry, will, Instant::now());
+    }
+
+    /// Puts back a persistent session the store recovered at start: offline
+    /// since `since`, its state parked, its will (if delayed) pending.
+    pub fn restore(
+        &self,
+        client_id: &ClientId,
+        state: SessionState,
+        expiry: Option<Duration>,
+        will: Option<WillTimer>,
+        since: Instant,
+    ) -> Arc<SessionSlot> {
+        let slot = Arc::new(SessionSlot::new(
+            client_id.clone(),
+            RESTORED,
+            self.mailbox_limits.clone(),
+        ));
+        slot.set_persistent(true);
+        slot.mark_stored();
+        slot.park(state);
+        Metrics::incr(&self.metrics.sessions_current);
+        self.slots.insert(client_id.clone(), Arc::clone(&slot));
+        self.offline_since(&slot, RESTORED, expiry, will, since);
+        slot
+    }
+
+    fn offline_since(
+        &self,
+        slot: &Arc<SessionSlot>,
+        conn_id: ConnId,
+        expiry: Option<Duration>,
+        will: Option<WillTimer>,
+        since: Instant,
+    ) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let at = now
+        let at = since
             .checked_add(expiry.unwrap_or(NEVER))
-            .unwrap_or(now + NEVER);
+            .unwrap_or(since + NEVER);
         let key = DeadlineKey { at, generation };
         let mut claim = lock(&slot.claim);
         if claim.latest != conn_id || claim.offline.is_some() {

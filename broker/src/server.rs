@@ -23,6 +23,7 @@ use crate::config::{ListenerSettings, Settings};
 use crate::connection::{self, Context};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::router;
+use crate::store::Store;
 
 /// Longest pause after a failed accept.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -45,6 +46,19 @@ pub enum StartError {
     },
     #[error("cannot start the dormitory thread: {0}")]
     Dormitory(std::io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl StartError {
+    /// The process exit code for this failure: 2 when the store's files
+    /// are damaged or unreadable (the operator must act), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Store(error) if !error.is_locked() => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl Broker {
@@ -58,6 +72,13 @@ impl Broker {
         settings: Settings,
         authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
     ) -> Result<Broker, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        // Before binding: a second broker on the same directory stops here.
+        let opened = match settings.storage.enabled {
+            true => Some(Store::open(&settings.storage, metrics.clone())?),
+            false => None,
+        };
+        let (store, recovered) = opened.unzip();
         let mut listeners = Vec::new();
         for addr in &settings.listener.bind {
             let listener = TcpListener::bind(addr)
@@ -71,11 +92,11 @@ impl Broker {
             }
             listeners.push(listener);
         }
-        let metrics = Arc::new(Metrics::default());
         let (router, router_task) = router::spawn(
             settings.limits.router_queue,
             metrics.clone(),
             router::RouterLimits::from_settings(&settings),
+            store.clone(),
         );
         let shutdown = CancellationToken::new();
         if let Some(interval) = settings.sys_interval() {
@@ -86,7 +107,11 @@ impl Broker {
         let mut ctx = Context::new(settings, router, metrics, budget, shutdown)
             .map_err(StartError::Dormitory)?;
         ctx.authenticator = authenticator;
+        ctx.store = store.clone();
         let ctx = Arc::new(ctx);
+        if let (Some(store), Some(recovered)) = (&store, recovered) {
+            crate::recovery::restore(&ctx, store, recovered).await;
+        }
         // Session expiry (issue 7): ends with the shutdown token.
         tokio::spawn(crate::expiry::run(ctx.clone()));
         let mut local_addrs = Vec::new();
@@ -150,8 +175,13 @@ impl Broker {
         }
         let metrics = self.ctx.metrics.snapshot();
         info!(?metrics, "stopped");
+        let store = self.ctx.store.clone();
         drop(self.ctx);
         self.router.abort();
+        if let Some(store) = store {
+            // Writes what the last connections left and syncs.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
     }
 }
 

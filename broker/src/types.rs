@@ -64,6 +64,10 @@ pub struct Message {
     /// publisher. Outside `extra`, so a message without properties needs no
     /// allocation for it.
     pub origin: Option<ClientId>,
+    /// Its number in the store once the router wrote it (QoS 1/2 and
+    /// retained messages while `storage.enabled`); 0: not written. Sessions
+    /// name it when they record a delivery sent, released or done.
+    pub stored_id: u64,
 }
 
 /// The MQTT 5 side of a message: its properties (forwarded unchanged to
@@ -109,6 +113,7 @@ impl Message {
             charge: Charge::default(),
             extra: None,
             origin: None,
+            stored_id: 0,
         }
     }
 

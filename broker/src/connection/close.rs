@@ -21,9 +21,19 @@ pub(super) async fn close(client: Client, end: End) {
     } = client;
     report(&end, conn_id, &ownership.slot.client_id, &ctx);
     let mut will_timer = None;
+    let mut pending_will = None;
+    let client_id = ownership.slot.client_id.clone();
     if let (true, Some(will)) = (end.publishes_will(), will) {
         match will_delay(&will, expiry) {
-            Some(delay) => will_timer = Some(delay_will(&ctx, *will, delay)),
+            Some(delay) => {
+                // Once it is published, the session is written without it.
+                let after = ctx
+                    .store
+                    .as_ref()
+                    .map(|_| persist::settings(&client_id, expiry, None, true));
+                pending_will = Some(will.clone());
+                will_timer = Some(delay_will(&ctx, *will, delay, after));
+            }
             None => publish_will(&ctx, *will).await,
         }
     }
@@ -35,6 +45,7 @@ pub(super) async fn close(client: Client, end: End) {
         slot.set_persistent(false);
         ctx.registry.remove(slot, conn_id);
     } else {
+        persist::went_offline(&ctx, &client_id, expiry, pending_will.as_deref());
         slot.park(state);
         // Let go of the slot first, so the expiry task finds it free; a
         // client that claimed it meanwhile keeps it online.
@@ -59,7 +70,15 @@ fn will_delay(will: &LastWill, expiry: Option<Duration>) -> Option<Duration> {
 /// it, which gives the will up; the session expiring first fires it. At most
 /// one per offline session; it holds no reference to the broker, so it ends
 /// with it too.
-fn delay_will(ctx: &Arc<Context>, will: LastWill, delay: Duration) -> WillTimer {
+///
+/// `after`: the session's settings to write once the will is out (with a
+/// store).
+pub(crate) fn delay_will(
+    ctx: &Arc<Context>,
+    will: LastWill,
+    delay: Duration,
+    after: Option<crate::store::StoredSession>,
+) -> WillTimer {
     Metrics::incr(&ctx.metrics.wills_delayed);
     let (timer, fired) = WillTimer::new();
     let weak = Arc::downgrade(ctx);
@@ -72,6 +91,9 @@ fn delay_will(ctx: &Arc<Context>, will: LastWill, delay: Duration) -> WillTimer 
         }
         if let Some(ctx) = weak.upgrade() {
             publish_will(&ctx, will).await;
+            if let (Some(store), Some(after)) = (&ctx.store, after) {
+                store.commit(None, |w| w.record(&crate::store::Record::Session(after)));
+            }
         }
     });
     timer
@@ -87,7 +109,7 @@ pub(crate) async fn forget_session(ctx: &Context, slot: &SessionSlot) {
     Session::discard(ctx, slot, parked).await;
 }
 
-async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
+pub(crate) async fn publish_will(ctx: &Context, will: tidemq_protocol::LastWill) {
     Metrics::incr(&ctx.metrics.wills_published);
     debug!(topic = %will.topic, "publishing will");
     let message = Message::charged(will.topic, will.payload, will.qos, will.retain, &ctx.budget);

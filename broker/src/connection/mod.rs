@@ -45,6 +45,7 @@ mod close;
 mod end;
 mod enhanced_auth;
 mod handshake;
+mod persist;
 mod reader;
 mod rest;
 mod session;
@@ -84,7 +85,7 @@ use crate::throttle::{LogThrottle, Throttles};
 use crate::types::{ClientId, ConnId, Message, MessageExtra};
 
 use close::close;
-pub(crate) use close::forget_session;
+pub(crate) use close::{delay_will, forget_session, publish_will};
 use end::End;
 use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
 use rest::rest;
@@ -110,6 +111,8 @@ pub struct Context {
     pub throttles: Throttles,
     /// The MQTT 5 enhanced authentication method, if one is plugged in.
     pub authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
+    /// Where persistent sessions are kept (`storage.enabled`).
+    pub store: Option<crate::store::Store>,
     pub shutdown: CancellationToken,
     /// Where woken connections are spawned (the dormitory is a plain thread).
     runtime: tokio::runtime::Handle,
@@ -147,6 +150,7 @@ impl Context {
             gate,
             throttles: Throttles::default(),
             authenticator: None,
+            store: None,
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             next_conn_id: AtomicU64::new(1),
@@ -159,7 +163,7 @@ impl Context {
         let metrics = Arc::new(Metrics::default());
         let limits = crate::router::RouterLimits::from_settings(&settings);
         let (router, _task) =
-            crate::router::spawn(settings.limits.router_queue, metrics.clone(), limits);
+            crate::router::spawn(settings.limits.router_queue, metrics.clone(), limits, None);
         let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
         let shutdown = CancellationToken::new();
         let ctx = Context::new(settings, router, metrics, budget, shutdown);
@@ -387,6 +391,7 @@ async fn connect<S: Transport>(
         _admission: admission,
         ctx,
     };
+    persist::connected(&client);
     if handshake::send_connack(&mut stream, &client.ctx, version, connack)
         .await
         .is_err()

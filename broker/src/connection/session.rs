@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tidemq_protocol::{
     encode, encode_publish_ref, encoded_publish_ref_len, Ack, AckProperties, Auth, Disconnect,
     Outgoing, Packet, PacketId, Publish, PublishRef, PublishV5, QoS, ReasonCode, Subscribe,
-    Unsubscribe,
+    SubscriptionOptions, TopicFilter, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -41,6 +41,7 @@ use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::session::SessionState;
+use crate::store::{Record, Store};
 use crate::types::{Delivery, Message, MessageExtra, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
@@ -321,6 +322,7 @@ impl Session {
         let mut ids = std::mem::take(&mut self.ids);
         let outbound = &mut self.client.state.outbound;
         ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
+        self.record_sent(&batch, &ids);
         let mut sent = Ok(());
         for (delivery, packet_id) in batch.iter().zip(&ids) {
             self.encode_delivery(delivery, *packet_id, now);
@@ -336,6 +338,28 @@ impl Session {
         self.batch = batch;
         self.ids = ids;
         sent
+    }
+
+    /// Records the packet ids of stored deliveries about to be sent, so a
+    /// restart resends them with the same ids [MQTT-4.4.0-1]. The PUBLISH
+    /// does not wait for it (see the README's persistence section).
+    fn record_sent(&self, batch: &[Delivery], ids: &[Option<PacketId>]) {
+        let Some(store) = self.store() else { return };
+        let mut sent = batch
+            .iter()
+            .zip(ids)
+            .filter_map(|(delivery, id)| Some((delivery.message.stored_id, (*id)?.get())))
+            .filter(|(stored_id, _)| *stored_id != 0)
+            .peekable();
+        if sent.peek().is_none() {
+            return;
+        }
+        let client = self.client.ownership.slot.client_id.as_str();
+        store.commit(None, |w| {
+            for (stored_id, packet_id) in sent {
+                w.sent(client, stored_id, packet_id);
+            }
+        });
     }
 
     /// Writes one delivery's PUBLISH; for an MQTT 5 client with its
@@ -407,7 +431,7 @@ impl Session {
             Packet::Publish(publish) => self.publish(publish).await,
             Packet::PubAck(ack) => {
                 let acked = self.client.state.outbound.puback(ack.packet_id);
-                Self::acknowledged(acked, "PUBACK");
+                self.record_done(Self::acknowledged(acked, "PUBACK"));
                 self.deliver().await
             }
             Packet::PubRec(ack) => {
@@ -415,12 +439,26 @@ impl Session {
                 if ack.reason.is_failure() {
                     // MQTT 5: the client refused it; the exchange ends here
                     // [MQTT-4.3.3-?] and its window slot is free again.
-                    Self::acknowledged(self.client.state.outbound.puback(id), "PUBREC");
+                    let acked = self.client.state.outbound.puback(id);
+                    self.record_done(Self::acknowledged(acked, "PUBREC"));
                     return self.deliver().await;
                 }
-                Self::acknowledged(self.client.state.outbound.pubrec(id), "PUBREC");
-                // [MQTT-4.3.3-1] answer PUBREC with PUBREL.
-                self.send(Outgoing::PubRel(Ack::new(id))).await
+                let acked = self.client.state.outbound.pubrec(id);
+                let stored_id = Self::acknowledged(acked, "PUBREC");
+                // [MQTT-4.3.3-1] answer PUBREC with PUBREL; once the store
+                // knows, so a restart resends PUBREL rather than the PUBLISH.
+                let pubrel = Outgoing::PubRel(Ack::new(id));
+                match self.store() {
+                    Some(store) if stored_id != 0 => {
+                        let client = &self.client.ownership.slot.client_id;
+                        let (receipt, released) = Receipt::new();
+                        store.commit(Some(&receipt), |w| w.released(client.as_str(), stored_id));
+                        self.acks
+                            .push(pubrel, released)
+                            .map_err(|_| End::TooManyUnacknowledged)
+                    }
+                    _ => self.send(pubrel).await,
+                }
             }
             Packet::PubRel(ack) => {
                 let id = ack.packet_id;
@@ -430,12 +468,25 @@ impl Session {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(Outgoing::PubComp(Ack::with_reason(id, reason)))
-                    .await
+                let pubcomp = Outgoing::PubComp(Ack::with_reason(id, reason));
+                // The id is let go on disk before PUBCOMP tells the client
+                // it may reuse it: a restart must not take its next
+                // message for a resend.
+                match self.store() {
+                    Some(store) if known => {
+                        let client = &self.client.ownership.slot.client_id;
+                        let (receipt, released) = Receipt::new();
+                        store.commit(Some(&receipt), |w| w.unhold(client.as_str(), id.get()));
+                        self.acks
+                            .push(pubcomp, released)
+                            .map_err(|_| End::TooManyUnacknowledged)
+                    }
+                    _ => self.send(pubcomp).await,
+                }
             }
             Packet::PubComp(ack) => {
                 let acked = self.client.state.outbound.pubcomp(ack.packet_id);
-                Self::acknowledged(acked, "PUBCOMP");
+                self.record_done(Self::acknowledged(acked, "PUBCOMP"));
                 self.deliver().await
             }
             Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
@@ -504,12 +555,21 @@ impl Session {
         } = unsubscribe;
         self.client.state.drop_retained_cursors(&filters);
         let client_id = self.client.ownership.slot.client_id.clone();
+        let kept = self.store().map(|_| filters.clone());
         let existed = self
             .client
             .ctx
             .router
-            .unsubscribe(client_id, filters)
+            .unsubscribe(client_id.clone(), filters)
             .await?;
+        if let (Some(store), Some(filters)) = (self.store(), kept) {
+            store.commit(None, |w| {
+                for (filter, _) in filters.into_iter().zip(&existed).filter(|(_, e)| **e) {
+                    let client = client_id.to_string();
+                    w.record(&Record::Unsubscribe { client, filter });
+                }
+            });
+        }
         let codes = existed
             .into_iter()
             .map(|existed| match existed {
@@ -526,10 +586,29 @@ impl Session {
         .await
     }
 
-    fn acknowledged<E: std::fmt::Display>(result: Result<(), E>, kind: &str) {
-        if let Err(error) = result {
+    /// The store id an acknowledgement finished (0: none), after logging
+    /// an acknowledgement of nothing.
+    fn acknowledged<E: std::fmt::Display>(result: Result<u64, E>, kind: &str) -> u64 {
+        result.unwrap_or_else(|error| {
             // Late or duplicate acks happen after a resume; they are harmless.
             debug!(%error, kind, "ignored acknowledgement");
+            0
+        })
+    }
+
+    /// The store, if this session's deliveries are kept in it (a
+    /// persistent session while `storage.enabled`).
+    fn store(&self) -> Option<&Store> {
+        let store = self.client.ctx.store.as_ref()?;
+        self.client.ownership.slot.is_persistent().then_some(store)
+    }
+
+    /// Records that a stored delivery is finished. Nothing waits for it: if
+    /// it is lost in a crash, the delivery is resent after the restart.
+    fn record_done(&self, stored_id: u64) {
+        if let (Some(store), true) = (self.store(), stored_id != 0) {
+            let client = &self.client.ownership.slot.client_id;
+            store.commit(None, |w| w.done(client.as_str(), stored_id));
         }
     }
 
@@ -603,8 +682,18 @@ impl Session {
             None => None,
         };
         if route {
+            // A persistent session's QoS 2 id is kept in the same commit as
+            // the message, so a restart neither loses it nor routes the
+            // resend again [MQTT-4.3.3-2].
+            let hold = match (publish.qos, packet_id, self.store().is_some()) {
+                (QoS::ExactlyOnce, Some(id), true) => {
+                    Some((self.client.ownership.slot.client_id.clone(), id))
+                }
+                _ => None,
+            };
             let message = self.message(publish);
-            self.client.ctx.router.publish(message, receipt).await?;
+            let router = &self.client.ctx.router;
+            router.publish_held(message, receipt, hold).await?;
         }
         Ok(())
     }
@@ -661,6 +750,7 @@ impl Session {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), End> {
         let v5 = self.client.version.is_v5();
+        let kept = self.store().map(|_| subscribe.filters.clone());
         let request = SubscribeRequest {
             filters: subscribe.filters,
             subscription_id: subscribe.subscription_identifier,
@@ -672,6 +762,10 @@ impl Session {
             .router
             .subscribe(self.client.ownership.slot.clone(), request)
             .await?;
+        if let Some(filters) = kept {
+            self.record_subscriptions(filters, &codes, subscribe.subscription_identifier)
+                .await;
+        }
         self.client.state.add_retained_cursors(cursors);
         let mut properties = AckProperties::default();
         let problem_info = self.client.v5.as_ref().is_some_and(|v5| v5.problem_info);
@@ -684,6 +778,34 @@ impl Session {
             properties,
         })
         .await
+    }
+
+    /// Writes a persistent session's new subscriptions and waits until they
+    /// are durable: the SUBACK promises them [MQTT-3.8.4-?], restarts
+    /// included.
+    async fn record_subscriptions(
+        &self,
+        filters: Vec<(TopicFilter, SubscriptionOptions)>,
+        codes: &[ReasonCode],
+        subscription_id: Option<u32>,
+    ) {
+        let Some(store) = self.store() else { return };
+        let client = self.client.ownership.slot.client_id.as_str();
+        let (receipt, durable) = Receipt::new();
+        store.commit(Some(&receipt), |w| {
+            for ((filter, options), code) in filters.into_iter().zip(codes) {
+                if !code.is_failure() {
+                    w.record(&Record::Subscribe {
+                        client: client.to_string(),
+                        filter,
+                        options,
+                        subscription_id,
+                    });
+                }
+            }
+        });
+        drop(receipt);
+        let _ = durable.await;
     }
 
     /// Asks the router for the next batch of a new subscription's retained
@@ -712,6 +834,10 @@ impl Session {
     /// QoS 1/2 messages a shared subscription gave it, queued or not yet
     /// acknowledged (in `state`), go to another member of their group.
     pub async fn discard(ctx: &Context, slot: &SessionSlot, state: Option<SessionState>) {
+        if let (Some(store), true) = (&ctx.store, slot.take_stored()) {
+            let client = slot.client_id.to_string();
+            store.commit(None, |w| w.record(&Record::SessionGone { client }));
+        }
         if !slot.take_subscribed() {
             slot.mailbox.clear();
             return;

@@ -18,6 +18,7 @@
 //! as its mailbox drains). Its limits (`RouterLimits`): subscriptions per
 //! client, topic levels and length of a filter, retained count and bytes.
 
+mod persist;
 mod retain;
 pub mod shared;
 mod subs;
@@ -37,9 +38,11 @@ use crate::config::Settings;
 use crate::mailbox::{Limit, Offered, DELIVERY_COST};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
+use crate::store::Store;
 use crate::throttle::LogThrottle;
 use crate::types::{ClientId, Delivery, DeliveryExtra, Message, Receipt, RetainedCursor};
 
+pub use persist::Hold;
 pub use retain::{Retained, Update};
 pub use subs::{Subscriber, Subscriptions};
 
@@ -50,6 +53,21 @@ pub enum RouterMsg {
         message: Arc<Message>,
         /// Present for QoS 1/2 from a client: gates its acknowledgement.
         receipt: Option<Receipt>,
+        /// A persistent publisher's QoS 2 packet id, written with the
+        /// message.
+        hold: Option<Hold>,
+    },
+    /// A session the store recovered at start: its subscriptions, put back
+    /// without retained messages and without writing them again.
+    Restore {
+        slot: Arc<SessionSlot>,
+        subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<u32>)>,
+        done: oneshot::Sender<()>,
+    },
+    /// Retained messages the store recovered at start.
+    RestoreRetained {
+        messages: Vec<Arc<Message>>,
+        done: oneshot::Sender<()>,
     },
     Subscribe {
         slot: Arc<SessionSlot>,
@@ -108,8 +126,34 @@ impl RouterHandle {
         message: Message,
         receipt: Option<Receipt>,
     ) -> Result<(), RouterGone> {
+        self.publish_held(message, receipt, None).await
+    }
+
+    /// Publishes, writing a persistent publisher's QoS 2 packet id with the
+    /// message (see `persist`).
+    pub async fn publish_held(
+        &self,
+        message: Message,
+        receipt: Option<Receipt>,
+        hold: Option<Hold>,
+    ) -> Result<(), RouterGone> {
         let message = Arc::new(message);
-        self.send(RouterMsg::Publish { message, receipt }).await
+        self.send(RouterMsg::Publish {
+            message,
+            receipt,
+            hold,
+        })
+        .await
+    }
+
+    /// Sends `msg` and waits for its `done` answer (start-up restores).
+    pub async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<T>) -> RouterMsg,
+    ) -> Result<T, RouterGone> {
+        let (done, answer) = oneshot::channel();
+        self.send(msg(done)).await?;
+        answer.await.map_err(|_| RouterGone)
     }
 
     pub async fn subscribe(
@@ -252,10 +296,12 @@ pub fn spawn(
     queue: usize,
     metrics: Arc<Metrics>,
     limits: RouterLimits,
+    store: Option<Store>,
 ) -> (RouterHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(queue);
     let task = tokio::spawn(async move {
         let mut router = Router::new(metrics, limits);
+        router.store = store;
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             for msg in batch.drain(..) {
@@ -285,6 +331,9 @@ pub struct Router {
     /// Charged for queued deliveries; the limit itself is checked where
     /// messages come in, never here.
     budget: Budget,
+    /// Where QoS 1/2 messages for persistent sessions and retained
+    /// messages are written (`storage.enabled`).
+    store: Option<Store>,
 }
 
 impl Router {
@@ -301,12 +350,35 @@ impl Router {
             retained_refused: LogThrottle::default(),
             budget: Budget::new(Arc::clone(&metrics), u64::MAX),
             metrics,
+            store: None,
         }
     }
 
     pub fn handle(&mut self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Publish { message, receipt } => self.publish(&message, receipt.as_ref()),
+            RouterMsg::Publish {
+                message,
+                receipt,
+                hold,
+            } => self.publish(message, receipt.as_ref(), hold),
+            RouterMsg::Restore {
+                slot,
+                subscriptions,
+                done,
+            } => {
+                slot.mark_subscribed();
+                for (filter, options, id) in subscriptions {
+                    let _ = self.subscribe_one(&slot, &filter, options, id, true);
+                }
+                self.count_subscriptions();
+                let _ = done.send(());
+            }
+            RouterMsg::RestoreRetained { messages, done } => {
+                for message in &messages {
+                    self.retain(message);
+                }
+                let _ = done.send(());
+            }
             RouterMsg::Subscribe {
                 slot,
                 request,
@@ -352,14 +424,21 @@ impl Router {
 
     /// Fans a message out: one delivery per client at the highest QoS of its
     /// matching subscriptions, downgraded to the message's QoS; none to its
-    /// publisher's subscriptions with No Local [MQTT-3.8.3-3].
-    fn publish(&mut self, message: &Arc<Message>, receipt: Option<&Receipt>) {
-        if message.retain {
-            self.retain(message);
+    /// publisher's subscriptions with No Local [MQTT-3.8.3-3]. With a store,
+    /// what must survive a restart is written first (see `persist`).
+    fn publish(
+        &mut self,
+        mut message: Arc<Message>,
+        receipt: Option<&Receipt>,
+        hold: Option<Hold>,
+    ) {
+        if let Some(store) = &self.store {
+            persist::number(store, &mut message);
         }
+        let retained = message.retain.then(|| self.retain(&message));
         let scratch = &mut self.scratch;
         self.subscriptions
-            .for_each_delivery(message, &self.picker, |client_id, sub| {
+            .for_each_delivery(&message, &self.picker, |client_id, sub| {
                 if sub.options.no_local && message.published_by(client_id) {
                     return;
                 }
@@ -369,28 +448,49 @@ impl Router {
         if let (Some(receipt), false) = (receipt, scratch.is_empty()) {
             receipt.matched();
         }
+        let full = self.store.as_ref().is_some_and(Store::is_full);
+        if let Some(store) = &self.store {
+            let metrics = &self.metrics;
+            let (scratch, hold) = (&self.scratch, hold.as_ref());
+            persist::write_publish(
+                store, &message, scratch, retained, hold, receipt, full, metrics,
+            );
+        }
         // Charged before any session can take (and release) a delivery.
-        let offered = scratch.len();
+        let offered = self.scratch.len();
         self.charge_deliveries(offered);
         let mut queued = 0;
+        let mut not_kept = Vec::new();
         for found in self.scratch.drain(..) {
+            let kept = self.store.is_some() && persist::is_kept(&found, &message);
+            if kept && full {
+                Metrics::incr(&self.metrics.dropped_storage_full);
+                continue;
+            }
+            let slot = Arc::clone(&found.slot);
             let delivery = Delivery {
-                message: Arc::clone(message),
+                message: Arc::clone(&message),
                 qos: found.qos.min(message.qos),
                 // [MQTT-3.3.1-9]: established subscriptions get RETAIN 0,
                 // unless MQTT 5's Retain As Published [MQTT-3.3.1-13].
                 retain: found.retain_as_published && message.retain,
                 extra: found.extra,
             };
-            queued += usize::from(offer(
-                &found.slot,
-                delivery,
-                Limit::Enforced,
-                receipt,
-                &self.metrics,
-            ));
+            let taken = offer(&slot, delivery, Limit::Enforced, receipt, &self.metrics);
+            queued += usize::from(taken);
+            if kept && !taken {
+                not_kept.push(slot);
+            }
         }
         self.refund_deliveries(offered - queued);
+        if let (Some(store), false) = (&self.store, not_kept.is_empty()) {
+            // Dropped at a full mailbox after all: not to be redelivered.
+            store.commit(None, |w| {
+                for slot in &not_kept {
+                    w.done(slot.client_id.as_str(), message.stored_id);
+                }
+            });
+        }
     }
 
     /// Gives a shared subscription's message to another member of its
@@ -412,6 +512,23 @@ impl Router {
             extra: DeliveryExtra::boxed(member.id().into_iter().collect(), Some(filter.clone())),
         };
         Metrics::incr(&self.metrics.shared_redelivered);
+        if let (Some(store), true) = (&self.store, slot.is_persistent()) {
+            let kept = delivery.message.stored_id != 0 && delivery.qos != QoS::AtMostOnce;
+            if kept {
+                let message = &delivery.message;
+                let (id, qos) = (message.stored_id, delivery.qos);
+                store.commit(None, |w| {
+                    persist::write_message(w, message);
+                    w.queue(
+                        slot.client_id.as_str(),
+                        id,
+                        qos,
+                        false,
+                        delivery.subscription_ids(),
+                    );
+                });
+            }
+        }
         self.charge_deliveries(1);
         if !offer(&slot, delivery, Limit::Enforced, None, &self.metrics) {
             self.refund_deliveries(1);
@@ -438,8 +555,9 @@ impl Router {
 
     /// Stores a retained message within the caps; beyond them it is still
     /// delivered to current subscribers, just not kept.
-    fn retain(&mut self, message: &Arc<Message>) {
-        if self.retained.update(message) == Update::Refused {
+    fn retain(&mut self, message: &Arc<Message>) -> Update {
+        let update = self.retained.update(message);
+        if update == Update::Refused {
             if let Some(suppressed) = self
                 .retained_refused
                 .count(&self.metrics.retained_refused_limit)
@@ -461,6 +579,7 @@ impl Router {
             &self.metrics.retained_bytes_current,
             self.retained.bytes() as u64,
         );
+        update
     }
 
     /// Adds the filters of one SUBSCRIBE. A filter repeated in the packet is
@@ -675,7 +794,7 @@ impl Router {
 
 /// One matching subscription, as a publish gathers them.
 #[derive(Debug)]
-struct Match {
+pub struct Match {
     /// The slot's address: sorts and dedups without hashing.
     address: usize,
     qos: QoS,

@@ -53,6 +53,7 @@ fn drain(slot: &SessionSlot) -> Vec<Delivery> {
 
 fn publish(message: Arc<Message>) -> RouterMsg {
     RouterMsg::Publish {
+        hold: None,
         message,
         receipt: None,
     }
@@ -192,6 +193,7 @@ fn full_mailbox_of_an_online_session_holds_qos1_with_the_receipt() {
     let (receipt, mut released) = crate::types::Receipt::new();
     for _ in 0..3 {
         router.handle(RouterMsg::Publish {
+            hold: None,
             message: message("t", QoS::AtLeastOnce, false, b"x"),
             receipt: Some(receipt.clone()),
         });

@@ -25,6 +25,11 @@ impl Inbound {
         self.awaiting_release.remove(&id)
     }
 
+    /// The ids the store recovered.
+    pub fn restore(&mut self, held: impl IntoIterator<Item = PacketId>) {
+        self.awaiting_release.extend(held);
+    }
+
     /// QoS 2 ids awaiting PUBREL.
     pub fn held(&self) -> usize {
         self.awaiting_release.len()

@@ -7,7 +7,7 @@ mod inbound;
 mod outbound;
 
 pub use inbound::Inbound;
-pub use outbound::Outbound;
+pub use outbound::{Outbound, RestoredInflight};
 
 use tidemq_protocol::TopicFilter;
 

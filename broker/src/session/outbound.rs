@@ -26,7 +26,26 @@ enum Stage {
         /// The shared subscription it came by, if any.
         shared: Option<TopicFilter>,
     },
-    Released,
+    /// PUBREC came; keeps the message's store id for the PUBCOMP.
+    Released { stored_id: u64 },
+}
+
+/// A delivery in flight as the store recovered it.
+#[derive(Debug)]
+pub struct RestoredInflight {
+    pub id: PacketId,
+    pub delivery: Delivery,
+    /// QoS 2 past PUBREC: only its PUBREL is resent.
+    pub released: bool,
+}
+
+impl Stage {
+    fn stored_id(&self) -> u64 {
+        match self {
+            Stage::Unacked { message, .. } => message.stored_id,
+            Stage::Released { stored_id } => *stored_id,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -140,31 +159,61 @@ impl Outbound {
     fn position(&self, id: PacketId, released: bool) -> Result<usize, UnknownPacketId> {
         self.inflight
             .iter()
-            .position(|e| e.id == id && matches!(e.stage, Stage::Released) == released)
+            .position(|e| e.id == id && matches!(e.stage, Stage::Released { .. }) == released)
             .ok_or(UnknownPacketId(id.get()))
     }
 
-    /// PUBACK: a QoS 1 delivery is done.
-    pub fn puback(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+    /// PUBACK: a QoS 1 delivery is done. Returns its message's store id
+    /// (0: not stored).
+    pub fn puback(&mut self, id: PacketId) -> Result<u64, UnknownPacketId> {
         let at = self.position(id, false)?;
-        self.inflight.remove(at);
-        Ok(())
+        Ok(self
+            .inflight
+            .remove(at)
+            .map_or(0, |entry| entry.stage.stored_id()))
     }
 
     /// PUBREC: a QoS 2 delivery moves to `Released`; the caller sends PUBREL.
-    pub fn pubrec(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+    /// Returns the message's store id.
+    pub fn pubrec(&mut self, id: PacketId) -> Result<u64, UnknownPacketId> {
         let at = self.position(id, false)?;
-        if let Some(entry) = self.inflight.get_mut(at) {
-            entry.stage = Stage::Released;
-        }
-        Ok(())
+        let Some(entry) = self.inflight.get_mut(at) else {
+            return Ok(0);
+        };
+        let stored_id = entry.stage.stored_id();
+        entry.stage = Stage::Released { stored_id };
+        Ok(stored_id)
     }
 
-    /// PUBCOMP: a QoS 2 delivery is done.
-    pub fn pubcomp(&mut self, id: PacketId) -> Result<(), UnknownPacketId> {
+    /// PUBCOMP: a QoS 2 delivery is done. Returns its message's store id.
+    pub fn pubcomp(&mut self, id: PacketId) -> Result<u64, UnknownPacketId> {
         let at = self.position(id, true)?;
-        self.inflight.remove(at);
-        Ok(())
+        Ok(self
+            .inflight
+            .remove(at)
+            .map_or(0, |entry| entry.stage.stored_id()))
+    }
+
+    /// Puts back what was in flight when the broker stopped, in sending
+    /// order, with the ids the client knows them by [MQTT-4.4.0-1].
+    pub fn restore(&mut self, restored: Vec<RestoredInflight>) {
+        for entry in restored {
+            let (id, step) = (entry.id, self.steps);
+            self.steps += 1;
+            self.next_id = id.next();
+            let stage = match entry.released {
+                true => Stage::Released {
+                    stored_id: entry.delivery.message.stored_id,
+                },
+                false => Stage::Unacked {
+                    message: entry.delivery.message,
+                    qos: entry.delivery.qos,
+                    retain: entry.delivery.retain,
+                    shared: None,
+                },
+            };
+            self.inflight.push_back(Inflight { id, step, stage });
+        }
     }
 
     /// The unacknowledged QoS 1 messages that came by a shared
@@ -207,7 +256,7 @@ impl Outbound {
                     payload: message.payload.clone(),
                     properties: message.properties().cloned().map(Box::new),
                 }),
-                Stage::Released => Outgoing::PubRel(Ack::new(entry.id)),
+                Stage::Released { .. } => Outgoing::PubRel(Ack::new(entry.id)),
             })
             .collect()
     }

@@ -66,10 +66,15 @@ impl StoreError {
         }
     }
 
-    /// Whether the files themselves are bad (exit code 2), rather than the
-    /// directory being busy or unwritable.
+    /// Whether the files themselves are bad, rather than the directory
+    /// being busy or unwritable.
     pub fn is_corrupt(&self) -> bool {
         matches!(self, StoreError::Corrupt { .. })
+    }
+
+    /// Another broker holds the directory.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Locked { .. })
     }
 }
 

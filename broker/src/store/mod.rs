@@ -44,7 +44,6 @@ mod image;
 mod log;
 mod record;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,7 +56,7 @@ use crate::metrics::Metrics;
 use crate::registry::lock;
 use crate::types::Receipt;
 
-pub use image::{Image, QueueEntry, SessionImage};
+pub use image::{Image, SessionImage};
 pub use log::StoreError;
 pub use record::{Record, StoredMessage, StoredSession, StoredWill, Writer};
 
@@ -370,9 +369,4 @@ pub fn instant_to_unix_ms(at: tokio::time::Instant) -> u64 {
 pub fn unix_ms_to_instant(ms: u64) -> tokio::time::Instant {
     let left = ms.saturating_sub(unix_ms_now());
     tokio::time::Instant::now() + Duration::from_millis(left)
-}
-
-/// The directory's display form for logs.
-pub fn describe(dir: &Path) -> PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }

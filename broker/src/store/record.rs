@@ -265,6 +265,29 @@ impl Writer<'_> {
         self.client_and_id(tag::DONE, client, id);
     }
 
+    pub fn retain(&mut self, topic: &str, id: u64) {
+        self.u8(tag::RETAIN);
+        self.str(topic);
+        self.u64(id);
+    }
+
+    pub fn unretain(&mut self, topic: &str) {
+        self.u8(tag::UNRETAIN);
+        self.str(topic);
+    }
+
+    pub fn hold(&mut self, client: &str, packet_id: u16) {
+        self.u8(tag::HOLD);
+        self.str(client);
+        self.u16(packet_id);
+    }
+
+    pub fn unhold(&mut self, client: &str, packet_id: u16) {
+        self.u8(tag::UNHOLD);
+        self.str(client);
+        self.u16(packet_id);
+    }
+
     pub fn record(&mut self, record: &Record) {
         match record {
             Record::Snapshot => self.u8(tag::SNAPSHOT),
@@ -329,25 +352,10 @@ impl Writer<'_> {
                 self.str(client);
                 self.str(filter.as_str());
             }
-            Record::Hold { client, packet_id } => {
-                self.u8(tag::HOLD);
-                self.str(client);
-                self.u16(*packet_id);
-            }
-            Record::Unhold { client, packet_id } => {
-                self.u8(tag::UNHOLD);
-                self.str(client);
-                self.u16(*packet_id);
-            }
-            Record::Retain { topic, id } => {
-                self.u8(tag::RETAIN);
-                self.str(topic.as_str());
-                self.u64(*id);
-            }
-            Record::Unretain { topic } => {
-                self.u8(tag::UNRETAIN);
-                self.str(topic.as_str());
-            }
+            Record::Hold { client, packet_id } => self.hold(client, *packet_id),
+            Record::Unhold { client, packet_id } => self.unhold(client, *packet_id),
+            Record::Retain { topic, id } => self.retain(topic.as_str(), *id),
+            Record::Unretain { topic } => self.unretain(topic.as_str()),
         }
     }
 }
