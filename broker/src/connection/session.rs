@@ -383,7 +383,13 @@ impl Session {
     /// [MQTT-3.3.2-5]; counted in `messages_expired`.
     fn drop_expired(&self, batch: &mut Vec<Delivery>, now: Instant) {
         let before = batch.len();
-        batch.retain(|delivery| !delivery.message.is_expired(now));
+        batch.retain(|delivery| {
+            let expired = delivery.message.is_expired(now);
+            if expired && delivery.qos != QoS::AtMostOnce {
+                self.record_done(delivery.message.stored_id);
+            }
+            !expired
+        });
         let expired = before - batch.len();
         if expired > 0 {
             Metrics::add(&self.client.ctx.metrics.messages_expired, expired as u64);
@@ -401,7 +407,11 @@ impl Session {
         batch.retain(|delivery| {
             // Sized with the full topic: an alias can only make it smaller.
             let publish = delivery_publish(delivery, PacketId::new(1), now, Some(AliasUse::Set(1)));
-            encoded_publish_ref_len(&publish) <= max as usize
+            let fits = encoded_publish_ref_len(&publish) <= max as usize;
+            if !fits && delivery.qos != QoS::AtMostOnce {
+                self.record_done(delivery.message.stored_id);
+            }
+            fits
         });
         let dropped = before - batch.len();
         if dropped > 0 {
