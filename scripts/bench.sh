@@ -9,9 +9,24 @@
 # A peer that cannot be installed or started is skipped and said so; every
 # step is bounded in time; all traffic stays on 127.0.0.1.
 #
+# Every tidemq run gets a fresh data directory of its own under the script's
+# temporary directory (TIDEMQ_STORAGE__DIR), removed after the run, so runs
+# never see each other's sessions and nothing is written into the repository.
+#
 # Settings (environment):
 #   SCENARIOS   "fanin fanout pairs latency conns"
-#   BROKERS     "tidemq mosquitto rumqttd nats"
+#   BROKERS     "tidemq mosquitto rumqttd nats"; tidemq variants:
+#                 tidemq          the default config (storage on, sync "batch")
+#                 tidemq-off      storage disabled (everything in memory)
+#                 tidemq-batch    storage on, sync "batch"
+#                 tidemq-always   storage on, sync "always"
+#                 tidemq-never    storage on, sync "never"
+#   STORAGE_FANIN=1              the benchmark of issue 9 in one go: unless set
+#                otherwise SCENARIOS=fanin QOS=1 BROKERS="tidemq-off tidemq-batch
+#                tidemq-always nats", and BENCH_ARGS gets "--persistent-subscriber
+#                --publishers 8 --inflight 100" (a clean session 0 subscriber)
+#   BASELINE    the broker the ratios compare with: tidemq, else tidemq-batch,
+#               else the first of BROKERS
 #   DURATION    10s          how long each run publishes (or holds connections)
 #   QOS         "0 1"        QoS levels for the publish/subscribe scenarios
 #   MQTT        "4"          MQTT versions: 4 (3.1.1) and/or 5
@@ -19,10 +34,26 @@
 #   PORT_BASE   21883        first of the six ports used
 #   BENCH_ARGS  ""           extra tidemq-bench options, e.g. "--payload 256"
 #   OUT         target/bench/results-<time>.jsonl   one JSON object per run
+#   SKIP_BUILD=1 use the binaries in target/release as they are
+#
+# Per run the table gives msg/cpu-s (messages received per broker CPU-second,
+# utime+stime from /proc/PID/stat before and after, read by tidemq-bench with
+# --broker-pid) and, for tidemq with storage, fsync/s: the store's fsyncs
+# during the run (the "store closed ... fsyncs=N" line the broker logs at
+# SIGTERM or the storage counters of its "stopped" line, else
+# $SYS/broker/storage_fsyncs read with mosquitto_sub before and after) over
+# the run's time from first publish to last arrival.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 
+STORAGE_FANIN=${STORAGE_FANIN:-0}
+if [ "$STORAGE_FANIN" = 1 ]; then
+    SCENARIOS=${SCENARIOS:-fanin}
+    BROKERS=${BROKERS:-"tidemq-off tidemq-batch tidemq-always nats"}
+    QOS=${QOS:-1}
+    BENCH_ARGS="--persistent-subscriber --publishers 8 --inflight 100${BENCH_ARGS:+ $BENCH_ARGS}"
+fi
 SCENARIOS=${SCENARIOS:-"fanin fanout pairs latency conns"}
 BROKERS=${BROKERS:-"tidemq mosquitto rumqttd nats"}
 DURATION=${DURATION:-10s}
@@ -32,12 +63,28 @@ CONNS=${CONNS:-10000}
 PORT_BASE=${PORT_BASE:-21883}
 BENCH_ARGS=${BENCH_ARGS:-}
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
+SKIP_BUILD=${SKIP_BUILD:-0}
+if [ -z "${BASELINE:-}" ]; then
+    for candidate in tidemq tidemq-batch $BROKERS; do
+        case " $BROKERS " in *" $candidate "*) BASELINE=$candidate; break ;; esac
+    done
+fi
+BASELINE=${BASELINE:-tidemq}
 
 RUMQTTD_VERSION=0.20.0
 # How long a broker may take to listen after it is started, in seconds.
 START_TIMEOUT=15
 # How long a broker may take to exit after SIGTERM before SIGKILL, in seconds.
-STOP_TIMEOUT=5
+# tidemq flushes and closes its store first.
+STOP_TIMEOUT=10
+# tidemq publishes its $SYS counters this often during a run, in seconds, so
+# that the store's counters read after a run are at most this old.
+SYS_INTERVAL=1
+# How long to wait for the store's $SYS counters, in seconds.
+SYS_WAIT=3
+# tidemq's log level in runs: the bench config's "warn", plus the store's
+# info lines ("store recovered", "store closed").
+TIDEMQ_LOG_LEVEL="warn,tidemq::store=info,tidemq::recovery=info,tidemq::server=info"
 
 PORT_TIDEMQ=$PORT_BASE
 PORT_MOSQUITTO=$((PORT_BASE + 1))
@@ -50,6 +97,8 @@ BENCH=target/release/tidemq-bench
 TIDEMQ=target/release/tidemq
 WORK=$(mktemp -d /tmp/tidemq-bench.XXXXXX)
 BROKER_PID=
+# Runs started so far; names each tidemq run's data directory.
+RUN_NUMBER=0
 declare -A SKIP_REASON=()
 NOTES=()
 
@@ -99,7 +148,8 @@ find_program() {
 ensure_peer() {
     local broker=$1
     case $broker in
-        tidemq) return 0 ;;
+        tidemq|tidemq-off|tidemq-batch|tidemq-always|tidemq-never) return 0 ;;
+        tidemq-*) SKIP_REASON[$broker]="unknown tidemq variant (known: tidemq tidemq-off tidemq-batch tidemq-always tidemq-never)" ;;
         mosquitto|nats)
             local pkg=$broker prog=$broker
             [ "$broker" = nats ] && pkg=nats-server prog=nats-server
@@ -140,7 +190,7 @@ render_config() {
 # The MQTT port of a broker for an MQTT version.
 broker_port() {
     case $1 in
-        tidemq) echo "$PORT_TIDEMQ" ;;
+        tidemq*) echo "$PORT_TIDEMQ" ;;
         mosquitto) echo "$PORT_MOSQUITTO" ;;
         rumqttd) if [ "$2" = 5 ]; then echo "$PORT_RUMQTTD_V5"; else echo "$PORT_RUMQTTD_V4"; fi ;;
         nats) echo "$PORT_NATS_MQTT" ;;
@@ -155,14 +205,38 @@ listening() {
     fi
 }
 
+# The storage settings of a tidemq variant, as environment overrides.
+tidemq_storage_env() {
+    case $1 in
+        tidemq) ;; # the default config
+        tidemq-off) echo TIDEMQ_STORAGE__ENABLED=false ;;
+        tidemq-*) echo TIDEMQ_STORAGE__ENABLED=true "TIDEMQ_STORAGE__SYNC=${1#tidemq-}" ;;
+    esac
+}
+
+# Whether a broker of this name keeps a store whose counters are read.
+has_store() {
+    case $1 in tidemq|tidemq-batch|tidemq-always|tidemq-never) return 0 ;; *) return 1 ;; esac
+}
+
+# The data directory of the current tidemq run.
+data_dir() {
+    echo "$WORK/data-$RUN_NUMBER"
+}
+
 # Starts a broker pinned to CPU 0; sets BROKER_PID. Fails if it does not
 # listen within START_TIMEOUT.
 start_broker() {
     local broker=$1 port=$2 logfile="$WORK/$1.log"
+    RUN_NUMBER=$((RUN_NUMBER + 1))
     case $broker in
-        tidemq)
+        tidemq*)
             render_config tidemq.toml "$WORK/tidemq.toml" "$PORT_TIDEMQ"
-            $PIN_BROKER "$TIDEMQ" -c "$WORK/tidemq.toml" >"$logfile" 2>&1 &
+            rm -rf "$(data_dir)"
+            # shellcheck disable=SC2046 # the storage settings are a word list
+            env TIDEMQ_STORAGE__DIR="$(data_dir)" TIDEMQ_SYS__INTERVAL_SECS=$SYS_INTERVAL \
+                TIDEMQ_LOG__LEVEL="$TIDEMQ_LOG_LEVEL" $(tidemq_storage_env "$broker") \
+                $PIN_BROKER "$TIDEMQ" -c "$WORK/tidemq.toml" >"$logfile" 2>&1 &
             ;;
         mosquitto)
             render_config mosquitto.conf "$WORK/mosquitto.conf" "$PORT_MOSQUITTO"
@@ -205,6 +279,51 @@ stop_broker() {
     BROKER_PID=
 }
 
+# "FSYNCS COMMITS" from the store's retained $SYS counters (COMMITS may be
+# "-"), or nothing when the broker has none within SYS_WAIT seconds.
+sys_storage_counters() {
+    command -v mosquitto_sub >/dev/null || return 0
+    timeout $((SYS_WAIT + 2)) mosquitto_sub -h 127.0.0.1 -p "$1" -C 2 -W "$SYS_WAIT" -v \
+        -t '$SYS/broker/storage_fsyncs' -t '$SYS/broker/storage_commits' 2>/dev/null |
+        awk '$1 ~ /storage_fsyncs$/ {f = $2} $1 ~ /storage_commits$/ {c = $2}
+             END {if (f ~ /^[0-9]+$/) print f, (c ~ /^[0-9]+$/ ? c : "-")}'
+}
+
+# "FSYNCS COMMITS" from a stopped tidemq's log: its "store closed" line,
+# else the storage counters of its "stopped metrics=..." line.
+closed_storage_counters() {
+    local plain
+    plain=$(sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null)
+    local closed
+    closed=$(grep 'store closed' <<<"$plain" | tail -n 1 |
+        sed -n 's/.*fsyncs=\([0-9]*\).*commits=\([0-9]*\).*/\1 \2/p')
+    if [ -n "$closed" ]; then
+        echo "$closed"
+        return
+    fi
+    grep ' stopped ' <<<"$plain" | tail -n 1 |
+        sed -n 's/.*storage_commits: \([0-9]*\).*storage_fsyncs: \([0-9]*\).*/\2 \1/p'
+}
+
+# Adds the store's counters to a run's JSON line: the "store closed" totals
+# when the log has them, else the difference of the $SYS counters.
+add_storage_counters() {
+    local json=$1 logfile=$2 before=$3 after=$4 fsyncs= commits=
+    read -r fsyncs commits <<<"$(closed_storage_counters "$logfile")"
+    if [ -z "$fsyncs" ] && [ -n "$before" ] && [ -n "$after" ]; then
+        local f0 c0 f1 c1
+        read -r f0 c0 <<<"$before"
+        read -r f1 c1 <<<"$after"
+        fsyncs=$((f1 - f0))
+        commits=-
+        if [ "$c0" != - ] && [ "$c1" != - ]; then commits=$((c1 - c0)); fi
+    fi
+    [ -n "$fsyncs" ] || return 0
+    local fields="\"storage_fsyncs\":$fsyncs,"
+    [ -n "$commits" ] && [ "$commits" != - ] && fields+="\"storage_commits\":$commits,"
+    sed -i "s/^{/{$fields/" "$json"
+}
+
 # Appends a JSON line for a run that produced none.
 record_failure() {
     printf '{"scenario":"%s","label":"%s","mqtt":%s,"qos":%s,"error":"%s"}\n' "$1" "$2" "$3" "$4" "$5" >>"$OUT"
@@ -224,10 +343,14 @@ else
     NOTES+=("not pinned: needs taskset and 2 CPUs (have $(nproc))")
 fi
 
-log "building tidemq and tidemq-bench (release)"
-if ! cargo build --release -q -p tidemq -p tidemq-bench; then
-    log "build failed"
-    exit 1
+if [ "$SKIP_BUILD" = 1 ]; then
+    log "SKIP_BUILD=1: using $TIDEMQ and $BENCH as built"
+else
+    log "building tidemq and tidemq-bench (release)"
+    if ! cargo build --release -q -p tidemq -p tidemq-bench; then
+        log "build failed"
+        exit 1
+    fi
 fi
 
 for broker in $BROKERS; do
@@ -259,19 +382,33 @@ for scenario in $SCENARIOS; do
                     record_failure "$scenario" "$broker" "$mqtt" "$qos" "broker did not start"
                     continue
                 fi
+                counters_before=
+                if has_store "$broker"; then
+                    counters_before=$(sys_storage_counters "$port")
+                fi
                 # shellcheck disable=SC2086 # BENCH_ARGS and PIN_TOOL are word lists
                 timeout --kill-after=5 "$RUN_LIMIT" $PIN_TOOL "$BENCH" "$scenario" \
                     --port "$port" --qos "$qos" --mqtt "$mqtt" --duration "$DURATION" \
                     --conns "$CONNS" --broker-pid "$BROKER_PID" --label "$broker" --json \
-                    $BENCH_ARGS >>"$OUT"
+                    $BENCH_ARGS >"$WORK/run.json"
                 status=$?
-                if [ $status -ge 124 ]; then
-                    record_failure "$scenario" "$broker" "$mqtt" "$qos" "tidemq-bench exited with $status"
+                counters_after=
+                if [ -n "$counters_before" ]; then
+                    sleep "$SYS_INTERVAL" # the counters of the run's last moments
+                    counters_after=$(sys_storage_counters "$port")
                 fi
                 if ! kill -0 "$BROKER_PID" 2>/dev/null; then
                     NOTES+=("$broker exited during $scenario qos $qos mqtt $mqtt; log tail: $(tail -n 2 "$WORK/$broker.log" | tr '\n' ' ')")
                 fi
                 stop_broker
+                if has_store "$broker"; then
+                    add_storage_counters "$WORK/run.json" "$WORK/$broker.log" "$counters_before" "$counters_after"
+                fi
+                cat "$WORK/run.json" >>"$OUT"
+                if [ $status -ge 124 ]; then
+                    record_failure "$scenario" "$broker" "$mqtt" "$qos" "tidemq-bench exited with $status"
+                fi
+                case $broker in tidemq*) rm -rf "$(data_dir)" ;; esac
             done
         done
     done
@@ -282,8 +419,10 @@ done
 echo
 echo "tidemq-bench: DURATION=$DURATION QOS=\"$QOS\" MQTT=\"$MQTT\" CONNS=$CONNS ${BENCH_ARGS:+BENCH_ARGS=\"$BENCH_ARGS\"}"
 echo "broker pinned with '${PIN_BROKER:-nothing}', load tool with '${PIN_TOOL:-nothing}'; results in $OUT"
+echo "msg/cpu-s: messages received per broker CPU-second (utime+stime over the run);" \
+    "fsync/s: the tidemq store's fsyncs per second of the run (\"-\": no store, or none reported)"
 echo
-"$BENCH" report "$OUT" --baseline tidemq
+"$BENCH" report "$OUT" --baseline "$BASELINE"
 for broker in "${!SKIP_REASON[@]}"; do
     echo "skipped $broker: ${SKIP_REASON[$broker]}"
 done

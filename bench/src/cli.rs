@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 
 /// Messages per second of the latency scenario unless `--rate` says.
 pub const DEFAULT_LATENCY_RATE: f64 = 10_000.0;
+/// Seconds a persistent subscriber's MQTT 5 session outlives its connection
+/// unless `--session-expiry` says: long enough to survive a broker restart.
+pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 3600;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,6 +102,20 @@ pub struct RunArgs {
     /// Total messages per second over all publishers; unlimited unless given (latency: 10000)
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Total messages over all publishers: each stops after its share, or at --duration if sooner
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Subscribers keep a persistent session (clean session 0 / MQTT 5 clean start 0 with
+    /// --session-expiry) under a fixed client id (--subscriber-id), so a broker with storage
+    /// writes their QoS 1/2 messages to disk
+    #[arg(long)]
+    pub persistent_subscriber: bool,
+    /// Client id of a persistent subscriber; with several, the i-th is ID-i
+    #[arg(long, default_value = "bench-sub")]
+    pub subscriber_id: String,
+    /// MQTT 5 Session Expiry Interval of a persistent subscriber, seconds
+    #[arg(long, default_value_t = DEFAULT_SESSION_EXPIRY_SECS)]
+    pub session_expiry: u32,
     /// MQTT keepalive; clients ping when they have sent nothing for this long
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
@@ -245,7 +262,33 @@ mod tests {
             (8, 100, 10_000)
         );
         assert_eq!(args.rate, None);
+        assert_eq!(args.count, None);
+        assert!(!args.persistent_subscriber);
+        assert_eq!(args.subscriber_id, "bench-sub");
+        assert_eq!(args.session_expiry, DEFAULT_SESSION_EXPIRY_SECS);
         assert!(!args.json);
+    }
+
+    #[test]
+    fn persistent_subscriber_and_count_options() {
+        let cli = Cli::try_parse_from([
+            "tidemq-bench",
+            "fanin",
+            "--persistent-subscriber",
+            "--subscriber-id",
+            "soak-sub",
+            "--session-expiry",
+            "60",
+            "--count",
+            "100000",
+        ])
+        .unwrap();
+        let Command::Fanin(args) = cli.command else {
+            panic!("not fanin")
+        };
+        assert!(args.persistent_subscriber);
+        assert_eq!(args.subscriber_id, "soak-sub");
+        assert_eq!((args.session_expiry, args.count), (60, Some(100_000)));
     }
 
     #[test]
@@ -301,6 +344,7 @@ mod tests {
             vec!["tidemq-bench", "fanin", "--mqtt", "3"],
             vec!["tidemq-bench", "fanin", "--inflight", "0"],
             vec!["tidemq-bench", "fanin", "--duration", "soon"],
+            vec!["tidemq-bench", "fanin", "--count", "0"],
             vec!["tidemq-bench", "nope"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");

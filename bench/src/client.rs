@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use crate::error::BenchError;
-use crate::wire::{self, ServerPacket, Version};
+use crate::wire::{self, ServerPacket, SessionMode, Version};
 
 /// Bytes added to the read buffer when it runs low, until the owner asks
 /// for more with [`Client::set_read_chunk`]: small, so that ten thousand
@@ -47,13 +47,14 @@ impl Client {
         addr: SocketAddr,
         version: Version,
         client_id: &str,
+        session: SessionMode,
         keep_alive: Duration,
         max_packet: usize,
         limit: Duration,
     ) -> Result<Client, BenchError> {
         timeout(
             limit,
-            Client::handshake(addr, version, client_id, keep_alive, max_packet),
+            Client::handshake(addr, version, client_id, session, keep_alive, max_packet),
         )
         .await
         .map_err(|_| BenchError::Timeout("CONNACK"))?
@@ -63,6 +64,7 @@ impl Client {
         addr: SocketAddr,
         version: Version,
         client_id: &str,
+        session: SessionMode,
         keep_alive: Duration,
         max_packet: usize,
     ) -> Result<Client, BenchError> {
@@ -78,7 +80,13 @@ impl Client {
             receive_maximum: None,
         };
         let keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
-        wire::encode_connect(&mut client.write_buf, version, client_id, keep_alive);
+        wire::encode_connect(
+            &mut client.write_buf,
+            version,
+            client_id,
+            keep_alive,
+            session,
+        );
         client.flush().await?;
         match client.next_packet_blocking().await? {
             ServerPacket::ConnAck {

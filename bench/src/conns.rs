@@ -24,7 +24,7 @@ use crate::procfs;
 use crate::progress::{self, Counters, Show};
 use crate::report::{ConnsReport, RunReport};
 use crate::scenario::{summarize_errors, Context, JOIN_GRACE, SETUP_TIMEOUT};
-use crate::wire::{self, ServerPacket};
+use crate::wire::{self, ServerPacket, SessionMode};
 
 /// Handshakes in progress at once: enough to keep a broker busy, and no more
 /// than the smallest listen backlog among the brokers compared (mosquitto's
@@ -83,7 +83,16 @@ pub async fn run(ctx: &Context) -> Result<RunReport, BenchError> {
                 let Ok(_permit) = permits.acquire().await else {
                     return held;
                 };
-                Client::connect(addr, version, &id, keep_alive, max_packet, SETUP_TIMEOUT).await
+                Client::connect(
+                    addr,
+                    version,
+                    &id,
+                    SessionMode::Clean,
+                    keep_alive,
+                    max_packet,
+                    SETUP_TIMEOUT,
+                )
+                .await
             };
             match client {
                 Ok(client) => {

@@ -7,7 +7,7 @@
 //! | QoS > 0 and the window is full           | waits for an ack       |
 //! | `--rate` given and the next message is not yet due | waits for its time or an ack |
 //! | otherwise                                | writes the next batch, reads acks without waiting |
-//! | past `deadline`                          | stops publishing, waits for acks until `hard_deadline` |
+//! | past `deadline`, or `limit` messages sent | stops publishing, waits for acks until `hard_deadline` |
 //!
 //! Acks are few and small (at most the window), so writing before reading
 //! cannot deadlock with a broker that writes acks before it reads on.
@@ -44,6 +44,8 @@ pub struct PublisherPlan {
     pub window: usize,
     /// Messages per second for this publisher; `None` is as fast as it can.
     pub rate: Option<f64>,
+    /// Messages to send at most (`--count`); `None` is until `deadline`.
+    pub limit: Option<u64>,
     pub start: Instant,
     /// Stop publishing.
     pub deadline: Instant,
@@ -111,10 +113,13 @@ impl State {
     ) -> Result<(), BenchError> {
         loop {
             let now = Instant::now();
-            if now >= plan.deadline {
+            let left = plan
+                .limit
+                .map_or(u64::MAX, |l| l.saturating_sub(self.result.sent));
+            if now >= plan.deadline || left == 0 {
                 return Ok(());
             }
-            let mut budget = BATCH_MESSAGES;
+            let mut budget = BATCH_MESSAGES.min(left);
             let mut next_due = None;
             if let Some(rate) = plan.rate {
                 let due = (now.duration_since(plan.start).as_secs_f64() * rate) as u64 + 1;

@@ -51,6 +51,16 @@ pub struct RunReport {
     pub broker_rss_kib_after: Option<u64>,
     pub latency_us: Option<Latency>,
     pub conns: Option<ConnsReport>,
+    /// Subscribers kept persistent sessions (`--persistent-subscriber`).
+    pub persistent_subscribers: bool,
+    /// fsyncs and commits of the broker's store during the run, added by
+    /// `scripts/bench.sh` from the broker's `$SYS` counters or its shutdown
+    /// line; absent for a broker without them. Not written by the tool, so
+    /// that the script can add them to the line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_fsyncs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_commits: Option<u64>,
     /// Errors that ended single clients, "N x message".
     pub client_errors: Vec<String>,
     /// Why the run could not be done at all.
@@ -150,6 +160,7 @@ pub fn runs_table(reports: &[RunReport]) -> String {
         "reord",
         "cpu s",
         "msg/cpu-s",
+        "fsync/s",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
@@ -191,6 +202,7 @@ pub fn runs_table(reports: &[RunReport]) -> String {
                 count(r.reordered),
                 opt(r.broker_cpu_s, |v| format!("{v:.2}")),
                 opt(r.msgs_per_cpu_s, si),
+                opt(fsyncs_per_s(r), si),
                 opt(latency.map(|l| l.p50), |v| format!("{v:.0}")),
                 opt(latency.map(|l| l.p99), |v| format!("{v:.0}")),
                 opt(latency.map(|l| l.p999), |v| format!("{v:.0}")),
@@ -203,6 +215,12 @@ pub fn runs_table(reports: &[RunReport]) -> String {
         })
         .collect();
     render(&header, &rows)
+}
+
+/// The store's fsyncs per second of the run (first publish to last arrival).
+fn fsyncs_per_s(r: &RunReport) -> Option<f64> {
+    let fsyncs = r.storage_fsyncs? as f64;
+    (r.elapsed_s > 0.0).then(|| fsyncs / r.elapsed_s)
 }
 
 /// `baseline / other`, or "-" when either is missing or not positive.
@@ -330,11 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn fsyncs_per_second_only_when_counted() {
+        let mut report = run("tidemq-batch", 2.0, 1.0);
+        report.elapsed_s = 4.0;
+        assert_eq!(fsyncs_per_s(&report), None);
+        report.storage_fsyncs = Some(10_000);
+        assert_eq!(fsyncs_per_s(&report), Some(2_500.0));
+        let table = runs_table(&[report]);
+        assert!(table.lines().next().unwrap().contains("fsync/s"), "{table}");
+        assert!(table.lines().nth(2).unwrap().contains("2500"), "{table}");
+    }
+
+    #[test]
     fn json_round_trips_and_tolerates_missing_fields() {
         let report = run("tidemq", 5.0, 1.0);
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<RunReport>(&text).unwrap(), report);
         let sparse: RunReport = serde_json::from_str(r#"{"scenario":"conns"}"#).unwrap();
         assert_eq!(sparse.scenario, "conns");
+        assert!(!text.contains("storage_fsyncs"), "left for bench.sh to add");
+        let added = text.replacen('{', r#"{"storage_fsyncs":7,"storage_commits":9,"#, 1);
+        let added: RunReport = serde_json::from_str(&added).unwrap();
+        assert_eq!(
+            (added.storage_fsyncs, added.storage_commits),
+            (Some(7), Some(9))
+        );
     }
 }

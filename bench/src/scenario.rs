@@ -5,9 +5,11 @@
 //! A run, every step bounded in time:
 //!
 //! 1. resolve the host (loopback only), check the broker pid;
-//! 2. connect and subscribe every subscriber, then connect the publishers
-//!    ([`SETUP_TIMEOUT`] each, [`SETUP_CONCURRENCY`] at once);
-//! 3. sample the broker, start the clock; publishers publish for `--duration`;
+//! 2. connect and subscribe every subscriber (with a persistent session and
+//!    a fixed client id under `--persistent-subscriber`), then connect the
+//!    publishers ([`SETUP_TIMEOUT`] each, [`SETUP_CONCURRENCY`] at once);
+//! 3. sample the broker, start the clock; publishers publish for `--duration`
+//!    or until they sent their share of `--count`;
 //! 4. drain: wait until every expected message arrived, nothing arrived for
 //!    [`DRAIN_IDLE`], or `--drain` passed;
 //! 5. stop the subscribers, sample the broker again, add up.
@@ -34,7 +36,7 @@ use crate::report::{Latency, RunReport};
 use crate::subscriber::{self, SubscriberPlan, SubscriberResult};
 use crate::topology::{topology, Topology};
 use crate::tracker::Counts;
-use crate::wire::Version;
+use crate::wire::{SessionMode, Version};
 
 /// Time for one client to get its CONNACK (and SUBACK).
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +133,9 @@ async fn prepare(scenario: Scenario, args: RunArgs) -> Result<Context, String> {
         Version::V4
     };
     let qos = QoS::from_bits(args.qos).ok_or("--qos must be 0, 1 or 2")?;
+    if scenario == Scenario::Conns && (args.persistent_subscriber || args.count.is_some()) {
+        return Err("conns has no subscribers or messages: --persistent-subscriber and --count do not apply".into());
+    }
     Ok(Context {
         scenario,
         args,
@@ -147,16 +152,48 @@ fn run_id() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
+/// The client id and session of subscriber `index` of `count`: a fresh
+/// clean one per run, or under `--persistent-subscriber` a fixed id
+/// (`--subscriber-id`, then `ID-i` when there are several) so that a later
+/// run or a restarted broker finds the same session.
+pub fn subscriber_identity(
+    args: &RunArgs,
+    run: &str,
+    index: usize,
+    count: usize,
+) -> (String, SessionMode) {
+    if !args.persistent_subscriber {
+        return (format!("tb-{run}-s{index}"), SessionMode::Clean);
+    }
+    let id = if count == 1 {
+        args.subscriber_id.clone()
+    } else {
+        format!("{}-{index}", args.subscriber_id)
+    };
+    let session = SessionMode::Persistent {
+        expiry_secs: args.session_expiry,
+    };
+    (id, session)
+}
+
+/// Messages publisher `index` of `publishers` sends under `--count`: an
+/// even share, the first `count % publishers` one more.
+pub fn publisher_share(count: u64, publishers: usize, index: usize) -> u64 {
+    let publishers = publishers.max(1) as u64;
+    let index = index as u64;
+    count / publishers + u64::from(index < count % publishers)
+}
+
 /// Connects `ids.len()` clients, each subscribing to its filter if it has
 /// one; fails as soon as one fails.
 async fn connect_all(
     ctx: &Context,
-    ids: Vec<(String, Option<TopicFilter>)>,
+    ids: Vec<(String, SessionMode, Option<TopicFilter>)>,
 ) -> Result<Vec<Client>, BenchError> {
     let permits = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut set = JoinSet::new();
     let count = ids.len();
-    for (index, (id, filter)) in ids.into_iter().enumerate() {
+    for (index, (id, session, filter)) in ids.into_iter().enumerate() {
         let permit = permits
             .clone()
             .acquire_owned()
@@ -166,8 +203,16 @@ async fn connect_all(
         let (keep_alive, max_packet) = (ctx.args.keepalive, ctx.max_packet());
         set.spawn(async move {
             let _permit = permit;
-            let mut client =
-                Client::connect(addr, version, &id, keep_alive, max_packet, SETUP_TIMEOUT).await?;
+            let mut client = Client::connect(
+                addr,
+                version,
+                &id,
+                session,
+                keep_alive,
+                max_packet,
+                SETUP_TIMEOUT,
+            )
+            .await?;
             if let Some(filter) = filter {
                 client.subscribe(&filter, qos, SETUP_TIMEOUT).await?;
             }
@@ -186,15 +231,19 @@ async fn connect_all(
 
 async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchError> {
     let run = format!("{:x}", ctx.run_id);
+    let sub_count = topology.subscribers.len();
     let sub_ids = topology
         .subscribers
         .iter()
         .enumerate()
-        .map(|(i, (filter, _))| (format!("tb-{run}-s{i}"), Some(filter.clone())))
+        .map(|(i, (filter, _))| {
+            let (id, session) = subscriber_identity(&ctx.args, &run, i, sub_count);
+            (id, session, Some(filter.clone()))
+        })
         .collect();
     let subscribers = connect_all(ctx, sub_ids).await?;
     let pub_ids = (0..topology.publishers.len())
-        .map(|i| (format!("tb-{run}-p{i}"), None))
+        .map(|i| (format!("tb-{run}-p{i}"), SessionMode::Clean, None))
         .collect();
     let publishers = connect_all(ctx, pub_ids).await?;
 
@@ -246,6 +295,10 @@ async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchErr
             payload: ctx.args.payload,
             window,
             rate: topology.rate_per_publisher,
+            limit: ctx
+                .args
+                .count
+                .map(|count| publisher_share(count, topology.publishers.len(), id)),
             start,
             deadline,
             hard_deadline,
@@ -259,6 +312,7 @@ async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchErr
     for task in pub_tasks {
         published.push(join(task, hard_deadline + JOIN_GRACE).await);
     }
+    let published_at = Instant::now();
     let sent: Vec<u64> = published
         .iter()
         .map(|p| p.as_ref().map_or(0, |p| p.sent))
@@ -276,7 +330,14 @@ async fn pubsub(ctx: &Context, topology: Topology) -> Result<RunReport, BenchErr
         let _ = task.await;
     }
     Ok(summarize(
-        ctx, &topology, start, &sent, published, received, before, after,
+        ctx,
+        &topology,
+        (start, published_at),
+        &sent,
+        published,
+        received,
+        before,
+        after,
     ))
 }
 
@@ -326,7 +387,7 @@ pub fn summarize_errors(errors: impl IntoIterator<Item = String>) -> Vec<String>
 fn summarize(
     ctx: &Context,
     topology: &Topology,
-    start: Instant,
+    (start, published_at): (Instant, Instant),
     sent: &[u64],
     published: Vec<Result<PublisherResult, String>>,
     received: Vec<Result<SubscriberResult, String>>,
@@ -370,14 +431,21 @@ fn summarize(
     report.duplicates = counts.duplicates;
     report.reordered = counts.reordered;
     report.foreign = counts.foreign;
+    // Publishing ends at --duration, or under --count once the publishers
+    // are done (their last acks included) if that is sooner.
+    let publishing = match ctx.args.count {
+        Some(_) => published_at.duration_since(start).min(ctx.args.duration),
+        None => ctx.args.duration,
+    };
     let end = last_arrival
         .unwrap_or_else(Instant::now)
-        .max(start + ctx.args.duration);
+        .max(start + publishing);
     report.elapsed_s = end.duration_since(start).as_secs_f64();
     if report.elapsed_s > 0.0 {
         report.msgs_per_s = report.received as f64 / report.elapsed_s;
-        report.sent_per_s = report.sent as f64 / ctx.args.duration.as_secs_f64().max(1e-9);
+        report.sent_per_s = report.sent as f64 / publishing.as_secs_f64().max(1e-9);
     }
+    report.persistent_subscribers = ctx.args.persistent_subscriber;
     if let (Some(b), Some(a)) = (before, after) {
         let cpu = b.cpu_seconds_until(&a);
         report.broker_cpu_s = Some(cpu);
@@ -399,6 +467,46 @@ fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let mut argv = vec!["tidemq-bench", "fanin"];
+        argv.extend(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Fanin(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn subscribers_are_clean_and_fresh_unless_persistent() {
+        let clean = args(&[]);
+        assert_eq!(
+            subscriber_identity(&clean, "ab", 3, 5),
+            ("tb-ab-s3".into(), SessionMode::Clean)
+        );
+        let persistent = args(&["--persistent-subscriber", "--session-expiry", "90"]);
+        let session = SessionMode::Persistent { expiry_secs: 90 };
+        assert_eq!(
+            subscriber_identity(&persistent, "ab", 0, 1),
+            ("bench-sub".into(), session)
+        );
+        assert_eq!(
+            subscriber_identity(&persistent, "cd", 2, 3),
+            ("bench-sub-2".into(), session),
+            "fixed across runs, distinct among subscribers"
+        );
+    }
+
+    #[test]
+    fn count_is_shared_out_evenly() {
+        let shares: Vec<u64> = (0..8).map(|i| publisher_share(100_000, 8, i)).collect();
+        assert!(shares.iter().all(|s| *s == 12_500));
+        let shares: Vec<u64> = (0..3).map(|i| publisher_share(10, 3, i)).collect();
+        assert_eq!(shares, vec![4, 3, 3]);
+        assert_eq!(publisher_share(2, 4, 3), 0);
+        assert_eq!(publisher_share(5, 0, 0), 5);
+    }
 
     #[test]
     fn errors_are_counted_by_kind() {

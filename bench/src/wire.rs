@@ -1,17 +1,18 @@
 //! The client side of the wire: client packets into a write buffer, server
 //! packets out of a [`Frame`], for MQTT 3.1.1 and 5.
 //!
-//! MQTT 3.1.1 client packets other than CONNECT go through the protocol
-//! crate's `encode_packet`, the same encoder the broker's tests use. MQTT 5
-//! differs for the packets this tool sends only by an empty property block
-//! (CONNECT, SUBSCRIBE, PUBLISH); its acks with reason "success" and no
-//! properties have the 3.1.1 form [MQTT-3.4.2.1]. Server packets are parsed
+//! CONNECT (both versions) and the other MQTT 3.1.1 client packets go
+//! through the protocol crate's `encode_connect` and `encode_packet`, the
+//! same encoders the broker's tests use. For SUBSCRIBE and PUBLISH, MQTT 5
+//! differs only by an empty property block, written here; its acks with
+//! reason "success" and no properties have the 3.1.1 form [MQTT-3.4.2.1]. Server packets are parsed
 //! here (the protocol crate decodes client packets) with no allocation for
 //! PUBLISH and acks: the payload is a slice of the frame. Pure code.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tidemq_protocol::{
-    encode_packet, Frame, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter,
+    encode_packet, Connect, ConnectProperties, Frame, Packet, PacketId, ProtocolVersion, Publish,
+    QoS, TopicFilter,
 };
 
 /// The protocol level this tool speaks.
@@ -88,21 +89,51 @@ pub struct Ack {
     pub reason: u8,
 }
 
-/// Appends a CONNECT with a clean session / clean start and no will, user
-/// name or password.
-pub fn encode_connect(buf: &mut BytesMut, version: Version, client_id: &str, keep_alive: u16) {
-    let id = client_id.as_bytes();
-    let properties = if version == Version::V5 { 1 } else { 0 };
-    // protocol name (6), level (1), flags (1), keep alive (2), client id
-    let remaining = 10 + properties + 2 + id.len();
-    buf.put_u8(0x10);
-    tidemq_protocol::put_remaining_length(buf, remaining);
-    buf.put_slice(&[0, 4, b'M', b'Q', b'T', b'T', version.level(), 0x02]);
-    buf.put_u16(keep_alive);
-    if version == Version::V5 {
-        buf.put_u8(0); // no properties
-    }
-    put_string(buf, id);
+/// Whether the broker keeps a client's session after its connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Clean Session 1 (3.1.1) / Clean Start 1 with no Session Expiry
+    /// Interval (5): the session ends with the connection.
+    Clean,
+    /// Clean Session 0 / Clean Start 0: the broker resumes the session of
+    /// this client id and keeps it after a disconnect. MQTT 5 sends
+    /// `expiry_secs` as the Session Expiry Interval [MQTT-3.1.2-23]; 3.1.1
+    /// has no such field and the broker's own session expiry applies.
+    Persistent { expiry_secs: u32 },
+}
+
+/// Appends a CONNECT with no will, user name or password, written by the
+/// protocol crate's encoder.
+pub fn encode_connect(
+    buf: &mut BytesMut,
+    version: Version,
+    client_id: &str,
+    keep_alive: u16,
+    session: SessionMode,
+) {
+    let (clean_session, session_expiry_interval) = match session {
+        SessionMode::Clean => (true, None),
+        SessionMode::Persistent { expiry_secs } => {
+            (false, (version == Version::V5).then_some(expiry_secs))
+        }
+    };
+    let connect = Connect {
+        version: match version {
+            Version::V4 => ProtocolVersion::V311,
+            Version::V5 => ProtocolVersion::V5,
+        },
+        client_id: client_id.to_owned(),
+        clean_session,
+        keep_alive,
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties {
+            session_expiry_interval,
+            ..ConnectProperties::default()
+        },
+    };
+    tidemq_protocol::encode_connect(&connect, buf);
 }
 
 /// Appends a SUBSCRIBE for one filter.

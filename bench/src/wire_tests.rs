@@ -31,7 +31,7 @@ fn publish(qos: QoS, id: Option<u16>) -> Publish {
 #[test]
 fn connect_v4_reads_back_in_mqttbytes() {
     let mut buf = BytesMut::new();
-    encode_connect(&mut buf, Version::V4, "tb-1-sub0", 30);
+    encode_connect(&mut buf, Version::V4, "tb-1-sub0", 30, SessionMode::Clean);
     match v4::read(&mut buf, MAX).unwrap() {
         v4::Packet::Connect(c) => {
             assert_eq!(c.client_id, "tb-1-sub0");
@@ -46,13 +46,50 @@ fn connect_v4_reads_back_in_mqttbytes() {
 #[test]
 fn connect_v5_reads_back_in_mqttbytes() {
     let mut buf = BytesMut::new();
-    encode_connect(&mut buf, Version::V5, "tb-1-pub3", 60);
+    encode_connect(&mut buf, Version::V5, "tb-1-pub3", 60, SessionMode::Clean);
     match v5::read(&mut buf, MAX).unwrap() {
         v5::Packet::Connect(c) => {
             assert_eq!(c.client_id, "tb-1-pub3");
             assert_eq!(c.keep_alive, 60);
             assert!(c.clean_session);
             assert_eq!(c.protocol, mqttbytes::Protocol::V5);
+            let expiry = c.properties.and_then(|p| p.session_expiry_interval);
+            assert_eq!(expiry, None, "a clean session has no expiry");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn persistent_connect_v4_clears_clean_session() {
+    let mut buf = BytesMut::new();
+    let session = SessionMode::Persistent { expiry_secs: 3600 };
+    encode_connect(&mut buf, Version::V4, "bench-sub", 30, session);
+    match v4::read(&mut buf, MAX).unwrap() {
+        v4::Packet::Connect(c) => {
+            assert_eq!(c.client_id, "bench-sub");
+            assert!(!c.clean_session, "clean session 0 [MQTT-3.1.2-4]");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(buf.is_empty(), "3.1.1 has no properties to write");
+}
+
+#[test]
+fn persistent_connect_v5_clears_clean_start_and_sends_session_expiry() {
+    let mut buf = BytesMut::new();
+    let session = SessionMode::Persistent { expiry_secs: 3600 };
+    encode_connect(&mut buf, Version::V5, "bench-sub", 30, session);
+    match v5::read(&mut buf, MAX).unwrap() {
+        v5::Packet::Connect(c) => {
+            assert_eq!(c.client_id, "bench-sub");
+            assert!(!c.clean_session, "clean start 0 [MQTT-3.1.2-5]");
+            let expiry = c.properties.and_then(|p| p.session_expiry_interval);
+            assert_eq!(
+                expiry,
+                Some(3600),
+                "Session Expiry Interval [MQTT-3.1.2-23]"
+            );
         }
         other => panic!("{other:?}"),
     }

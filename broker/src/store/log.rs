@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(replayed.frames, 2);
         assert!(replayed.torn_bytes > 0);
         assert_eq!(replayed.image.sessions["c"].queue.len(), 2);
-        assert!(replayed.image.messages.get(&3).is_none());
+        assert!(!replayed.image.messages.contains_key(&3));
         assert_eq!(log.len, fs::metadata(&path).unwrap().len());
     }
 
