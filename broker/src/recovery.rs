@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::router::RouterMsg;
 use crate::session::{RestoredInflight, SessionState};
 use crate::store::{
-    unix_ms_now, unix_ms_to_instant, Image, Recovered, SessionImage, Store, StoredMessage,
-    StoredSession, StoredWill,
+    unix_ms_now, unix_ms_to_instant, Image, Reader, Record, Recovered, SessionImage, Store,
+    StoredMessage, StoredSession, StoredWill,
 };
 use crate::types::{ClientId, Delivery, DeliveryExtra, Message, MessageExtra};
 
@@ -102,7 +102,11 @@ impl Messages {
             stored: image
                 .messages
                 .iter()
-                .map(|(id, (message, _))| (*id, message.clone()))
+                .filter_map(|(id, (raw, _))| match Reader::new(raw.clone()).record() {
+                    Ok(Record::Message(message)) => Some((*id, message)),
+                    // Validated when the log was replayed.
+                    _ => None,
+                })
                 .collect(),
             built: HashMap::new(),
             now_ms: unix_ms_now(),

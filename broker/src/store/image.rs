@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bytes::Bytes;
+use foldhash::fast::RandomState;
 use tidemq_protocol::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 
-use super::record::{Record, StoredMessage, StoredSession, Writer};
+use super::record::{tag, BadRecord, Reader, Record, StoredSession, Writer};
 
 /// One delivery queued for a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +40,11 @@ pub struct SessionImage {
 
 #[derive(Debug, Default, Clone)]
 pub struct Image {
-    /// Message id -> the message and how many references it has.
-    pub messages: HashMap<u64, (StoredMessage, u32)>,
-    pub sessions: HashMap<String, SessionImage>,
-    pub retained: HashMap<TopicName, u64>,
+    /// Message id -> the message's record (its bytes, decoded only at
+    /// start) and how many references it has.
+    pub messages: HashMap<u64, (Bytes, u32), RandomState>,
+    pub sessions: HashMap<String, SessionImage, RandomState>,
+    pub retained: HashMap<TopicName, u64, RandomState>,
     /// The highest message id seen: new ones are numbered after it.
     pub last_message_id: u64,
     /// Bytes of payload and topic held, to tell when compaction pays.
@@ -54,14 +57,95 @@ pub struct Image {
 const RECORD_OVERHEAD: u64 = 24;
 
 impl Image {
+    /// Applies the reader's next record. `validate` decodes every field
+    /// (replaying a file); without it the frequent records are read without
+    /// copies (the store thread, re-reading what it just wrote).
+    pub fn apply_next(&mut self, reader: &mut Reader, validate: bool) -> Result<(), BadRecord> {
+        match reader.peek_tag() {
+            Some(tag::MESSAGE) => {
+                let (id, raw) = reader.message_raw(validate)?;
+                self.add_message(id, raw);
+            }
+            Some(tag::QUEUE | tag::SENT | tag::RELEASED | tag::DONE) => {
+                let entry = reader.entry()?;
+                let client = reader.client(&entry);
+                let (tag, id) = (entry.tag, entry.id);
+                match tag {
+                    tag::QUEUE => {
+                        let queued = QueueEntry {
+                            qos: entry.qos,
+                            retain: entry.retain,
+                            subscription_ids: entry.subscription_ids,
+                            packet_id: None,
+                            released: false,
+                        };
+                        self.queue(client, id, queued);
+                    }
+                    tag::SENT => {
+                        if let Some(queued) = self.entry(client, id) {
+                            queued.packet_id = Some(entry.packet_id);
+                        }
+                    }
+                    tag::RELEASED => {
+                        if let Some(queued) = self.entry(client, id) {
+                            queued.released = true;
+                        }
+                    }
+                    _ => self.done(client, id),
+                }
+            }
+            _ => self.apply(reader.record()?),
+        }
+        Ok(())
+    }
+
+    fn add_message(&mut self, id: u64, raw: Bytes) {
+        self.last_message_id = self.last_message_id.max(id);
+        if let std::collections::hash_map::Entry::Vacant(vacant) = self.messages.entry(id) {
+            self.live_bytes += raw.len() as u64;
+            self.fresh.push(id);
+            vacant.insert((raw, 0));
+        }
+    }
+
+    fn queue(&mut self, client: &str, id: u64, entry: QueueEntry) {
+        if !self.refer(id) {
+            return;
+        }
+        self.live_bytes += RECORD_OVERHEAD + client.len() as u64;
+        let session = match self.sessions.get_mut(client) {
+            Some(session) => session,
+            None => self.sessions.entry(client.to_string()).or_default(),
+        };
+        if session.queue.insert(id, entry).is_some() {
+            // Queued twice (cannot happen): keep one reference.
+            self.live_bytes = self
+                .live_bytes
+                .saturating_sub(RECORD_OVERHEAD + client.len() as u64);
+            self.unrefer(id);
+        }
+    }
+
+    fn done(&mut self, client: &str, id: u64) {
+        let removed = self
+            .sessions
+            .get_mut(client)
+            .and_then(|session| session.queue.remove(&id));
+        if removed.is_some() {
+            self.live_bytes = self
+                .live_bytes
+                .saturating_sub(RECORD_OVERHEAD + client.len() as u64);
+            self.unrefer(id);
+        }
+    }
+
     pub fn apply(&mut self, record: Record) {
         match record {
             Record::Snapshot => *self = Image::default(),
             Record::Message(message) => {
-                self.last_message_id = self.last_message_id.max(message.id);
-                self.live_bytes += message_size(&message);
-                self.fresh.push(message.id);
-                self.messages.entry(message.id).or_insert((message, 0));
+                let mut raw = Vec::new();
+                Writer(&mut raw).record(&Record::Message(message.clone()));
+                self.add_message(message.id, Bytes::from(raw));
             }
             Record::Queue {
                 client,
@@ -70,10 +154,6 @@ impl Image {
                 retain,
                 subscription_ids,
             } => {
-                if !self.refer(id) {
-                    return;
-                }
-                self.live_bytes += RECORD_OVERHEAD + client.len() as u64;
                 let entry = QueueEntry {
                     qos,
                     retain,
@@ -81,12 +161,7 @@ impl Image {
                     packet_id: None,
                     released: false,
                 };
-                let session = self.sessions.entry(client).or_default();
-                if let Some(old) = session.queue.insert(id, entry) {
-                    // Queued twice (cannot happen): keep one reference.
-                    drop(old);
-                    self.unrefer(id);
-                }
+                self.queue(&client, id, entry);
             }
             Record::Sent {
                 client,
@@ -102,18 +177,7 @@ impl Image {
                     entry.released = true;
                 }
             }
-            Record::Done { client, id } => {
-                let removed = self
-                    .sessions
-                    .get_mut(&client)
-                    .and_then(|session| session.queue.remove(&id));
-                if removed.is_some() {
-                    self.live_bytes = self
-                        .live_bytes
-                        .saturating_sub(RECORD_OVERHEAD + client.len() as u64);
-                    self.unrefer(id);
-                }
-            }
+            Record::Done { client, id } => self.done(&client, id),
             Record::Session(settings) => {
                 let client = settings.client_id.clone();
                 self.sessions.entry(client).or_default().settings = Some(settings);
@@ -196,8 +260,8 @@ impl Image {
             None => false,
         };
         if gone {
-            if let Some((message, _)) = self.messages.remove(&id) {
-                self.live_bytes = self.live_bytes.saturating_sub(message_size(&message));
+            if let Some((raw, _)) = self.messages.remove(&id) {
+                self.live_bytes = self.live_bytes.saturating_sub(raw.len() as u64);
             }
         }
     }
@@ -209,8 +273,8 @@ impl Image {
         for id in std::mem::take(&mut self.fresh) {
             let unreferenced = self.messages.get(&id).is_some_and(|(_, refs)| *refs == 0);
             if unreferenced {
-                if let Some((message, _)) = self.messages.remove(&id) {
-                    self.live_bytes = self.live_bytes.saturating_sub(message_size(&message));
+                if let Some((raw, _)) = self.messages.remove(&id) {
+                    self.live_bytes = self.live_bytes.saturating_sub(raw.len() as u64);
                 }
             }
         }
@@ -224,8 +288,8 @@ impl Image {
         let mut ids: Vec<&u64> = self.messages.keys().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some((message, _)) = self.messages.get(id) {
-                w.record(&Record::Message(message.clone()));
+            if let Some((raw, _)) = self.messages.get(id) {
+                w.0.extend_from_slice(raw);
             }
         }
         for (client, session) in &self.sessions {
@@ -282,16 +346,13 @@ fn write_entry(w: &mut Writer<'_>, client: &str, id: u64, entry: &QueueEntry) {
     }
 }
 
-fn message_size(message: &StoredMessage) -> u64 {
-    (message.topic.as_str().len() + message.payload.len()) as u64 + RECORD_OVERHEAD
-}
 
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::record::Reader;
+    use crate::store::record::StoredMessage;
 
     fn message(id: u64) -> Record {
         Record::Message(StoredMessage {
@@ -332,6 +393,41 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_reads_what_the_full_decoder_reads() {
+        let mut records = Vec::new();
+        let mut w = Writer(&mut records);
+        for record in [
+            message(1),
+            queue("a", 1),
+            Record::Sent {
+                client: "a".into(),
+                id: 1,
+                packet_id: 3,
+            },
+            message(2),
+            queue("a", 2),
+            Record::Done {
+                client: "a".into(),
+                id: 2,
+            },
+        ] {
+            w.record(&record);
+        }
+        let (mut fast, mut full) = (Image::default(), Image::default());
+        let mut reader = Reader::new(Bytes::from(records.clone()));
+        while !reader.is_empty() {
+            fast.apply_next(&mut reader, false).unwrap();
+        }
+        let mut reader = Reader::new(Bytes::from(records));
+        while !reader.is_empty() {
+            full.apply(reader.record().unwrap());
+        }
+        assert_eq!(fast.messages, full.messages);
+        assert_eq!(fast.sessions["a"].queue, full.sessions["a"].queue);
+        assert_eq!(fast.live_bytes, full.live_bytes);
+    }
+
+    #[test]
     fn a_snapshot_replays_to_the_same_image() {
         let mut image = Image::default();
         image.apply(message(1));
@@ -360,7 +456,7 @@ mod tests {
         let mut copy = Image::default();
         let mut reader = Reader::new(Bytes::from(out));
         while !reader.is_empty() {
-            copy.apply(reader.record().unwrap());
+            copy.apply_next(&mut reader, true).unwrap();
         }
         assert_eq!(copy.messages.len(), 2);
         assert_eq!(copy.messages[&2].1, 2, "queued and retained");

@@ -355,10 +355,9 @@ fn replay(dir: &Path, number: u64, last: bool, out: &mut Replayed) -> Result<(),
         let mut reader = Reader::new(bytes.slice(start..start + records.len()));
         while !reader.is_empty() {
             let offset = start + reader.position();
-            let record = reader
-                .record()
+            out.image
+                .apply_next(&mut reader, true)
                 .map_err(|bad| corrupt(offset, bad.to_string()))?;
-            out.image.apply(record);
         }
         out.frames += 1;
         at = start + records.len();

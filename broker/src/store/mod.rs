@@ -58,10 +58,9 @@ use crate::types::Receipt;
 
 pub use image::{Image, SessionImage};
 pub use log::StoreError;
-pub use record::{Record, StoredMessage, StoredSession, StoredWill, Writer};
+pub use record::{Reader, Record, StoredMessage, StoredSession, StoredWill, Writer};
 
 use log::{put_frame, Log};
-use record::Reader;
 
 /// The writers' side of the store; cheap to clone.
 #[derive(Debug, Clone)]
@@ -287,8 +286,8 @@ impl StoreThread {
     fn apply(&mut self, records: &[u8]) {
         let mut reader = Reader::new(Bytes::copy_from_slice(records));
         while !reader.is_empty() {
-            match reader.record() {
-                Ok(record) => self.image.apply(record),
+            match self.image.apply_next(&mut reader, false) {
+                Ok(()) => {}
                 Err(bad) => {
                     error!(error = %bad, "store: a record just written does not read back");
                     break;

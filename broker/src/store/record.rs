@@ -123,7 +123,7 @@ pub enum Record {
     },
 }
 
-mod tag {
+pub mod tag {
     pub const SNAPSHOT: u8 = 0;
     pub const MESSAGE: u8 = 1;
     pub const QUEUE: u8 = 2;
@@ -138,6 +138,18 @@ mod tag {
     pub const UNHOLD: u8 = 11;
     pub const RETAIN: u8 = 12;
     pub const UNRETAIN: u8 = 13;
+}
+
+/// A queue-entry record, its client id left in the reader's buffer.
+#[derive(Debug)]
+pub struct Entry {
+    pub tag: u8,
+    client: std::ops::Range<usize>,
+    pub id: u64,
+    pub packet_id: u16,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
 }
 
 /// Appends records to a buffer.
@@ -510,6 +522,101 @@ impl Reader {
             content_type,
             ..PublishProperties::default()
         })))
+    }
+
+    /// The tag of the next record.
+    pub fn peek_tag(&self) -> Option<u8> {
+        self.buf.get(self.at).copied()
+    }
+
+    /// A message record as its bytes (copied), with its id. `validate`
+    /// decodes it fully (recovery: a bad record is corruption); without, it
+    /// is only measured (the store thread, re-reading what it just wrote).
+    pub fn message_raw(&mut self, validate: bool) -> Read<(u64, Bytes)> {
+        let start = self.at;
+        let id = if validate {
+            match self.record()? {
+                Record::Message(message) => message.id,
+                _ => return Err(BadRecord("not a message")),
+            }
+        } else {
+            self.skip_message()?
+        };
+        let raw = self.buf.get(start..self.at).ok_or(BadRecord("truncated"))?;
+        Ok((id, Bytes::copy_from_slice(raw)))
+    }
+
+    fn skip_bytes(&mut self) -> Read<()> {
+        let len = self.u32()? as usize;
+        self.take(len).map(|_| ())
+    }
+
+    fn skip_message(&mut self) -> Read<u64> {
+        if self.u8()? != tag::MESSAGE {
+            return Err(BadRecord("not a message"));
+        }
+        let id = self.u64()?;
+        self.skip_bytes()?; // topic
+        self.skip_bytes()?; // payload
+        self.u8()?;
+        self.opt_u64()?;
+        if self.flag()? {
+            self.opt_u32()?;
+            if self.flag()? {
+                self.skip_bytes()?;
+            }
+            if self.flag()? {
+                self.skip_bytes()?;
+            }
+            for _ in 0..self.u32()? {
+                self.skip_bytes()?;
+                self.skip_bytes()?;
+            }
+            if self.flag()? {
+                self.skip_bytes()?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// A queue-entry record (queue, sent, released, done) read without
+    /// copying its client id: the store thread's most frequent records.
+    pub fn entry(&mut self) -> Read<Entry> {
+        let tag = self.u8()?;
+        let len = self.u32()? as usize;
+        let start = self.at;
+        let raw = self.take(len)?;
+        std::str::from_utf8(raw).map_err(|_| BadRecord("utf-8"))?;
+        let id = self.u64()?;
+        let mut entry = Entry {
+            tag,
+            client: start..start + len,
+            id,
+            packet_id: 0,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+        };
+        match tag {
+            tag::QUEUE => {
+                (entry.qos, entry.retain) = self.qos_retain()?;
+                for _ in 0..self.u32()? {
+                    entry.subscription_ids.push(self.u32()?);
+                }
+            }
+            tag::SENT => entry.packet_id = self.u16()?,
+            tag::RELEASED | tag::DONE => {}
+            _ => return Err(BadRecord("not a queue entry")),
+        }
+        Ok(entry)
+    }
+
+    /// The client id of an [`Entry`] this reader returned.
+    pub fn client(&self, entry: &Entry) -> &str {
+        self.buf
+            .get(entry.client.clone())
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .unwrap_or_default()
     }
 
     /// The next record; call only while not `is_empty`.
