@@ -60,8 +60,27 @@ pub async fn restore(ctx: &Arc<Context>, store: &Store, recovered: Recovered) {
             done,
         })
         .await;
+    // Wills go only once every session and subscription is back: one
+    // published earlier would miss the subscribers restored after it.
+    let mut wills = Vec::new();
     for (client, session) in image.sessions {
-        restore_session(ctx, store, client, session, &mut messages, &mut counts).await;
+        let will = restore_session(ctx, store, client, session, &mut messages, &mut counts).await;
+        wills.extend(will);
+    }
+    counts.wills = wills.len();
+    for will in wills {
+        match will {
+            DueWill::Now(will) => publish_will(ctx, will).await,
+            DueWill::Later {
+                slot,
+                will,
+                left,
+                after,
+            } => {
+                let timer = delay_will(ctx, will, left, after);
+                ctx.registry.arm_will(&slot, timer);
+            }
+        }
     }
     counts.expired_messages = messages.expired;
     Metrics::add(
@@ -165,6 +184,19 @@ fn offline_since(settings: Option<&StoredSession>) -> Instant {
     now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
 }
 
+/// A will recovery found due, published or armed after every session is
+/// back.
+enum DueWill {
+    Now(LastWill),
+    Later {
+        slot: Arc<crate::registry::SessionSlot>,
+        will: LastWill,
+        left: Duration,
+        /// The session's settings to write once it is out.
+        after: Option<StoredSession>,
+    },
+}
+
 async fn restore_session(
     ctx: &Arc<Context>,
     store: &Store,
@@ -172,7 +204,7 @@ async fn restore_session(
     session: SessionImage,
     messages: &mut Messages,
     counts: &mut Counts,
-) {
+) -> Option<DueWill> {
     let client_id = ClientId::new(&client);
     let since = offline_since(session.settings.as_ref());
     let expiry = match &session.settings {
@@ -189,26 +221,19 @@ async fn restore_session(
             counts.expired_sessions += 1;
             Metrics::incr(&ctx.metrics.sessions_expired);
         }
-        if let Some(will) = will {
-            counts.wills += 1;
-            publish_will(ctx, to_will(will)).await;
-        }
-        store.commit(None, |w| {
-            w.record(&crate::store::Record::SessionGone { client })
-        });
-        return;
+        store.commit(None, |w| w.record(&Record::SessionGone { client }));
+        return will.map(|will| DueWill::Now(to_will(will)));
     }
-    let will_timer = will.map(|will| {
-        counts.wills += 1;
+    let due_will = will.map(|will| {
         let due = Duration::from_secs(u64::from(will.delay_secs));
         let due = expiry.map_or(due, |expiry| due.min(expiry));
         let left = (since + due).saturating_duration_since(Instant::now());
-        let settings = session.settings.clone().map(|s| StoredSession {
+        let after = session.settings.clone().map(|s| StoredSession {
             will: None,
             offline_at_ms: Some(s.offline_at_ms.unwrap_or_else(unix_ms_now)),
             ..s
         });
-        delay_will(ctx, to_will(will), left, settings)
+        (to_will(will), left, after)
     });
     let mut state = SessionState::new(ctx.settings.limits.max_inflight);
     let mut inflight = Vec::new();
@@ -239,9 +264,7 @@ async fn restore_session(
     state
         .inbound
         .restore(session.held.into_iter().filter_map(PacketId::new));
-    let slot = ctx
-        .registry
-        .restore(&client_id, state, expiry, will_timer, since);
+    let slot = ctx.registry.restore(&client_id, state, expiry, since);
     // Charged as the router charges what it queues; the mailbox gives it
     // back as the session takes them.
     ctx.budget
@@ -258,9 +281,15 @@ async fn restore_session(
     let _ = ctx
         .router
         .ask(|done| RouterMsg::Restore {
-            slot,
+            slot: Arc::clone(&slot),
             subscriptions,
             done,
         })
         .await;
+    due_will.map(|(will, left, after)| DueWill::Later {
+        slot,
+        will,
+        left,
+        after,
+    })
 }

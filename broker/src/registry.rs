@@ -377,13 +377,12 @@ impl Registry {
     }
 
     /// Puts back a persistent session the store recovered at start: offline
-    /// since `since`, its state parked, its will (if delayed) pending.
+    /// since `since`, its state parked (its will is armed afterwards).
     pub fn restore(
         &self,
         client_id: &ClientId,
         state: SessionState,
         expiry: Option<Duration>,
-        will: Option<WillTimer>,
         since: Instant,
     ) -> Arc<SessionSlot> {
         let slot = Arc::new(SessionSlot::new(
@@ -396,8 +395,17 @@ impl Registry {
         slot.park(state);
         Metrics::incr(&self.metrics.sessions_current);
         self.slots.insert(client_id.clone(), Arc::clone(&slot));
-        self.offline_since(&slot, RESTORED, expiry, will, since);
+        self.offline_since(&slot, RESTORED, expiry, None, since);
         slot
+    }
+
+    /// Gives a recovered offline session its will's timer: a client that
+    /// resumed the session meanwhile took the offline mark, and the will is
+    /// given up (the timer dropped).
+    pub fn arm_will(&self, slot: &SessionSlot, timer: WillTimer) {
+        if let Some(offline) = lock(&slot.claim).offline.as_mut() {
+            offline.will = Some(timer);
+        }
     }
 
     fn offline_since(

@@ -6,513 +6,20 @@
 //! messages, wills and their delays), an expired session is dropped at
 //! recovery, a damaged store stops the broker with exit code 2 naming the
 //! file, and a second broker on a locked directory exits 1.
-//!
-//! The clients are small and synchronous (a `TcpStream` with read timeouts,
-//! the protocol crate's encoder and framer), so every wait is bounded and
-//! waits for something: a packet, a log line, the process's exit.
-//! (In-process restarts and the store's limits: tests/tests/19_storage.rs.)
+//! (In-process restarts and the store's limits: tests/tests/19_storage.rs;
+//! the harness: tests/support/.)
+
+mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use tidemq_protocol::{
-    decode_server_packet, encode_connect, encode_packet, Ack, ConnAck, Connect, ConnectProperties,
-    Disconnect, Frame, Framer, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
-    QoS, ReasonCode, Subscribe, TopicFilter, TopicName,
-};
+use tidemq_protocol::{Ack, Outgoing, Packet, QoS};
 
-/// Longest wait for anything that should happen (a packet, a log line, an
-/// exit).
-const WAIT: Duration = Duration::from_secs(10);
-
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
-const PINGRESP: u8 = 13;
-
-// ---------------------------------------------------------------------------
-// The broker process
-// ---------------------------------------------------------------------------
-
-/// A fresh storage directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("tidemq-persist-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn segment(&self) -> PathBuf {
-        self.0.join("store-00000001.log")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The lines a child wrote to one pipe, ANSI colours stripped, gathered by
-/// a thread so the pipe never fills.
-#[derive(Default)]
-struct Output {
-    state: Mutex<(Vec<String>, bool)>,
-    grew: Condvar,
-}
-
-impl Output {
-    fn capture(pipe: impl Read + Send + 'static) -> Arc<Output> {
-        let output = Arc::new(Output::default());
-        let writer = Arc::clone(&output);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                writer.state.lock().unwrap().0.push(strip_ansi(&line));
-                writer.grew.notify_all();
-            }
-            writer.state.lock().unwrap().1 = true;
-            writer.grew.notify_all();
-        });
-        output
-    }
-
-    /// The first line containing `needle`, waiting up to `wait` for it;
-    /// `None` if the pipe closed or the time ran out without it.
-    fn wait_for(&self, needle: &str, wait: Duration) -> Option<String> {
-        let deadline = Instant::now() + wait;
-        let mut state = self.state.lock().unwrap();
-        loop {
-            if let Some(line) = state.0.iter().find(|line| line.contains(needle)) {
-                return Some(line.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if state.1 || left.is_zero() {
-                return None;
-            }
-            state = self.grew.wait_timeout(state, left).unwrap().0;
-        }
-    }
-
-    /// Everything written so far (all of it, once the process has exited
-    /// and the pipe closed).
-    fn text(&self) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut state = self.state.lock().unwrap();
-        while !state.1 && Instant::now() < deadline {
-            state = self
-                .grew
-                .wait_timeout(state, Duration::from_millis(100))
-                .unwrap()
-                .0;
-        }
-        state.0.join("\n")
-    }
-}
-
-/// `line` without its `ESC [ ... m` colour sequences.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The number after `key=` in a structured log line.
-fn field(line: &str, key: &str) -> u64 {
-    let prefix = format!("{key}=");
-    line.split_whitespace()
-        .find_map(|token| token.strip_prefix(&prefix))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}=N in {line:?}"))
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `tidemq` process. Killed if still running when dropped, so a failed
-/// test leaves no broker behind.
-struct Broker {
-    child: Child,
-    port: u16,
-    /// The tracing log (the fmt subscriber writes to stdout).
-    stdout: Arc<Output>,
-    /// What `main` prints before exiting on an error.
-    stderr: Arc<Output>,
-}
-
-impl Broker {
-    /// Starts a broker on `dir` and a free port, without waiting for it.
-    fn spawn(dir: &Path, env: &[(&str, &str)]) -> Broker {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tidemq"));
-        command
-            .env_remove("RUST_LOG")
-            .env("TIDEMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
-            .env("TIDEMQ_STORAGE__ENABLED", "true")
-            .env("TIDEMQ_STORAGE__DIR", dir)
-            .env("TIDEMQ_SYS__INTERVAL_SECS", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = Output::capture(child.stdout.take().unwrap());
-        let stderr = Output::capture(child.stderr.take().unwrap());
-        Broker {
-            child,
-            port,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Starts a broker on `dir` and returns once it listens (after its
-    /// recovery). A port taken meanwhile by someone else is retried.
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Broker {
-        for _ in 0..3 {
-            let mut broker = Broker::spawn(dir, env);
-            let listening = format!("listening addr=127.0.0.1:{}", broker.port);
-            if broker.stdout.wait_for(&listening, WAIT).is_some() {
-                return broker;
-            }
-            let code = broker.wait_exit();
-            let stderr = broker.stderr.text();
-            assert!(
-                stderr.contains("cannot listen"),
-                "broker did not start (exit {code}): {stderr}\n{}",
-                broker.stdout.text()
-            );
-        }
-        panic!("no free port after 3 tries");
-    }
-
-    /// The `store recovered` line of this start.
-    fn recovered(&self) -> String {
-        self.stdout
-            .wait_for("store recovered", WAIT)
-            .expect("a `store recovered` line")
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "broker did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM: asserts exit 0 and returns the `store closed` line.
-    fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert_eq!(self.wait_exit(), 0, "{}", self.stderr.text());
-        self.stdout
-            .wait_for("store closed", WAIT)
-            .expect("a `store closed` line")
-    }
-
-    /// SIGKILL: the process gets no chance to flush or close anything.
-    fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A synchronous MQTT client
-// ---------------------------------------------------------------------------
-
-fn v311(client_id: &str, clean_session: bool) -> Connect {
-    Connect {
-        version: ProtocolVersion::V311,
-        client_id: client_id.to_owned(),
-        clean_session,
-        keep_alive: 60,
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    }
-}
-
-/// An MQTT 5 CONNECT with a Session Expiry Interval of `expiry` seconds.
-fn v5(client_id: &str, clean_start: bool, expiry: u32) -> Connect {
-    Connect {
-        version: ProtocolVersion::V5,
-        properties: ConnectProperties {
-            session_expiry_interval: Some(expiry),
-            ..ConnectProperties::default()
-        },
-        ..v311(client_id, clean_start)
-    }
-}
-
-fn will(topic: &str, payload: &[u8], retain: bool, delay_interval: u32) -> LastWill {
-    LastWill {
-        topic: TopicName::new(topic).unwrap(),
-        payload: Bytes::copy_from_slice(payload),
-        qos: QoS::AtLeastOnce,
-        retain,
-        delay_interval,
-        properties: None,
-    }
-}
-
-fn id(n: u16) -> PacketId {
-    PacketId::new(n).unwrap()
-}
-
-fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8], retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: TopicName::new(topic).unwrap(),
-        packet_id: PacketId::new(packet_id),
-        payload: Bytes::copy_from_slice(payload),
-        properties: None,
-    })
-}
-
-/// A PUBLISH as it must appear on the wire (remaining length below 128):
-/// `first` is the fixed header's first byte (0x30 | DUP 0x08 | QoS << 1 |
-/// RETAIN 0x01).
-fn publish_wire(first: u8, topic: &str, packet_id: Option<u16>, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    if let Some(packet_id) = packet_id {
-        body.extend_from_slice(&packet_id.to_be_bytes());
-    }
-    body.extend_from_slice(payload);
-    assert!(body.len() < 128);
-    let mut wire = vec![first, body.len() as u8];
-    wire.extend(body);
-    wire
-}
-
-/// A 4-byte acknowledgement packet (PUBACK 0x40, PUBREC 0x50, PUBREL 0x62,
-/// PUBCOMP 0x70) as a 3.1.1 broker writes it.
-fn ack_wire(first: u8, packet_id: u16) -> Vec<u8> {
-    let [hi, lo] = packet_id.to_be_bytes();
-    vec![first, 2, hi, lo]
-}
-
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    version: ProtocolVersion,
-}
-
-impl Client {
-    /// Connects and asserts CONNACK success; returns the CONNACK.
-    fn connect(port: u16, connect: &Connect) -> (Client, ConnAck) {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut client = Client {
-            stream,
-            buf: BytesMut::new(),
-            version: connect.version,
-        };
-        let mut wire = BytesMut::new();
-        encode_connect(connect, &mut wire);
-        client.write(&wire);
-        let frame = client.recv("CONNACK");
-        match client.decode(&frame) {
-            Outgoing::ConnAck(connack) => {
-                assert_eq!(connack.reason, ReasonCode::SUCCESS, "{connack:?}");
-                (client, connack)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// Writes, reporting whether the socket took it (false once the broker
-    /// is gone).
-    fn try_send(&mut self, packet: &Packet) -> bool {
-        let mut wire = BytesMut::new();
-        encode_packet(packet, self.version, &mut wire);
-        self.stream.write_all(&wire).is_ok()
-    }
-
-    fn send(&mut self, packet: &Packet) {
-        assert!(self.try_send(packet), "send {packet:?}");
-    }
-
-    fn ack(&mut self, kind: u8, packet_id: u16) {
-        let ack = Ack::new(id(packet_id));
-        let packet = match kind {
-            PUBACK => Packet::PubAck(ack),
-            PUBREC => Packet::PubRec(ack),
-            PUBREL => Packet::PubRel(ack),
-            PUBCOMP => Packet::PubComp(ack),
-            _ => unreachable!("not an acknowledgement: {kind}"),
-        };
-        self.send(&packet);
-    }
-
-    /// The next packet within `wait`; `None` on timeout or when the
-    /// connection ends.
-    fn recv_within(&mut self, wait: Duration) -> Option<Frame> {
-        let framer = Framer::new(usize::MAX);
-        let deadline = Instant::now() + wait;
-        let mut scratch = [0u8; 16 * 1024];
-        loop {
-            if let Some(frame) = framer.next_frame(&mut self.buf).unwrap() {
-                return Some(frame);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut scratch) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn recv(&mut self, what: &str) -> Frame {
-        self.recv_within(WAIT)
-            .unwrap_or_else(|| panic!("no {what} within {WAIT:?}"))
-    }
-
-    fn decode(&self, frame: &Frame) -> Outgoing {
-        decode_server_packet(frame, self.version).unwrap()
-    }
-
-    /// The next packet, which must be a PUBLISH.
-    fn next_publish(&mut self) -> (Frame, Publish) {
-        let frame = self.recv("PUBLISH");
-        match self.decode(&frame) {
-            Outgoing::Publish(publish) => (frame, publish),
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-
-    /// Subscribes and asserts every filter granted the QoS it asked for.
-    /// A persistent session's SUBACK waits for its subscriptions to be on
-    /// disk, with everything written before them.
-    fn subscribe(&mut self, packet_id: u16, filters: &[(&str, QoS)]) {
-        let filters: Vec<(TopicFilter, QoS)> = filters
-            .iter()
-            .map(|(filter, qos)| (TopicFilter::new(filter).unwrap(), *qos))
-            .collect();
-        let granted: Vec<ReasonCode> = filters.iter().map(|(_, q)| ReasonCode(*q as u8)).collect();
-        self.send(&Packet::Subscribe(Subscribe::qos(id(packet_id), filters)));
-        let frame = self.recv("SUBACK");
-        match self.decode(&frame) {
-            Outgoing::SubAck {
-                packet_id: got,
-                codes,
-                ..
-            } => {
-                assert_eq!(got, id(packet_id));
-                assert_eq!(codes, granted, "SUBACK codes");
-            }
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// Publishes and completes its flow: PUBACK for QoS 1; PUBREC, PUBREL,
-    /// PUBCOMP for QoS 2. The broker acknowledged it when this returns.
-    fn publish_acked(&mut self, topic: &str, qos: QoS, packet_id: u16, payload: &[u8], retain: bool) {
-        self.send(&publish(topic, qos, packet_id, payload, retain));
-        match qos {
-            QoS::AtMostOnce => unreachable!("QoS 0 is not acknowledged"),
-            QoS::AtLeastOnce => {
-                assert_eq!(self.recv("PUBACK").bytes[..], ack_wire(0x40, packet_id));
-            }
-            QoS::ExactlyOnce => {
-                assert_eq!(self.recv("PUBREC").bytes[..], ack_wire(0x50, packet_id));
-                self.ack(PUBREL, packet_id);
-                assert_eq!(self.recv("PUBCOMP").bytes[..], ack_wire(0x70, packet_id));
-            }
-        }
-    }
-
-    /// PINGREQ, and the next packet must be its PINGRESP.
-    fn ping(&mut self) {
-        self.send(&Packet::PingReq);
-        let frame = self.recv("PINGRESP");
-        assert_eq!(frame.packet_type(), PINGRESP, "expected PINGRESP, got {frame:?}");
-    }
-
-    /// DISCONNECT (normal: no will), then waits for the broker to close the
-    /// socket, so the session is offline when this returns.
-    fn disconnect(mut self) {
-        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION)));
-        let deadline = Instant::now() + WAIT;
-        while self.recv_within(deadline - Instant::now()).is_some() {
-            assert!(Instant::now() < deadline, "broker did not close the socket");
-        }
-    }
-}
-
-/// Connects `client_id` with clean session 0, subscribes and leaves: a
-/// persistent session, offline, its subscriptions on disk.
-fn leave_subscribed(port: u16, client_id: &str, filters: &[(&str, QoS)]) {
-    let (mut client, connack) = Client::connect(port, &v311(client_id, false));
-    assert!(!connack.session_present);
-    client.subscribe(1, filters);
-    client.disconnect();
-}
+use support::*;
 
 // ---------------------------------------------------------------------------
 // Graceful restarts
@@ -526,7 +33,11 @@ fn graceful_restart_keeps_subscriptions_queued_and_retained_messages() {
     let dir = TempDir::new("graceful");
     let broker = Broker::start(dir.path(), &[]);
     assert_eq!(field(&broker.recovered(), "sessions"), 0);
-    leave_subscribed(broker.port, "g-sub", &[("g/q1", QoS::AtLeastOnce), ("g/q2", QoS::ExactlyOnce)]);
+    leave_subscribed(
+        broker.port,
+        "g-sub",
+        &[("g/q1", QoS::AtLeastOnce), ("g/q2", QoS::ExactlyOnce)],
+    );
     let (mut publisher, _) = Client::connect(broker.port, &v311("g-pub", true));
     publisher.publish_acked("g/q1", QoS::AtLeastOnce, 1, b"queued-1", false);
     publisher.publish_acked("g/q2", QoS::ExactlyOnce, 2, b"queued-2", false);
@@ -545,21 +56,37 @@ fn graceful_restart_keeps_subscriptions_queued_and_retained_messages() {
 
     let (mut sub, connack) = Client::connect(broker.port, &v311("g-sub", false));
     assert!(connack.session_present, "the session survived the restart");
+    // Deliveries are pipelined: a PUBREL may come after later PUBLISHes.
     let mut got = Vec::new();
-    for _ in 0..3 {
-        let (frame, publish) = sub.next_publish();
+    let mut pubrels = 0;
+    while got.len() < 3 || pubrels < 1 {
+        let frame = sub.recv("PUBLISH or PUBREL");
+        let publish = match sub.decode(&frame) {
+            Outgoing::Publish(publish) => publish,
+            Outgoing::PubRel(ack) => {
+                assert_eq!(frame.bytes[..], ack_wire(0x62, ack.packet_id.get()));
+                sub.ack(PUBCOMP, ack.packet_id.get());
+                pubrels += 1;
+                continue;
+            }
+            other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
+        };
         let packet_id = publish.packet_id.unwrap().get();
         let payload = publish.payload.to_vec();
         match &payload[..] {
             b"queued-1" | b"after" => {
-                assert_eq!(frame.bytes[..], publish_wire(0x32, "g/q1", Some(packet_id), &payload));
+                assert_eq!(
+                    frame.bytes[..],
+                    publish_wire(0x32, "g/q1", Some(packet_id), &payload)
+                );
                 sub.ack(PUBACK, packet_id);
             }
             b"queued-2" => {
-                assert_eq!(frame.bytes[..], publish_wire(0x34, "g/q2", Some(packet_id), &payload));
+                assert_eq!(
+                    frame.bytes[..],
+                    publish_wire(0x34, "g/q2", Some(packet_id), &payload)
+                );
                 sub.ack(PUBREC, packet_id);
-                assert_eq!(sub.recv("PUBREL").bytes[..], ack_wire(0x62, packet_id));
-                sub.ack(PUBCOMP, packet_id);
             }
             other => panic!("unexpected PUBLISH {:?}", String::from_utf8_lossy(other)),
         }
@@ -571,7 +98,10 @@ fn graceful_restart_keeps_subscriptions_queued_and_retained_messages() {
     sub.subscribe(2, &[("g/kept", QoS::AtLeastOnce)]);
     let (frame, retained) = sub.next_publish();
     let packet_id = retained.packet_id.unwrap().get();
-    assert_eq!(frame.bytes[..], publish_wire(0x33, "g/kept", Some(packet_id), b"kept"));
+    assert_eq!(
+        frame.bytes[..],
+        publish_wire(0x33, "g/kept", Some(packet_id), b"kept")
+    );
     sub.ack(PUBACK, packet_id);
     sub.ping();
     sub.disconnect();
@@ -588,13 +118,26 @@ fn graceful_restart_keeps_subscriptions_queued_and_retained_messages() {
     broker.stop();
 }
 
-/// Proves [MQTT-4.4.0-1] across a process restart: an unacknowledged QoS 1
+/// Proves [MQTT-4.4.0-1] across a graceful restart: an unacknowledged QoS 1
 /// PUBLISH is resent with DUP=1 and its packet id, and a QoS 2 message the
 /// subscriber PUBREC'd gets its PUBREL again with its packet id (and is not
 /// sent again as a PUBLISH).
 #[test]
-fn mqtt_4_4_0_1_inflight_messages_are_resent_after_a_restart() {
-    let dir = TempDir::new("inflight");
+fn mqtt_4_4_0_1_inflight_messages_are_resent_after_a_graceful_restart() {
+    inflight_across_restart("inflight-term", |broker| {
+        broker.stop();
+    });
+}
+
+/// The same across a `kill -9`: the PUBREL the subscriber saw was sent only
+/// once its PUBREC was on disk, with the packet ids recorded before it.
+#[test]
+fn mqtt_4_4_0_1_inflight_messages_are_resent_after_kill_9() {
+    inflight_across_restart("inflight-kill", Broker::crash);
+}
+
+fn inflight_across_restart(name: &str, restart: fn(Broker)) {
+    let dir = TempDir::new(name);
     let broker = Broker::start(dir.path(), &[]);
     let (mut sub, _) = Client::connect(broker.port, &v311("i-sub", false));
     sub.subscribe(1, &[("i/q1", QoS::AtLeastOnce), ("i/q2", QoS::ExactlyOnce)]);
@@ -602,17 +145,22 @@ fn mqtt_4_4_0_1_inflight_messages_are_resent_after_a_restart() {
     publisher.publish_acked("i/q1", QoS::AtLeastOnce, 1, b"unacked", false);
     let (frame, first) = sub.next_publish();
     let q1_id = first.packet_id.unwrap().get();
-    assert_eq!(frame.bytes[..], publish_wire(0x32, "i/q1", Some(q1_id), b"unacked"));
+    assert_eq!(
+        frame.bytes[..],
+        publish_wire(0x32, "i/q1", Some(q1_id), b"unacked")
+    );
     publisher.publish_acked("i/q2", QoS::ExactlyOnce, 2, b"received", false);
     let (frame, second) = sub.next_publish();
     let q2_id = second.packet_id.unwrap().get();
-    assert_eq!(frame.bytes[..], publish_wire(0x34, "i/q2", Some(q2_id), b"received"));
+    assert_eq!(
+        frame.bytes[..],
+        publish_wire(0x34, "i/q2", Some(q2_id), b"received")
+    );
     sub.ack(PUBREC, q2_id);
     // The PUBREL goes out once the subscriber's PUBREC is on disk.
     assert_eq!(sub.recv("PUBREL").bytes[..], ack_wire(0x62, q2_id));
-    sub.disconnect();
-    drop(publisher);
-    broker.stop();
+    restart(broker);
+    drop((sub, publisher));
 
     let broker = Broker::start(dir.path(), &[]);
     let recovered = broker.recovered();
@@ -672,7 +220,13 @@ struct Tally {
 
 /// Publishes sequence numbers 1, 2, ... on `topic` as fast as the window
 /// allows until the connection is cut.
-fn publish_until_cut(port: u16, client_id: &str, topic: &str, qos: QoS, acks: &AtomicUsize) -> Tally {
+fn publish_until_cut(
+    port: u16,
+    client_id: &str,
+    topic: &str,
+    qos: QoS,
+    acks: &AtomicUsize,
+) -> Tally {
     let (mut client, _) = Client::connect(port, &v311(client_id, true));
     let mut tally = Tally::default();
     let mut window: HashMap<u16, u32> = HashMap::new();
@@ -680,7 +234,13 @@ fn publish_until_cut(port: u16, client_id: &str, topic: &str, qos: QoS, acks: &A
         while window.len() < CRASH_WINDOW {
             let seq = tally.sent + 1;
             let packet_id = ((seq - 1) % 65535 + 1) as u16;
-            if !client.try_send(&publish(topic, qos, packet_id, seq.to_string().as_bytes(), false)) {
+            if !client.try_send(&publish(
+                topic,
+                qos,
+                packet_id,
+                seq.to_string().as_bytes(),
+                false,
+            )) {
                 return tally;
             }
             window.insert(packet_id, seq);
@@ -692,11 +252,15 @@ fn publish_until_cut(port: u16, client_id: &str, topic: &str, qos: QoS, acks: &A
         let packet_id = u16::from_be_bytes([frame.bytes[2], frame.bytes[3]]);
         match frame.packet_type() {
             PUBACK => {
-                tally.acked.push(window.remove(&packet_id).expect("PUBACK for a sent id"));
+                tally
+                    .acked
+                    .push(window.remove(&packet_id).expect("PUBACK for a sent id"));
                 acks.fetch_add(1, Ordering::Relaxed);
             }
             PUBREC => {
-                tally.acked.push(*window.get(&packet_id).expect("PUBREC for a sent id"));
+                tally
+                    .acked
+                    .push(*window.get(&packet_id).expect("PUBREC for a sent id"));
                 acks.fetch_add(1, Ordering::Relaxed);
                 if !client.try_send(&Packet::PubRel(Ack::new(id(packet_id)))) {
                     return tally;
@@ -725,7 +289,11 @@ fn drain_until_markers(sub: &mut Client) -> Received {
     let deadline = Instant::now() + Duration::from_secs(20);
     let quiet = Duration::from_millis(300);
     loop {
-        let wait = if markers == 2 { quiet } else { deadline.saturating_duration_since(Instant::now()) };
+        let wait = if markers == 2 {
+            quiet
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
         let Some(frame) = sub.recv_within(wait) else {
             assert_eq!(markers, 2, "the markers did not arrive within 20 s");
             return received;
@@ -760,16 +328,23 @@ fn crash_round(round: u32, kill_after: Duration) -> String {
     let dir = TempDir::new(&format!("crash-{round}"));
     let env = [("TIDEMQ_LIMITS__MAX_QUEUED_MESSAGES", "1000000")];
     let broker = Broker::start(dir.path(), &env);
-    leave_subscribed(broker.port, "crash-sub", &[("crash/1", QoS::AtLeastOnce), ("crash/2", QoS::ExactlyOnce)]);
+    leave_subscribed(
+        broker.port,
+        "crash-sub",
+        &[("crash/1", QoS::AtLeastOnce), ("crash/2", QoS::ExactlyOnce)],
+    );
     let port = broker.port;
     let acks = Arc::new(AtomicUsize::new(0));
-    let publishers: Vec<_> = [("crash-pub-1", "crash/1", QoS::AtLeastOnce), ("crash-pub-2", "crash/2", QoS::ExactlyOnce)]
-        .into_iter()
-        .map(|(client_id, topic, qos)| {
-            let acks = Arc::clone(&acks);
-            std::thread::spawn(move || publish_until_cut(port, client_id, topic, qos, &acks))
-        })
-        .collect();
+    let publishers: Vec<_> = [
+        ("crash-pub-1", "crash/1", QoS::AtLeastOnce),
+        ("crash-pub-2", "crash/2", QoS::ExactlyOnce),
+    ]
+    .into_iter()
+    .map(|(client_id, topic, qos)| {
+        let acks = Arc::clone(&acks);
+        std::thread::spawn(move || publish_until_cut(port, client_id, topic, qos, &acks))
+    })
+    .collect();
     let load_started = Instant::now();
     // The kill point itself, not a synchronisation: the load runs meanwhile.
     std::thread::sleep(kill_after);
@@ -777,7 +352,10 @@ fn crash_round(round: u32, kill_after: Duration) -> String {
     broker.crash();
     let mut tallies = publishers.into_iter().map(|p| p.join().unwrap());
     let (q1, q2) = (tallies.next().unwrap(), tallies.next().unwrap());
-    assert!(acks_at_kill > 0, "no acknowledgement {kill_after:?} into the load: nothing tested");
+    assert!(
+        acks_at_kill > 0,
+        "no acknowledgement {kill_after:?} into the load: nothing tested"
+    );
     let load_time = load_started.elapsed();
 
     let broker = Broker::start(dir.path(), &env);
@@ -790,11 +368,32 @@ fn crash_round(round: u32, kill_after: Duration) -> String {
     let received = drain_until_markers(&mut sub);
     broker.stop();
 
-    let lost_q1: Vec<u32> = q1.acked.iter().copied().filter(|seq| !received.q1.contains_key(seq)).collect();
-    let lost_q2: Vec<u32> = q2.acked.iter().copied().filter(|seq| !received.q2.contains_key(seq)).collect();
+    let lost_q1: Vec<u32> = q1
+        .acked
+        .iter()
+        .copied()
+        .filter(|seq| !received.q1.contains_key(seq))
+        .collect();
+    let lost_q2: Vec<u32> = q2
+        .acked
+        .iter()
+        .copied()
+        .filter(|seq| !received.q2.contains_key(seq))
+        .collect();
     let duplicates = |counts: &HashMap<u32, u32>| counts.values().map(|n| n - 1).sum::<u32>();
-    let twice_q2: Vec<u32> = received.q2.iter().filter(|(_, n)| **n > 1).map(|(seq, _)| *seq).collect();
-    let unknown: Vec<u32> = received.q1.keys().filter(|seq| **seq > q1.sent).chain(received.q2.keys().filter(|seq| **seq > q2.sent)).copied().collect();
+    let twice_q2: Vec<u32> = received
+        .q2
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(seq, _)| *seq)
+        .collect();
+    let unknown: Vec<u32> = received
+        .q1
+        .keys()
+        .filter(|seq| **seq > q1.sent)
+        .chain(received.q2.keys().filter(|seq| **seq > q2.sent))
+        .copied()
+        .collect();
     let figures = format!(
         "round {round}: kill -9 after {kill_after:?} (load ran {load_time:.0?}); \
          QoS 1: sent {}, acknowledged {}, delivered {} distinct, duplicates {}; \
@@ -808,12 +407,26 @@ fn crash_round(round: u32, kill_after: Duration) -> String {
         q2.acked.len(),
         received.q2.len(),
         duplicates(&received.q2),
-        recovered.split("store recovered ").nth(1).unwrap_or(&recovered),
+        recovered
+            .split("store recovered ")
+            .nth(1)
+            .unwrap_or(&recovered),
     );
     println!("{figures}");
-    assert!(lost_q1.is_empty(), "acknowledged QoS 1 lost: {:?}... ({figures})", &lost_q1[..lost_q1.len().min(10)]);
-    assert!(lost_q2.is_empty(), "acknowledged QoS 2 lost: {:?}... ({figures})", &lost_q2[..lost_q2.len().min(10)]);
-    assert!(twice_q2.is_empty(), "QoS 2 delivered more than once: {twice_q2:?} ({figures})");
+    assert!(
+        lost_q1.is_empty(),
+        "acknowledged QoS 1 lost: {:?}... ({figures})",
+        &lost_q1[..lost_q1.len().min(10)]
+    );
+    assert!(
+        lost_q2.is_empty(),
+        "acknowledged QoS 2 lost: {:?}... ({figures})",
+        &lost_q2[..lost_q2.len().min(10)]
+    );
+    assert!(
+        twice_q2.is_empty(),
+        "QoS 2 delivered more than once: {twice_q2:?} ({figures})"
+    );
     assert!(unknown.is_empty(), "never sent: {unknown:?}");
     figures
 }
@@ -828,7 +441,12 @@ fn kill_9_mid_load_loses_no_acknowledged_message() {
     let seed = std::env::var("TIDEMQ_CRASH_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     println!("crash test seed {seed} (TIDEMQ_CRASH_SEED={seed} to replay)");
     let mut rng = Rng(seed);
     for round in 1..=3 {
@@ -888,7 +506,10 @@ fn qos2_inbound_across_restart(name: &str, restart: fn(Broker)) {
             other => panic!("subscriber got {other:?}"),
         }
     }
-    let payloads: Vec<String> = payloads.into_iter().map(|p| String::from_utf8(p).unwrap()).collect();
+    let payloads: Vec<String> = payloads
+        .into_iter()
+        .map(|p| String::from_utf8(p).unwrap())
+        .collect();
     assert_eq!(payloads, ["once", "marker"], "routed once");
 }
 
@@ -898,27 +519,38 @@ fn qos2_inbound_across_restart(name: &str, restart: fn(Broker)) {
 
 /// Persistent subscribers used by the will tests: several, so a will
 /// published during recovery before some of their sessions are back shows.
-const WILL_SUBSCRIBERS: usize = 8;
+const WILL_SUBSCRIBERS: usize = 16;
 
 fn will_subscriber(n: usize) -> String {
     format!("will-sub-{n}")
 }
 
-/// Asserts each will subscriber, reconnecting, gets `payload` on `topic`.
+/// Asserts each will subscriber, reconnecting, gets `payload` on `topic`
+/// (and names every one that did not).
 fn assert_each_subscriber_gets(port: u16, topic: &str, payload: &[u8]) {
+    let mut missed = Vec::new();
     for n in 0..WILL_SUBSCRIBERS {
-        let (mut sub, connack) = Client::connect(port, &v311(&will_subscriber(n), false));
+        let client_id = will_subscriber(n);
+        let (mut sub, connack) = Client::connect(port, &v311(&client_id, false));
         assert!(connack.session_present);
-        let frame = sub.recv_within(WAIT);
-        let frame = frame.unwrap_or_else(|| panic!("{} got no will", will_subscriber(n)));
-        let (_, will) = match sub.decode(&frame) {
-            Outgoing::Publish(publish) => (frame, publish),
+        // Anything queued comes before the PINGRESP.
+        sub.send(&Packet::PingReq);
+        let frame = sub.recv("the will or PINGRESP");
+        match sub.decode(&frame) {
+            Outgoing::Publish(will) => {
+                assert_eq!((will.topic.as_str(), &will.payload[..]), (topic, payload));
+                sub.ack(PUBACK, will.packet_id.unwrap().get());
+                sub.ping();
+            }
+            Outgoing::PingResp => missed.push(client_id),
             other => panic!("expected the will, got {other:?}"),
-        };
-        assert_eq!((will.topic.as_str(), &will.payload[..]), (topic, payload));
-        sub.ack(PUBACK, will.packet_id.unwrap().get());
-        sub.ping();
+        }
     }
+    assert!(
+        missed.is_empty(),
+        "{} of {WILL_SUBSCRIBERS} persistent subscribers got no will: {missed:?}",
+        missed.len()
+    );
 }
 
 /// Proves that the will of a 3.1.1 client with a persistent session whose
@@ -929,7 +561,11 @@ fn a_persistent_clients_will_cut_by_kill_9_is_published_after_the_restart() {
     let dir = TempDir::new("will-persistent");
     let broker = Broker::start(dir.path(), &[]);
     for n in 0..WILL_SUBSCRIBERS {
-        leave_subscribed(broker.port, &will_subscriber(n), &[("will/p", QoS::AtLeastOnce)]);
+        leave_subscribed(
+            broker.port,
+            &will_subscriber(n),
+            &[("will/p", QoS::AtLeastOnce)],
+        );
     }
     let mut connect = v311("will-p", false);
     connect.will = Some(will("will/p", b"gone", false, 0));
@@ -958,7 +594,11 @@ fn a_clean_clients_will_cut_by_kill_9_reaches_persistent_subscribers() {
     // The last subscriber's SUBACK waits for the disk; the will was written
     // before it.
     for n in 0..WILL_SUBSCRIBERS {
-        leave_subscribed(broker.port, &will_subscriber(n), &[("will/c", QoS::AtLeastOnce)]);
+        leave_subscribed(
+            broker.port,
+            &will_subscriber(n),
+            &[("will/c", QoS::AtLeastOnce)],
+        );
     }
     broker.crash();
     drop(client);
@@ -978,7 +618,11 @@ fn a_retained_will_cut_by_kill_9_is_retained_after_the_restart() {
     let mut connect = v311("will-r", true);
     connect.will = Some(will("will/r", b"gone", true, 0));
     let (client, _) = Client::connect(broker.port, &connect);
-    leave_subscribed(broker.port, "will-r-sync", &[("unrelated", QoS::AtLeastOnce)]);
+    leave_subscribed(
+        broker.port,
+        "will-r-sync",
+        &[("unrelated", QoS::AtLeastOnce)],
+    );
     broker.crash();
     drop(client);
 
@@ -987,7 +631,10 @@ fn a_retained_will_cut_by_kill_9_is_retained_after_the_restart() {
     sub.subscribe(1, &[("will/r", QoS::AtLeastOnce)]);
     let (frame, will) = sub.next_publish();
     let packet_id = will.packet_id.unwrap().get();
-    assert_eq!(frame.bytes[..], publish_wire(0x33, "will/r", Some(packet_id), b"gone"));
+    assert_eq!(
+        frame.bytes[..],
+        publish_wire(0x33, "will/r", Some(packet_id), b"gone")
+    );
 }
 
 /// Will Delay Interval of the delayed-will tests, in seconds.
@@ -1020,13 +667,20 @@ fn mqtt_3_1_3_9_a_delayed_will_cut_by_kill_9_waits_for_its_delay() {
     let (_dir, broker, restarted) = crash_with_a_delayed_will("will-delay");
     let (mut sub, connack) = Client::connect(broker.port, &v311("wd-sub", false));
     assert!(connack.session_present);
-    let first_second = (restarted + Duration::from_secs(1)).saturating_duration_since(Instant::now());
+    let first_second =
+        (restarted + Duration::from_secs(1)).saturating_duration_since(Instant::now());
     if let Some(early) = sub.recv_within(first_second) {
-        panic!("the will came early, {:?} after the restart: {early:?}", restarted.elapsed());
+        panic!(
+            "the will came early, {:?} after the restart: {early:?}",
+            restarted.elapsed()
+        );
     }
     let (_, will) = sub.next_publish();
     let after = restarted.elapsed();
-    assert_eq!((will.topic.as_str(), &will.payload[..]), ("will/d", &b"late"[..]));
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("will/d", &b"late"[..])
+    );
     assert!(
         after >= Duration::from_millis(u64::from(WILL_DELAY) * 1000 - 100),
         "published {after:?} after the restart, before its delay of {WILL_DELAY} s"
@@ -1092,7 +746,13 @@ fn write_a_store(dir: &Path) {
     leave_subscribed(broker.port, "c-sub", &[("c/t", QoS::AtLeastOnce)]);
     let (mut publisher, _) = Client::connect(broker.port, &v311("c-pub", true));
     for n in 1..=8u16 {
-        publisher.publish_acked("c/t", QoS::AtLeastOnce, n, format!("m{n}").as_bytes(), false);
+        publisher.publish_acked(
+            "c/t",
+            QoS::AtLeastOnce,
+            n,
+            format!("m{n}").as_bytes(),
+            false,
+        );
     }
     broker.stop();
 }
@@ -1118,10 +778,16 @@ fn assert_refused_as_corrupt(dir: &TempDir) -> String {
     let code = broker.wait_exit();
     let stderr = broker.stderr.text();
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("store-00000001.log"), "names the file: {stderr}");
+    assert!(
+        stderr.contains("store-00000001.log"),
+        "names the file: {stderr}"
+    );
     assert!(stderr.contains("corrupt"), "{stderr}");
     assert!(
-        broker.stdout.wait_for("listening", Duration::ZERO).is_none(),
+        broker
+            .stdout
+            .wait_for("listening", Duration::ZERO)
+            .is_none(),
         "listened on a corrupt store"
     );
     stderr
@@ -1142,8 +808,15 @@ fn flipped_bytes_in_the_store_exit_2_naming_the_file() {
     std::fs::write(dir.segment(), &segment).unwrap();
 
     let stderr = assert_refused_as_corrupt(&dir);
-    assert!(stderr.contains("move the directory"), "says what to do: {stderr}");
-    assert_eq!(std::fs::read(dir.segment()).unwrap(), segment, "never a silent wipe");
+    assert!(
+        stderr.contains("move the directory"),
+        "says what to do: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.segment()).unwrap(),
+        segment,
+        "never a silent wipe"
+    );
 }
 
 /// Proves that a store file cut inside its 16-byte header stops the broker
@@ -1152,11 +825,18 @@ fn flipped_bytes_in_the_store_exit_2_naming_the_file() {
 fn a_store_truncated_inside_its_header_exits_2() {
     let dir = TempDir::new("truncated");
     write_a_store(dir.path());
-    let file = std::fs::OpenOptions::new().write(true).open(dir.segment()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.segment())
+        .unwrap();
     file.set_len(5).unwrap();
     drop(file);
     assert_refused_as_corrupt(&dir);
-    assert_eq!(std::fs::metadata(dir.segment()).unwrap().len(), 5, "never a silent wipe");
+    assert_eq!(
+        std::fs::metadata(dir.segment()).unwrap().len(),
+        5,
+        "never a silent wipe"
+    );
 }
 
 /// Proves that a second broker on a directory in use exits 1 saying it is
@@ -1170,7 +850,10 @@ fn a_second_broker_on_the_same_directory_exits_1_and_the_first_serves_on() {
     let stderr = second.stderr.text();
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("is locked"), "{stderr}");
-    assert!(second.stdout.wait_for("listening", Duration::ZERO).is_none());
+    assert!(second
+        .stdout
+        .wait_for("listening", Duration::ZERO)
+        .is_none());
     let (mut client, _) = Client::connect(first.port, &v311("lock-client", true));
     client.ping();
     first.stop();

@@ -346,7 +346,6 @@ fn write_entry(w: &mut Writer<'_>, client: &str, id: u64, entry: &QueueEntry) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

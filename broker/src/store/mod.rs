@@ -196,6 +196,10 @@ struct StoreThread {
     lock_file: std::fs::File,
 }
 
+/// Acknowledgements already waiting that make a `batch` commit go without
+/// its gathering delay.
+const GATHERED: usize = 64;
+
 /// How often a failed write is retried.
 const RETRY: Duration = Duration::from_secs(1);
 /// Retries of the last commit at shutdown before giving up on it.
@@ -239,8 +243,11 @@ impl StoreThread {
                 .wait(pending)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        // Gathering pays when few writers are waiting; under load the
+        // previous fsync has gathered a batch already.
         let gather = self.settings.sync == SyncMode::Batch
             && self.settings.batch_max_delay_us > 0
+            && pending.receipts.len() < GATHERED
             && !pending.closing;
         if gather {
             drop(pending);
