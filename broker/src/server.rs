@@ -79,19 +79,16 @@ impl Broker {
             false => None,
         };
         let (store, recovered) = opened.unzip();
-        let mut listeners = Vec::new();
-        for addr in &settings.listener.bind {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            if inherited_options() {
-                configure(SockRef::from(&listener), &settings.listener);
+        let listeners = match bind(&settings.listener).await {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                if let Some(store) = store {
+                    // Lets go of the directory (an embedding may retry).
+                    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+                }
+                return Err(error);
             }
-            listeners.push(listener);
-        }
+        };
         let (router, router_task) = router::spawn(
             settings.limits.router_queue,
             metrics.clone(),
@@ -183,6 +180,24 @@ impl Broker {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
+}
+
+/// Binds every address of `listener.bind`.
+async fn bind(settings: &ListenerSettings) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::new();
+    for addr in &settings.bind {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        if inherited_options() {
+            configure(SockRef::from(&listener), settings);
+        }
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// Runs the broker until `signal` resolves, then shuts it down.

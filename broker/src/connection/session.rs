@@ -322,7 +322,7 @@ impl Session {
         let mut ids = std::mem::take(&mut self.ids);
         let outbound = &mut self.client.state.outbound;
         ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
-        self.record_sent(&batch, &ids);
+        self.record_sent(&batch, &ids).await;
         let mut sent = Ok(());
         for (delivery, packet_id) in batch.iter().zip(&ids) {
             self.encode_delivery(delivery, *packet_id, now);
@@ -341,25 +341,36 @@ impl Session {
     }
 
     /// Records the packet ids of stored deliveries about to be sent, so a
-    /// restart resends them with the same ids [MQTT-4.4.0-1]. The PUBLISH
-    /// does not wait for it (see the README's persistence section).
-    fn record_sent(&self, batch: &[Delivery], ids: &[Option<PacketId>]) {
+    /// restart resends them with the same ids [MQTT-4.4.0-1]. A QoS 2
+    /// PUBLISH waits until its id is on disk: resent after a crash under
+    /// another id, a client that had answered PUBREC would take it for a
+    /// new message. QoS 1 ones do not wait (a new id costs a duplicate at
+    /// most, which QoS 1 allows).
+    async fn record_sent(&self, batch: &[Delivery], ids: &[Option<PacketId>]) {
         let Some(store) = self.store() else { return };
-        let mut sent = batch
-            .iter()
-            .zip(ids)
-            .filter_map(|(delivery, id)| Some((delivery.message.stored_id, (*id)?.get())))
-            .filter(|(stored_id, _)| *stored_id != 0)
-            .peekable();
-        if sent.peek().is_none() {
+        let sent = || {
+            batch
+                .iter()
+                .zip(ids)
+                .filter_map(|(delivery, id)| Some((delivery, (*id)?.get())))
+                .filter(|(delivery, _)| delivery.message.stored_id != 0)
+        };
+        if sent().next().is_none() {
             return;
         }
+        let exactly_once = sent().any(|(delivery, _)| delivery.qos == QoS::ExactlyOnce);
         let client = self.client.ownership.slot.client_id.as_str();
-        store.commit(None, |w| {
-            for (stored_id, packet_id) in sent {
-                w.sent(client, stored_id, packet_id);
+        let (receipt, durable) = Receipt::new();
+        let gate = exactly_once.then_some(&receipt);
+        store.commit(gate, |w| {
+            for (delivery, packet_id) in sent() {
+                w.sent(client, delivery.message.stored_id, packet_id);
             }
         });
+        drop(receipt);
+        if exactly_once {
+            let _ = durable.await;
+        }
     }
 
     /// Writes one delivery's PUBLISH; for an MQTT 5 client with its
