@@ -46,6 +46,8 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/broker.sh
+. scripts/lib/broker.sh || exit 1
 
 STORAGE_FANIN=${STORAGE_FANIN:-0}
 if [ "$STORAGE_FANIN" = 1 ]; then
@@ -197,14 +199,6 @@ broker_port() {
     esac
 }
 
-listening() {
-    if command -v ss >/dev/null; then
-        ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-
 # The storage settings of a tidemq variant, as environment overrides.
 tidemq_storage_env() {
     case $1 in
@@ -253,30 +247,10 @@ start_broker() {
             ;;
     esac
     BROKER_PID=$!
-    local waited=0
-    until listening "$port"; do
-        if ! kill -0 "$BROKER_PID" 2>/dev/null || [ $waited -ge $((START_TIMEOUT * 10)) ]; then
-            log "$broker did not start; its log:"
-            tail -n 20 "$logfile" >&2
-            stop_broker
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-}
-
-stop_broker() {
-    [ -n "$BROKER_PID" ] || return 0
-    kill -TERM "$BROKER_PID" 2>/dev/null
-    local waited=0
-    while kill -0 "$BROKER_PID" 2>/dev/null && [ $waited -lt $((STOP_TIMEOUT * 10)) ]; do
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-    kill -KILL "$BROKER_PID" 2>/dev/null
-    wait "$BROKER_PID" 2>/dev/null
-    BROKER_PID=
+    if ! wait_listening "$port" "$broker" "$logfile"; then
+        stop_broker
+        return 1
+    fi
 }
 
 # "FSYNCS COMMITS" from the store's retained $SYS counters (COMMITS may be
@@ -343,14 +317,9 @@ else
     NOTES+=("not pinned: needs taskset and 2 CPUs (have $(nproc))")
 fi
 
-if [ "$SKIP_BUILD" = 1 ]; then
-    log "SKIP_BUILD=1: using $TIDEMQ and $BENCH as built"
-else
-    log "building tidemq and tidemq-bench (release)"
-    if ! cargo build --release -q -p tidemq -p tidemq-bench; then
-        log "build failed"
-        exit 1
-    fi
+if ! build_binaries; then
+    log "build failed"
+    exit 1
 fi
 
 for broker in $BROKERS; do

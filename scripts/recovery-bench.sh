@@ -27,6 +27,8 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/broker.sh
+. scripts/lib/broker.sh || exit 2
 
 COUNT=${COUNT:-100000}
 SYNC=${SYNC:-batch}
@@ -39,6 +41,10 @@ START_TIMEOUT=60
 # Seconds tidemq may take to exit after SIGTERM (the store is flushed and
 # closed) before SIGKILL.
 STOP_TIMEOUT=30
+# Logged by stop_broker when tidemq needed SIGKILL.
+STOP_KILL_NOTE="tidemq did not exit within ${STOP_TIMEOUT}s of SIGTERM: killed"
+# Seconds to wait for a retained $SYS counter.
+SYS_WAIT=3
 # Seconds the publishing run may take at most (tidemq-bench --duration).
 PUBLISH_LIMIT=120
 # The persistent subscriber: its client id and its filter, which matches the
@@ -63,36 +69,12 @@ now() { date +%s.%N; }
 # Milliseconds from $1 to $2 (both from now).
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 
-stop_broker() {
-    [ -n "$BROKER_PID" ] || return 0
-    kill -TERM "$BROKER_PID" 2>/dev/null
-    local waited=0
-    while kill -0 "$BROKER_PID" 2>/dev/null && [ $waited -lt $((STOP_TIMEOUT * 10)) ]; do
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-    if kill -0 "$BROKER_PID" 2>/dev/null; then
-        log "tidemq did not exit within ${STOP_TIMEOUT}s of SIGTERM: killed"
-        kill -KILL "$BROKER_PID" 2>/dev/null
-    fi
-    wait "$BROKER_PID" 2>/dev/null
-    BROKER_PID=
-}
-
 cleanup() {
     stop_broker
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-listening() {
-    if command -v ss >/dev/null; then
-        ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
-    fi
-}
 
 # An MQTT client gets its CONNACK and SUBACK (a throwaway clean session).
 answers() {
@@ -123,7 +105,7 @@ start_broker() {
             fail "tidemq exited while starting (log above)"
         fi
         [ $SECONDS -lt $deadline ] || fail "tidemq did not answer within ${START_TIMEOUT}s"
-        if [ -z "$LISTEN_MS" ] && listening; then
+        if [ -z "$LISTEN_MS" ] && listening "$PORT"; then
             LISTEN_MS=$(ms_between "$STARTED_AT" "$(now)")
         fi
         if [ -n "$LISTEN_MS" ] && answers; then
@@ -132,13 +114,6 @@ start_broker() {
             sleep 0.01
         fi
     done
-}
-
-# The value of a retained $SYS/broker/ counter, or "-".
-sys_counter() {
-    local value
-    value=$(timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t "\$SYS/broker/$1" -C 1 -W 3 2>/dev/null)
-    echo "${value:--}"
 }
 
 # A field (name=value) of the last log line containing $2, without colours.
@@ -150,13 +125,8 @@ log_field() {
 # --- setup ------------------------------------------------------------------
 
 command -v mosquitto_sub >/dev/null || fail "needs mosquitto_sub (Debian: mosquitto-clients)"
-if [ "$SKIP_BUILD" = 1 ]; then
-    log "SKIP_BUILD=1: using $TIDEMQ and $BENCH as built"
-else
-    log "building tidemq and tidemq-bench (release)"
-    cargo build --release -q -p tidemq -p tidemq-bench || fail "build failed"
-fi
-if listening; then
+build_binaries || fail "build failed"
+if listening "$PORT"; then
     fail "port $PORT is already in use; set PORT"
 fi
 
@@ -175,14 +145,14 @@ timeout $((PUBLISH_LIMIT + 30)) "$BENCH" fanin --port "$PORT" --qos 1 --publishe
 publish_line=$(sed -n 's/.*"sent":\([0-9]*\).*"received":\([0-9]*\).*"lost":\([0-9]*\).*"acked":\([0-9]*\).*/sent \1, acknowledged \4; live clean subscriber received \2, lost \3/p' "$WORK/publish.json")
 log "$publish_line"
 sleep 1.5 # one $SYS interval, so the counters include the whole run
-dropped=$(sys_counter dropped_queue_full)
+dropped=$(sys_counter "$PORT" dropped_queue_full)
 log "dropped_queue_full before restart: $dropped"
 
 log "stopping tidemq (SIGTERM)"
 stop_started=$(now)
 stop_broker
 stop_ms=$(ms_between "$stop_started" "$(now)")
-closed=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/first.log" | grep 'store closed' | tail -n 1 | sed 's/.*store closed/store closed/')
+closed=$(store_closed_line "$WORK/first.log")
 
 # --- restart and drain --------------------------------------------------------
 

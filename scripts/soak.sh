@@ -38,6 +38,8 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/broker.sh
+. scripts/lib/broker.sh || exit 2
 
 SOAK_SECS=${SOAK_SECS:-${DURATION:-3600}}
 SOAK_SECS=${SOAK_SECS%s}
@@ -60,6 +62,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 START_TIMEOUT=30
 # Seconds tidemq may take to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT=30
+# Seconds to wait for a retained $SYS counter in a sample.
+SYS_WAIT=2
 # Seconds a load-tool run may outlive SOAK_SECS (its drain and report).
 BENCH_GRACE=30
 # Messages one offline persistent session may have queued: the flapping
@@ -75,19 +79,6 @@ BROKER_PID=
 CHILDREN=()
 
 log() { printf '%s\n' "soak: $*" >&2; }
-
-stop_broker() {
-    [ -n "$BROKER_PID" ] || return 0
-    kill -TERM "$BROKER_PID" 2>/dev/null
-    local waited=0
-    while kill -0 "$BROKER_PID" 2>/dev/null && [ $waited -lt $((STOP_TIMEOUT * 10)) ]; do
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-    kill -KILL "$BROKER_PID" 2>/dev/null
-    wait "$BROKER_PID" 2>/dev/null
-    BROKER_PID=
-}
 
 stop_children() {
     local pid
@@ -107,21 +98,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-listening() {
-    if command -v ss >/dev/null; then
-        ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
-    fi
-}
-
-# The value of a retained $SYS/broker/ counter, or "-".
-sys_counter() {
-    local value
-    value=$(timeout 4 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t "\$SYS/broker/$1" -C 1 -W 2 2>/dev/null)
-    echo "${value:--}"
-}
 
 # Rewrites retained topics until END: RETAINED_PER_S a second, round the
 # RETAINED_TOPICS topics, every 50th message a clear (empty payload).
@@ -189,13 +165,8 @@ flatness() {
 for tool in mosquitto_sub mosquitto_pub; do
     command -v "$tool" >/dev/null || { log "needs $tool (Debian: mosquitto-clients)"; exit 2; }
 done
-if [ "$SKIP_BUILD" = 1 ]; then
-    log "SKIP_BUILD=1: using $TIDEMQ and $BENCH as built"
-else
-    log "building tidemq and tidemq-bench (release)"
-    cargo build --release -q -p tidemq -p tidemq-bench || { log "build failed"; exit 2; }
-fi
-if listening; then
+build_binaries || { log "build failed"; exit 2; }
+if listening "$PORT"; then
     log "port $PORT is already in use; set PORT"
     exit 2
 fi
@@ -208,16 +179,7 @@ env TIDEMQ_LISTENER__BIND="127.0.0.1:$PORT" \
     TIDEMQ_LOG__LEVEL="warn,tidemq::store=info,tidemq::recovery=info,tidemq::server=info" \
     "$TIDEMQ" >"$WORK/tidemq.log" 2>&1 &
 BROKER_PID=$!
-waited=0
-until listening; do
-    if ! kill -0 "$BROKER_PID" 2>/dev/null || [ $waited -ge $((START_TIMEOUT * 10)) ]; then
-        log "tidemq did not start; its log:"
-        tail -n 20 "$WORK/tidemq.log" >&2
-        exit 2
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-done
+wait_listening "$PORT" tidemq "$WORK/tidemq.log" || exit 2
 
 # --- traffic ----------------------------------------------------------------
 
@@ -263,7 +225,7 @@ while :; do
     fi
     data=$(du -sb "$DATA" 2>/dev/null | cut -f1)
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$BROKER_PID/status" 2>/dev/null)
-    echo "$((now - START)),${data:-0},${rss:--},$(sys_counter storage_bytes_current)" >>"$OUT"
+    echo "$((now - START)),${data:-0},${rss:--},$(sys_counter "$PORT" storage_bytes_current)" >>"$OUT"
     [ "$now" -lt "$END" ] || break
     next=$((next + SAMPLE_SECS))
     [ "$next" -le "$END" ] || next=$END
@@ -275,7 +237,7 @@ for pid in "${CHILDREN[@]}"; do
 done
 CHILDREN=()
 stop_broker
-closed=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/tidemq.log" | grep 'store closed' | tail -n 1 | sed 's/.*store closed/store closed/')
+closed=$(store_closed_line "$WORK/tidemq.log")
 
 # --- report -----------------------------------------------------------------
 
