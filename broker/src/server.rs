@@ -74,8 +74,13 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let metrics = Arc::new(Metrics::default());
         // Before binding: a second broker on the same directory stops here.
+        let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
         let opened = match settings.storage.enabled {
-            true => Some(Store::open(&settings.storage, metrics.clone())?),
+            true => Some(Store::open(
+                &settings.storage,
+                metrics.clone(),
+                budget.clone(),
+            )?),
             false => None,
         };
         let (store, recovered) = opened.unzip();
@@ -100,7 +105,6 @@ impl Broker {
             let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
             tokio::spawn(sys);
         }
-        let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
         let mut ctx = Context::new(settings, router, metrics, budget, shutdown)
             .map_err(StartError::Dormitory)?;
         ctx.authenticator = authenticator;

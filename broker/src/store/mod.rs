@@ -51,6 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tracing::{error, info};
 
+use crate::budget::Budget;
 use crate::config::{StorageSettings, SyncMode};
 use crate::metrics::Metrics;
 use crate::registry::lock;
@@ -76,6 +77,11 @@ struct Shared {
     last_message_id: AtomicU64,
     full: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Pending records are counted in the memory budget until written, so
+    /// a store that falls behind (a slow disk, a flood of retained QoS 0
+    /// messages that nobody waits for) makes the broker refuse new
+    /// messages rather than grow without bound.
+    budget: Arc<Budget>,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +107,7 @@ impl Store {
     pub fn open(
         settings: &StorageSettings,
         metrics: Arc<Metrics>,
+        budget: Arc<Budget>,
     ) -> Result<(Store, Recovered), StoreError> {
         let started = Instant::now();
         let lock_file = log::lock(&settings.dir)?;
@@ -120,6 +127,7 @@ impl Store {
                 last_message_id: AtomicU64::new(image.last_message_id),
                 full: AtomicBool::new(log.len >= settings.max_bytes),
                 thread: Mutex::new(None),
+                budget,
             }),
         };
         // The broker rebuilds its state from a copy; the thread keeps the
@@ -162,12 +170,15 @@ impl Store {
     /// they are durable.
     pub fn commit(&self, receipt: Option<&Receipt>, write: impl FnOnce(&mut Writer<'_>)) {
         let mut pending = lock(&self.shared.pending);
-        let was_empty = pending.records.is_empty();
+        let before = pending.records.len();
         write(&mut Writer(&mut pending.records));
+        let added = pending.records.len() - before;
         if let Some(receipt) = receipt {
             pending.receipts.push(receipt.clone());
         }
         drop(pending);
+        self.shared.budget.charge(added as u64);
+        let was_empty = before == 0;
         if was_empty {
             self.shared.wake.notify_one();
         }
@@ -222,6 +233,7 @@ impl StoreThread {
                     // Never acknowledged: the broker is going down anyway.
                     std::mem::forget(receipts);
                 }
+                self.shared.budget.release(records.len() as u64);
                 self.report();
             }
             if closing {
