@@ -388,3 +388,47 @@ pub fn unix_ms_to_instant(ms: u64) -> tokio::time::Instant {
     let left = ms.saturating_sub(unix_ms_now());
     tokio::time::Instant::now() + Duration::from_millis(left)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(name: &str) -> StorageSettings {
+        let dir = std::env::temp_dir().join(format!("tidemq-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StorageSettings {
+            enabled: true,
+            dir,
+            sync: SyncMode::Batch,
+            batch_max_delay_us: 500,
+            max_bytes: 1 << 30,
+            compact_min_bytes: 1 << 24,
+        }
+    }
+
+    #[test]
+    fn a_receipt_is_released_once_its_records_are_on_disk_and_the_budget_given_back() {
+        let settings = settings("receipt");
+        let metrics = Arc::new(Metrics::default());
+        let budget = Arc::new(Budget::new(Arc::clone(&metrics), u64::MAX));
+        let (store, _) = Store::open(&settings, Arc::clone(&metrics), Arc::clone(&budget)).unwrap();
+        let (receipt, released) = Receipt::new();
+        store.commit(Some(&receipt), |w| w.hold("c", 7));
+        assert!(budget.used() > 0, "pending records are counted");
+        drop(receipt);
+        // The receipt's last clone is the store's: released after the write.
+        let _ = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(released);
+        assert!(metrics.storage_fsyncs.load(Ordering::Relaxed) >= 1);
+        let written = std::fs::read(settings.dir.join("store-00000001.log")).unwrap();
+        assert!(written.len() > 16, "the commit is in the file");
+        store.close();
+        assert_eq!(budget.used(), 0);
+        // Reopened: the record is there.
+        let (store, recovered) = Store::open(&settings, metrics, budget).unwrap();
+        assert!(recovered.image.sessions["c"].held.contains(&7));
+        store.close();
+    }
+}
