@@ -6,6 +6,9 @@
 //! so the client's own in-flight window is what slows it; a client with more
 //! than 65535 unacknowledged PUBLISHes must be reusing packet ids
 //! [MQTT-2.3.1-2] and is closed.
+//!
+//! With a store, a persistent session's PUBREL and PUBCOMP wait here too,
+//! for the store to have recorded the PUBREC or the PUBREL they answer.
 
 use std::collections::VecDeque;
 
@@ -20,6 +23,9 @@ const MAX_PENDING: usize = u16::MAX as usize;
 #[derive(Debug, Default)]
 pub struct PendingAcks {
     queue: VecDeque<Pending>,
+    /// How many of them answer a PUBLISH (PUBACK, PUBREC); the rest are a
+    /// PUBREL or PUBCOMP waiting for the store.
+    for_publishes: usize,
 }
 
 /// One acknowledgement owed, and what its receipt said once released.
@@ -59,9 +65,10 @@ impl PendingAcks {
         self.queue.is_empty()
     }
 
-    /// Acknowledgements owed and not yet sent.
-    pub fn len(&self) -> usize {
-        self.queue.len()
+    /// PUBACKs and PUBRECs owed and not yet sent: PUBLISHes the client
+    /// still counts against the broker's Receive Maximum.
+    pub fn owed_for_publishes(&self) -> usize {
+        self.for_publishes
     }
 
     /// Queues `ack` (PUBACK or PUBREC) until `released` resolves.
@@ -73,6 +80,7 @@ impl PendingAcks {
         if self.queue.len() >= MAX_PENDING {
             return Err(TooManyPending);
         }
+        self.for_publishes += usize::from(answers_publish(&ack));
         self.queue.push_back(Pending {
             ack,
             released,
@@ -103,6 +111,7 @@ impl PendingAcks {
             let Some(Pending { mut ack, .. }) = self.queue.pop_front() else {
                 break;
             };
+            self.for_publishes -= usize::from(answers_publish(&ack));
             if v5 && routed == Routed::NoSubscribers {
                 if let Outgoing::PubAck(ack) | Outgoing::PubRec(ack) = &mut ack {
                     ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
@@ -112,6 +121,10 @@ impl PendingAcks {
         }
         ready
     }
+}
+
+fn answers_publish(ack: &Outgoing) -> bool {
+    matches!(ack, Outgoing::PubAck(_) | Outgoing::PubRec(_))
 }
 
 #[cfg(test)]
@@ -153,6 +166,7 @@ mod tests {
         acks.push(ack(2), unmatched_rx).unwrap();
         matched.matched();
         drop((matched, unmatched));
+        assert_eq!(acks.owed_for_publishes(), 2);
         let mut no_match = Ack::new(PacketId::new(2).unwrap());
         no_match.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
         assert_eq!(

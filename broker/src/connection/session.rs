@@ -667,7 +667,7 @@ impl Session {
         if packet_id.is_some() && self.client.v5.is_some() {
             // [MQTT-3.3.4-8]: the broker's Receive Maximum, counting
             // PUBLISHes not yet acknowledged and QoS 2 ones awaiting PUBREL.
-            let unacknowledged = self.acks.len() + self.client.state.inbound.held();
+            let unacknowledged = self.acks.owed_for_publishes() + self.client.state.inbound.held();
             if unacknowledged >= usize::from(ctx.settings.limits.receive_maximum) {
                 return Err(End::ReceiveMaximumExceeded);
             }
