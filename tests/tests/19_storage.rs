@@ -6,7 +6,7 @@
 //! subscriptions. (Crash and process-level restarts: broker/tests/persistence.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tidemq_protocol::QoS;
 use tidemq_tests::{
@@ -22,10 +22,10 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn stored_settings(dir: &PathBuf) -> tidemq::Settings {
+fn stored_settings(dir: &Path) -> tidemq::Settings {
     let mut settings = settings();
     settings.storage.enabled = true;
-    settings.storage.dir = dir.clone();
+    settings.storage.dir = dir.to_path_buf();
     settings
 }
 
