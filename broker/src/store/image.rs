@@ -67,7 +67,7 @@ impl Image {
                 self.add_message(id, raw);
             }
             Some(tag::QUEUE | tag::SENT | tag::RELEASED | tag::DONE) => {
-                let entry = reader.entry()?;
+                let entry = reader.entry(validate)?;
                 let client = reader.client(&entry);
                 let (tag, id) = (entry.tag, entry.id);
                 match tag {

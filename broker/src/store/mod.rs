@@ -226,8 +226,10 @@ impl StoreThread {
                 frame.clear();
                 put_frame(&mut frame, &records);
                 if self.write(&frame, closing) {
-                    self.apply(&records);
+                    // The acknowledgements go first: the image is only this
+                    // thread's bookkeeping.
                     drop(receipts);
+                    self.apply(&records);
                     self.maybe_compact();
                 } else {
                     // Never acknowledged: the broker is going down anyway.

@@ -581,12 +581,16 @@ impl Reader {
 
     /// A queue-entry record (queue, sent, released, done) read without
     /// copying its client id: the store thread's most frequent records.
-    pub fn entry(&mut self) -> Read<Entry> {
+    /// `validate` checks the client id's UTF-8 here (replaying a file);
+    /// otherwise [`Reader::client`] reads it as "" if it is not.
+    pub fn entry(&mut self, validate: bool) -> Read<Entry> {
         let tag = self.u8()?;
         let len = self.u32()? as usize;
         let start = self.at;
         let raw = self.take(len)?;
-        std::str::from_utf8(raw).map_err(|_| BadRecord("utf-8"))?;
+        if validate {
+            std::str::from_utf8(raw).map_err(|_| BadRecord("utf-8"))?;
+        }
         let id = self.u64()?;
         let mut entry = Entry {
             tag,
