@@ -127,7 +127,10 @@ flappy_loop() {
         on=$((END - $(date +%s)))
         [ $on -le "$FLAP_ON" ] || on=$FLAP_ON
         [ $on -ge 1 ] || break
-        timeout $((on + 5)) mosquitto_sub -h 127.0.0.1 -p "$PORT" -i soak-flappy -c -q 1 \
+        # --kill-after: mosquitto_sub can deadlock in its SIGTERM handler
+        # (seen here: stuck on a futex after -W and timeout's TERM), which
+        # would leave the session offline for the rest of the soak.
+        timeout --kill-after=2 $((on + 5)) mosquitto_sub -h 127.0.0.1 -p "$PORT" -i soak-flappy -c -q 1 \
             -t 'tidemq-bench/+/fanin/+' -W "$on" -F x 2>/dev/null | wc -l >>"$WORK/flappy.counts"
         sleep "$FLAP_OFF"
     done
