@@ -35,6 +35,7 @@
 //! | `reader`, `writer` | the two socket tasks                               |
 //! | `session`       | the session task: the client's logic and timers        |
 //! | `acks`          | acknowledgements owed, in order                        |
+//! | `gated`         | deliveries waiting for the store to record their ids   |
 //! | `end`           | why a connection ended, and what that means            |
 //! | `v5`            | an MQTT 5 connection's limits and topic aliases        |
 //! | `rest`          | to the dormitory and back                              |
@@ -44,6 +45,7 @@ mod acks;
 mod close;
 mod end;
 mod enhanced_auth;
+mod gated;
 mod handshake;
 mod persist;
 mod reader;

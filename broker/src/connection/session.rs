@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use super::acks::PendingAcks;
 use super::end::End;
 use super::enhanced_auth;
+use super::gated::GatedOut;
 use super::reader::{Inbound, ReadError};
 use super::v5::AliasUse;
 use super::writer::WriterEnd;
@@ -66,6 +67,8 @@ pub struct Session {
     pub out_limit: usize,
     /// PUBACKs / PUBRECs waiting for their messages' receipts.
     pub acks: PendingAcks,
+    /// Deliveries waiting for the store to record their packet ids.
+    pub gated: GatedOut,
     /// Set while the mailbox is over its limit: when the session is closed
     /// as too slow unless it catches up.
     pub slow_deadline: Option<Instant>,
@@ -97,6 +100,7 @@ impl Session {
             out: BytesMut::new(),
             out_limit,
             acks: PendingAcks::new(),
+            gated: GatedOut::default(),
             slow_deadline: None,
             more_mail: false,
             batch: Vec::new(),
@@ -182,6 +186,10 @@ impl Session {
                     busy = true;
                     self.send_released_acks().await?;
                 }
+                _ = self.gated.front_released() => {
+                    busy = true;
+                    self.gated.pop_released(&mut self.out);
+                }
                 message = inbound.recv() => {
                     busy = true;
                     self.inbound(message.unwrap_or(Inbound::Failed(ReadError::Closed))).await?;
@@ -243,6 +251,7 @@ impl Session {
     /// backlog deadline running.
     fn can_rest(&self, inbound: &mpsc::Receiver<Inbound>) -> bool {
         self.acks.is_empty()
+            && self.gated.is_empty()
             && self.out.is_empty()
             // Nothing queued for the writer beyond the chunk it may be
             // writing: a client slow to read is not idle.
@@ -322,22 +331,56 @@ impl Session {
         let mut ids = std::mem::take(&mut self.ids);
         let outbound = &mut self.client.state.outbound;
         ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
-        self.record_sent(&batch, &ids).await;
-        let mut sent = Ok(());
-        for (delivery, packet_id) in batch.iter().zip(&ids) {
-            self.encode_delivery(delivery, *packet_id, now);
-            if self.out.len() >= self.out_limit {
-                sent = self.flush().await;
-                if sent.is_err() {
-                    break;
-                }
-            }
-        }
+        let gate = self.record_sent(&batch, &ids);
+        let sent = match (gate, self.gated.is_empty()) {
+            (None, true) => self.encode_batch(&batch, &ids, now).await,
+            (gate, _) => self.encode_held(&batch, &ids, now, gate).await,
+        };
         batch.clear();
         ids.clear();
         self.batch = batch;
         self.ids = ids;
         sent
+    }
+
+    /// Encodes a batch of deliveries for the write task, handing chunks
+    /// over as they fill.
+    async fn encode_batch(
+        &mut self,
+        batch: &[Delivery],
+        ids: &[Option<PacketId>],
+        now: Option<Instant>,
+    ) -> Result<(), End> {
+        for (delivery, packet_id) in batch.iter().zip(ids) {
+            self.encode_delivery(delivery, *packet_id, now);
+            if self.out.len() >= self.out_limit {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a batch that must wait for the store (`gate`), or behind
+    /// one that does: into held chunks (see `gated`).
+    async fn encode_held(
+        &mut self,
+        batch: &[Delivery],
+        ids: &[Option<PacketId>],
+        now: Option<Instant>,
+        mut gate: Option<oneshot::Receiver<crate::types::Routed>>,
+    ) -> Result<(), End> {
+        // What is encoded already (acknowledgements) need not wait.
+        self.flush().await?;
+        for (delivery, packet_id) in batch.iter().zip(ids) {
+            self.encode_delivery(delivery, *packet_id, now);
+            if self.out.len() >= self.out_limit {
+                let chunk = self.out.split();
+                self.gated.push(chunk, gate.take());
+            }
+        }
+        let chunk = self.out.split();
+        self.gated.push(chunk, gate.take());
+        Ok(())
     }
 
     /// Records the packet ids of stored deliveries about to be sent, so a
@@ -346,8 +389,13 @@ impl Session {
     /// another id, a client that had answered PUBREC would take it for a
     /// new message. QoS 1 ones do not wait (a new id costs a duplicate at
     /// most, which QoS 1 allows).
-    async fn record_sent(&self, batch: &[Delivery], ids: &[Option<PacketId>]) {
-        let Some(store) = self.store() else { return };
+    /// Returns what a QoS 2 PUBLISH of the batch must wait for.
+    fn record_sent(
+        &self,
+        batch: &[Delivery],
+        ids: &[Option<PacketId>],
+    ) -> Option<oneshot::Receiver<crate::types::Routed>> {
+        let store = self.store()?;
         let sent = || {
             batch
                 .iter()
@@ -355,9 +403,7 @@ impl Session {
                 .filter_map(|(delivery, id)| Some((delivery, (*id)?.get())))
                 .filter(|(delivery, _)| delivery.message.stored_id != 0)
         };
-        if sent().next().is_none() {
-            return;
-        }
+        sent().next()?;
         let exactly_once = sent().any(|(delivery, _)| delivery.qos == QoS::ExactlyOnce);
         let client = self.client.ownership.slot.client_id.as_str();
         let (receipt, durable) = Receipt::new();
@@ -367,10 +413,7 @@ impl Session {
                 w.sent(client, delivery.message.stored_id, packet_id);
             }
         });
-        drop(receipt);
-        if exactly_once {
-            let _ = durable.await;
-        }
+        exactly_once.then_some(durable)
     }
 
     /// Writes one delivery's PUBLISH; for an MQTT 5 client with its
