@@ -780,6 +780,23 @@ fn assert_each_subscriber_gets(port: u16, topic: &str, payload: &[u8]) {
     );
 }
 
+/// Every will subscriber (persistent, QoS 1 on `topic`) subscribes and
+/// leaves.
+fn will_subscribers_leave(port: u16, topic: &str) {
+    for n in 0..WILL_SUBSCRIBERS {
+        leave_subscribed(port, &will_subscriber(n), &[(topic, QoS::AtLeastOnce)]);
+    }
+}
+
+/// Restarts the broker on `dir` after a crash: recovery finds one will
+/// due, and every will subscriber gets it on `topic`.
+fn restart_expecting_will(dir: &TempDir, topic: &str) {
+    let broker = Broker::start(dir.path(), &[]);
+    let recovered = broker.recovered();
+    assert_eq!(field(&recovered, "wills"), 1, "{recovered}");
+    assert_each_subscriber_gets(broker.port, topic, b"gone");
+}
+
 /// Proves that the will of a 3.1.1 client with a persistent session whose
 /// connection a `kill -9` cut is published after the restart, to every
 /// persistent subscriber.
@@ -787,13 +804,7 @@ fn assert_each_subscriber_gets(port: u16, topic: &str, payload: &[u8]) {
 fn a_persistent_clients_will_cut_by_kill_9_is_published_after_the_restart() {
     let dir = TempDir::new("will-persistent");
     let broker = Broker::start(dir.path(), &[]);
-    for n in 0..WILL_SUBSCRIBERS {
-        leave_subscribed(
-            broker.port,
-            &will_subscriber(n),
-            &[("will/p", QoS::AtLeastOnce)],
-        );
-    }
+    will_subscribers_leave(broker.port, "will/p");
     let mut connect = v311("will-p", false);
     connect.will = Some(will("will/p", b"gone", false, 0));
     let (mut client, _) = Client::connect(broker.port, &connect);
@@ -802,10 +813,7 @@ fn a_persistent_clients_will_cut_by_kill_9_is_published_after_the_restart() {
     broker.crash();
     drop(client);
 
-    let broker = Broker::start(dir.path(), &[]);
-    let recovered = broker.recovered();
-    assert_eq!(field(&recovered, "wills"), 1, "{recovered}");
-    assert_each_subscriber_gets(broker.port, "will/p", b"gone");
+    restart_expecting_will(&dir, "will/p");
 }
 
 /// Proves that the will of a 3.1.1 clean-session client whose connection a
@@ -820,20 +828,11 @@ fn a_clean_clients_will_cut_by_kill_9_reaches_persistent_subscribers() {
     let (client, _) = Client::connect(broker.port, &connect);
     // The last subscriber's SUBACK waits for the disk; the will was written
     // before it.
-    for n in 0..WILL_SUBSCRIBERS {
-        leave_subscribed(
-            broker.port,
-            &will_subscriber(n),
-            &[("will/c", QoS::AtLeastOnce)],
-        );
-    }
+    will_subscribers_leave(broker.port, "will/c");
     broker.crash();
     drop(client);
 
-    let broker = Broker::start(dir.path(), &[]);
-    let recovered = broker.recovered();
-    assert_eq!(field(&recovered, "wills"), 1, "{recovered}");
-    assert_each_subscriber_gets(broker.port, "will/c", b"gone");
+    restart_expecting_will(&dir, "will/c");
 }
 
 /// Proves that a retained will of a clean-session client cut by `kill -9`
