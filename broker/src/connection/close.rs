@@ -26,12 +26,13 @@ pub(super) async fn close(client: Client, end: End) {
     if let (true, Some(will)) = (end.publishes_will(), will) {
         match will_delay(&will, expiry) {
             Some(delay) => {
-                // Once it is published, the session is written without it.
+                // Written with the session while it waits; once it is
+                // published, the session is written without it.
                 let after = ctx
                     .store
                     .as_ref()
                     .map(|_| persist::settings(&client_id, expiry, None, true));
-                pending_will = Some(will.clone());
+                pending_will = ctx.store.as_ref().map(|_| will.clone());
                 will_timer = Some(delay_will(&ctx, *will, delay, after));
             }
             None => publish_will(&ctx, *will).await,

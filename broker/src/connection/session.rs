@@ -42,7 +42,7 @@ use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::session::SessionState;
-use crate::store::{Record, Store};
+use crate::store::{Record, Store, Writer};
 use crate::types::{Delivery, Message, MessageExtra, Receipt};
 
 /// Deliveries moved per wake-up before the session looks at its socket again.
@@ -512,16 +512,12 @@ impl Session {
                 // [MQTT-4.3.3-1] answer PUBREC with PUBREL; once the store
                 // knows, so a restart resends PUBREL rather than the PUBLISH.
                 let pubrel = Outgoing::PubRel(Ack::new(id));
-                match self.store() {
-                    Some(store) if stored_id != 0 => {
-                        let client = &self.client.ownership.slot.client_id;
-                        let (receipt, released) = Receipt::new();
-                        store.commit(Some(&receipt), |w| w.released(client.as_str(), stored_id));
-                        self.acks
-                            .push(pubrel, released)
-                            .map_err(|_| End::TooManyUnacknowledged)
+                match stored_id {
+                    0 => self.send(pubrel).await,
+                    _ => {
+                        self.send_once_stored(pubrel, |w, client| w.released(client, stored_id))
+                            .await
                     }
-                    _ => self.send(pubrel).await,
                 }
             }
             Packet::PubRel(ack) => {
@@ -536,16 +532,12 @@ impl Session {
                 // The id is let go on disk before PUBCOMP tells the client
                 // it may reuse it: a restart must not take its next
                 // message for a resend.
-                match self.store() {
-                    Some(store) if known => {
-                        let client = &self.client.ownership.slot.client_id;
-                        let (receipt, released) = Receipt::new();
-                        store.commit(Some(&receipt), |w| w.unhold(client.as_str(), id.get()));
-                        self.acks
-                            .push(pubcomp, released)
-                            .map_err(|_| End::TooManyUnacknowledged)
+                match known {
+                    true => {
+                        self.send_once_stored(pubcomp, |w, client| w.unhold(client, id.get()))
+                            .await
                     }
-                    _ => self.send(pubcomp).await,
+                    false => self.send(pubcomp).await,
                 }
             }
             Packet::PubComp(ack) => {
@@ -665,6 +657,26 @@ impl Session {
     fn store(&self) -> Option<&Store> {
         let store = self.client.ctx.store.as_ref()?;
         self.client.ownership.slot.is_persistent().then_some(store)
+    }
+
+    /// Sends `packet` once `write`'s records are durable (queued behind
+    /// the acknowledgements owed, see `acks`), or at once when this session
+    /// is not kept in the store.
+    async fn send_once_stored(
+        &mut self,
+        packet: Outgoing,
+        write: impl FnOnce(&mut Writer<'_>, &str),
+    ) -> Result<(), End> {
+        let Some(store) = self.store() else {
+            return self.send(packet).await;
+        };
+        let client = self.client.ownership.slot.client_id.as_str();
+        let (receipt, released) = Receipt::new();
+        store.commit(Some(&receipt), |w| write(w, client));
+        drop(receipt);
+        self.acks
+            .push(packet, released)
+            .map_err(|_| End::TooManyUnacknowledged)
     }
 
     /// Records that a stored delivery is finished. Nothing waits for it: if

@@ -146,7 +146,7 @@ impl RouterHandle {
         .await
     }
 
-    /// Sends `msg` and waits for its `done` answer (start-up restores).
+    /// Sends `msg` and waits for its `done` answer.
     pub async fn ask<T>(
         &self,
         msg: impl FnOnce(oneshot::Sender<T>) -> RouterMsg,
@@ -161,14 +161,12 @@ impl RouterHandle {
         slot: Arc<SessionSlot>,
         request: SubscribeRequest,
     ) -> Result<Subscribed, RouterGone> {
-        let (done, answer) = oneshot::channel();
-        self.send(RouterMsg::Subscribe {
+        self.ask(|done| RouterMsg::Subscribe {
             slot,
             request,
             done,
         })
-        .await?;
-        answer.await.map_err(|_| RouterGone)
+        .await
     }
 
     /// Queues the next batch of a cursor's retained messages (at most
@@ -179,15 +177,13 @@ impl RouterHandle {
         cursor: RetainedCursor,
         max: usize,
     ) -> Result<Option<RetainedCursor>, RouterGone> {
-        let (done, answer) = oneshot::channel();
-        self.send(RouterMsg::Retained {
+        self.ask(|done| RouterMsg::Retained {
             slot,
             cursor,
             max,
             done,
         })
-        .await?;
-        answer.await.map_err(|_| RouterGone)
+        .await
     }
 
     /// Removes subscriptions; answers whether each filter was subscribed.
@@ -196,14 +192,12 @@ impl RouterHandle {
         client_id: ClientId,
         filters: Vec<TopicFilter>,
     ) -> Result<Vec<bool>, RouterGone> {
-        let (done, answer) = oneshot::channel();
-        self.send(RouterMsg::Unsubscribe {
+        self.ask(|done| RouterMsg::Unsubscribe {
             client_id,
             filters,
             done,
         })
-        .await?;
-        answer.await.map_err(|_| RouterGone)
+        .await
     }
 }
 

@@ -81,16 +81,8 @@ impl Image {
                         };
                         self.queue(client, id, queued);
                     }
-                    tag::SENT => {
-                        if let Some(queued) = self.entry(client, id) {
-                            queued.packet_id = Some(entry.packet_id);
-                        }
-                    }
-                    tag::RELEASED => {
-                        if let Some(queued) = self.entry(client, id) {
-                            queued.released = true;
-                        }
-                    }
+                    tag::SENT => self.sent(client, id, entry.packet_id),
+                    tag::RELEASED => self.released(client, id),
                     _ => self.done(client, id),
                 }
             }
@@ -123,6 +115,18 @@ impl Image {
                 .live_bytes
                 .saturating_sub(RECORD_OVERHEAD + client.len() as u64);
             self.unrefer(id);
+        }
+    }
+
+    fn sent(&mut self, client: &str, id: u64, packet_id: u16) {
+        if let Some(entry) = self.entry(client, id) {
+            entry.packet_id = Some(packet_id);
+        }
+    }
+
+    fn released(&mut self, client: &str, id: u64) {
+        if let Some(entry) = self.entry(client, id) {
+            entry.released = true;
         }
     }
 
@@ -167,16 +171,8 @@ impl Image {
                 client,
                 id,
                 packet_id,
-            } => {
-                if let Some(entry) = self.entry(&client, id) {
-                    entry.packet_id = Some(packet_id);
-                }
-            }
-            Record::Released { client, id } => {
-                if let Some(entry) = self.entry(&client, id) {
-                    entry.released = true;
-                }
-            }
+            } => self.sent(&client, id, packet_id),
+            Record::Released { client, id } => self.released(&client, id),
             Record::Done { client, id } => self.done(&client, id),
             Record::Session(settings) => {
                 let client = settings.client_id.clone();
@@ -324,25 +320,12 @@ impl Image {
 }
 
 fn write_entry(w: &mut Writer<'_>, client: &str, id: u64, entry: &QueueEntry) {
-    w.record(&Record::Queue {
-        client: client.to_string(),
-        id,
-        qos: entry.qos,
-        retain: entry.retain,
-        subscription_ids: entry.subscription_ids.clone(),
-    });
+    w.queue(client, id, entry.qos, entry.retain, &entry.subscription_ids);
     if let Some(packet_id) = entry.packet_id {
-        w.record(&Record::Sent {
-            client: client.to_string(),
-            id,
-            packet_id,
-        });
+        w.sent(client, id, packet_id);
     }
     if entry.released {
-        w.record(&Record::Released {
-            client: client.to_string(),
-            id,
-        });
+        w.released(client, id);
     }
 }
 
