@@ -414,22 +414,20 @@ fn crash_round(round: u32, kill_after: Duration) -> String {
             .unwrap_or(&recovered),
     );
     println!("{figures}");
-    assert!(
-        lost_q1.is_empty(),
-        "acknowledged QoS 1 lost: {:?}... ({figures})",
-        &lost_q1[..lost_q1.len().min(10)]
-    );
-    assert!(
-        lost_q2.is_empty(),
-        "acknowledged QoS 2 lost: {:?}... ({figures})",
-        &lost_q2[..lost_q2.len().min(10)]
-    );
-    assert!(
-        twice_q2.is_empty(),
-        "QoS 2 delivered more than once: {twice_q2:?} ({figures})"
-    );
-    assert!(unknown.is_empty(), "never sent: {unknown:?}");
+    assert_none("acknowledged QoS 1 lost", &lost_q1, &figures);
+    assert_none("acknowledged QoS 2 lost", &lost_q2, &figures);
+    assert_none("QoS 2 delivered more than once", &twice_q2, &figures);
+    assert_none("never sent", &unknown, &figures);
     figures
+}
+
+/// Fails naming `what` and the first sequence numbers, if there are any.
+fn assert_none(what: &str, sequences: &[u32], figures: &str) {
+    assert!(
+        sequences.is_empty(),
+        "{what}: {:?}... ({figures})",
+        &sequences[..sequences.len().min(10)]
+    );
 }
 
 /// Proves the durability rule under `kill -9` at random points of a
@@ -643,17 +641,9 @@ fn online_qos2_crash_round(round: u32, kill_after: Duration) -> u32 {
             .unwrap_or(&recovered),
     );
     println!("{figures}");
-    assert!(
-        lost.is_empty(),
-        "acknowledged but never delivered: {:?}... ({figures})",
-        &lost[..lost.len().min(10)]
-    );
-    assert!(
-        twice.is_empty(),
-        "delivered more than once: {:?}... ({figures})",
-        &twice[..twice.len().min(10)]
-    );
-    assert!(unknown.is_empty(), "never sent: {unknown:?}");
+    assert_none("acknowledged but never delivered", &lost, &figures);
+    assert_none("delivered more than once", &twice, &figures);
+    assert_none("never sent", &unknown, &figures);
     assert!(
         never_released.is_empty(),
         "answered PUBREC, never released: {never_released:?} ({figures})"
