@@ -71,6 +71,16 @@ pub async fn restore(ctx: &Arc<Context>, store: &Store, recovered: Recovered) {
     for will in wills {
         match will {
             DueWill::Now(will) => publish_will(ctx, will).await,
+            // Due already: out before the listeners accept, like the
+            // wills of ended sessions.
+            DueWill::Later {
+                will, left, after, ..
+            } if left.is_zero() => {
+                publish_will(ctx, will).await;
+                if let Some(after) = after {
+                    store.commit(None, |w| w.record(&Record::Session(after)));
+                }
+            }
             DueWill::Later {
                 slot,
                 will,
