@@ -3,12 +3,12 @@
 //!
 //! A socket passes through two stages, each with its own cap:
 //!
-//! | stage          | cap (`listener.`) | when full                                    |
+//! | stage          | cap (`connections.`) | when full                                    |
 //! |----------------|-------------------|----------------------------------------------|
 //! | before CONNECT | `max_pending`     | the oldest pending closed (`pending_evicted`)|
 //! | past CONNECT   | `max_connections` | CONNACK 0x03 (`connections_refused_limit`)   |
 //!
-//! and across both, `listener.max_connections_per_address` per source IP
+//! and across both, `connections.max_connections_per_address` per source IP
 //! (0: off), checked at accept (`connections_refused_per_address`).
 //!
 //! So a flood of sockets that never send CONNECT only ever competes with
@@ -21,24 +21,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ListenerSettings;
+use crate::config::ConnectionSettings;
 use crate::metrics::Metrics;
 
 /// The broker's capacity for sockets; one per broker.
 #[derive(Debug)]
 pub struct Gate {
     metrics: Arc<Metrics>,
-    /// One permit per connection past CONNECT (`listener.max_connections`):
+    /// One permit per connection past CONNECT (`connections.max_connections`):
     /// shutdown waits for all of them to come back, resting ones included.
     slots: Arc<Semaphore>,
     max_connections: usize,
     pending: Mutex<PendingSet>,
-    /// `listener.max_connections_per_address`; 0: no limit.
+    /// `connections.max_connections_per_address`; 0: no limit.
     per_address_cap: usize,
     per_address: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -55,7 +56,7 @@ pub enum Refused {
 pub struct Evicted;
 
 impl Gate {
-    pub fn new(listener: &ListenerSettings, metrics: Arc<Metrics>) -> Gate {
+    pub fn new(listener: &ConnectionSettings, metrics: Arc<Metrics>) -> Gate {
         Gate {
             metrics,
             slots: Arc::new(Semaphore::new(listener.max_connections)),
@@ -69,7 +70,17 @@ impl Gate {
     /// Admits a socket just accepted from `addr` as pending, evicting the
     /// oldest pending socket when `max_pending` are. Synchronous: the accept
     /// loop never waits here.
+    #[cfg(test)]
     pub fn admit(self: &Arc<Gate>, addr: IpAddr) -> Result<(Admission, Option<Evicted>), Refused> {
+        self.admit_on(addr, None)
+    }
+
+    /// As [`Gate::admit`], for a listener with a cap of its own.
+    pub fn admit_on(
+        self: &Arc<Gate>,
+        addr: IpAddr,
+        listener: Option<Arc<ListenerSlots>>,
+    ) -> Result<(Admission, Option<Evicted>), Refused> {
         let addr = if self.per_address_cap > 0 {
             let mut counts = lock(&self.per_address);
             let count = counts.entry(addr).or_insert(0);
@@ -98,6 +109,7 @@ impl Gate {
             addr,
             pending: Some(Box::new((id, token))),
             connected: false,
+            listener,
         };
         Ok((admission, evicted))
     }
@@ -138,6 +150,36 @@ pub struct Admission {
     pending: Option<Box<(u64, CancellationToken)>>,
     /// Holds one of `max_connections`.
     connected: bool,
+    /// Its listener's own cap, if it has one (held once `connected`).
+    listener: Option<Arc<ListenerSlots>>,
+}
+
+/// A `[[listener]]`'s own `max_connections`: connections past CONNECT on it.
+#[derive(Debug)]
+pub struct ListenerSlots {
+    cap: usize,
+    open: AtomicUsize,
+}
+
+impl ListenerSlots {
+    pub fn new(cap: usize) -> ListenerSlots {
+        ListenerSlots {
+            cap,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.cap).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Admission {
@@ -159,6 +201,11 @@ impl Admission {
         if self.connected {
             return true;
         }
+        if let Some(listener) = &self.listener {
+            if !listener.take() {
+                return false;
+            }
+        }
         match self.gate.slots.try_acquire() {
             Ok(permit) => {
                 // Given back in `drop`.
@@ -167,7 +214,12 @@ impl Admission {
                 Metrics::incr(&self.gate.metrics.connections_current);
                 true
             }
-            Err(_) => false,
+            Err(_) => {
+                if let Some(listener) = &self.listener {
+                    listener.give_back();
+                }
+                false
+            }
         }
     }
 }
@@ -178,6 +230,9 @@ impl Drop for Admission {
             self.gate.leave_pending(pending.0);
         }
         if std::mem::take(&mut self.connected) {
+            if let Some(listener) = &self.listener {
+                listener.give_back();
+            }
             self.gate.slots.add_permits(1);
             Metrics::decr(&self.gate.metrics.connections_current);
         }
@@ -239,11 +294,11 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
-    fn gate(edit: impl FnOnce(&mut ListenerSettings)) -> Arc<Gate> {
+    fn gate(edit: impl FnOnce(&mut ConnectionSettings)) -> Arc<Gate> {
         let mut settings = Settings::defaults().unwrap();
         settings.storage.enabled = false;
-        edit(&mut settings.listener);
-        Arc::new(Gate::new(&settings.listener, Arc::default()))
+        edit(&mut settings.connections);
+        Arc::new(Gate::new(&settings.connections, Arc::default()))
     }
 
     fn ip(last: u8) -> IpAddr {

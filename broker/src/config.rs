@@ -3,6 +3,7 @@
 //! environment variables, then CLI overrides. Validation errors name the key.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
@@ -15,7 +16,12 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../configs/tidemq.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    pub listener: ListenerSettings,
+    /// `[connections]`: what every listener's connections share.
+    pub connections: ConnectionSettings,
+    /// `[[listener]]`: where clients connect, and how.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub auth: AuthSettings,
     pub limits: Limits,
     pub sys: SysSettings,
     pub log: LogSettings,
@@ -51,10 +57,123 @@ pub struct SysSettings {
     pub interval_secs: u64,
 }
 
+/// One `[[listener]]`: an address, the protocol spoken on it, and who may
+/// connect there.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerSettings {
-    pub bind: Vec<SocketAddr>,
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// The HTTP path a WebSocket upgrade must ask for.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Overrides `auth.allow_anonymous` on this listener.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// Connections past CONNECT on this listener, at most; 0: only
+    /// `connections.max_connections` applies.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// New sockets per second this listener accepts; 0: no limit. Absent:
+    /// `connections.max_connect_rate`.
+    #[serde(default)]
+    pub max_connect_rate: Option<u32>,
+    /// Override `auth.password_file` / `auth.acl_file` on this listener.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener on `bind`, everything else default.
+    pub fn mqtt(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            protocol: ListenerProtocol::Mqtt,
+            ws_path: default_ws_path(),
+            tls: None,
+            allow_anonymous: None,
+            max_connections: 0,
+            max_connect_rate: None,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".to_string()
+}
+
+/// What a listener speaks: MQTT straight on the (TLS) stream, or MQTT in
+/// WebSocket binary frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Mqtt,
+    Ws,
+}
+
+/// A listener's `tls = { ... }`: PEM files, and whether clients must show
+/// a certificate signed by `client_ca`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// The client certificate's Common Name (or, without one, its first
+    /// Subject Alternative Name) becomes the user name; the CONNECT's user
+    /// name and password are ignored.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+/// `[auth]`: who may connect, and what they may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub allow_anonymous: bool,
+    /// mosquitto-format password file; empty: no user names are checked.
+    pub password_file: PathBuf,
+    /// mosquitto-format ACL file; empty: every client may do everything.
+    pub acl_file: PathBuf,
+    /// Who may take over a connected or stored session's client id.
+    pub takeover: Takeover,
+    /// A refused login from an address delays that address's next CONNECT
+    /// answers by this much, doubling per failure up to
+    /// `failed_login_max_delay_ms`.
+    pub failed_login_delay_ms: u64,
+    pub failed_login_max_delay_ms: u64,
+    /// Password hashes computed at once, at most (argon2id takes ~20 MiB
+    /// and tens of milliseconds each); others wait their turn.
+    pub max_concurrent_hashes: usize,
+    /// Offer SCRAM-SHA-256 enhanced authentication (MQTT 5) against the
+    /// password file's SCRAM entries.
+    pub scram: bool,
+}
+
+/// Who may take over a client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Takeover {
+    /// Only a connection with the same user name (anonymous by anonymous).
+    SameUser,
+    /// Any client (MQTT's default rule).
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSettings {
     pub tcp_nodelay: bool,
     pub tcp_keepalive_secs: u64,
     pub max_connections: usize,
@@ -63,9 +182,16 @@ pub struct ListenerSettings {
     pub max_connections_per_address: usize,
     pub server_reference: String,
     pub server_moved: bool,
+    /// New sockets per second one listener accepts, at most (a listener's
+    /// `max_connect_rate` overrides it); beyond it they are closed at once
+    /// (`connections_refused_rate`). 0: no limit.
+    pub max_connect_rate: u32,
+    /// Bytes in one WebSocket frame, at most; a larger frame closes the
+    /// connection.
+    pub ws_max_frame_bytes: usize,
 }
 
-impl ListenerSettings {
+impl ConnectionSettings {
     /// Where MQTT 5 clients are sent when this broker cannot serve them:
     /// the reference, and whether the move is permanent (0x9D) or not
     /// (0x9C). `None` when `server_reference` is empty.
@@ -138,22 +264,24 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
-        builder = builder.add_source(
-            Environment::with_prefix("TIDEMQ")
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("listener.bind")
-                .try_parsing(true),
-        );
+        let (environment, first_bind) = environment();
+        builder = builder.add_source(environment);
         let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if let Some(bind) = first_bind {
+            let bind = bind
+                .parse::<SocketAddr>()
+                .map_err(|error| invalid("TIDEMQ_LISTENER__BIND", &error.to_string()))?;
+            match settings.listeners.first_mut() {
+                Some(first) => first.bind = bind,
+                None => settings.listeners.push(ListenerConfig::mqtt(bind)),
+            }
+        }
         if let Some(port) = overrides.port {
-            match settings.listener.bind.first_mut() {
-                Some(first) => first.set_port(port),
+            match settings.listeners.first_mut() {
+                Some(first) => first.bind.set_port(port),
                 None => settings
-                    .listener
-                    .bind
-                    .push(SocketAddr::from(([0, 0, 0, 0], port))),
+                    .listeners
+                    .push(ListenerConfig::mqtt(SocketAddr::from(([0, 0, 0, 0], port)))),
             }
         }
         settings.validate()?;
@@ -173,8 +301,11 @@ impl Settings {
     /// Checks the values serde cannot: zero sizes, empty lists.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive: [(&'static str, usize); 19] = [
-            ("listener.max_connections", self.listener.max_connections),
-            ("listener.max_pending", self.listener.max_pending),
+            (
+                "connections.max_connections",
+                self.connections.max_connections,
+            ),
+            ("connections.max_pending", self.connections.max_pending),
             (
                 "limits.memory_limit_mb",
                 self.limits.memory_limit_mb as usize,
@@ -219,8 +350,23 @@ impl Settings {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if self.listener.bind.is_empty() {
-            return Err(invalid("listener.bind", "must list at least one address"));
+        if self.listeners.is_empty() {
+            return Err(invalid("listener", "must list at least one [[listener]]"));
+        }
+        if self.listeners.iter().any(|l| !l.ws_path.starts_with('/')) {
+            return Err(invalid("listener.ws_path", "must start with '/'"));
+        }
+        if self.auth.max_concurrent_hashes == 0 {
+            return Err(invalid(
+                "auth.max_concurrent_hashes",
+                "must be greater than 0",
+            ));
+        }
+        if self.connections.ws_max_frame_bytes < 1024 {
+            return Err(invalid(
+                "connections.ws_max_frame_bytes",
+                "must be at least 1024 bytes",
+            ));
         }
         if self.limits.max_packet_size < 64 {
             return Err(invalid(
@@ -269,7 +415,7 @@ impl Settings {
     }
 
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.listener.connect_timeout_ms)
+        Duration::from_millis(self.connections.connect_timeout_ms)
     }
 
     pub fn slow_subscriber_timeout(&self) -> Duration {
@@ -310,6 +456,32 @@ impl Settings {
     }
 }
 
+/// The `TIDEMQ_<SECTION>__<KEY>` variables as a config source, and
+/// `TIDEMQ_LISTENER__BIND` apart: it sets the first `[[listener]]`'s
+/// address, as `-p` sets its port (an array of tables has no key a variable
+/// could name). Variables without the double underscore (`TIDEMQ_HOME`) are
+/// not config and are left alone.
+fn environment() -> (Environment, Option<String>) {
+    let mut first_bind = None;
+    let mut vars = std::collections::HashMap::new();
+    for (name, value) in std::env::vars() {
+        let Some(key) = name.strip_prefix("TIDEMQ_") else {
+            continue;
+        };
+        if key.eq_ignore_ascii_case("LISTENER__BIND") {
+            first_bind = Some(value);
+        } else if key.contains("__") {
+            vars.insert(name, value);
+        }
+    }
+    let source = Environment::with_prefix("TIDEMQ")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(vars));
+    (source, first_bind)
+}
+
 fn invalid(key: &'static str, problem: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -324,15 +496,16 @@ mod tests {
     #[test]
     fn default_config_loads_and_validates() {
         let settings = Settings::defaults().unwrap();
-        assert_eq!(settings.listener.bind[0].port(), 1883);
+        assert_eq!(settings.listeners[0].bind.port(), 1883);
+        assert_eq!(settings.listeners.len(), 1);
         assert_eq!(settings.limits.max_packet_size, 1024 * 1024);
-        assert_eq!(settings.listener.connect_timeout_ms, 10_000);
+        assert_eq!(settings.connections.connect_timeout_ms, 10_000);
     }
 
     #[test]
     fn port_override_changes_the_first_listener() {
         let settings = Settings::load(None, &Overrides { port: Some(1999) }).unwrap();
-        assert_eq!(settings.listener.bind[0].port(), 1999);
+        assert_eq!(settings.listeners[0].bind.port(), 1999);
     }
 
     #[test]
@@ -353,5 +526,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("max_inflihgt"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn load_text(name: &str, text: &str) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("tidemq-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Settings::load(path.to_str(), &Overrides::default())
+    }
+
+    #[test]
+    fn listeners_in_a_file_replace_the_default_one() {
+        let settings = load_text(
+            "listeners.toml",
+            r#"
+[[listener]]
+bind = "127.0.0.1:8883"
+tls = { cert = "server.pem", key = "server.key", client_ca = "ca.pem", require_certificate = true }
+allow_anonymous = false
+
+[[listener]]
+bind = "127.0.0.1:8080"
+protocol = "ws"
+ws_path = "/ws"
+"#,
+        )
+        .unwrap();
+        assert_eq!(settings.listeners.len(), 2);
+        let tls = settings.listeners[0].tls.as_ref().unwrap();
+        assert!(tls.require_certificate);
+        assert_eq!(settings.listeners[0].protocol, ListenerProtocol::Mqtt);
+        assert_eq!(settings.listeners[0].allow_anonymous, Some(false));
+        assert_eq!(settings.listeners[1].protocol, ListenerProtocol::Ws);
+        assert_eq!(settings.listeners[1].ws_path, "/ws");
+        assert!(settings.listeners[1].tls.is_none());
+    }
+
+    #[test]
+    fn an_unknown_listener_key_is_an_error_naming_it() {
+        let message = load_text(
+            "badlistener.toml",
+            "[[listener]]\nbind = \"127.0.0.1:1\"\nprotocl = \"ws\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("protocl"), "{message}");
     }
 }

@@ -3,7 +3,10 @@
 //! | module       | owns                                                      |
 //! |--------------|-----------------------------------------------------------|
 //! | `config`     | typed, layered, validated settings                        |
-//! | `server`     | listeners, the accept loop, start and shutdown            |
+//! | `server`     | start (files, store, bind, recovery) and shutdown          |
+//! | `listener`   | one `[[listener]]`: accept loop, connect rate, TLS/WS set-up |
+//! | `transport`  | TCP, TLS and WebSocket streams, and how each rests        |
+//! | `security`   | password and ACL files, login delays, SCRAM-SHA-256       |
 //! | `admission`  | pending sockets, connection slots, per-address counts     |
 //! | `auth`       | the MQTT 5 enhanced-authentication plug-in trait          |
 //! | `connection` | one client: handshake, read task, write task, session task|
@@ -33,16 +36,19 @@ pub mod config;
 mod connection;
 mod dormitory;
 mod expiry;
+mod listener;
 mod mailbox;
 pub mod metrics;
 mod recovery;
 mod registry;
 mod router;
+pub mod security;
 mod server;
 mod session;
 mod store;
 mod sys;
 mod throttle;
+mod transport;
 mod types;
 
 pub use config::{ConfigError, Overrides, Settings};

@@ -30,11 +30,99 @@ struct Args {
     /// More logging: -v for debug, -vv for trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Creates or updates USER in a password file (argon2id, or a
+    /// SCRAM-SHA-256 entry with --scram), like mosquitto_passwd. The
+    /// password is read from standard input unless -b gives it.
+    Passwd {
+        /// Write a SCRAM-SHA-256 entry (usable for CONNECT passwords and
+        /// MQTT 5 SCRAM authentication) instead of argon2id.
+        #[arg(long)]
+        scram: bool,
+        /// Delete USER instead.
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// The password, on the command line (visible to other users).
+        #[arg(short = 'b', long, value_name = "PASSWORD")]
+        batch: Option<String>,
+        file: std::path::PathBuf,
+        user: String,
+    },
+}
+
+/// `tidemq passwd`: 0 when the file was written, 1 when it could not be.
+fn passwd(command: Command) -> ExitCode {
+    use tidemq::security::passwd::{delete_user, set_password, HashKind};
+    let Command::Passwd {
+        scram,
+        delete,
+        batch,
+        file,
+        user,
+    } = command;
+    let result = if delete {
+        delete_user(&file, &user).map(|found| match found {
+            true => format!("deleted {user}"),
+            false => format!("{user} was not in {}", file.display()),
+        })
+    } else {
+        let password = match batch {
+            Some(password) => password,
+            None => match read_password() {
+                Ok(password) => password,
+                Err(error) => {
+                    eprintln!("tidemq passwd: cannot read the password: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let kind = match scram {
+            true => HashKind::Scram,
+            false => HashKind::Argon2id,
+        };
+        set_password(&file, &user, &password, kind).map(|new| match new {
+            true => format!("added {user}"),
+            false => format!("updated {user}"),
+        })
+    };
+    match result {
+        Ok(done) => {
+            eprintln!("tidemq passwd: {done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tidemq passwd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line from standard input, without its line ending.
+fn read_password() -> std::io::Result<String> {
+    eprint!("Password: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty password",
+        ));
+    }
+    Ok(password)
 }
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let args = Args::parse();
+    if let Some(command) = args.command {
+        return passwd(command);
+    }
     let overrides = Overrides { port: args.port };
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,

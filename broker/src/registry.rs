@@ -94,6 +94,9 @@ pub struct SessionSlot {
     claim: Mutex<Claim>,
     /// Boxed: an online session's slot holds only the pointer.
     parked: Mutex<Option<Box<SessionState>>>,
+    /// The user its last owner authenticated as: `None` while unknown (a
+    /// session restored from the store), `Some(None)` for anonymous.
+    owner_user: Mutex<Option<Option<Arc<str>>>>,
 }
 
 /// Proof that a connection owns a session slot; dropping it frees the slot.
@@ -138,7 +141,13 @@ impl SessionSlot {
                 offline: None,
             }),
             parked: Mutex::new(None),
+            owner_user: Mutex::new(None),
         }
+    }
+
+    /// Records who owns the session now (see `auth.takeover`).
+    pub fn set_owner_user(&self, user: Option<Arc<str>>) {
+        *lock(&self.owner_user) = Some(user);
     }
 
     /// Whether a connection is attached (QoS 0 is not queued for offline
@@ -300,6 +309,24 @@ impl Registry {
 
     pub fn deadlines(&self) -> &Deadlines {
         &self.deadlines
+    }
+
+    /// Whether `user` may take the session of `client_id` over when only
+    /// the same user may: true when there is none, its owner is unknown
+    /// (restored from the store), or is the same user.
+    pub fn same_owner(&self, client_id: &ClientId, user: Option<&str>) -> bool {
+        let Some(slot) = self
+            .slots
+            .get(client_id)
+            .map(|entry| Arc::clone(entry.value()))
+        else {
+            return true;
+        };
+        let owner = lock(&slot.owner_user);
+        match &*owner {
+            None => true,
+            Some(owner) => owner.as_deref() == user,
+        }
     }
 
     /// Claims the slot of `client_id` (creating it if needed), cancels its

@@ -1,32 +1,23 @@
-//! Listeners and the broker's life cycle: bind, accept, spawn, shut down.
-//!
-//! The accept loop does nothing slow: accept (with backoff when the process
-//! is out of descriptors), admit the socket as pending (closing it at once
-//! over `max_connections_per_address`, evicting the oldest pending socket
-//! over `max_pending`: see [`crate::admission`]), set socket options, spawn.
-//! `max_connections` is enforced later, once the CONNECT is read.
-//! Everything after the accept runs on the connection's own task.
+//! The broker's life cycle: load the listeners' certificates and files,
+//! open the store, bind, recover, start the accept loops
+//! ([`crate::listener`]), shut down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::admission::Refused;
 use crate::budget::Budget;
-use crate::config::{ListenerSettings, Settings};
-use crate::connection::{self, Context};
+use crate::config::Settings;
+use crate::connection::Context;
+use crate::listener::{self, Endpoint, EndpointError};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::router;
 use crate::store::Store;
-
-/// Longest pause after a failed accept.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
 #[derive(Debug)]
@@ -48,14 +39,18 @@ pub enum StartError {
     Dormitory(std::io::Error),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Listener(#[from] EndpointError),
 }
 
 impl StartError {
     /// The process exit code for this failure: 2 when the store's files
-    /// are damaged or unreadable (the operator must act), 1 otherwise.
+    /// are damaged or unreadable, or a listener's certificate, password or
+    /// ACL file is bad (the operator must act), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Store(error) if !error.is_locked() => 2,
+            StartError::Listener(_) => 2,
             _ => 1,
         }
     }
@@ -84,7 +79,7 @@ impl Broker {
             false => None,
         };
         let (store, recovered) = opened.unzip();
-        let listeners = match bind(&settings.listener).await {
+        let listeners = match bind(&settings).await {
             Ok(listeners) => listeners,
             Err(error) => {
                 if let Some(store) = store {
@@ -117,14 +112,16 @@ impl Broker {
         tokio::spawn(crate::expiry::run(ctx.clone()));
         let mut local_addrs = Vec::new();
         let mut accept_loops = Vec::new();
-        for listener in listeners {
+        for (listener, endpoint) in listeners {
             let addr = listener.local_addr().map_err(|source| StartError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            info!(%addr, "listening");
+            let protocol = endpoint.config.protocol;
+            let tls = endpoint.tls.is_some();
+            info!(%addr, ?protocol, tls, "listening");
             local_addrs.push(addr);
-            let task = accept_loop(listener, ctx.clone());
+            let task = listener::accept_loop(listener, endpoint, ctx.clone());
             accept_loops.push(tokio::spawn(task));
         }
         Ok(Broker {
@@ -135,7 +132,8 @@ impl Broker {
         })
     }
 
-    /// The bound addresses, in the order of `listener.bind` (useful with port 0).
+    /// The bound addresses, in the order of the `[[listener]]` tables
+    /// (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
@@ -186,22 +184,21 @@ impl Broker {
     }
 }
 
-/// Binds every address of `listener.bind`.
-async fn bind(settings: &ListenerSettings) -> Result<Vec<TcpListener>, StartError> {
-    let mut listeners = Vec::new();
-    for addr in &settings.bind {
-        let listener = TcpListener::bind(addr)
+/// Prepares every `[[listener]]` (certificates, password and ACL files)
+/// and binds it.
+async fn bind(settings: &Settings) -> Result<Vec<(TcpListener, Arc<Endpoint>)>, StartError> {
+    let mut bound = Vec::new();
+    for config in &settings.listeners {
+        let endpoint = Endpoint::new(config, settings)?;
+        let listener = listener::bind(config.bind, &settings.connections)
             .await
             .map_err(|source| StartError::Bind {
-                addr: *addr,
+                addr: config.bind,
                 source,
             })?;
-        if inherited_options() {
-            configure(SockRef::from(&listener), settings);
-        }
-        listeners.push(listener);
+        bound.push((listener, Arc::new(endpoint)));
     }
-    Ok(listeners)
+    Ok(bound)
 }
 
 /// Runs the broker until `signal` resolves, then shuts it down.
@@ -213,108 +210,4 @@ pub async fn run(
     signal.await;
     broker.shutdown().await;
     Ok(())
-}
-
-async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // EMFILE and friends: wait for descriptors to free up.
-                warn!(%error, "accept failed");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(10);
-        Metrics::incr(&ctx.metrics.connections_accepted);
-        let admission = match ctx.gate.admit(peer.ip()) {
-            Ok((admission, evicted)) => {
-                // The evicted socket's task closes it (counted by the gate).
-                if evicted.is_some() {
-                    if let Some(suppressed) = ctx.throttles.pending_evicted.allow() {
-                        let max_pending = ctx.settings.listener.max_pending;
-                        warn!(
-                            max_pending,
-                            suppressed,
-                            "closing the oldest socket without CONNECT: too many pending"
-                        );
-                    }
-                }
-                admission
-            }
-            Err(Refused::PerAddress) => {
-                if let Some(suppressed) = ctx
-                    .throttles
-                    .per_address
-                    .count(&ctx.metrics.connections_refused_per_address)
-                {
-                    warn!(%peer, suppressed, "closing: connection limit for this address reached");
-                }
-                continue;
-            }
-        };
-        if !inherited_options() {
-            configure(SockRef::from(&stream), &ctx.settings.listener);
-        }
-        tokio::spawn(connection::serve(stream, peer, ctx.clone(), admission));
-    }
-}
-
-/// Sets TCP_NODELAY and SO_KEEPALIVE (with its idle time) on a socket. On
-/// Linux, accepted sockets inherit both from their listener, so they are set
-/// once on the listener ([`inherited_options`]) instead of three
-/// `setsockopt` calls per connection.
-fn configure(socket: SockRef<'_>, listener: &ListenerSettings) {
-    if let Err(error) = socket.set_nodelay(listener.tcp_nodelay) {
-        debug!(%error, "TCP_NODELAY not set");
-    }
-    if listener.tcp_keepalive_secs > 0 {
-        let keepalive =
-            TcpKeepalive::new().with_time(Duration::from_secs(listener.tcp_keepalive_secs));
-        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
-            debug!(%error, "SO_KEEPALIVE not set");
-        }
-    }
-}
-
-/// Whether accepted sockets inherit the listener's options.
-const fn inherited_options() -> bool {
-    cfg!(target_os = "linux")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::net::TcpStream;
-
-    /// What `inherited_options` relies on: sockets accepted from a
-    /// configured listener carry TCP_NODELAY and SO_KEEPALIVE.
-    #[tokio::test]
-    async fn accepted_sockets_get_the_listener_options() {
-        let mut settings = Settings::defaults().unwrap();
-        settings.storage.enabled = false;
-        settings.listener.tcp_keepalive_secs = 77;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        configure(SockRef::from(&listener), &settings.listener);
-        let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        if !inherited_options() {
-            configure(SockRef::from(&accepted), &settings.listener);
-        }
-        let socket = SockRef::from(&accepted);
-        assert!(socket.nodelay().unwrap());
-        assert!(socket.keepalive().unwrap());
-        assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(77));
-    }
 }

@@ -67,6 +67,9 @@ pub struct Throttles {
     pub memory: LogThrottle,
     pub connect_timeout: LogThrottle,
     pub session_expired: LogThrottle,
+    pub handshake: LogThrottle,
+    pub login: LogThrottle,
+    pub acl: LogThrottle,
 }
 
 #[cfg(test)]

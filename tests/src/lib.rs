@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use tidemq::config::ListenerConfig;
 use tidemq::{Broker, MetricsSnapshot, Settings};
 use tidemq_protocol::{
     encode_packet, put_remaining_length, Framer, Packet, PacketId, ProtocolVersion, Publish, QoS,
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub mod mosquitto;
+pub mod scram;
 pub mod v5;
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
@@ -33,7 +35,7 @@ pub struct TestBroker {
 pub fn settings() -> Settings {
     let mut settings = Settings::defaults().unwrap();
     settings.storage.enabled = false;
-    settings.listener.bind = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    settings.listeners = vec![ListenerConfig::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)))];
     // Connections rest after 20 ms of nothing to do, so every test also
     // crosses rests and wake-ups (mail, packets, takeover, keepalive, close).
     settings.limits.rest_after_ms = 20;

@@ -166,7 +166,7 @@ async fn mqtt_3_1_0_2_second_connect_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_within_connect_timeout_closes() {
     let mut settings = settings();
-    settings.listener.connect_timeout_ms = 200;
+    settings.connections.connect_timeout_ms = 200;
     let broker = TestBroker::start_with(settings).await;
     let started = tokio::time::Instant::now();
     let mut client = RawClient::connect(broker.addr).await;
@@ -225,7 +225,7 @@ async fn disconnect_closes_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_over_max_connections_gets_connack_0x03() {
     let mut settings = settings();
-    settings.listener.max_connections = 1;
+    settings.connections.max_connections = 1;
     let broker = TestBroker::start_with(settings).await;
     let (mut first, _) = RawClient::connected(broker.addr, &ConnectOptions::new("first")).await;
 

@@ -88,7 +88,7 @@ async fn pingreq_every_half_second_keeps_a_one_second_keepalive_open() {
 async fn keepalive_zero_never_times_out() {
     let mut settings = settings();
     // Only the CONNECT has to arrive in time; silence after it is no timeout.
-    settings.listener.connect_timeout_ms = 500;
+    settings.connections.connect_timeout_ms = 500;
     let broker = TestBroker::start_with(settings).await;
     let mut client = keepalive_client(&broker, "no-keepalive", 0).await;
 

@@ -38,8 +38,8 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
     const BATCH: usize = 25;
     const MAX_ROUNDS: usize = 40;
     let mut settings = settings();
-    settings.listener.max_pending = 50;
-    settings.listener.max_connections = 100;
+    settings.connections.max_pending = 50;
+    settings.connections.max_connections = 100;
     let broker = TestBroker::start_with(settings).await;
     let mut live = LivePair::start(broker.addr, "flood/rt").await;
     let done = AtomicBool::new(false);
@@ -109,7 +109,7 @@ async fn a_flood_of_silent_sockets_cannot_lock_out_a_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_pending_silent_sockets_stay_open_and_one_more_evicts_the_oldest() {
     let mut settings = settings();
-    settings.listener.max_pending = 5;
+    settings.connections.max_pending = 5;
     let broker = TestBroker::start_with(settings).await;
     let mut silent = Vec::new();
     for n in 1..=5 {
@@ -144,7 +144,7 @@ async fn max_pending_silent_sockets_stay_open_and_one_more_evicts_the_oldest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_per_address_are_served_and_one_more_is_closed() {
     let mut settings = settings();
-    settings.listener.max_connections_per_address = 3;
+    settings.connections.max_connections_per_address = 3;
     let broker = TestBroker::start_with(settings).await;
     let (mut a, _) = RawClient::connected(broker.addr, &ConnectOptions::new("a")).await;
     let (b, _) = RawClient::connected(broker.addr, &ConnectOptions::new("b")).await;

@@ -1175,8 +1175,8 @@ async fn over_memory_limit_an_mqtt5_qos1_publish_gets_puback_0x97() {
 #[tokio::test]
 async fn a_full_broker_sends_mqtt5_clients_to_the_server_reference() {
     let mut s = settings();
-    s.listener.max_connections = 1;
-    s.listener.server_reference = "standby.example:1883".into();
+    s.connections.max_connections = 1;
+    s.connections.server_reference = "standby.example:1883".into();
     let broker = TestBroker::start_with(s).await;
     let mut first = V5Client::plain(broker.addr, "first").await;
     let (_c, connack) = V5Client::connect(broker.addr, &connect("second")).await;

@@ -73,7 +73,8 @@ impl End {
     /// connection can still carry one [MQTT-4.13.2-1]: never after the
     /// client's own DISCONNECT [MQTT-3.14.0-1] or a broken socket.
     pub fn disconnect(&self, ctx: &Context) -> Option<Disconnect> {
-        if let (End::Shutdown, Some((reference, moved))) = (self, ctx.settings.listener.redirect())
+        if let (End::Shutdown, Some((reference, moved))) =
+            (self, ctx.settings.connections.redirect())
         {
             let mut disconnect = Disconnect::new(moved);
             disconnect.properties.server_reference = Some(reference.to_owned());

@@ -13,8 +13,27 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::handshake;
 use super::reader::ReadBuffer;
 use super::Context;
-use crate::auth::{AuthExchange, AuthStep, MAX_AUTH_ROUNDS};
+use std::sync::Arc;
+
+use crate::auth::{AuthExchange, AuthStep, Authenticator, MAX_AUTH_ROUNDS};
 use crate::types::ClientId;
+
+/// The method a client names: one plugged in by an embedding, or the
+/// listener's SCRAM-SHA-256.
+pub fn authenticator_for<'a>(
+    ctx: &'a Context,
+    listener: &'a crate::listener::Endpoint,
+    method: &str,
+) -> Option<&'a Arc<dyn Authenticator>> {
+    let plugged = ctx.authenticator.as_ref().filter(|a| a.method() == method);
+    plugged.or_else(|| {
+        listener
+            .security
+            .scram
+            .as_ref()
+            .filter(|a| a.method() == method)
+    })
+}
 
 /// How the exchange before CONNACK ended.
 pub enum Authenticated {
@@ -33,6 +52,7 @@ pub async fn before_connack<S>(
     buf: &mut ReadBuffer,
     connect: &Connect,
     client_id: &ClientId,
+    origin: &super::Origin,
     ctx: &Context,
 ) -> Authenticated
 where
@@ -44,7 +64,7 @@ where
             data: None,
         };
     };
-    let Some(authenticator) = ctx.authenticator.as_ref().filter(|a| a.method() == method) else {
+    let Some(authenticator) = authenticator_for(ctx, &origin.listener, &method) else {
         return Authenticated::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD);
     };
     let mut exchange = authenticator.start(client_id.as_str(), connect.username.as_deref());

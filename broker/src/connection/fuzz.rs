@@ -387,7 +387,7 @@ async fn run_case(ctx: Arc<Context>, seed: u64, case: u64) -> Result<(), String>
         .gate
         .admit(peer.ip())
         .map_err(|refused| format!("case {case}: admission refused: {refused:?}"))?;
-    let conn = tokio::spawn(serve(server, peer, ctx, admission));
+    let conn = tokio::spawn(serve(server, test_origin(peer, &ctx), ctx, admission));
     let (mut from_broker, mut to_broker) = tokio::io::split(client);
     // Whatever the broker answers is read, so its writes never stall.
     let drain = tokio::spawn(async move {
@@ -428,7 +428,12 @@ async fn normal_client_is_served(ctx: &Arc<Context>) {
     let (mut client, server) = tokio::io::duplex(16 * 1024);
     let peer = SocketAddr::from(([127, 0, 0, 1], 2));
     let (admission, _) = ctx.gate.admit(peer.ip()).unwrap();
-    let _conn = tokio::spawn(serve(server, peer, ctx.clone(), admission));
+    let _conn = tokio::spawn(serve(
+        server,
+        test_origin(peer, &ctx),
+        ctx.clone(),
+        admission,
+    ));
     let mut wire = BytesMut::new();
     let mut body = BytesMut::new();
     put_str(&mut body, b"MQTT");

@@ -22,7 +22,7 @@
 //!
 //! Refusals a client can repeat at will log through `ctx.throttles`.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tidemq_protocol::{
@@ -34,8 +34,9 @@ use tracing::{debug, info, warn};
 
 use super::enhanced_auth::{self, Authenticated};
 use super::reader::ReadBuffer;
-use super::Context;
+use super::{Context, Origin};
 use crate::metrics::Metrics;
+use crate::security::acl::Access;
 use crate::types::{ClientId, ConnId};
 
 /// MQTT 3.1 limits client ids to 23 characters.
@@ -56,6 +57,8 @@ pub struct Accepted {
     pub auth_data: Option<bytes::Bytes>,
     /// Bytes read after the CONNECT; the read task starts from them.
     pub leftover: ReadBuffer,
+    /// Who the client authenticated as (see [`login`]).
+    pub user: Option<Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +81,14 @@ pub(super) enum HandshakeError {
 pub async fn accept<S>(
     stream: &mut S,
     conn_id: ConnId,
-    peer: SocketAddr,
+    origin: &Origin,
     ctx: &Context,
 ) -> Option<Accepted>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn_id = conn_id.0;
+    let peer = origin.peer;
     let limits = &ctx.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     // A partly read CONNECT is charged to the memory budget like any
@@ -212,12 +216,31 @@ where
         refuse(stream, ctx, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }
+    let user = match login(&connect, origin, ctx).await {
+        Ok(user) => user,
+        Err(reason) => {
+            let username = connect.username.as_deref().unwrap_or("");
+            if let Some(suppressed) = ctx.throttles.login.count(&ctx.metrics.logins_refused) {
+                info!(conn_id, %peer, username, %reason, suppressed, "refusing: login");
+            }
+            refuse(stream, ctx, version, reason).await;
+            return None;
+        }
+    };
+    if let Err(reason) = check_will(&connect, user.as_deref(), &client_id, origin) {
+        Metrics::incr(&ctx.metrics.acl_denied_publish);
+        info!(conn_id, %peer, "refusing: the ACL denies the will topic");
+        refuse(stream, ctx, version, reason).await;
+        return None;
+    }
     let authenticated =
-        enhanced_auth::before_connack(stream, &mut buf, &connect, &client_id, ctx).await;
+        enhanced_auth::before_connack(stream, &mut buf, &connect, &client_id, origin, ctx).await;
     let (auth_method, auth_data) = match authenticated {
         Authenticated::Yes { method, data } => ((!method.is_empty()).then_some(method), data),
         Authenticated::Refused(reason) => {
             let method = connect.properties.authentication_method.unwrap_or_default();
+            Metrics::incr(&ctx.metrics.logins_refused);
+            ctx.logins.failed(peer.ip());
             info!(conn_id, %peer, %method, %reason, "refusing: enhanced authentication");
             refuse(stream, ctx, version, reason).await;
             return None;
@@ -236,7 +259,74 @@ where
         auth_method,
         auth_data,
         leftover: buf,
+        user,
     })
+}
+
+/// Who the client is, by the listener's rules (see `crate::security` for
+/// the table); the refusal's reason otherwise. A CONNECT with an
+/// Authentication Method is left to the AUTH exchange. After failures from
+/// the same address the answer waits (`auth.failed_login_delay_ms`).
+async fn login(
+    connect: &Connect,
+    origin: &Origin,
+    ctx: &Context,
+) -> Result<Option<Arc<str>>, ReasonCode> {
+    let security = &origin.listener.security;
+    let not_authorized = ReasonCode::NOT_AUTHORIZED;
+    // 3.1.1 has no "bad user name or password" that mosquitto sends; both
+    // get 0x05 there, as from mosquitto.
+    let bad_password = match connect.version.is_v5() {
+        true => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        false => ReasonCode::NOT_AUTHORIZED,
+    };
+    if security.use_identity {
+        // mosquitto's use_identity_as_username: the password is ignored.
+        let identity = origin.identity.as_deref().ok_or(not_authorized)?;
+        return Ok(Some(Arc::from(identity)));
+    }
+    let Some(username) = connect.username.as_deref() else {
+        return match security.allow_anonymous {
+            true => Ok(None),
+            false => Err(not_authorized),
+        };
+    };
+    if connect.properties.authentication_method.is_some() {
+        return Ok(Some(Arc::from(username)));
+    }
+    let Some(passwords) = &security.passwords else {
+        return Ok(Some(Arc::from(username)));
+    };
+    let addr = origin.peer.ip();
+    if let Some(delay) = ctx.logins.delay_for(addr) {
+        Metrics::incr(&ctx.metrics.logins_delayed);
+        tokio::time::sleep(delay).await;
+    }
+    let password = connect.password.as_deref().unwrap_or_default();
+    if ctx.logins.verify(passwords, username, password).await {
+        ctx.logins.succeeded(addr);
+        Ok(Some(Arc::from(username)))
+    } else {
+        ctx.logins.failed(addr);
+        Err(bad_password)
+    }
+}
+
+/// A will must be a topic the client may publish to: mosquitto refuses
+/// the CONNECT otherwise, and so do we (0x05 / 0x87).
+fn check_will(
+    connect: &Connect,
+    user: Option<&str>,
+    client_id: &ClientId,
+    origin: &Origin,
+) -> Result<(), ReasonCode> {
+    let (Some(will), Some(acl)) = (&connect.will, &origin.listener.security.acl) else {
+        return Ok(());
+    };
+    match acl.allows(user, client_id.as_str(), will.topic.as_str(), Access::Write) {
+        true => Ok(()),
+        false => Err(ReasonCode::NOT_AUTHORIZED),
+    }
 }
 
 async fn read_connect<S: AsyncRead + Unpin>(
@@ -355,7 +445,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     let mut connack = ConnAck::new(false, reason);
     // A full broker sends MQTT 5 clients elsewhere when told where.
     if let (true, ReasonCode::SERVER_BUSY, Some((reference, moved))) =
-        (version.is_v5(), reason, ctx.settings.listener.redirect())
+        (version.is_v5(), reason, ctx.settings.connections.redirect())
     {
         connack.reason = moved;
         connack.properties.server_reference = Some(reference.to_owned());
@@ -372,7 +462,12 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(64);
     encode(&Outgoing::ConnAck(connack), version, &mut buf);
-    match tokio::time::timeout(ctx.settings.write_timeout(), stream.write_all(&buf)).await {
+    let write = async {
+        stream.write_all(&buf).await?;
+        // A TLS or WebSocket stream sends its record or frame.
+        stream.flush().await
+    };
+    match tokio::time::timeout(ctx.settings.write_timeout(), write).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }

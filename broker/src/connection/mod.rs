@@ -66,7 +66,7 @@ use tidemq_protocol::{
     ConnAck, Disconnect, Framer, LastWill, Outgoing, Packet, ProtocolError, ProtocolVersion,
     ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -78,12 +78,14 @@ use crate::admission::{Admission, Gate};
 use crate::budget::Budget;
 use crate::config::Settings;
 use crate::dormitory::{Alarm, Dormitory, Sleeper};
+use crate::listener::Endpoint;
 use crate::mailbox::MailboxLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership, Registry, SessionSlot, WillTimer};
 use crate::router::{RouterHandle, RouterLimits};
 use crate::session::SessionState;
 use crate::throttle::{LogThrottle, Throttles};
+pub use crate::transport::Transport;
 use crate::types::{ClientId, ConnId, Message, MessageExtra};
 
 use close::close;
@@ -111,6 +113,8 @@ pub struct Context {
     pub gate: Arc<Gate>,
     /// One log line a second at most per kind of refusal.
     pub throttles: Throttles,
+    /// Password hashing slots and failed-login delays.
+    pub logins: crate::security::Logins,
     /// The MQTT 5 enhanced authentication method, if one is plugged in.
     pub authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
     /// Where persistent sessions are kept (`storage.enabled`).
@@ -140,7 +144,8 @@ impl Context {
             metrics.clone(),
         );
         let router_limits = RouterLimits::from_settings(&settings);
-        let gate = Arc::new(Gate::new(&settings.listener, Arc::clone(&metrics)));
+        let gate = Arc::new(Gate::new(&settings.connections, Arc::clone(&metrics)));
+        let logins = crate::security::Logins::new(&settings.auth);
         Ok(Context {
             settings,
             router,
@@ -151,6 +156,7 @@ impl Context {
             router_limits,
             gate,
             throttles: Throttles::default(),
+            logins,
             authenticator: None,
             store: None,
             shutdown,
@@ -177,27 +183,31 @@ impl Context {
     }
 }
 
-/// A byte stream a connection can run over.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
-    /// Whether the connection may rest in the dormitory, which watches plain
-    /// sockets only.
-    const CAN_REST: bool = false;
-
-    /// Gives up the socket for the dormitory (only called when `CAN_REST`).
-    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
+/// Where a connection came from: its peer, its listener (whose rules it
+/// is held to), and the identity its TLS client certificate gave.
+#[derive(Debug)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub listener: Arc<Endpoint>,
+    pub identity: Option<String>,
 }
 
-impl Transport for TcpStream {
-    const CAN_REST: bool = true;
-
-    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
-        self.into_std()
-    }
+/// A connection from `peer` on a plain listener with the context's `[auth]`
+/// rules, for tests that drive connections without a socket.
+#[cfg(test)]
+pub(crate) fn test_origin(peer: SocketAddr, ctx: &Context) -> Origin {
+    Origin::new(peer, Arc::new(Endpoint::plain(&ctx.settings)))
 }
 
-impl Transport for tokio::io::DuplexStream {}
+impl Origin {
+    pub fn new(peer: SocketAddr, listener: Arc<Endpoint>) -> Origin {
+        Origin {
+            peer,
+            listener,
+            identity: None,
+        }
+    }
+}
 
 /// A connected client: everything that must survive a rest. Its tasks,
 /// channels and buffers do not.
@@ -220,6 +230,10 @@ struct Client {
     state: SessionState,
     /// When the last packet came in, for the keepalive.
     last_packet: Instant,
+    /// The listener it came in on: its ACL applies.
+    listener: Arc<Endpoint>,
+    /// The user name it authenticated as (or its certificate's identity).
+    user: Option<Arc<str>>,
     _admission: Admission,
 }
 
@@ -238,6 +252,20 @@ impl Client {
     /// Whether the session ends with the connection.
     fn ends_with_connection(&self) -> bool {
         self.expiry == Some(Duration::ZERO)
+    }
+
+    /// Whether the listener's ACL lets this client read or write `topic`
+    /// (no ACL: everything).
+    fn may(&self, topic: &str, access: crate::security::acl::Access) -> bool {
+        match &self.listener.security.acl {
+            Some(acl) => acl.allows(
+                self.user.as_deref(),
+                self.slot().client_id.as_str(),
+                topic,
+                access,
+            ),
+            None => true,
+        }
     }
 
     /// How long the connection may stay silent: 1.5 x its keepalive
@@ -266,15 +294,16 @@ fn live_span(client: &Client) -> tracing::Span {
 /// every end is logged once and counted.
 pub async fn serve<S: Transport>(
     stream: S,
-    peer: SocketAddr,
+    origin: Origin,
     ctx: Arc<Context>,
     admission: Admission,
 ) {
     let conn_id = ctx.next_conn_id();
-    let connected = connect(stream, conn_id, peer, ctx, admission)
+    let peer = origin.peer;
+    let connected = connect(stream, conn_id, origin, ctx, admission)
         .instrument(handshake_span(conn_id, peer))
         .await;
-    let Some((client, token, stream, leftover)) = connected else {
+    let Some((client, token, mut stream, leftover)) = connected else {
         return;
     };
     // A client with nothing yet to send or receive starts at rest, so a
@@ -283,7 +312,11 @@ pub async fn serve<S: Transport>(
     let idle = leftover.is_empty()
         && client.state.outbound.is_empty()
         && !client.state.has_retained_cursors();
-    if S::CAN_REST && idle && client.ctx.settings.rest_after().is_some() {
+    if S::CAN_REST
+        && idle
+        && client.ctx.settings.rest_after().is_some()
+        && !stream.has_buffered_input()
+    {
         drop(token);
         return rest(client, stream, leftover);
     }
@@ -298,7 +331,7 @@ pub async fn serve<S: Transport>(
 async fn connect<S: Transport>(
     mut stream: S,
     conn_id: ConnId,
-    peer: SocketAddr,
+    origin: Origin,
     ctx: Arc<Context>,
     mut admission: Admission,
 ) -> Option<(Client, CancellationToken, S, ReadBuffer)> {
@@ -314,9 +347,10 @@ async fn connect<S: Transport>(
             debug!("evicted before CONNECT: max_pending reached");
             return None;
         }
-        accepted = handshake::accept(&mut stream, conn_id, peer, &ctx) => accepted,
+        accepted = handshake::accept(&mut stream, conn_id, &origin, &ctx) => accepted,
     };
     let accepted = accepted?;
+    let peer = origin.peer;
     if evicted.is_cancelled() {
         // Evicted between its CONNECT arriving and here: counted out.
         debug!("evicted before CONNECT: max_pending reached");
@@ -331,7 +365,7 @@ async fn connect<S: Transport>(
             .connection_limit
             .count(&ctx.metrics.connections_refused_limit)
         {
-            let max_connections = ctx.settings.listener.max_connections;
+            let max_connections = ctx.settings.connections.max_connections;
             warn!(
                 conn_id = conn_id.0,
                 %peer,
@@ -345,6 +379,18 @@ async fn connect<S: Transport>(
         return None;
     }
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
+    let same_user_only = ctx.settings.auth.takeover == crate::config::Takeover::SameUser;
+    if same_user_only
+        && !ctx
+            .registry
+            .same_owner(&accepted.client_id, accepted.user.as_deref())
+    {
+        Metrics::incr(&ctx.metrics.takeovers_refused);
+        info!(conn_id = conn_id.0, %peer, client_id = %accepted.client_id, "refusing: the client id belongs to another user");
+        let version = accepted.connect.version;
+        handshake::refuse(&mut stream, &ctx, version, ReasonCode::NOT_AUTHORIZED).await;
+        return None;
+    }
     let token = ctx.shutdown.child_token();
     let opened = tokio::select! {
         _ = ctx.shutdown.cancelled() => return None,
@@ -358,6 +404,7 @@ async fn connect<S: Transport>(
         debug!("a newer connection claimed this client id first");
         return None;
     };
+    ownership.slot.set_owner_user(accepted.user.clone());
     let (expiry, granted_expiry) = session_expiry(&ctx, &accepted.connect);
     let clean = accepted.connect.clean_session;
     let (mut state, session_present) = take_up_session(&ctx, &ownership.slot, clean, expiry).await;
@@ -390,6 +437,8 @@ async fn connect<S: Transport>(
         will: accepted.connect.will.map(Box::new),
         state,
         last_packet: Instant::now(),
+        listener: origin.listener,
+        user: accepted.user,
         _admission: admission,
         ctx,
     };
@@ -449,7 +498,8 @@ async fn live<S: Transport>(
                 leftover: rest_leftover,
                 pending: rest_pending,
             } => {
-                if rest_pending.is_empty() {
+                let mut rested = rested;
+                if rest_pending.is_empty() && !rested.has_buffered_input() {
                     return rest(client, rested, rest_leftover);
                 }
                 // Packets came in while the tasks stopped: back to work.

@@ -8,8 +8,8 @@ use super::*;
 /// Hands a connection to the dormitory. It gives up its token too (a
 /// takeover rings its alarm instead) and gets a new one when it wakes.
 pub(super) fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer) {
-    let socket = match stream.into_socket() {
-        Ok(socket) => socket,
+    let (socket, parked) = match stream.park() {
+        Ok(parts) => parts,
         Err(error) => {
             // The stream is gone; end the connection from a task of its own.
             let runtime = client.ctx.runtime.clone();
@@ -23,22 +23,25 @@ pub(super) fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer
     // buffer's room is not worth its bytes.
     let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
     let ctx = Arc::clone(&client.ctx);
-    ctx.dormitory.admit(Box::new(Resting {
+    ctx.dormitory.admit(Box::new(Resting::<S> {
         client,
         socket,
+        parked,
         leftover,
     }));
 }
 
 /// A connection in the dormitory.
-struct Resting {
+struct Resting<S: Transport> {
     client: Client,
     socket: std::net::TcpStream,
+    /// What the transport keeps besides the socket (a TLS session).
+    parked: S::Parked,
     /// A partial packet read before the rest, if any.
     leftover: Option<Box<ReadBuffer>>,
 }
 
-impl Sleeper for Resting {
+impl<S: Transport> Sleeper for Resting<S> {
     fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
@@ -71,46 +74,46 @@ impl Sleeper for Resting {
 
     fn wake(self: Box<Self>) {
         let runtime = self.client.ctx.runtime.clone();
-        runtime.spawn(wake(self));
+        runtime.spawn(wake::<S>(self));
     }
 }
 
-/// Writes an MQTT 5 connection's DISCONNECT for `end` straight to a socket
-/// that has no tasks (a resting connection ended where it rests), within
-/// `timeout`, then shuts it down.
-async fn farewell(socket: std::net::TcpStream, end: &End, ctx: &Context, v5: &v5::V5Conn) {
+/// Writes an MQTT 5 connection's DISCONNECT for `end` to a stream that has
+/// no tasks (a resting connection ended where it rests), within `timeout`,
+/// then shuts it down.
+async fn farewell<S: Transport>(mut stream: S, end: &End, ctx: &Context, v5: &v5::V5Conn) {
     let timeout = ctx.settings.write_timeout();
     let Some(disconnect) = end.disconnect(ctx) else {
-        return;
-    };
-    let Ok(mut stream) = TcpStream::from_std(socket) else {
         return;
     };
     let mut buf = bytes::BytesMut::new();
     v5.encode(Outgoing::Disconnect(disconnect), &mut buf);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&buf).await?;
+        stream.flush().await?;
         stream.shutdown().await
     })
     .await;
 }
 
-async fn wake(resting: Box<Resting>) {
+async fn wake<S: Transport>(resting: Box<Resting<S>>) {
     let Resting {
         client,
         socket,
+        parked,
         leftover,
     } = *resting;
     let span = live_span(&client);
     async move {
         let token = client.ctx.shutdown.child_token();
+        let stream = TcpStream::from_std(socket).and_then(|socket| S::unpark(socket, parked));
         if !client.slot().install_owner(client.conn_id, token.clone()) {
-            if let Some(v5) = client.v5.as_deref() {
-                farewell(socket, &End::TakenOver, &client.ctx, v5).await;
+            if let (Some(v5), Ok(stream)) = (client.v5.as_deref(), stream) {
+                farewell(stream, &End::TakenOver, &client.ctx, v5).await;
             }
             return close(client, End::TakenOver).await;
         }
-        match TcpStream::from_std(socket) {
+        match stream {
             Ok(stream) => {
                 let leftover = match leftover {
                     Some(buf) => *buf,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::acks::PendingAcks;
 use super::end::End;
@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
+use crate::security::acl::Access;
 use crate::session::SessionState;
 use crate::store::{Record, Store, Writer};
 use crate::types::{Delivery, Message, MessageExtra, Receipt};
@@ -323,6 +324,7 @@ impl Session {
         if let Some(now) = now {
             self.drop_expired(&mut batch, now);
         }
+        self.drop_denied(&mut batch);
         if self.client.v5.is_some() {
             self.drop_too_large(&mut batch, now);
         }
@@ -452,6 +454,30 @@ impl Session {
         }
     }
 
+    /// Drops deliveries whose topic the ACL does not let this client read
+    /// (`acl_denied_delivery`): retained and `$SYS` messages come this way
+    /// too. QoS 1/2 ones are recorded done, as if delivered.
+    fn drop_denied(&self, batch: &mut Vec<Delivery>) {
+        if self.client.listener.security.acl.is_none() {
+            return;
+        }
+        let before = batch.len();
+        batch.retain(|delivery| {
+            let allowed = self
+                .client
+                .may(delivery.message.topic.as_str(), Access::Read);
+            if !allowed && delivery.qos != QoS::AtMostOnce {
+                self.record_done(delivery.message.stored_id);
+            }
+            allowed
+        });
+        let denied = before - batch.len();
+        if denied > 0 {
+            let metrics = &self.client.ctx.metrics;
+            Metrics::add(&metrics.acl_denied_delivery, denied as u64);
+        }
+    }
+
     /// MQTT 5: drops what would exceed the client's Maximum Packet Size
     /// [MQTT-3.1.2-25] (`dropped_too_large`; for this subscriber only).
     /// `now` is set when a message in the batch can expire.
@@ -561,12 +587,15 @@ impl Session {
     /// another, is a protocol error [MQTT-4.12.0-?].
     async fn auth(&mut self, auth: Auth) -> Result<(), End> {
         let ctx = Arc::clone(&self.client.ctx);
+        let listener = Arc::clone(&self.client.listener);
         let client_id = self.client.ownership.slot.client_id.clone();
         let Some(v5) = self.client.v5.as_mut() else {
             return Err(End::UnexpectedAuth);
         };
-        let (Some(method), Some(authenticator)) = (v5.auth_method.clone(), &ctx.authenticator)
-        else {
+        let Some(method) = v5.auth_method.clone() else {
+            return Err(End::UnexpectedAuth);
+        };
+        let Some(authenticator) = enhanced_auth::authenticator_for(&ctx, &listener, &method) else {
             return Err(End::UnexpectedAuth);
         };
         if auth.authentication_method.as_deref() != Some(method.as_str()) {
@@ -699,6 +728,9 @@ impl Session {
         if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
             return Err(End::TopicLimit);
         }
+        if !self.client.may(publish.topic.as_str(), Access::Write) {
+            return self.deny_publish(&publish);
+        }
         // Clearing a retained message frees memory, so it is always let in.
         let clears = publish.retain && publish.payload.is_empty();
         if ctx.budget.is_over() && !clears {
@@ -776,6 +808,25 @@ impl Session {
         Ok(())
     }
 
+    /// A PUBLISH the ACL denies: dropped and counted. QoS 1/2 are still
+    /// acknowledged (MQTT 5 with 0x87 Not authorized; 3.1.1 has no way to
+    /// say it, and a missing acknowledgement would only bring resends).
+    fn deny_publish(&mut self, publish: &Publish) -> Result<(), End> {
+        let ctx = &self.client.ctx;
+        Metrics::incr(&ctx.metrics.acl_denied_publish);
+        if let Some(suppressed) = ctx.throttles.acl.allow() {
+            let topic = publish.topic.as_str();
+            info!(
+                topic,
+                suppressed, "PUBLISH dropped: the ACL denies this topic"
+            );
+        }
+        match publish.packet_id {
+            Some(id) => self.refuse_publish(publish.qos, id, ReasonCode::NOT_AUTHORIZED),
+            None => Ok(()),
+        }
+    }
+
     /// Answers a QoS 1/2 PUBLISH with a failure reason, behind the
     /// acknowledgements owed before it: its receipt is released at once.
     fn refuse_publish(&mut self, qos: QoS, id: PacketId, reason: ReasonCode) -> Result<(), End> {
@@ -828,23 +879,29 @@ impl Session {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), End> {
         let v5 = self.client.version.is_v5();
-        let kept = self.store().map(|_| subscribe.filters.clone());
+        let (filters, denied) = self.acl_filters(subscribe.filters);
+        let kept = self.store().map(|_| filters.clone());
         let request = SubscribeRequest {
-            filters: subscribe.filters,
+            filters,
             subscription_id: subscribe.subscription_identifier,
             v5,
         };
-        let Subscribed { codes, cursors } = self
-            .client
-            .ctx
-            .router
-            .subscribe(self.client.ownership.slot.clone(), request)
-            .await?;
+        let Subscribed { codes, cursors } = match request.filters.is_empty() {
+            true => Subscribed::default(),
+            false => {
+                self.client
+                    .ctx
+                    .router
+                    .subscribe(self.client.ownership.slot.clone(), request)
+                    .await?
+            }
+        };
         if let Some(filters) = kept {
             self.record_subscriptions(filters, &codes, subscribe.subscription_identifier)
                 .await;
         }
         self.client.state.add_retained_cursors(cursors);
+        let codes = merge_denied(codes, &denied, v5);
         let mut properties = AckProperties::default();
         let problem_info = self.client.v5.as_ref().is_some_and(|v5| v5.problem_info);
         if problem_info && codes.iter().any(|code| code.is_failure()) {
@@ -856,6 +913,43 @@ impl Session {
             properties,
         })
         .await
+    }
+
+    /// Splits off the filters the ACL lets the client read nothing through
+    /// (their positions in the SUBSCRIBE), counted and logged.
+    fn acl_filters(
+        &self,
+        filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    ) -> (Vec<(TopicFilter, SubscriptionOptions)>, Vec<usize>) {
+        let Some(acl) = &self.client.listener.security.acl else {
+            return (filters, Vec::new());
+        };
+        let user = self.client.user.as_deref();
+        let client_id = self.client.ownership.slot.client_id.as_str();
+        let mut denied = Vec::new();
+        let mut allowed = Vec::with_capacity(filters.len());
+        for (index, (filter, options)) in filters.into_iter().enumerate() {
+            let inner = match crate::router::shared::split(&filter) {
+                Some(Ok((_, inner))) => inner,
+                _ => filter.clone(),
+            };
+            if acl.may_subscribe(user, client_id, inner.as_str()) {
+                allowed.push((filter, options));
+            } else {
+                denied.push(index);
+            }
+        }
+        if !denied.is_empty() {
+            let ctx = &self.client.ctx;
+            Metrics::add(&ctx.metrics.acl_denied_subscribe, denied.len() as u64);
+            if let Some(suppressed) = ctx.throttles.acl.allow() {
+                info!(
+                    denied = denied.len(),
+                    suppressed, "SUBSCRIBE refused in part: the ACL allows reading nothing there"
+                );
+            }
+        }
+        (allowed, denied)
     }
 
     /// Writes a persistent session's new subscriptions and waits until they
@@ -944,6 +1038,26 @@ impl Session {
 /// connection), also its properties, the expiry it has left (`now` is set
 /// when a message of the batch can expire), its subscription identifiers
 /// and the topic alias.
+/// The SUBACK codes in the SUBSCRIBE's order: the router's for the
+/// filters it took, 0x80 (3.1.1) / 0x87 (MQTT 5) where the ACL refused.
+fn merge_denied(codes: Vec<ReasonCode>, denied: &[usize], v5: bool) -> Vec<ReasonCode> {
+    if denied.is_empty() {
+        return codes;
+    }
+    let refusal = match v5 {
+        true => ReasonCode::NOT_AUTHORIZED,
+        false => ReasonCode::UNSPECIFIED_ERROR,
+    };
+    let mut routed = codes.into_iter();
+    let total = routed.len() + denied.len();
+    (0..total)
+        .map(|index| match denied.contains(&index) {
+            true => refusal,
+            false => routed.next().unwrap_or(refusal),
+        })
+        .collect()
+}
+
 fn delivery_publish(
     delivery: &Delivery,
     packet_id: Option<PacketId>,

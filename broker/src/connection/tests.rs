@@ -44,7 +44,12 @@ fn connect_bytes(client_id: &str, keep_alive: u16) -> Vec<u8> {
 
 fn start<S: Transport>(stream: S, ctx: &Arc<Context>) -> JoinHandle<()> {
     let (admission, _) = ctx.gate.admit(peer().ip()).unwrap();
-    tokio::spawn(serve(stream, peer(), ctx.clone(), admission))
+    tokio::spawn(serve(
+        stream,
+        test_origin(peer(), ctx),
+        ctx.clone(),
+        admission,
+    ))
 }
 
 async fn handshake(client: &mut DuplexStream, keep_alive: u16) {
@@ -92,7 +97,7 @@ async fn keepalive_zero_never_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn no_connect_within_the_timeout_closes() {
-    let ctx = context(|s| s.listener.connect_timeout_ms = 10_000);
+    let ctx = context(|s| s.connections.connect_timeout_ms = 10_000);
     let (mut client, server) = tokio::io::duplex(4096);
     let task = start(server, &ctx);
     let mut byte = [0u8; 1];
@@ -187,7 +192,9 @@ impl AsyncWrite for FailingWrites {
     }
 }
 
-impl Transport for FailingWrites {}
+impl Transport for FailingWrites {
+    type Parked = ();
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_ends_the_reader_and_the_session() {
