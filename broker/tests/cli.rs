@@ -109,7 +109,7 @@ fn port_flag_overrides_the_config() {
     let dir = std::env::temp_dir().join(format!("tidemq-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("listen.toml");
-    std::fs::write(&file, "[listener]\nbind = [\"127.0.0.1:1\"]\n").unwrap();
+    std::fs::write(&file, "[[listener]]\nbind = \"127.0.0.1:1\"\n").unwrap();
     let mut child = tidemq()
         .args(["-c", file.to_str().unwrap(), "-p", &port.to_string()])
         .spawn()
