@@ -29,6 +29,8 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub struct TestBroker {
     broker: Option<Broker>,
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of `settings.listeners`.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// Default settings, listening on 127.0.0.1 port 0.
@@ -60,9 +62,11 @@ impl TestBroker {
             .await
             .unwrap();
         let addr = broker.local_addrs()[0];
+        let addrs = broker.local_addrs().to_vec();
         TestBroker {
             broker: Some(broker),
             addr,
+            addrs,
         }
     }
 
