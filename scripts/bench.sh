@@ -35,6 +35,11 @@
 #   BENCH_ARGS  ""           extra tidemq-bench options, e.g. "--payload 256"
 #   OUT         target/bench/results-<time>.jsonl   one JSON object per run
 #   SKIP_BUILD=1 use the binaries in target/release as they are
+#   TRANSPORT   tcp          tcp, tls (MQTT over TLS), ws (MQTT over WebSocket)
+#               or wss (WebSocket over TLS): tidemq and mosquitto get the
+#               same listener and the same certificates (made with openssl
+#               for 127.0.0.1 under the temporary directory); rumqttd and
+#               nats-server are skipped for anything but tcp
 #
 # Per run the table gives msg/cpu-s (messages received per broker CPU-second,
 # utime+stime from /proc/PID/stat before and after, read by tidemq-bench with
@@ -66,6 +71,7 @@ PORT_BASE=${PORT_BASE:-21883}
 BENCH_ARGS=${BENCH_ARGS:-}
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
 SKIP_BUILD=${SKIP_BUILD:-0}
+TRANSPORT=${TRANSPORT:-tcp}
 if [ -z "${BASELINE:-}" ]; then
     for candidate in tidemq tidemq-batch $BROKERS; do
         case " $BROKERS " in *" $candidate "*) BASELINE=$candidate; break ;; esac
@@ -181,10 +187,38 @@ ensure_peer() {
     esac
 }
 
+# A CA and a certificate for 127.0.0.1 signed by it, under $WORK/tls.
+make_certificates() {
+    local dir=$WORK/tls
+    mkdir -p "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=tidemq bench CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1 || return 1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1 || return 1
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" >/dev/null 2>&1
+}
+
+# The listener lines of a broker's config for TRANSPORT.
+listener_lines() {
+    local dir=$WORK/tls
+    case $1:$TRANSPORT in
+        *:tcp) ;;
+        tidemq:tls) echo "tls = { cert = \"$dir/server.pem\", key = \"$dir/server.key\" }" ;;
+        tidemq:ws) echo 'protocol = "ws"' ;;
+        tidemq:wss) printf '%s\n' 'protocol = "ws"' "tls = { cert = \"$dir/server.pem\", key = \"$dir/server.key\" }" ;;
+        mosquitto:tls) printf '%s\n' "certfile $dir/server.pem" "keyfile $dir/server.key" ;;
+        mosquitto:ws) echo 'protocol websockets' ;;
+        mosquitto:wss) printf '%s\n' 'protocol websockets' "certfile $dir/server.pem" "keyfile $dir/server.key" ;;
+    esac
+}
+
 # Fills in a config template from configs/bench/.
 render_config() {
-    local template=$1 out=$2
-    sed -e "s|@PORT@|$3|g" -e "s|@PORT4@|$PORT_RUMQTTD_V4|g" -e "s|@PORT5@|$PORT_RUMQTTD_V5|g" \
+    local template=$1 out=$2 lines
+    lines=$(listener_lines "${template%%.*}" | sed 's/[&|]/\\&/g' | sed ':a;N;$!ba;s/\n/\\n/g')
+    sed -e "s|@PORT@|$3|g" -e "s|@LISTENER@|$lines|g" -e "s|@PORT4@|$PORT_RUMQTTD_V4|g" -e "s|@PORT5@|$PORT_RUMQTTD_V5|g" \
         -e "s|@CLIENT_PORT@|$PORT_NATS_CLIENT|g" -e "s|@STORE_DIR@|$WORK/nats-js|g" \
         "configs/bench/$template" >"$out"
 }
@@ -326,6 +360,24 @@ for broker in $BROKERS; do
     ensure_peer "$broker"
 done
 
+case $TRANSPORT in
+    tcp) ;;
+    tls|ws|wss)
+        for broker in rumqttd nats; do
+            SKIP_REASON[$broker]="TRANSPORT=$TRANSPORT is run against tidemq and mosquitto only"
+        done
+        if [ "$TRANSPORT" != ws ]; then
+            if ! make_certificates; then
+                log "openssl could not make the certificates"
+                exit 1
+            fi
+            BENCH_ARGS="--tls-ca $WORK/tls/ca.pem${BENCH_ARGS:+ $BENCH_ARGS}"
+        fi
+        [ "$TRANSPORT" = tls ] || BENCH_ARGS="--ws${BENCH_ARGS:+ $BENCH_ARGS}"
+        ;;
+    *) log "unknown TRANSPORT=$TRANSPORT (tcp, tls, ws, wss)"; exit 1 ;;
+esac
+
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT"
 RUN_LIMIT=$(( $(duration_secs "$DURATION") + 180 ))
@@ -386,7 +438,7 @@ done
 # --- report -----------------------------------------------------------------
 
 echo
-echo "tidemq-bench: DURATION=$DURATION QOS=\"$QOS\" MQTT=\"$MQTT\" CONNS=$CONNS ${BENCH_ARGS:+BENCH_ARGS=\"$BENCH_ARGS\"}"
+echo "tidemq-bench: TRANSPORT=$TRANSPORT DURATION=$DURATION QOS=\"$QOS\" MQTT=\"$MQTT\" CONNS=$CONNS ${BENCH_ARGS:+BENCH_ARGS=\"$BENCH_ARGS\"}"
 echo "broker pinned with '${PIN_BROKER:-nothing}', load tool with '${PIN_TOOL:-nothing}'; results in $OUT"
 echo "msg/cpu-s: messages received per broker CPU-second (utime+stime over the run);" \
     "fsync/s: the tidemq store's fsyncs per second of the run (\"-\": no store, or none reported)"

@@ -131,6 +131,16 @@ pub struct RunArgs {
     /// No progress line on stderr
     #[arg(long)]
     pub quiet: bool,
+    /// Connect over TLS, trusting the CA in this PEM file (the broker's
+    /// certificate must name the --host address)
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Speak MQTT over WebSocket (over TLS too with --tls-ca)
+    #[arg(long)]
+    pub ws: bool,
+    /// The WebSocket path
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// Runtime worker threads (default: the CPUs this process may use)
     #[arg(long)]
     pub threads: Option<usize>,

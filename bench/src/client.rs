@@ -8,16 +8,14 @@
 //! bounded by a timeout; the loops are in `publisher`, `subscriber` and
 //! `conns`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tidemq_protocol::{Framer, PacketId, QoS, TopicFilter};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use crate::error::BenchError;
+use crate::transport::{Conn, Target};
 use crate::wire::{self, ServerPacket, SessionMode, Version};
 
 /// Bytes added to the read buffer when it runs low, until the owner asks
@@ -28,7 +26,7 @@ const HANDSHAKE_READ_CHUNK: usize = 512;
 pub const BULK_READ_CHUNK: usize = 64 * 1024;
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Conn,
     read_buf: BytesMut,
     /// Packets waiting for [`Client::flush`].
     pub write_buf: BytesMut,
@@ -44,7 +42,7 @@ impl Client {
     /// Connects, sends CONNECT and waits for a successful CONNACK, all within
     /// `limit`.
     pub async fn connect(
-        addr: SocketAddr,
+        target: &Target,
         version: Version,
         client_id: &str,
         session: SessionMode,
@@ -54,22 +52,21 @@ impl Client {
     ) -> Result<Client, BenchError> {
         timeout(
             limit,
-            Client::handshake(addr, version, client_id, session, keep_alive, max_packet),
+            Client::handshake(target, version, client_id, session, keep_alive, max_packet),
         )
         .await
         .map_err(|_| BenchError::Timeout("CONNACK"))?
     }
 
     async fn handshake(
-        addr: SocketAddr,
+        target: &Target,
         version: Version,
         client_id: &str,
         session: SessionMode,
         keep_alive: Duration,
         max_packet: usize,
     ) -> Result<Client, BenchError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = target.connect().await?;
         let mut client = Client {
             stream,
             read_buf: BytesMut::with_capacity(256),
@@ -145,7 +142,6 @@ impl Client {
     /// Waits for bytes from the server; cancel safe. `Ok(false)` means the
     /// server closed the connection.
     pub async fn read(&mut self) -> std::io::Result<bool> {
-        use tokio::io::AsyncReadExt;
         self.reserve();
         Ok(self.stream.read_buf(&mut self.read_buf).await? > 0)
     }
@@ -155,9 +151,8 @@ impl Client {
     pub fn try_read(&mut self) -> std::io::Result<bool> {
         self.reserve();
         match self.stream.try_read_buf(&mut self.read_buf) {
-            Ok(0) => Ok(false),
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(e),
         }
     }

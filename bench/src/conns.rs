@@ -74,7 +74,7 @@ pub async fn run(ctx: &Context) -> Result<RunReport, BenchError> {
     let run = format!("{:x}", ctx.run_id);
     for i in 0..target {
         let id = format!("tb-{run}-c{i}");
-        let (addr, version, keep_alive) = (ctx.addr, ctx.version, ctx.args.keepalive);
+        let (target, version, keep_alive) = (ctx.target.clone(), ctx.version, ctx.args.keepalive);
         let max_packet = ctx.max_packet();
         let (permits, counters, stop) = (permits.clone(), counters.clone(), stop.clone());
         tasks.spawn(async move {
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Context) -> Result<RunReport, BenchError> {
                     return held;
                 };
                 Client::connect(
-                    addr,
+                    &target,
                     version,
                     &id,
                     SessionMode::Clean,

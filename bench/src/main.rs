@@ -38,6 +38,7 @@ mod scenario;
 mod subscriber;
 mod topology;
 mod tracker;
+mod transport;
 mod window;
 mod wire;
 

@@ -36,6 +36,7 @@ use crate::report::{Latency, RunReport};
 use crate::subscriber::{self, SubscriberPlan, SubscriberResult};
 use crate::topology::{topology, Topology};
 use crate::tracker::Counts;
+use crate::transport::Target;
 use crate::wire::{SessionMode, Version};
 
 /// Time for one client to get its CONNACK (and SUBACK).
@@ -53,7 +54,7 @@ const PACKET_SLACK: usize = 64 * 1024;
 pub struct Context {
     pub scenario: Scenario,
     pub args: RunArgs,
-    pub addr: SocketAddr,
+    pub target: Target,
     pub version: Version,
     pub qos: QoS,
     pub run_id: u64,
@@ -124,6 +125,8 @@ async fn prepare(scenario: Scenario, args: RunArgs) -> Result<Context, String> {
         .map_err(|e| format!("cannot resolve {}: {e}", args.host))?
         .collect();
     let addr = check_loopback(&args.host, &addrs)?;
+    let ws_path = args.ws.then(|| args.ws_path.clone());
+    let target = Target::new(addr, args.tls_ca.as_deref(), ws_path)?;
     if let Some(pid) = args.broker_pid {
         procfs::sample(pid).map_err(|e| format!("--broker-pid {pid}: {e}"))?;
     }
@@ -139,7 +142,7 @@ async fn prepare(scenario: Scenario, args: RunArgs) -> Result<Context, String> {
     Ok(Context {
         scenario,
         args,
-        addr,
+        target,
         version,
         qos,
         run_id: run_id(),
@@ -199,12 +202,12 @@ async fn connect_all(
             .acquire_owned()
             .await
             .map_err(|e| BenchError::Setup(e.to_string()))?;
-        let (addr, version, qos) = (ctx.addr, ctx.version, ctx.qos);
+        let (target, version, qos) = (ctx.target.clone(), ctx.version, ctx.qos);
         let (keep_alive, max_packet) = (ctx.args.keepalive, ctx.max_packet());
         set.spawn(async move {
             let _permit = permit;
             let mut client = Client::connect(
-                addr,
+                &target,
                 version,
                 &id,
                 session,
