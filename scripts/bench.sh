@@ -35,11 +35,13 @@
 #   BENCH_ARGS  ""           extra tidemq-bench options, e.g. "--payload 256"
 #   OUT         target/bench/results-<time>.jsonl   one JSON object per run
 #   SKIP_BUILD=1 use the binaries in target/release as they are
-#   TRANSPORT   tcp          tcp, tls (MQTT over TLS), ws (MQTT over WebSocket)
-#               or wss (WebSocket over TLS): tidemq and mosquitto get the
-#               same listener and the same certificates (made with openssl
-#               for 127.0.0.1 under the temporary directory); rumqttd and
-#               nats-server are skipped for anything but tcp
+#   TRANSPORT   tcp          one or more of tcp, tls (MQTT over TLS), ws (MQTT
+#               over WebSocket), wss (WebSocket over TLS), e.g. "tcp tls":
+#               tidemq and mosquitto get the same listener and the same
+#               certificates (ECDSA P-256, made with openssl for 127.0.0.1
+#               under the temporary directory); runs over tls/ws/wss are
+#               labelled broker+transport (tidemq+tls); rumqttd and
+#               nats-server run over tcp only
 #
 # Per run the table gives msg/cpu-s (messages received per broker CPU-second,
 # utime+stime from /proc/PID/stat before and after, read by tidemq-bench with
@@ -72,6 +74,7 @@ BENCH_ARGS=${BENCH_ARGS:-}
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
 SKIP_BUILD=${SKIP_BUILD:-0}
 TRANSPORT=${TRANSPORT:-tcp}
+CURRENT_TRANSPORT=tcp
 if [ -z "${BASELINE:-}" ]; then
     for candidate in tidemq tidemq-batch $BROKERS; do
         case " $BROKERS " in *" $candidate "*) BASELINE=$candidate; break ;; esac
@@ -191,24 +194,31 @@ ensure_peer() {
 make_certificates() {
     local dir=$WORK/tls
     mkdir -p "$dir"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=tidemq bench CA" \
+    # mosquitto reads them after dropping to its own user.
+    chmod 755 "$WORK" "$dir"
+    # ECDSA P-256: what a deployment picks today, and a cheap handshake.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=tidemq bench CA" \
         -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1 || return 1
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
         -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1 || return 1
     printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/san.ext"
     openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
-        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" >/dev/null 2>&1
+        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" >/dev/null 2>&1 || return 1
+    chmod 644 "$dir"/*
 }
 
-# The listener lines of a broker's config for TRANSPORT.
+# The listener lines of a broker's config for CURRENT_TRANSPORT.
 listener_lines() {
     local dir=$WORK/tls
-    case $1:$TRANSPORT in
+    case $1:$CURRENT_TRANSPORT in
         *:tcp) ;;
         tidemq:tls) echo "tls = { cert = \"$dir/server.pem\", key = \"$dir/server.key\" }" ;;
         tidemq:ws) echo 'protocol = "ws"' ;;
         tidemq:wss) printf '%s\n' 'protocol = "ws"' "tls = { cert = \"$dir/server.pem\", key = \"$dir/server.key\" }" ;;
         mosquitto:tls) printf '%s\n' "certfile $dir/server.pem" "keyfile $dir/server.key" ;;
+        # Debian's mosquitto 2.0.11 may fail to start a websockets
+        # listener ("Unable to start any listening sockets"); the run then
+        # says "broker did not start".
         mosquitto:ws) echo 'protocol websockets' ;;
         mosquitto:wss) printf '%s\n' 'protocol websockets' "certfile $dir/server.pem" "keyfile $dir/server.key" ;;
     esac
@@ -360,23 +370,28 @@ for broker in $BROKERS; do
     ensure_peer "$broker"
 done
 
-case $TRANSPORT in
-    tcp) ;;
-    tls|ws|wss)
-        for broker in rumqttd nats; do
-            SKIP_REASON[$broker]="TRANSPORT=$TRANSPORT is run against tidemq and mosquitto only"
-        done
-        if [ "$TRANSPORT" != ws ]; then
-            if ! make_certificates; then
+for transport in $TRANSPORT; do
+    case $transport in
+        tcp|ws) ;;
+        tls|wss)
+            if [ ! -f "$WORK/tls/ca.pem" ] && ! make_certificates; then
                 log "openssl could not make the certificates"
                 exit 1
             fi
-            BENCH_ARGS="--tls-ca $WORK/tls/ca.pem${BENCH_ARGS:+ $BENCH_ARGS}"
-        fi
-        [ "$TRANSPORT" = tls ] || BENCH_ARGS="--ws${BENCH_ARGS:+ $BENCH_ARGS}"
-        ;;
-    *) log "unknown TRANSPORT=$TRANSPORT (tcp, tls, ws, wss)"; exit 1 ;;
-esac
+            ;;
+        *) log "unknown TRANSPORT $transport (tcp, tls, ws, wss)"; exit 1 ;;
+    esac
+done
+
+# The load tool's options for a transport.
+transport_args() {
+    case $1 in
+        tcp) ;;
+        tls) echo "--tls-ca $WORK/tls/ca.pem" ;;
+        ws) echo "--ws" ;;
+        wss) echo "--ws --tls-ca $WORK/tls/ca.pem" ;;
+    esac
+}
 
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT"
@@ -385,6 +400,9 @@ RUN_LIMIT=$(( $(duration_secs "$DURATION") + 180 ))
 # --- runs -------------------------------------------------------------------
 
 for scenario in $SCENARIOS; do
+  for CURRENT_TRANSPORT in $TRANSPORT; do
+    suffix=
+    [ "$CURRENT_TRANSPORT" = tcp ] || suffix="+$CURRENT_TRANSPORT"
     qos_levels=$QOS
     [ "$scenario" = conns ] && qos_levels=0 # no messages: QoS does not apply
     for qos in $qos_levels; do
@@ -393,14 +411,21 @@ for scenario in $SCENARIOS; do
                 if [ -n "${SKIP_REASON[$broker]:-}" ]; then
                     continue
                 fi
+                case $broker:$CURRENT_TRANSPORT in
+                    rumqttd:tcp|nats:tcp) ;;
+                    rumqttd:*|nats:*)
+                        NOTES+=("$broker: $CURRENT_TRANSPORT skipped (run against tidemq and mosquitto only)")
+                        continue ;;
+                esac
+                label=$broker$suffix
                 if [ "$broker" = nats ] && { [ "$qos" = 2 ] || [ "$mqtt" = 5 ]; }; then
                     NOTES+=("nats: $scenario qos $qos mqtt $mqtt skipped (nats-server speaks MQTT 3.1.1, QoS 0/1)")
                     continue
                 fi
                 port=$(broker_port "$broker" "$mqtt")
-                log "$scenario qos $qos mqtt $mqtt: $broker on port $port"
+                log "$scenario qos $qos mqtt $mqtt: $label on port $port"
                 if ! start_broker "$broker" "$port"; then
-                    record_failure "$scenario" "$broker" "$mqtt" "$qos" "broker did not start"
+                    record_failure "$scenario" "$label" "$mqtt" "$qos" "broker did not start"
                     continue
                 fi
                 counters_before=
@@ -410,8 +435,8 @@ for scenario in $SCENARIOS; do
                 # shellcheck disable=SC2086 # BENCH_ARGS and PIN_TOOL are word lists
                 timeout --kill-after=5 "$RUN_LIMIT" $PIN_TOOL "$BENCH" "$scenario" \
                     --port "$port" --qos "$qos" --mqtt "$mqtt" --duration "$DURATION" \
-                    --conns "$CONNS" --broker-pid "$BROKER_PID" --label "$broker" --json \
-                    $BENCH_ARGS >"$WORK/run.json"
+                    --conns "$CONNS" --broker-pid "$BROKER_PID" --label "$label" --json \
+                    $(transport_args "$CURRENT_TRANSPORT") $BENCH_ARGS >"$WORK/run.json"
                 status=$?
                 counters_after=
                 if [ -n "$counters_before" ]; then
@@ -427,12 +452,13 @@ for scenario in $SCENARIOS; do
                 fi
                 cat "$WORK/run.json" >>"$OUT"
                 if [ $status -ge 124 ]; then
-                    record_failure "$scenario" "$broker" "$mqtt" "$qos" "tidemq-bench exited with $status"
+                    record_failure "$scenario" "$label" "$mqtt" "$qos" "tidemq-bench exited with $status"
                 fi
                 case $broker in tidemq*) rm -rf "$(data_dir)" ;; esac
             done
         done
     done
+  done
 done
 
 # --- report -----------------------------------------------------------------
