@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `tidemq` binary as an operator meets it: exit code 2 and the key's
-//! name on a bad config, environment and CLI overrides, and a clean exit 0
-//! on SIGTERM and SIGINT with connected clients closed.
+//! name on a bad config, environment and CLI overrides, a clean exit 0
+//! on SIGTERM and SIGINT with connected clients closed, and `tidemq passwd`
+//! writing and deleting entries the broker then accepts or refuses.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -158,4 +159,113 @@ fn a_missing_config_file_exits_2() {
         c.args(["-c", "/nonexistent/tidemq.toml"]);
     });
     assert_eq!(code, 2, "{stderr}");
+}
+
+/// `tidemq passwd` with `args`; its exit code and standard error.
+fn passwd(args: &[&str]) -> (i32, String) {
+    let output = tidemq().arg("passwd").args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The CONNACK return code a 3.1.1 CONNECT with these credentials gets.
+fn login_code(port: u16, client_id: &str, user: &str, password: &str) -> u8 {
+    let connect = tidemq_protocol::Connect {
+        version: tidemq_protocol::ProtocolVersion::V311,
+        client_id: client_id.into(),
+        clean_session: true,
+        keep_alive: 60,
+        will: None,
+        username: Some(user.into()),
+        password: Some(bytes::Bytes::copy_from_slice(password.as_bytes())),
+        properties: Default::default(),
+    };
+    let mut wire = bytes::BytesMut::new();
+    tidemq_protocol::encode_connect(&connect, &mut wire);
+    let mut client = connect_when_up(port);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(&wire).unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[..3], [0x20, 2, 0], "CONNACK for {user}");
+    connack[3]
+}
+
+/// A broker process, killed if the test fails before stopping it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// SIGTERM, then exit 0.
+    fn stop(mut self) {
+        signal(&self.0, "TERM");
+        assert_eq!(wait_exit(&mut self.0), 0);
+    }
+}
+
+/// A broker checking `file`, with no anonymous access and no failure delay.
+fn broker_with_passwords(file: &std::path::Path) -> (Running, u16) {
+    let port = free_port();
+    let child = tidemq()
+        .stderr(Stdio::null())
+        .env("TIDEMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
+        .env("TIDEMQ_AUTH__PASSWORD_FILE", file)
+        .env("TIDEMQ_AUTH__ALLOW_ANONYMOUS", "false")
+        .env("TIDEMQ_AUTH__FAILED_LOGIN_DELAY_MS", "0")
+        .env("TIDEMQ_AUTH__FAILED_LOGIN_MAX_DELAY_MS", "0")
+        .spawn()
+        .unwrap();
+    (Running(child), port)
+}
+
+#[test]
+fn passwd_writes_entries_the_broker_accepts_and_deletes_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tidemq-cli-passwd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("passwd");
+    let path = file.to_str().unwrap();
+
+    let (code, stderr) = passwd(&["-b", "alice-pw", path, "alice"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("added alice"), "{stderr}");
+    let (code, stderr) = passwd(&["--scram", "-b", "bob-pw", path, "bob"]);
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("alice:$argon2id$"), "{text}");
+    assert!(lines[1].starts_with("bob:SCRAM-SHA-256$"), "{text}");
+    assert!(!text.contains("alice-pw") && !text.contains("bob-pw"));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "a new password file is private");
+
+    let (broker, port) = broker_with_passwords(&file);
+    assert_eq!(login_code(port, "a", "alice", "alice-pw"), 0);
+    assert_eq!(login_code(port, "b", "bob", "bob-pw"), 0);
+    assert_eq!(login_code(port, "c", "alice", "bob-pw"), 5);
+    broker.stop();
+
+    let (code, stderr) = passwd(&["-D", path, "alice"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("deleted alice"), "{stderr}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("bob:") && !text.contains("alice"),
+        "{text}"
+    );
+    let (broker, port) = broker_with_passwords(&file);
+    assert_eq!(login_code(port, "a", "alice", "alice-pw"), 5);
+    assert_eq!(login_code(port, "b", "bob", "bob-pw"), 0);
+    broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -430,7 +430,7 @@ async fn normal_client_is_served(ctx: &Arc<Context>) {
     let (admission, _) = ctx.gate.admit(peer.ip()).unwrap();
     let _conn = tokio::spawn(serve(
         server,
-        test_origin(peer, &ctx),
+        test_origin(peer, ctx),
         ctx.clone(),
         admission,
     ));

@@ -236,7 +236,13 @@ where
     let authenticated =
         enhanced_auth::before_connack(stream, &mut buf, &connect, &client_id, origin, ctx).await;
     let (auth_method, auth_data) = match authenticated {
-        Authenticated::Yes { method, data } => ((!method.is_empty()).then_some(method), data),
+        Authenticated::Yes { method, data } if method.is_empty() => (None, data),
+        Authenticated::Yes { method, data } => {
+            // A passed exchange clears the address's failures, as a
+            // matching password does.
+            ctx.logins.succeeded(peer.ip());
+            (Some(method), data)
+        }
         Authenticated::Refused(reason) => {
             let method = connect.properties.authentication_method.unwrap_or_default();
             Metrics::incr(&ctx.metrics.logins_refused);
@@ -291,17 +297,17 @@ async fn login(
             false => Err(not_authorized),
         };
     };
+    let addr = origin.peer.ip();
     if connect.properties.authentication_method.is_some() {
+        // The exchange decides; its answers wait after failures as a
+        // password's do, or SCRAM would be the way around the delay.
+        wait_after_failures(ctx, addr).await;
         return Ok(Some(Arc::from(username)));
     }
     let Some(passwords) = &security.passwords else {
         return Ok(Some(Arc::from(username)));
     };
-    let addr = origin.peer.ip();
-    if let Some(delay) = ctx.logins.delay_for(addr) {
-        Metrics::incr(&ctx.metrics.logins_delayed);
-        tokio::time::sleep(delay).await;
-    }
+    wait_after_failures(ctx, addr).await;
     let password = connect.password.as_deref().unwrap_or_default();
     if ctx.logins.verify(passwords, username, password).await {
         ctx.logins.succeeded(addr);
@@ -309,6 +315,15 @@ async fn login(
     } else {
         ctx.logins.failed(addr);
         Err(bad_password)
+    }
+}
+
+/// Waits `auth.failed_login_delay_ms` (doubled per failure) when `addr`
+/// has failed logins recently (`logins_delayed`).
+async fn wait_after_failures(ctx: &Context, addr: std::net::IpAddr) {
+    if let Some(delay) = ctx.logins.delay_for(addr) {
+        Metrics::incr(&ctx.metrics.logins_delayed);
+        tokio::time::sleep(delay).await;
     }
 }
 

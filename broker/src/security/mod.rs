@@ -16,7 +16,7 @@
 //! | TLS identity wanted, no client certificate| 0x05 / 0x87           |
 //! | no user name, anonymous not allowed       | 0x05 / 0x87           |
 //! | user name, password file, no match        | 0x05 / 0x86 (delayed after failures) |
-//! | Authentication Method SCRAM-SHA-256       | the AUTH exchange decides |
+//! | Authentication Method SCRAM-SHA-256       | the AUTH exchange decides (delayed after failures) |
 //! | otherwise                                 | accepted              |
 
 pub mod acl;

@@ -10,11 +10,13 @@
 //! |-----------|--------------------------------------------|
 //! | TCP       | nothing                                    |
 //! | TLS       | the rustls session (keys, sequence numbers) |
-//! | WebSocket | where the current frame stands (a few bytes) |
+//! | WebSocket | where the current frame stands (a few bytes), and the part of a frame header or control frame the client stopped in |
 //!
 //! A stream that holds input it has read but not handed on (decrypted
 //! bytes, frame bytes read ahead) cannot rest: the dormitory watches the
-//! socket only, and would not see them.
+//! socket only, and would not see them. Bytes that cannot be handed on
+//! before more arrive (part of a TLS record, of a frame header) do not
+//! count: the parked state keeps them.
 
 pub mod tls;
 pub mod ws;

@@ -170,7 +170,7 @@ fn parse_upgrade(buf: &[u8], path: &str) -> Result<Option<(usize, String)>, Upgr
 }
 
 /// Where the incoming frame stream stands; all a resting connection keeps.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct WsState {
     /// Payload bytes of the current data frame still to come.
     remaining: u64,
@@ -181,6 +181,11 @@ pub struct WsState {
     in_message: bool,
     /// Bytes in one frame, at most.
     max_frame: u64,
+    /// Read-ahead that cannot be handed on until more arrives (part of a
+    /// frame header, or of a control frame: at most 139 bytes), kept over a
+    /// rest so that a client stopping there cannot keep its connection
+    /// from resting. `None` in the usual case.
+    held: Option<Box<[u8]>>,
 }
 
 /// MQTT over WebSocket binary frames, over `io`.
@@ -280,26 +285,52 @@ fn unmask(bytes: &mut [u8], mask: [u8; 4], pos: &mut u8) {
 }
 
 impl<IO> WsConn<IO> {
-    pub fn from_parts(io: IO, state: WsState) -> WsConn<IO> {
+    pub fn from_parts(io: IO, mut state: WsState) -> WsConn<IO> {
+        let inbuf = match state.held.take() {
+            Some(held) => BytesMut::from(&held[..]),
+            None => BytesMut::new(),
+        };
         WsConn {
             io,
             max_frame: state.max_frame,
             state,
-            inbuf: BytesMut::new(),
+            inbuf,
             out: BytesMut::new(),
             closed: false,
         }
     }
 
-    /// The socket and the frame state; the buffers are empty at rest.
+    /// The socket and the frame state. Called when
+    /// [`WsConn::has_buffered_input`] is false, so what is read ahead is
+    /// only the part of a frame header or control frame the state holds.
     pub fn into_parts(self) -> (IO, WsState) {
         let mut state = self.state;
         state.max_frame = self.max_frame;
+        state.held = (!self.inbuf.is_empty()).then(|| Box::from(&self.inbuf[..]));
         (self.io, state)
     }
 
+    /// Whether bytes read ahead can be handed on (or found bad) without
+    /// more input. Part of a frame header, or of a control frame, cannot:
+    /// a connection holding only that may rest.
     pub fn has_buffered_input(&self) -> bool {
-        !self.inbuf.is_empty()
+        if self.inbuf.is_empty() {
+            return false;
+        }
+        if self.state.remaining > 0 {
+            return true;
+        }
+        match parse_header(&self.inbuf) {
+            // The reader finds the error.
+            Err(_) => true,
+            Ok(None) => false,
+            Ok(Some(header)) => match header.opcode {
+                OP_CLOSE | OP_PING | OP_PONG if header.fin && header.len <= 125 => {
+                    self.inbuf.len() >= header.header_len + header.len as usize
+                }
+                _ => true,
+            },
+        }
     }
 
     pub fn inner(&self) -> &IO {

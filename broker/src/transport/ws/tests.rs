@@ -195,3 +195,51 @@ async fn a_parked_stream_keeps_its_place_in_a_frame() {
     client.write_all(&frame[frame.len() - 4..]).await.unwrap();
     assert_eq!(read_exactly(&mut conn, 4).await, b"efgh");
 }
+
+/// Polls one read: the bytes waiting are taken in and handled; `Pending`
+/// when they give nothing to hand on.
+async fn poll_read_once(conn: &mut WsConn<DuplexStream>) -> Poll<io::Result<Vec<u8>>> {
+    let mut scratch = [0u8; 64];
+    std::future::poll_fn(|cx| {
+        let mut buf = ReadBuf::new(&mut scratch);
+        let polled = Pin::new(&mut *conn)
+            .poll_read(cx, &mut buf)
+            .map_ok(|()| buf.filled().to_vec());
+        Poll::Ready(polled)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_parked_stream_keeps_part_of_a_header_or_a_control_frame() {
+    let (mut conn, mut client) = upgraded(&[]).await;
+    let data = client_frame(true, OP_BINARY, b"abcdefgh");
+    let ping = client_frame(true, OP_PING, b"ping!");
+    for (frame, cut) in [(&data, 1), (&data, 5), (&ping, 8)] {
+        client.write_all(&frame[..cut]).await.unwrap();
+        assert!(poll_read_once(&mut conn).await.is_pending(), "cut at {cut}");
+        assert!(!conn.has_buffered_input(), "cut at {cut}");
+        let (io, state) = conn.into_parts();
+        conn = WsConn::from_parts(io, state);
+        client.write_all(&frame[cut..]).await.unwrap();
+        if frame == &data {
+            assert_eq!(read_exactly(&mut conn, 8).await, b"abcdefgh");
+        } else {
+            assert!(poll_read_once(&mut conn).await.is_pending());
+            let mut pong = [0u8; 7];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(pong, *b"\x8a\x05ping!");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_whole_control_frame_read_ahead_is_buffered_input() {
+    let (mut conn, mut client) = upgraded(&[]).await;
+    // A whole ping after a binary frame's payload: read ahead, unanswered.
+    let mut bytes = client_frame(true, OP_BINARY, b"ab");
+    bytes.extend(client_frame(true, OP_PING, b""));
+    client.write_all(&bytes).await.unwrap();
+    assert_eq!(read_exactly(&mut conn, 2).await, b"ab");
+    assert!(conn.has_buffered_input());
+}
