@@ -21,7 +21,9 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 pub mod mosquitto;
 pub mod scram;
+pub mod scratch;
 pub mod tls;
+pub mod transports;
 pub mod v5;
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);

@@ -1,7 +1,7 @@
 //! TLS for the end-to-end tests, and a raw MQTT client over any byte stream.
 //!
 //! [`Pki`] is a throw-away public-key infrastructure made with rcgen for one
-//! test and written to its own temporary directory (removed on drop), so the
+//! test and written to its own [`ScratchDir`] (removed on drop), so the
 //! broker loads real PEM files:
 //!
 //! | file                        | what                                          |
@@ -22,7 +22,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use tokio_rustls::rustls::pki_types::{
 };
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, SupportedProtocolVersion};
 
+use crate::scratch::ScratchDir;
 use crate::{publish_bytes, subscribe_bytes, RawPacket, WAIT};
 
 /// The Common Name of `client.pem`.
@@ -133,7 +133,7 @@ pub enum ClientCert {
 
 /// One test's certificates, on disk until dropped.
 pub struct Pki {
-    pub dir: PathBuf,
+    dir: ScratchDir,
     ca: Signed,
     other_ca: Signed,
     client: Signed,
@@ -144,14 +144,7 @@ impl Pki {
     /// Generates every certificate and writes them to a new directory
     /// named after `test`.
     pub fn new(test: &str) -> Pki {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tidemq-tls-{test}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new("tls", test);
         let ca = certificate_authority("tidemq test CA");
         let other_ca = certificate_authority("some other CA");
         let server_names = ["127.0.0.1", SERVER_NAME];
@@ -218,7 +211,7 @@ impl Pki {
 
     /// A file in this PKI's directory.
     pub fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
+        self.dir.path(file)
     }
 
     /// The CA certificate as PEM (what rumqttc wants).
@@ -291,12 +284,6 @@ impl Pki {
                 .unwrap(),
         };
         Arc::new(config)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

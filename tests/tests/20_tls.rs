@@ -19,6 +19,10 @@ use tidemq_tests::tls::{
     connect_packet, rustls_error, tls_connect, ClientCert, Pki, StreamClient, Trust, CLIENT_CN,
     CLIENT_SAN,
 };
+use tidemq_tests::transports::{
+    assert_a_large_message_crosses, assert_woken_by_deliveries, exchange_with_plain, plain_expect,
+    plain_subscriber,
+};
 use tidemq_tests::{settings, Client, ConnectOptions, RawClient, TestBroker, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,27 +64,6 @@ async fn assert_closed(stream: &mut TcpStream, what: &str) {
         Ok(Ok(n)) => panic!("{what}: expected a close, got {:02x?}", &scratch[..n]),
         Err(_) => panic!("{what}: still open after {WAIT:?}"),
     }
-}
-
-/// A plain TCP client, subscribed to `topic`, for the cross-transport checks.
-async fn plain_subscriber(addr: SocketAddr, client_id: &str, topic: &str) -> RawClient {
-    let (mut client, _) = RawClient::connected(addr, &ConnectOptions::new(client_id)).await;
-    client
-        .subscribe_granted(1, &[(topic, QoS::AtLeastOnce)])
-        .await;
-    client
-}
-
-/// Receives one QoS 1 PUBLISH on a plain client, checks it, acknowledges it.
-async fn plain_expect(client: &mut RawClient, topic: &str, payload: &[u8]) {
-    let (got_topic, got_payload, qos, id) = client.next_publish().await.publish();
-    assert_eq!(
-        (got_topic.as_str(), got_payload.as_slice()),
-        (topic, payload)
-    );
-    assert_eq!(qos, QoS::AtLeastOnce);
-    let [hi, lo] = id.unwrap().to_be_bytes();
-    client.send(&[0x40, 0x02, hi, lo]).await;
 }
 
 /// rumqttc with `TlsConfiguration::Simple` (our CA's PEM) connects to the
@@ -173,21 +156,10 @@ async fn raw_mqtt_round_trips_over_tls_12_and_13() {
 async fn a_large_message_crosses_tls_both_ways() {
     let pki = Pki::new("large");
     let broker = TestBroker::start_with(with_tls([pki.server_tls()])).await;
-    let payload: Vec<u8> = (0..900_000u32).map(|n| (n % 251) as u8).collect();
     let config = pki.client_config(Trust::OurCa, ClientCert::None);
     let stream = tls_connect(broker.addrs[1], config).await.unwrap();
     let mut tls = StreamClient::connected(stream, "tls-large").await;
-    tls.subscribe_granted(1, &[("large/to-tls", QoS::AtLeastOnce)])
-        .await;
-    let mut plain = plain_subscriber(broker.addrs[0], "tcp-large", "large/to-tcp").await;
-
-    tls.publish_qos1("large/to-tcp", 1, &payload).await;
-    plain_expect(&mut plain, "large/to-tcp", &payload).await;
-    plain
-        .publish_acked("large/to-tls", QoS::AtLeastOnce, 2, &payload, false)
-        .await;
-    tls.expect_publish("large/to-tls", &payload).await;
-    tls.ping().await;
+    assert_a_large_message_crosses(&broker, &mut tls, "large/to-tls").await;
     broker.stop().await;
 }
 
@@ -312,12 +284,13 @@ async fn require_certificate_refuses_a_client_without_one() {
         .subscribe_granted(1, &[("req/in", QoS::AtLeastOnce)])
         .await;
     let mut plain = plain_subscriber(broker.addrs[0], "plain", "req/out").await;
-    client.publish_qos1("req/out", 1, b"certified says").await;
-    plain_expect(&mut plain, "req/out", b"certified says").await;
-    plain
-        .publish_acked("req/in", QoS::AtLeastOnce, 2, b"plain says", false)
-        .await;
-    client.expect_publish("req/in", b"plain says").await;
+    exchange_with_plain(
+        &mut client,
+        &mut plain,
+        ("req/out", 1, b"certified says"),
+        ("req/in", 2, b"plain says"),
+    )
+    .await;
     let metrics = broker.metrics();
     assert_eq!(metrics.handshakes_failed, 2);
     assert_eq!(metrics.connections_current, 2);
@@ -507,32 +480,14 @@ async fn a_resting_tls_connection_is_woken_by_a_delivery() {
         let config = pki.client_config_with(Trust::OurCa, ClientCert::None, &[version]);
         let stream = tls_connect(broker.addrs[1], config).await.unwrap();
         let mut subscriber = StreamClient::connected(stream, "resting").await;
-        subscriber
-            .subscribe_granted(1, &[("rest/tls", QoS::AtLeastOnce)])
-            .await;
-        broker.wait_resting(1).await;
-        let rested = broker.metrics().connections_rested;
-
-        let (mut publisher, _) =
-            RawClient::connected(broker.addrs[0], &ConnectOptions::new("waker")).await;
-        publisher
-            .publish_acked("rest/tls", QoS::AtLeastOnce, 1, b"wake up", false)
-            .await;
-        subscriber.expect_publish("rest/tls", b"wake up").await;
-
-        broker.wait_resting(2).await;
-        subscriber.ping().await;
-        broker.wait_resting(2).await;
-        publisher
-            .publish_acked("rest/tls", QoS::AtLeastOnce, 2, b"again", false)
-            .await;
-        subscriber.expect_publish("rest/tls", b"again").await;
-        let metrics = broker.metrics();
-        assert!(
-            metrics.connections_rested >= rested + 3,
-            "{version:?}: {metrics:?}"
-        );
-        assert_eq!(metrics.handshakes_failed, 0);
+        assert_woken_by_deliveries(
+            &broker,
+            &mut subscriber,
+            "rest/tls",
+            &format!("{version:?}"),
+        )
+        .await;
+        assert_eq!(broker.metrics().handshakes_failed, 0);
         broker.stop().await;
     }
 }

@@ -20,9 +20,11 @@ use tidemq_protocol::{ProtocolVersion, QoS};
 use tidemq_tests::tls::{
     connect_packet, encoded_connect, tls_connect, ClientCert, Pki, StreamClient, Trust,
 };
-use tidemq_tests::{
-    publish_bytes, settings, subscribe_bytes, ConnectOptions, RawClient, TestBroker, WAIT,
+use tidemq_tests::transports::{
+    assert_a_large_message_crosses, assert_woken_by_deliveries, exchange_with_plain, plain_expect,
+    plain_subscriber,
 };
+use tidemq_tests::{publish_bytes, settings, subscribe_bytes, TestBroker, WAIT};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -181,6 +183,32 @@ async fn ws_connected(addr: SocketAddr, client_id: &str) -> WsClient<TcpStream> 
     client
 }
 
+/// Sends one WebSocket message as it is (a control frame, a text frame, a
+/// frame built by hand), not as MQTT bytes.
+async fn send_message<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WsClient<S>,
+    message: Message,
+) {
+    client.stream.ws.send(message).await.unwrap();
+}
+
+/// A WebSocket client past CONNACK 0 and a PINGRESP, left to rest first
+/// when `resting`, that has then sent `message`.
+async fn sent_after_pingresp(
+    broker: &TestBroker,
+    client_id: &str,
+    resting: bool,
+    message: Message,
+) -> WsClient<TcpStream> {
+    let mut client = ws_connected(broker.addrs[1], client_id).await;
+    client.ping().await;
+    if resting {
+        broker.wait_resting(1).await;
+    }
+    send_message(&mut client, message).await;
+    client
+}
+
 /// The next WebSocket message itself (control frames included).
 async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(client: &mut WsClient<S>) -> Message {
     tokio::time::timeout(WAIT, client.stream.ws.next())
@@ -188,18 +216,6 @@ async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(client: &mut WsClient<S
         .expect("a WebSocket message in time")
         .expect("the WebSocket stream open")
         .unwrap()
-}
-
-/// Receives one QoS 1 PUBLISH on a plain client, checks it, acknowledges it.
-async fn plain_expect(client: &mut RawClient, topic: &str, payload: &[u8]) {
-    let (got_topic, got_payload, qos, id) = client.next_publish().await.publish();
-    assert_eq!(
-        (got_topic.as_str(), got_payload.as_slice()),
-        (topic, payload)
-    );
-    assert_eq!(qos, QoS::AtLeastOnce);
-    let [hi, lo] = id.unwrap().to_be_bytes();
-    client.send(&[0x40, 0x02, hi, lo]).await;
 }
 
 /// CONNECT, SUBSCRIBE at QoS 1 and a QoS 0 PUBLISH to the client's own
@@ -227,12 +243,7 @@ fn split_stream(client_id: &str) -> (Vec<u8>, Vec<u8>) {
 async fn assert_frames_answered(broker: &TestBroker, frames: &[&[u8]], answer: &[u8], what: &str) {
     let mut client = ws_client(broker.addrs[1]).await;
     for frame in frames {
-        client
-            .stream
-            .ws
-            .send(Message::Binary(frame.to_vec()))
-            .await
-            .unwrap();
+        send_message(&mut client, Message::Binary(frame.to_vec())).await;
     }
     let mut got = Vec::new();
     while got.len() < answer.len() {
@@ -306,17 +317,12 @@ async fn a_fragmented_message_gives_the_same_answer() {
     ];
     for (from, to, opcode, fin) in fragments {
         let frame = Frame::message(stream[from..to].to_vec(), opcode, fin);
-        client.stream.ws.send(Message::Frame(frame)).await.unwrap();
+        send_message(&mut client, Message::Frame(frame)).await;
         if fin {
             continue;
         }
         // Control frames may come between fragments (RFC 6455 5.4).
-        client
-            .stream
-            .ws
-            .send(Message::Ping(b"between".to_vec()))
-            .await
-            .unwrap();
+        send_message(&mut client, Message::Ping(b"between".to_vec())).await;
     }
     let mut got = Vec::new();
     while got.len() < answer.len() {
@@ -334,11 +340,7 @@ async fn a_fragmented_message_gives_the_same_answer() {
 async fn many_packets_in_one_frame_are_all_handled() {
     const COUNT: u16 = 50;
     let broker = TestBroker::start_with(with_ws()).await;
-    let (mut subscriber, _) =
-        RawClient::connected(broker.addrs[0], &ConnectOptions::new("tcp-sub")).await;
-    subscriber
-        .subscribe_granted(1, &[("ws/many", QoS::AtLeastOnce)])
-        .await;
+    let mut subscriber = plain_subscriber(broker.addrs[0], "tcp-sub", "ws/many").await;
     let mut frame = encoded_connect(&connect_packet("ws-many", ProtocolVersion::V311));
     for id in 1..=COUNT {
         frame.extend(publish_bytes(
@@ -380,20 +382,8 @@ async fn many_packets_in_one_frame_are_all_handled() {
 #[tokio::test]
 async fn a_large_message_crosses_websocket_both_ways() {
     let broker = TestBroker::start_with(with_ws()).await;
-    let payload: Vec<u8> = (0..900_000u32).map(|n| (n % 251) as u8).collect();
     let mut ws = ws_connected(broker.addrs[1], "ws-large").await;
-    ws.subscribe_granted(1, &[("large/to-ws", QoS::AtLeastOnce)])
-        .await;
-    let (mut tcp, _) =
-        RawClient::connected(broker.addrs[0], &ConnectOptions::new("tcp-large")).await;
-    tcp.subscribe_granted(1, &[("large/to-tcp", QoS::AtLeastOnce)])
-        .await;
-    ws.publish_qos1("large/to-tcp", 1, &payload).await;
-    plain_expect(&mut tcp, "large/to-tcp", &payload).await;
-    tcp.publish_acked("large/to-ws", QoS::AtLeastOnce, 2, &payload, false)
-        .await;
-    ws.expect_publish("large/to-ws", &payload).await;
-    ws.ping().await;
+    assert_a_large_message_crosses(&broker, &mut ws, "large/to-ws").await;
     broker.stop().await;
 }
 
@@ -404,17 +394,8 @@ async fn a_large_message_crosses_websocket_both_ways() {
 async fn mqtt_6_0_0_1_a_text_frame_closes_the_connection() {
     let broker = TestBroker::start_with(with_ws()).await;
     for resting in [false, true] {
-        let mut client = ws_connected(broker.addrs[1], "ws-text").await;
-        client.ping().await;
-        if resting {
-            broker.wait_resting(1).await;
-        }
-        client
-            .stream
-            .ws
-            .send(Message::Text("PINGREQ".to_string()))
-            .await
-            .unwrap();
+        let text = Message::Text("PINGREQ".to_string());
+        let mut client = sent_after_pingresp(&broker, "ws-text", resting, text).await;
         client.assert_ended_without_packet().await;
         broker
             .wait_metrics("the connection gone", |m| m.connections_current == 0)
@@ -474,12 +455,7 @@ async fn a_ping_gets_a_pong_with_its_payload() {
         if payload == b"resting" {
             broker.wait_resting(1).await;
         }
-        client
-            .stream
-            .ws
-            .send(Message::Ping(payload.to_vec()))
-            .await
-            .unwrap();
+        send_message(&mut client, Message::Ping(payload.to_vec())).await;
         assert_eq!(
             next_message(&mut client).await,
             Message::Pong(payload.to_vec())
@@ -496,20 +472,11 @@ async fn a_ping_gets_a_pong_with_its_payload() {
 async fn a_close_frame_gets_its_close_echoed() {
     let broker = TestBroker::start_with(with_ws()).await;
     for resting in [false, true] {
-        let mut client = ws_connected(broker.addrs[1], "ws-close").await;
-        client.ping().await;
-        if resting {
-            broker.wait_resting(1).await;
-        }
-        client
-            .stream
-            .ws
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "going".into(),
-            })))
-            .await
-            .unwrap();
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "going".into(),
+        }));
+        let mut client = sent_after_pingresp(&broker, "ws-close", resting, close).await;
         match next_message(&mut client).await {
             Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
             other => panic!("expected the close echoed, got {other:?}"),
@@ -633,16 +600,14 @@ async fn wss_round_trips_over_tls() {
     client.publish_qos1("wss/in", 1, b"self").await;
     client.expect_publish("wss/in", b"self").await;
 
-    let (mut plain, _) = RawClient::connected(broker.addrs[0], &ConnectOptions::new("tcp")).await;
-    plain
-        .subscribe_granted(1, &[("wss/out", QoS::AtLeastOnce)])
-        .await;
-    client.publish_qos1("wss/out", 2, b"from wss").await;
-    plain_expect(&mut plain, "wss/out", b"from wss").await;
-    plain
-        .publish_acked("wss/in", QoS::AtLeastOnce, 3, b"from tcp", false)
-        .await;
-    client.expect_publish("wss/in", b"from tcp").await;
+    let mut plain = plain_subscriber(broker.addrs[0], "tcp", "wss/out").await;
+    exchange_with_plain(
+        &mut client,
+        &mut plain,
+        ("wss/out", 2, b"from wss"),
+        ("wss/in", 3, b"from tcp"),
+    )
+    .await;
     // Resting over TLS and WebSocket, it is woken by a delivery.
     broker.wait_resting(2).await;
     plain
@@ -688,26 +653,7 @@ async fn wss_takes_the_client_certificate_identity() {
 async fn a_resting_websocket_connection_is_woken_by_a_delivery() {
     let broker = TestBroker::start_with(with_ws()).await;
     let mut subscriber = ws_connected(broker.addrs[1], "ws-resting").await;
-    subscriber
-        .subscribe_granted(1, &[("rest/ws", QoS::AtLeastOnce)])
-        .await;
-    broker.wait_resting(1).await;
-    let rested = broker.metrics().connections_rested;
-    let (mut publisher, _) =
-        RawClient::connected(broker.addrs[0], &ConnectOptions::new("waker")).await;
-    publisher
-        .publish_acked("rest/ws", QoS::AtLeastOnce, 1, b"wake up", false)
-        .await;
-    subscriber.expect_publish("rest/ws", b"wake up").await;
-    broker.wait_resting(2).await;
-    subscriber.ping().await;
-    broker.wait_resting(2).await;
-    publisher
-        .publish_acked("rest/ws", QoS::AtLeastOnce, 2, b"again", false)
-        .await;
-    subscriber.expect_publish("rest/ws", b"again").await;
-    let metrics = broker.metrics();
-    assert!(metrics.connections_rested >= rested + 3, "{metrics:?}");
+    assert_woken_by_deliveries(&broker, &mut subscriber, "rest/ws", "WebSocket").await;
     broker.stop().await;
 }
 
@@ -834,10 +780,7 @@ async fn websocket_and_tcp_clients_exchange_messages() {
     let mut ws = ws_connected(broker.addrs[1], "ws-side").await;
     ws.subscribe_granted(1, &[("cross/to-ws", QoS::AtLeastOnce)])
         .await;
-    let (mut tcp, _) =
-        RawClient::connected(broker.addrs[0], &ConnectOptions::new("tcp-side")).await;
-    tcp.subscribe_granted(1, &[("cross/to-tcp", QoS::AtLeastOnce)])
-        .await;
+    let mut tcp = plain_subscriber(broker.addrs[0], "tcp-side", "cross/to-tcp").await;
     tcp.publish_acked("cross/to-ws", QoS::AtLeastOnce, 1, b"hello ws", false)
         .await;
     ws.expect_publish("cross/to-ws", b"hello ws").await;

@@ -23,6 +23,7 @@ use tidemq::security::passwd::{hash_password, HashKind};
 use tidemq::Settings;
 use tidemq_protocol::{encode_connect, Connect, ProtocolVersion, QoS, ReasonCode};
 use tidemq_tests::mosquitto::{run_pub, start_sub, Process};
+use tidemq_tests::scratch::ScratchDir;
 use tidemq_tests::v5::{self, V5Client};
 use tidemq_tests::{publish_bytes, settings, ConnectOptions, RawClient, TestBroker, WAIT};
 
@@ -39,18 +40,15 @@ const STORM_WAIT: Duration = Duration::from_secs(300);
 // ---------------------------------------------------------------- helpers
 
 /// A directory of this test's own, removed when dropped.
-struct Scratch(PathBuf);
+struct Scratch(ScratchDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tidemq-22-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Scratch(ScratchDir::new("22", name))
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path(name)
     }
 
     /// A password file of `user:hash` lines, hashed by tidemq.
@@ -64,12 +62,6 @@ impl Scratch {
         let file = self.path("passwd");
         std::fs::write(&file, text).unwrap();
         file
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -13,14 +13,13 @@
 //! so the tests are about the ACL alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
 use bytes::{Bytes, BytesMut};
 use tidemq::Settings;
 use tidemq_protocol::{
     encode_connect, Ack, Connect, LastWill, Outgoing, Packet, PacketId, ProtocolVersion, Publish,
     QoS, ReasonCode, Subscribe, TopicFilter, TopicName,
 };
+use tidemq_tests::scratch::ScratchDir;
 use tidemq_tests::v5::{self, V5Client};
 use tidemq_tests::{settings, subscribe_bytes, RawClient, TestBroker, QUIET};
 
@@ -50,27 +49,19 @@ pattern read users/%u/#
 const SUBACK_FAILURE: u8 = 0x80;
 
 /// A directory of this test's own with the ACL file, removed when dropped.
-struct AclDir(PathBuf);
+struct AclDir(ScratchDir);
 
 impl AclDir {
     fn new(name: &str) -> AclDir {
-        let dir = std::env::temp_dir().join(format!("tidemq-23-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("acl"), ACL).unwrap();
+        let dir = ScratchDir::new("23", name);
+        std::fs::write(dir.path("acl"), ACL).unwrap();
         AclDir(dir)
     }
 
     fn settings(&self) -> Settings {
         let mut s = settings();
-        s.auth.acl_file = self.0.join("acl");
+        s.auth.acl_file = self.0.path("acl");
         s
-    }
-}
-
-impl Drop for AclDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

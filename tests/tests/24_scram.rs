@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,20 +22,19 @@ use tidemq_protocol::{
     encode_connect, Auth, ConnAck, Connect, Outgoing, Packet, ProtocolVersion, QoS, ReasonCode,
 };
 use tidemq_tests::scram::ScramClient;
+use tidemq_tests::scratch::ScratchDir;
 use tidemq_tests::v5::{self, V5Client};
 use tidemq_tests::{settings, RawClient, TestBroker};
 
 const METHOD: &str = "SCRAM-SHA-256";
 
 /// A password file in a directory of the test's own, removed when dropped.
-struct Passwords(PathBuf);
+struct Passwords(ScratchDir);
 
 impl Passwords {
     /// alice has a SCRAM entry; the others given are added as they say.
     fn new(name: &str, others: &[(&str, &str, HashKind)]) -> Passwords {
-        let dir = std::env::temp_dir().join(format!("tidemq-24-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new("24", name);
         let mut text = format!(
             "alice:{}\n",
             hash_password("alice-pw", HashKind::Scram).unwrap()
@@ -44,24 +43,18 @@ impl Passwords {
             text += &format!("{user}:{}\n", hash_password(password, *kind).unwrap());
         }
         assert!(text.starts_with("alice:SCRAM-SHA-256$4096:"), "{text}");
-        std::fs::write(dir.join("passwd"), text).unwrap();
+        std::fs::write(dir.path("passwd"), text).unwrap();
         Passwords(dir)
     }
 
     /// SCRAM on (the default), no anonymous access, no failure delays.
     fn settings(&self) -> Settings {
         let mut s = settings();
-        s.auth.password_file = self.0.join("passwd");
+        s.auth.password_file = self.0.path("passwd");
         s.auth.allow_anonymous = false;
         s.auth.failed_login_delay_ms = 0;
         s.auth.failed_login_max_delay_ms = 0;
         s
-    }
-}
-
-impl Drop for Passwords {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -101,6 +94,25 @@ fn challenge(packet: Option<Outgoing>) -> Vec<u8> {
     }
 }
 
+/// Connects to `addr` and sends the CONNECT that opens the exchange:
+/// SCRAM-SHA-256 with `scram`'s client-first.
+async fn send_client_first(
+    addr: SocketAddr,
+    client_id: &str,
+    user: Option<&str>,
+    scram: &mut ScramClient,
+) -> V5Client {
+    let mut wire = BytesMut::new();
+    encode_connect(
+        &scram_connect(client_id, user, scram.client_first()),
+        &mut wire,
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut client = V5Client::from_stream(stream);
+    client.send_raw(&wire).await;
+    client
+}
+
 /// How a SCRAM login went: the CONNACK, and whether the broker sent
 /// server-first before it.
 struct Login {
@@ -118,14 +130,7 @@ async fn scram_login(
     user: Option<&str>,
     scram: &mut ScramClient,
 ) -> Login {
-    let mut wire = BytesMut::new();
-    encode_connect(
-        &scram_connect(client_id, user, scram.client_first()),
-        &mut wire,
-    );
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut client = V5Client::from_stream(stream);
-    client.send_raw(&wire).await;
+    let mut client = send_client_first(addr, client_id, user, scram).await;
     let mut challenged = false;
     let connack = loop {
         match client.recv().await {
@@ -163,6 +168,29 @@ async fn logged_in(addr: SocketAddr, client_id: &str) -> V5Client {
         .expect("server-final");
     scram.verify_server_final(server_final).unwrap();
     login.client
+}
+
+/// A plain MQTT 5 login, user name and password and no Authentication
+/// Method, which must be accepted.
+async fn plain_login(addr: SocketAddr, client_id: &str, user: &str, password: &'static [u8]) {
+    let mut connect = v5::connect(client_id);
+    connect.username = Some(user.into());
+    connect.password = Some(Bytes::from_static(password));
+    V5Client::connected(addr, &connect).await;
+}
+
+/// Re-authenticates a connected client as `scram`'s user: AUTH 0x19 with
+/// client-first, the broker's AUTH 0x18 with server-first, AUTH 0x18 with
+/// client-final. The broker's verdict is the caller's to read.
+async fn reauthenticate(client: &mut V5Client, scram: &mut ScramClient) {
+    client
+        .send(&auth(ReasonCode::RE_AUTHENTICATE, scram.client_first()))
+        .await;
+    let server_first = challenge(client.recv().await);
+    let client_final = scram.client_final(&server_first).unwrap();
+    client
+        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, client_final))
+        .await;
 }
 
 /// Asserts a refusal with `reason`, then the close [MQTT-4.12.0-4].
@@ -231,10 +259,7 @@ async fn a_user_with_no_scram_credential_or_no_entry_gets_0x86_after_the_same_ch
     }
     assert_eq!(broker.metrics().logins_refused, 2);
     // carol's password is still good for a plain CONNECT.
-    let mut plain = v5::connect("carol-plain");
-    plain.username = Some("carol".into());
-    plain.password = Some(Bytes::from_static(b"carol-pw"));
-    V5Client::connected(broker.addr, &plain).await;
+    plain_login(broker.addr, "carol-plain", "carol", b"carol-pw").await;
 }
 
 #[tokio::test]
@@ -272,14 +297,7 @@ async fn scram_without_a_user_name_is_refused() {
 async fn mqtt_4_12_0_5_an_auth_naming_another_method_closes_the_connection() {
     let (broker, _passwords) = scram_broker("other-method").await;
     let mut scram = ScramClient::new("alice", "alice-pw");
-    let mut wire = BytesMut::new();
-    encode_connect(
-        &scram_connect("switch", Some("alice"), scram.client_first()),
-        &mut wire,
-    );
-    let stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
-    let mut client = V5Client::from_stream(stream);
-    client.send_raw(&wire).await;
+    let mut client = send_client_first(broker.addr, "switch", Some("alice"), &mut scram).await;
     let server_first = challenge(client.recv().await);
     let client_final = scram.client_final(&server_first).unwrap();
     client
@@ -320,14 +338,7 @@ async fn mqtt_4_12_1_1_re_authentication_with_scram_keeps_the_connection() {
     let mut alice = logged_in(broker.addr, "alice-re").await;
     for round in 0..2 {
         let mut scram = ScramClient::new("alice", "alice-pw");
-        alice
-            .send(&auth(ReasonCode::RE_AUTHENTICATE, scram.client_first()))
-            .await;
-        let server_first = challenge(alice.recv().await);
-        let client_final = scram.client_final(&server_first).unwrap();
-        alice
-            .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, client_final))
-            .await;
+        reauthenticate(&mut alice, &mut scram).await;
         match alice.recv().await {
             Some(Outgoing::Auth(done)) => {
                 assert_eq!(done.reason, ReasonCode::SUCCESS, "round {round}");
@@ -346,14 +357,7 @@ async fn mqtt_4_12_1_2_a_failed_re_authentication_gets_disconnect_0x87() {
     let (broker, _passwords) = scram_broker("reauth-fail").await;
     let mut alice = logged_in(broker.addr, "alice-re").await;
     let mut scram = ScramClient::new("alice", "not-alice-pw");
-    alice
-        .send(&auth(ReasonCode::RE_AUTHENTICATE, scram.client_first()))
-        .await;
-    let server_first = challenge(alice.recv().await);
-    let client_final = scram.client_final(&server_first).unwrap();
-    alice
-        .send(&auth(ReasonCode::CONTINUE_AUTHENTICATION, client_final))
-        .await;
+    reauthenticate(&mut alice, &mut scram).await;
     // DISCONNECT has no 0x86: 0x87 Not authorized.
     let disconnect = alice.expect_disconnect().await;
     assert_eq!(disconnect.reason, ReasonCode::NOT_AUTHORIZED);
@@ -398,10 +402,7 @@ async fn a_scram_entry_is_also_a_plain_password() {
     );
     assert!(refused.closed_by_broker().await);
     // MQTT 5 without an Authentication Method: the same password check.
-    let mut plain = v5::connect("alice-5");
-    plain.username = Some("alice".into());
-    plain.password = Some(Bytes::from_static(b"alice-pw"));
-    V5Client::connected(broker.addr, &plain).await;
+    plain_login(broker.addr, "alice-5", "alice", b"alice-pw").await;
 }
 
 // ------------------------------------------------------ failed logins
