@@ -183,8 +183,8 @@ pub struct ConnectionSettings {
     pub server_reference: String,
     pub server_moved: bool,
     /// New sockets per second one listener accepts, at most (a listener's
-    /// `max_connect_rate` overrides it); beyond it they are closed at once
-    /// (`connections_refused_rate`). 0: no limit.
+    /// `max_connect_rate` overrides it); beyond it the accept loop pauses
+    /// (`connect_rate_waits`). 0: no limit.
     pub max_connect_rate: u32,
     /// Bytes in one WebSocket frame, at most; a larger frame closes the
     /// connection.

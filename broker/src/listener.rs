@@ -165,7 +165,8 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, ctx: Ar
         if !inherited_options() {
             configure(SockRef::from(&stream), &ctx.settings.connections);
         }
-        let origin = connection::Origin::new(peer, endpoint.clone());
+        let deadline = Instant::now() + ctx.settings.connect_timeout();
+        let origin = connection::Origin::new(peer, endpoint.clone(), deadline);
         match (endpoint.tls.is_some(), endpoint.config.protocol) {
             (false, ListenerProtocol::Mqtt) => {
                 tokio::spawn(connection::serve(stream, origin, ctx.clone(), admission));
@@ -223,7 +224,7 @@ async fn serve_layered(
             debug!(%peer, "evicted during the TLS/WebSocket handshake: max_pending reached");
             return;
         }
-        layered = tokio::time::timeout(ctx.settings.connect_timeout(), establish(stream, &origin, &ctx)) => layered,
+        layered = tokio::time::timeout_at(origin.deadline, establish(stream, &origin, &ctx)) => layered,
     };
     let layered = match layered {
         Ok(Ok(layered)) => layered,

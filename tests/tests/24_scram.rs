@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};

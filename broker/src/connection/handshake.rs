@@ -94,10 +94,7 @@ where
     // A partly read CONNECT is charged to the memory budget like any
     // partial packet.
     let mut buf = ReadBuffer::new(BytesMut::with_capacity(256), &ctx.budget);
-    let read = tokio::time::timeout(
-        ctx.settings.connect_timeout(),
-        read_connect(stream, &mut buf, framer),
-    );
+    let read = tokio::time::timeout_at(origin.deadline, read_connect(stream, &mut buf, framer));
     let connect = match read.await {
         Err(_) => {
             if let Some(suppressed) = ctx
@@ -216,9 +213,22 @@ where
         refuse(stream, ctx, version, ReasonCode::SERVER_BUSY).await;
         return None;
     }
-    let user = match login(&connect, origin, ctx).await {
-        Ok(user) => user,
-        Err(reason) => {
+    let login = tokio::time::timeout_at(origin.deadline, login(&connect, origin, ctx));
+    let user = match login.await {
+        Ok(Ok(user)) => user,
+        Err(_) => {
+            // Waiting behind this address's failed logins, or for a
+            // hashing slot, past the connect deadline.
+            if let Some(suppressed) = ctx
+                .throttles
+                .connect_timeout
+                .count(&ctx.metrics.connect_timeouts)
+            {
+                info!(conn_id, %peer, suppressed, "closing: login not done within the connect timeout");
+            }
+            return None;
+        }
+        Ok(Err(reason)) => {
             let username = connect.username.as_deref().unwrap_or("");
             if let Some(suppressed) = ctx.throttles.login.count(&ctx.metrics.logins_refused) {
                 info!(conn_id, %peer, username, %reason, suppressed, "refusing: login");
@@ -240,13 +250,13 @@ where
         Authenticated::Yes { method, data } => {
             // A passed exchange clears the address's failures, as a
             // matching password does.
-            ctx.logins.succeeded(peer.ip());
+            ctx.logins.succeeded(peer.ip(), connect.username.as_deref());
             (Some(method), data)
         }
         Authenticated::Refused(reason) => {
             let method = connect.properties.authentication_method.unwrap_or_default();
             Metrics::incr(&ctx.metrics.logins_refused);
-            ctx.logins.failed(peer.ip());
+            ctx.logins.failed(peer.ip(), connect.username.as_deref());
             info!(conn_id, %peer, %method, %reason, "refusing: enhanced authentication");
             refuse(stream, ctx, version, reason).await;
             return None;
@@ -310,10 +320,10 @@ async fn login(
     wait_after_failures(ctx, addr).await;
     let password = connect.password.as_deref().unwrap_or_default();
     if ctx.logins.verify(passwords, username, password).await {
-        ctx.logins.succeeded(addr);
+        ctx.logins.succeeded(addr, Some(username));
         Ok(Some(Arc::from(username)))
     } else {
-        ctx.logins.failed(addr);
+        ctx.logins.failed(addr, Some(username));
         Err(bad_password)
     }
 }
@@ -321,7 +331,7 @@ async fn login(
 /// Waits `auth.failed_login_delay_ms` (doubled per failure) when `addr`
 /// has failed logins recently (`logins_delayed`).
 async fn wait_after_failures(ctx: &Context, addr: std::net::IpAddr) {
-    if let Some(delay) = ctx.logins.delay_for(addr) {
+    if let Some(delay) = ctx.logins.reserve(addr) {
         Metrics::incr(&ctx.metrics.logins_delayed);
         tokio::time::sleep(delay).await;
     }

@@ -184,27 +184,33 @@ impl Context {
 }
 
 /// Where a connection came from: its peer, its listener (whose rules it
-/// is held to), and the identity its TLS client certificate gave.
+/// is held to), the identity its TLS client certificate gave, and the
+/// deadline for everything before CONNACK.
 #[derive(Debug)]
 pub struct Origin {
     pub peer: SocketAddr,
     pub listener: Arc<Endpoint>,
     pub identity: Option<String>,
+    /// `connect_timeout_ms` after the accept: the TLS handshake, the
+    /// WebSocket upgrade, the CONNECT and the login all fit before it.
+    pub deadline: Instant,
 }
 
 /// A connection from `peer` on a plain listener with the context's `[auth]`
 /// rules, for tests that drive connections without a socket.
 #[cfg(test)]
 pub(crate) fn test_origin(peer: SocketAddr, ctx: &Context) -> Origin {
-    Origin::new(peer, Arc::new(Endpoint::plain(&ctx.settings)))
+    let deadline = Instant::now() + ctx.settings.connect_timeout();
+    Origin::new(peer, Arc::new(Endpoint::plain(&ctx.settings)), deadline)
 }
 
 impl Origin {
-    pub fn new(peer: SocketAddr, listener: Arc<Endpoint>) -> Origin {
+    pub fn new(peer: SocketAddr, listener: Arc<Endpoint>, deadline: Instant) -> Origin {
         Origin {
             peer,
             listener,
             identity: None,
+            deadline,
         }
     }
 }
@@ -380,10 +386,16 @@ async fn connect<S: Transport>(
     }
     tracing::Span::current().record("client_id", accepted.client_id.as_str());
     let same_user_only = ctx.settings.auth.takeover == crate::config::Takeover::SameUser;
+    // The user as the listener vouched for it: "alice" checked against a
+    // password file is not "alice" claimed where nothing is checked.
+    let principal = accepted
+        .user
+        .as_deref()
+        .map(|user| origin.listener.security.principal(user));
     if same_user_only
         && !ctx
             .registry
-            .same_owner(&accepted.client_id, accepted.user.as_deref())
+            .same_owner(&accepted.client_id, principal.as_deref())
     {
         Metrics::incr(&ctx.metrics.takeovers_refused);
         info!(conn_id = conn_id.0, %peer, client_id = %accepted.client_id, "refusing: the client id belongs to another user");
@@ -404,7 +416,7 @@ async fn connect<S: Transport>(
         debug!("a newer connection claimed this client id first");
         return None;
     };
-    ownership.slot.set_owner_user(accepted.user.clone());
+    ownership.slot.set_owner_user(principal);
     let (expiry, granted_expiry) = session_expiry(&ctx, &accepted.connect);
     let clean = accepted.connect.clean_session;
     let (mut state, session_present) = take_up_session(&ctx, &ownership.slot, clean, expiry).await;

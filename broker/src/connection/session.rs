@@ -145,6 +145,10 @@ impl Session {
     ) -> Result<std::convert::Infallible, End> {
         if first {
             for packet in self.client.state.outbound.resend() {
+                if let Some(id) = self.denied_resend(&packet) {
+                    self.forget_denied(id);
+                    continue;
+                }
                 self.send(packet).await?;
             }
         }
@@ -476,6 +480,27 @@ impl Session {
             let metrics = &self.client.ctx.metrics;
             Metrics::add(&metrics.acl_denied_delivery, denied as u64);
         }
+    }
+
+    /// A PUBLISH left in flight by an earlier connection of this session
+    /// whose topic the ACL does not let this client read (another user may
+    /// have taken the session over): its id, so it is not resent.
+    fn denied_resend(&self, packet: &Outgoing) -> Option<PacketId> {
+        match packet {
+            Outgoing::Publish(publish)
+                if !self.client.may(publish.topic.as_str(), Access::Read) =>
+            {
+                publish.packet_id
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends an in-flight delivery the ACL denies as if acknowledged.
+    fn forget_denied(&mut self, id: PacketId) {
+        let acked = self.client.state.outbound.puback(id);
+        self.record_done(Self::acknowledged(acked, "ACL"));
+        Metrics::incr(&self.client.ctx.metrics.acl_denied_delivery);
     }
 
     /// MQTT 5: drops what would exceed the client's Maximum Packet Size
@@ -1048,12 +1073,14 @@ fn merge_denied(codes: Vec<ReasonCode>, denied: &[usize], v5: bool) -> Vec<Reaso
         true => ReasonCode::NOT_AUTHORIZED,
         false => ReasonCode::UNSPECIFIED_ERROR,
     };
+    // `denied` is in ascending order: one pass over both lists.
     let mut routed = codes.into_iter();
+    let mut denied = denied.iter().peekable();
     let total = routed.len() + denied.len();
     (0..total)
-        .map(|index| match denied.contains(&index) {
-            true => refusal,
-            false => routed.next().unwrap_or(refusal),
+        .map(|index| match denied.next_if(|&&at| at == index) {
+            Some(_) => refusal,
+            None => routed.next().unwrap_or(refusal),
         })
         .collect()
 }

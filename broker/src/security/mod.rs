@@ -63,6 +63,9 @@ pub struct ListenerSecurity {
     pub acl: Option<Arc<AclFile>>,
     /// SCRAM-SHA-256 against `passwords`, when offered.
     pub scram: Option<Arc<dyn Authenticator>>,
+    /// Who vouches for the user names here: the password file's path,
+    /// `tls-identity`, or `unchecked` (see [`ListenerSecurity::principal`]).
+    vouched_by: Arc<str>,
 }
 
 impl ListenerSecurity {
@@ -72,9 +75,19 @@ impl ListenerSecurity {
             own.clone()
                 .or_else(|| (!shared.as_os_str().is_empty()).then(|| shared.clone()))
         };
-        let passwords = match chosen(&listener.password_file, &auth.password_file) {
-            Some(path) => Some(Arc::new(PasswordFile::load(&path)?)),
+        let password_path = chosen(&listener.password_file, &auth.password_file);
+        let passwords = match &password_path {
+            Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
+        };
+        let use_identity = listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.use_identity_as_username);
+        let vouched_by: Arc<str> = match (&password_path, use_identity) {
+            (_, true) => Arc::from("tls-identity"),
+            (Some(path), false) => Arc::from(format!("passwd:{}", path.display())),
+            (None, false) => Arc::from("unchecked"),
         };
         let acl = match chosen(&listener.acl_file, &auth.acl_file) {
             Some(path) => Some(Arc::new(AclFile::load(&path)?)),
@@ -91,13 +104,11 @@ impl ListenerSecurity {
         };
         Ok(ListenerSecurity {
             allow_anonymous: listener.allow_anonymous.unwrap_or(auth.allow_anonymous),
-            use_identity: listener
-                .tls
-                .as_ref()
-                .is_some_and(|tls| tls.use_identity_as_username),
+            use_identity,
             passwords,
             acl,
             scram,
+            vouched_by,
         })
     }
 
@@ -109,7 +120,15 @@ impl ListenerSecurity {
             passwords: None,
             acl: None,
             scram: None,
+            vouched_by: Arc::from("unchecked"),
         }
+    }
+
+    /// A user name as this listener vouches for it, for the takeover rule:
+    /// the same name checked against another password file, or not checked
+    /// at all, is another principal.
+    pub fn principal(&self, user: &str) -> Arc<str> {
+        Arc::from(format!("{}\u{0}{user}", self.vouched_by))
     }
 }
 
@@ -175,10 +194,17 @@ impl AuthExchange for ScramExchange {
 }
 
 /// Failed logins of one address.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Failures {
     count: u32,
     last: Instant,
+    /// When the next delayed answer to this address may go out: answers
+    /// queue behind each other, so CONNECTs sent in parallel wait in turn.
+    next_answer: Instant,
+    /// The user name of the last failure: only a success as that user
+    /// clears the address, so a valid account of one's own cannot be used
+    /// to reset the delay between guesses at others.
+    user: Option<Box<str>>,
 }
 
 /// The broker-wide guard on password checks.
@@ -217,11 +243,15 @@ impl Logins {
             .unwrap_or(false)
     }
 
-    /// How long this address's next login answer waits: the base delay
-    /// doubled per recent failure, capped. Failures older than the cap are
-    /// forgotten.
+    /// The spacing of this address's login answers: the base delay
+    /// doubled per recent failure, capped. Failures older than four times
+    /// the cap are forgotten.
     pub fn delay_for(&self, addr: IpAddr) -> Option<Duration> {
-        let failures = *crate::registry::lock(&self.failures).get(&addr)?;
+        let failures = crate::registry::lock(&self.failures);
+        self.spacing(failures.get(&addr)?)
+    }
+
+    fn spacing(&self, failures: &Failures) -> Option<Duration> {
         if failures.last.elapsed() > self.max_delay.max(self.base_delay) * 4 {
             return None;
         }
@@ -231,7 +261,18 @@ impl Logins {
         Some(doubled.min(self.max_delay))
     }
 
-    pub fn failed(&self, addr: IpAddr) {
+    /// How long this login's answer waits: its place in the address's
+    /// queue of answers, each `delay_for` after the one before.
+    pub fn reserve(&self, addr: IpAddr) -> Option<Duration> {
+        let mut failures = crate::registry::lock(&self.failures);
+        let entry = failures.get_mut(&addr)?;
+        let spacing = self.spacing(entry)?;
+        let now = Instant::now();
+        entry.next_answer = entry.next_answer.max(now) + spacing;
+        Some(entry.next_answer - now)
+    }
+
+    pub fn failed(&self, addr: IpAddr, user: Option<&str>) {
         let mut failures = crate::registry::lock(&self.failures);
         if failures.len() >= MAX_REMEMBERED_ADDRESSES && !failures.contains_key(&addr) {
             let oldest = failures.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a);
@@ -239,16 +280,28 @@ impl Logins {
                 failures.remove(&oldest);
             }
         }
+        let now = Instant::now();
         let entry = failures.entry(addr).or_insert(Failures {
             count: 0,
-            last: Instant::now(),
+            last: now,
+            next_answer: now,
+            user: None,
         });
         entry.count = entry.count.saturating_add(1);
-        entry.last = Instant::now();
+        entry.last = now;
+        entry.user = user.map(Box::from);
     }
 
-    pub fn succeeded(&self, addr: IpAddr) {
-        crate::registry::lock(&self.failures).remove(&addr);
+    /// A login as `user` succeeded: the address's failures are cleared
+    /// when they were that user's.
+    pub fn succeeded(&self, addr: IpAddr, user: Option<&str>) {
+        let mut failures = crate::registry::lock(&self.failures);
+        if failures
+            .get(&addr)
+            .is_some_and(|f| f.user.as_deref() == user)
+        {
+            failures.remove(&addr);
+        }
     }
 }
 
@@ -268,14 +321,31 @@ mod tests {
         let logins = logins();
         let addr = IpAddr::from([10, 0, 0, 1]);
         assert_eq!(logins.delay_for(addr), None);
-        logins.failed(addr);
+        logins.failed(addr, Some("alice"));
         assert_eq!(logins.delay_for(addr), Some(Duration::from_millis(100)));
-        logins.failed(addr);
+        logins.failed(addr, Some("alice"));
         assert_eq!(logins.delay_for(addr), Some(Duration::from_millis(200)));
-        logins.failed(addr);
+        logins.failed(addr, Some("alice"));
         assert_eq!(logins.delay_for(addr), Some(Duration::from_millis(350)));
         assert_eq!(logins.delay_for(IpAddr::from([10, 0, 0, 2])), None);
-        logins.succeeded(addr);
+        // Another user's success does not clear alice's failures.
+        logins.succeeded(addr, Some("mallory"));
+        assert_eq!(logins.delay_for(addr), Some(Duration::from_millis(350)));
+        logins.succeeded(addr, Some("alice"));
         assert_eq!(logins.delay_for(addr), None);
+    }
+
+    #[test]
+    fn parallel_answers_to_one_address_queue_behind_each_other() {
+        let logins = logins();
+        let addr = IpAddr::from([10, 0, 0, 3]);
+        assert_eq!(logins.reserve(addr), None);
+        logins.failed(addr, Some("alice"));
+        let waits: Vec<Duration> = (0..3).filter_map(|_| logins.reserve(addr)).collect();
+        assert_eq!(waits.len(), 3);
+        // Each answer waits one spacing (100 ms) more than the one before.
+        assert!(waits[0] <= Duration::from_millis(100), "{waits:?}");
+        assert!(waits[1] > Duration::from_millis(150), "{waits:?}");
+        assert!(waits[2] > Duration::from_millis(250), "{waits:?}");
     }
 }

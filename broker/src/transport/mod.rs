@@ -23,7 +23,8 @@ pub mod ws;
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -207,6 +208,48 @@ impl<IO: AsyncWrite + Unpin> io::Write for SyncIo<'_, '_, IO> {
             Poll::Ready(result) => result,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+}
+
+/// The write side's waker, remembered by a stream whose read side must
+/// sometimes write (a pong, a TLS alert or key update). A TCP socket keeps
+/// one waiting writer: a write from the read side that would block must
+/// wake both tasks when the socket drains, or the writer, waiting on the
+/// same socket, would never be woken.
+#[derive(Debug, Default)]
+pub(crate) struct WriteWaker(Option<Waker>);
+
+impl WriteWaker {
+    /// Remembers the waker of a write-side poll.
+    pub fn remember(&mut self, cx: &Context<'_>) {
+        match &mut self.0 {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+
+    /// A waker for a write the read side makes: it wakes the reader and
+    /// the writer (when there is one).
+    pub fn with_reader(&self, reader: &Waker) -> Waker {
+        match &self.0 {
+            Some(writer) if !writer.will_wake(reader) => {
+                Waker::from(Arc::new(WakeBoth(reader.clone(), writer.clone())))
+            }
+            _ => reader.clone(),
+        }
+    }
+}
+
+struct WakeBoth(Waker, Waker);
+
+impl Wake for WakeBoth {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake_by_ref();
+        self.1.wake_by_ref();
     }
 }
 

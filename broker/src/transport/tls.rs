@@ -21,7 +21,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, ServerConnection};
 
-use super::{pending_on_would_block, SyncIo};
+use super::{pending_on_would_block, SyncIo, WriteWaker};
 use crate::config::TlsConfig;
 
 /// Why a listener's TLS configuration cannot be used; names the file.
@@ -139,6 +139,7 @@ where
         conn: Box::new(conn),
         eof: false,
         closing: false,
+        writer: WriteWaker::default(),
     })
 }
 
@@ -170,6 +171,8 @@ pub struct TlsConn<IO> {
     eof: bool,
     /// close_notify is queued.
     closing: bool,
+    /// The writer's waker, for writes the read side makes.
+    writer: WriteWaker,
 }
 
 impl<IO> std::fmt::Debug for TlsConn<IO> {
@@ -201,6 +204,7 @@ impl<IO> TlsConn<IO> {
             conn: parked.0,
             eof: false,
             closing: false,
+            writer: WriteWaker::default(),
         }
     }
 }
@@ -258,14 +262,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<IO> {
             if ready!(this.poll_read_tls(cx))? == 0 {
                 this.eof = true;
             }
-            if let Err(error) = this.conn.process_new_packets() {
-                // Send the alert rustls queued, if the socket takes it.
-                let _ = this.poll_write_tls(cx);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
+            let processed = this.conn.process_new_packets();
+            // The alert rustls queued for an error, or the answer to a
+            // post-handshake message (a key update), goes out now if the
+            // socket takes it, waking the writer too if it has to wait.
+            if this.conn.wants_write() {
+                let waker = this.writer.with_reader(cx.waker());
+                let mut both = Context::from_waker(&waker);
+                if let Poll::Ready(Err(error)) = this.poll_write_tls(&mut both) {
+                    return Poll::Ready(Err(error));
+                }
             }
-            // Post-handshake messages (key updates) may want an answer.
-            if let Poll::Ready(Err(error)) = this.poll_write_tls(cx) {
-                return Poll::Ready(Err(error));
+            if let Err(error) = processed {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
             }
         }
     }
@@ -278,6 +287,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
         // rustls buffers up to its limit (64 KiB); past it, write out first.
         let written = this.conn.writer().write(buf)?;
         let flushed = this.poll_write_tls(cx)?;
@@ -290,6 +300,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
         this.conn.writer().flush()?;
         ready!(this.poll_write_tls(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
@@ -297,6 +308,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
         if !this.closing {
             this.closing = true;
             this.conn.send_close_notify();

@@ -27,6 +27,8 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
+
+use super::WriteWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Bytes of an upgrade request, at most.
@@ -37,6 +39,10 @@ const MAX_HEADERS: usize = 32;
 const READ_CHUNK: usize = 4096;
 /// Payload of one outgoing frame, at most; a larger write is split.
 const MAX_OUT_FRAME: usize = 64 * 1024;
+/// Bytes of replies (pongs, a close echo) waiting for the socket, at most
+/// beyond one outgoing frame; a peer that keeps pinging without reading
+/// past it is closed.
+const MAX_UNSENT: usize = MAX_OUT_FRAME + 16 * 1024;
 /// The subprotocols we answer, in order of preference [MQTT-6.0.0-3].
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
@@ -186,6 +192,9 @@ pub struct WsState {
     /// rest so that a client stopping there cannot keep its connection
     /// from resting. `None` in the usual case.
     held: Option<Box<[u8]>>,
+    /// A pong or close echo the socket had no room for when the connection
+    /// rested; sent with the next write after it wakes.
+    unsent: Option<Box<[u8]>>,
 }
 
 /// MQTT over WebSocket binary frames, over `io`.
@@ -199,6 +208,9 @@ pub struct WsConn<IO> {
     out: BytesMut,
     /// A close frame came in (or went out): the stream has ended.
     closed: bool,
+    /// The writer's waker, for the pongs and close echoes the read side
+    /// writes.
+    writer: WriteWaker,
 }
 
 impl<IO> std::fmt::Debug for WsConn<IO> {
@@ -290,13 +302,18 @@ impl<IO> WsConn<IO> {
             Some(held) => BytesMut::from(&held[..]),
             None => BytesMut::new(),
         };
+        let out = match state.unsent.take() {
+            Some(unsent) => BytesMut::from(&unsent[..]),
+            None => BytesMut::new(),
+        };
         WsConn {
             io,
             max_frame: state.max_frame,
             state,
             inbuf,
-            out: BytesMut::new(),
+            out,
             closed: false,
+            writer: WriteWaker::default(),
         }
     }
 
@@ -307,6 +324,7 @@ impl<IO> WsConn<IO> {
         let mut state = self.state;
         state.max_frame = self.max_frame;
         state.held = (!self.inbuf.is_empty()).then(|| Box::from(&self.inbuf[..]));
+        state.unsent = (!self.out.is_empty()).then(|| Box::from(&self.out[..]));
         (self.io, state)
     }
 
@@ -401,6 +419,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsConn<IO> {
         if self.inbuf.len() < total {
             return Ok(false);
         }
+        if self.out.len() > MAX_UNSENT && header.opcode != OP_PONG {
+            // A peer that sends pings but does not read the pongs.
+            return Err(invalid("websocket: the peer does not read our replies"));
+        }
         let mut payload = self.inbuf.split_to(total).split_off(header.header_len);
         let mut pos = 0;
         unmask(&mut payload, header.mask, &mut pos);
@@ -414,8 +436,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsConn<IO> {
             }
             _ => {}
         }
-        // Best effort now; the writer's next flush finishes it.
-        if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+        // Best effort now, waking the writer too if the socket is full;
+        // the writer's next flush finishes it.
+        let waker = self.writer.with_reader(cx.waker());
+        let mut both = Context::from_waker(&waker);
+        if let Poll::Ready(Err(error)) = self.poll_drain(&mut both) {
             return Err(error);
         }
         Ok(true)
@@ -463,6 +488,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsConn<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
+        if this.closed {
+            // RFC 6455 5.5.1: nothing after a close frame.
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         if !this.out.is_empty() {
             ready!(this.poll_drain(cx))?;
         }
@@ -477,12 +507,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsConn<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.writer.remember(cx);
         if !this.closed {
             // 1000: normal closure.
             this.closed = true;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use std::time::Duration;
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -242,4 +243,77 @@ async fn a_whole_control_frame_read_ahead_is_buffered_input() {
     client.write_all(&bytes).await.unwrap();
     assert_eq!(read_exactly(&mut conn, 2).await, b"ab");
     assert!(conn.has_buffered_input());
+}
+
+/// A pipe keeps one waiting writer, as a socket does: a pong the read side
+/// cannot write must not take the place of the writer waiting on the same
+/// full pipe, or the writer is never woken when the pipe drains.
+#[tokio::test(start_paused = true)]
+async fn a_pong_that_must_wait_does_not_strand_the_waiting_writer() {
+    let (client, server) = duplex(256);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    client_write.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let conn = accept(server, "/mqtt", 1 << 20).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        answer.push(client_read.read_u8().await.unwrap());
+    }
+    let (mut read_half, mut write_half) = tokio::io::split(conn);
+    let mut writer = tokio::spawn(async move {
+        write_half.write_all(&[0x30; 10_000]).await.unwrap();
+        write_half.flush().await.unwrap();
+    });
+    // With paused time, a sleep returns once every task waits: the writer
+    // is blocked on the full pipe.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    client_write
+        .write_all(&client_frame(true, OP_PING, b"p"))
+        .await
+        .unwrap();
+    let _reader = tokio::spawn(async move {
+        let mut buf = [0; 16];
+        let _ = read_half.read(&mut buf).await;
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The client reads everything; the writer must finish.
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = vec![0; 4096];
+        loop {
+            tokio::select! {
+                done = &mut writer => return done.unwrap(),
+                read = client_read.read(&mut buf) => assert!(read.unwrap() > 0),
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the writer was never woken");
+}
+
+/// Pongs the peer never reads are bounded: past `MAX_UNSENT` bytes of
+/// replies waiting for the socket, the connection ends.
+#[tokio::test]
+async fn a_peer_that_pings_without_reading_is_closed() {
+    let (client, server) = duplex(1024);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    client_write.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut conn = accept(server, "/mqtt", 1 << 20).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        answer.push(client_read.read_u8().await.unwrap());
+    }
+    let pings = MAX_UNSENT / 120 + 100;
+    let sender = tokio::spawn(async move {
+        let ping = client_frame(true, OP_PING, &[7; 125]);
+        for _ in 0..pings {
+            if client_write.write_all(&ping).await.is_err() {
+                break;
+            }
+        }
+        client_write
+    });
+    let mut buf = [0; 16];
+    let error = conn.read(&mut buf).await.unwrap_err();
+    assert!(error.to_string().contains("does not read"), "{error}");
+    drop(conn);
+    drop(sender.await.unwrap());
 }
