@@ -387,9 +387,9 @@ done
 transport_args() {
     case $1 in
         tcp) ;;
-        tls) echo "--tls-ca $WORK/tls/ca.pem" ;;
+        tls) echo "--tls --tls-ca $WORK/tls/ca.pem" ;;
         ws) echo "--ws" ;;
-        wss) echo "--ws --tls-ca $WORK/tls/ca.pem" ;;
+        wss) echo "--ws --tls --tls-ca $WORK/tls/ca.pem" ;;
     esac
 }
 

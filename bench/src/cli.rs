@@ -131,8 +131,11 @@ pub struct RunArgs {
     /// No progress line on stderr
     #[arg(long)]
     pub quiet: bool,
-    /// Connect over TLS, trusting the CA in this PEM file (the broker's
-    /// certificate must name the --host address)
+    /// Connect over TLS (needs --tls-ca)
+    #[arg(long, requires = "tls_ca")]
+    pub tls: bool,
+    /// The CA to trust for TLS, a PEM file (the broker's certificate must
+    /// name the --host address); implies --tls
     #[arg(long = "tls-ca", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Speak MQTT over WebSocket (over TLS too with --tls-ca)
