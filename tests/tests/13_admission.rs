@@ -338,3 +338,37 @@ async fn a_will_topic_over_the_topic_caps_is_closed_unanswered() {
     assert_eq!(metrics.topics_refused_limit, 2);
     assert_eq!(metrics.connacks_refused, 0);
 }
+
+/// A `[[listener]]`'s own `max_connections` caps that listener only: its
+/// second client gets CONNACK 0x03 while another listener still takes
+/// clients, and the place comes back when the first leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listeners_own_max_connections_caps_only_that_listener() {
+    let mut settings = settings();
+    let mut capped = settings.listeners[0].clone();
+    capped.max_connections = 1;
+    settings.listeners.push(capped);
+    let broker = TestBroker::start_with(settings).await;
+    let (open, capped) = (broker.addrs[0], broker.addrs[1]);
+    let (mut first, _) = RawClient::connected(capped, &ConnectOptions::new("first")).await;
+
+    let mut second = RawClient::connect(capped).await;
+    second
+        .send(&connect_bytes(&ConnectOptions::new("second")))
+        .await;
+    let connack = second.recv().await.expect("CONNACK");
+    assert_eq!(connack.wire_bytes(), [0x20, 0x02, 0x00, 0x03]);
+    assert_eq!(broker.metrics().connections_refused_limit, 1);
+    let (mut elsewhere, _) = RawClient::connected(open, &ConnectOptions::new("elsewhere")).await;
+    elsewhere.ping().await;
+    first.ping().await;
+
+    first.send(&[0xE0, 0x00]).await;
+    assert!(first.closed_by_broker().await);
+    broker
+        .wait_metrics("first gone", |m| m.connections_current == 1)
+        .await;
+    let (mut third, _) = RawClient::connected(capped, &ConnectOptions::new("third")).await;
+    third.ping().await;
+    assert_eq!(broker.metrics().connections_refused_limit, 1);
+}
