@@ -372,3 +372,35 @@ async fn a_listeners_own_max_connections_caps_only_that_listener() {
     third.ping().await;
     assert_eq!(broker.metrics().connections_refused_limit, 1);
 }
+
+/// `max_connect_rate`: a burst beyond a listener's rate is not refused but
+/// paced: the accept loop waits for tokens (`connect_rate_waits`), every
+/// client is served, and the second half of the burst (past the one
+/// second's worth of tokens the bucket starts with) takes about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_beyond_max_connect_rate_are_paced_not_refused() {
+    let mut settings = settings();
+    settings.listeners[0].max_connect_rate = Some(20);
+    let broker = TestBroker::start_with(settings).await;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for n in 0..40 {
+        let id = format!("paced-{n}");
+        clients.push(
+            RawClient::connected(broker.addr, &ConnectOptions::new(&id))
+                .await
+                .0,
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "40 connects at 20/s took only {elapsed:?}"
+    );
+    let metrics = broker.metrics();
+    assert!(metrics.connect_rate_waits > 0, "{metrics:?}");
+    assert_eq!(metrics.connections_current, 40);
+    for client in &mut clients {
+        client.ping().await;
+    }
+}
