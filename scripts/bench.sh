@@ -48,7 +48,7 @@
 # --broker-pid) and, for tidemq with storage, fsync/s: the store's fsyncs
 # during the run (the "store closed ... fsyncs=N" line the broker logs at
 # SIGTERM or the storage counters of its "stopped" line, else
-# $SYS/broker/storage_fsyncs read with mosquitto_sub before and after) over
+# $SYS/broker/tidemq/storage_fsyncs read with mosquitto_sub before and after) over
 # the run's time from first publish to last arrival.
 set -uo pipefail
 
@@ -298,10 +298,13 @@ start_broker() {
 }
 
 # "FSYNCS COMMITS" from the store's retained $SYS counters (COMMITS may be
-# "-"), or nothing when the broker has none within SYS_WAIT seconds.
+# "-"), or nothing when the broker has none within SYS_WAIT seconds. Builds
+# before issue 11 published them without the tidemq/ level: both are asked
+# for, only one pair exists.
 sys_storage_counters() {
     command -v mosquitto_sub >/dev/null || return 0
     timeout $((SYS_WAIT + 2)) mosquitto_sub -h 127.0.0.1 -p "$1" -C 2 -W "$SYS_WAIT" -v \
+        -t '$SYS/broker/tidemq/storage_fsyncs' -t '$SYS/broker/tidemq/storage_commits' \
         -t '$SYS/broker/storage_fsyncs' -t '$SYS/broker/storage_commits' 2>/dev/null |
         awk '$1 ~ /storage_fsyncs$/ {f = $2} $1 ~ /storage_commits$/ {c = $2}
              END {if (f ~ /^[0-9]+$/) print f, (c ~ /^[0-9]+$/ ? c : "-")}'

@@ -18,7 +18,7 @@
 #     fanin streams, online FLAP_ON seconds, offline FLAP_OFF, again and
 #     again: its queue fills on disk and drains.
 # Every SAMPLE_SECS: seconds since start, `du -sb` of the data directory,
-# VmRSS from /proc/PID/status and $SYS/broker/storage_bytes_current, into a
+# VmRSS from /proc/PID/status and $SYS/broker/tidemq/storage_bytes_current, into a
 # CSV. At the end: min / max / first / last of each, and "flat" when the
 # last sample is within FLAT_PERCENT of the sample at 10% of the run; then
 # the load tool's report (loss, duplicates) per stream and the broker's

@@ -211,7 +211,9 @@ impl Admission {
                 // Given back in `drop`.
                 permit.forget();
                 self.connected = true;
-                Metrics::incr(&self.gate.metrics.connections_current);
+                let metrics = &self.gate.metrics;
+                let open = metrics.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+                Metrics::raise(&metrics.connections_max, open);
                 true
             }
             Err(_) => {

@@ -26,6 +26,19 @@ pub struct Settings {
     pub sys: SysSettings,
     pub log: LogSettings,
     pub storage: StorageSettings,
+    /// `[http]`: metrics, health, the admin API and the dashboard.
+    pub http: HttpSettings,
+}
+
+/// `[http]`: the HTTP listener (see `crate::http`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `"address:port"`; empty: no HTTP listener.
+    pub bind: String,
+    /// The admin API's bearer token; empty: the API answers loopback peers
+    /// only.
+    pub token: String,
 }
 
 /// `[storage]`: what is kept on disk, where, and when it counts as written.
@@ -236,10 +249,51 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
 }
 
+/// `[log]`: what is logged, and how each line looks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    /// Level directives, as in `RUST_LOG` (see [`check_log_filter`]).
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How a log line is written: for people, or one JSON object a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The levels a directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks level directives (`log.level`, `RUST_LOG`): comma-separated, each
+/// `LEVEL` or `TARGET=LEVEL` (`TARGET[SPAN]=LEVEL`), LEVEL one of
+/// [`LOG_LEVELS`] in any case. Stricter than `EnvFilter`, which takes a
+/// bare word such as `inf` as a target and then logs nothing at all.
+pub fn check_log_filter(directives: &str) -> Result<(), String> {
+    if directives.trim().is_empty() {
+        return Err("is empty: name a level (off, error, warn, info, debug, trace)".to_string());
+    }
+    for directive in directives.split(',').map(str::trim) {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target.trim()), level.trim()),
+            None => (None, directive),
+        };
+        let known = LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level));
+        if !known || target.is_some_and(str::is_empty) {
+            return Err(format!(
+                "has `{directive}`: each comma-separated part must be LEVEL or TARGET=LEVEL, \
+                 LEVEL one of off, error, warn, info, debug, trace"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(directives)
+        .map(drop)
+        .map_err(|error| format!("is not a valid filter: {error}"))
 }
 
 #[derive(Debug, Error)]
@@ -405,6 +459,15 @@ impl Settings {
         if self.storage.max_bytes < 1024 * 1024 {
             return Err(invalid("storage.max_bytes", "must be at least 1 MiB"));
         }
+        if let Err(problem) = check_log_filter(&self.log.level) {
+            return Err(invalid("log.level", &problem));
+        }
+        if !self.http.bind.is_empty() && self.http.bind.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.bind",
+                "must be \"address:port\" (or empty for no HTTP listener)",
+            ));
+        }
         if self.storage.batch_max_delay_us > 1_000_000 {
             return Err(invalid(
                 "storage.batch_max_delay_us",
@@ -429,6 +492,11 @@ impl Settings {
     /// `None` when `$SYS` publication is off.
     pub fn sys_interval(&self) -> Option<Duration> {
         (self.sys.interval_secs > 0).then(|| Duration::from_secs(self.sys.interval_secs))
+    }
+
+    /// The HTTP listener's address; `None` when `http.bind` is empty.
+    pub fn http_bind(&self) -> Option<SocketAddr> {
+        self.http.bind.parse().ok()
     }
 
     /// `None` when connections never rest.
@@ -514,6 +582,36 @@ mod tests {
         settings.limits.max_inflight = 0;
         let message = settings.validate().unwrap_err().to_string();
         assert!(message.contains("limits.max_inflight"), "{message}");
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "warn,tidemq::store=info",
+            "tidemq[conn]=debug, trace",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "inf",
+            "[",
+            "",
+            " ",
+            "tidemq",
+            "=info",
+            "info,",
+            "tidemq=loud",
+            "3",
+        ] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?} accepted");
+        }
+        let mut settings = Settings::defaults().unwrap();
+        settings.log.level = "inf".to_string();
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("`log.level` has `inf`"), "{message}");
     }
 
     #[test]

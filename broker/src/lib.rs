@@ -3,6 +3,7 @@
 //! | module       | owns                                                      |
 //! |--------------|-----------------------------------------------------------|
 //! | `config`     | typed, layered, validated settings                        |
+//! | `check`      | `check-config`: the listeners' files loaded, nothing bound |
 //! | `server`     | start (files, store, bind, recovery) and shutdown          |
 //! | `listener`   | one `[[listener]]`: accept loop, connect rate, TLS/WS set-up |
 //! | `transport`  | TCP, TLS and WebSocket streams, and how each rests        |
@@ -17,7 +18,10 @@
 //! | `mailbox`    | the bounded queue from the router to one session          |
 //! | `router`     | subscriptions, retained messages, fan-out                 |
 //! | `metrics`    | counters for every decision the broker makes              |
-//! | `sys`        | publishes the counters under `$SYS/broker/`               |
+//! | `census`     | labelled series: messages by QoS, connections by listener |
+//! | `http`       | `[http]`: /metrics, /healthz, /readyz, admin API, dashboard |
+//! | `sys`        | `$SYS/broker/`: mosquitto's names and the counters        |
+//! | `embed`      | `Broker::publish` / `subscribe`: in-process sessions      |
 //! | `budget`     | the bytes counted against `limits.memory_limit_mb`        |
 //! | `store`      | what survives a restart: the log, group commit, recovery  |
 //! | `recovery`   | the store's content back into registry, router, sessions  |
@@ -32,15 +36,20 @@ pub mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 mod budget;
+mod census;
+mod check;
 pub mod config;
 mod connection;
 mod dormitory;
+pub mod embed;
 mod expiry;
+mod http;
 mod listener;
 mod mailbox;
 pub mod metrics;
 mod recovery;
 mod registry;
+mod reload;
 mod router;
 pub mod security;
 mod server;
@@ -51,6 +60,10 @@ mod throttle;
 mod transport;
 mod types;
 
+pub use check::check_config;
 pub use config::{ConfigError, Overrides, Settings};
+pub use embed::{EmbedError, Subscription};
 pub use metrics::MetricsSnapshot;
-pub use server::{run, Broker, StartError};
+pub use server::{run, run_with_reload, Broker, StartError};
+/// The QoS of [`Broker::publish`] and [`Broker::subscribe`].
+pub use tidemq_protocol::QoS;

@@ -12,7 +12,7 @@
 //! evicted.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -35,12 +35,36 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Endpoint {
     pub config: ListenerConfig,
-    pub tls: Option<Arc<ServerConfig>>,
-    pub security: ListenerSecurity,
+    /// What a reload (SIGHUP) replaces: certificates, password and ACL
+    /// files. Connections take the current set at each check; the lock is
+    /// held only to clone the `Arc`.
+    files: RwLock<Arc<ListenerFiles>>,
     /// The listener's own `max_connections`, if it has one.
     pub slots: Option<Arc<ListenerSlots>>,
     /// New sockets per second; 0: no limit.
     pub connect_rate: u32,
+    /// Its connections open now, by protocol version (`GET /metrics`).
+    pub census: Arc<crate::census::ListenerCensus>,
+}
+
+/// A listener's files, loaded: the TLS configuration and the rules.
+#[derive(Debug)]
+pub struct ListenerFiles {
+    pub tls: Option<Arc<ServerConfig>>,
+    pub security: ListenerSecurity,
+}
+
+impl ListenerFiles {
+    fn load(config: &ListenerConfig, settings: &Settings) -> Result<ListenerFiles, EndpointError> {
+        let tls = match &config.tls {
+            Some(tls) => Some(transport::tls::server_config(tls)?),
+            None => None,
+        };
+        Ok(ListenerFiles {
+            tls,
+            security: ListenerSecurity::load(config, &settings.auth)?,
+        })
+    }
 }
 
 /// Why a listener cannot start; names the key or file.
@@ -54,18 +78,14 @@ pub enum EndpointError {
 
 impl Endpoint {
     pub fn new(config: &ListenerConfig, settings: &Settings) -> Result<Endpoint, EndpointError> {
-        let tls = match &config.tls {
-            Some(tls) => Some(transport::tls::server_config(tls)?),
-            None => None,
-        };
         Ok(Endpoint {
-            tls,
-            security: ListenerSecurity::load(config, &settings.auth)?,
+            files: RwLock::new(Arc::new(ListenerFiles::load(config, settings)?)),
             slots: (config.max_connections > 0)
                 .then(|| Arc::new(ListenerSlots::new(config.max_connections))),
             connect_rate: config
                 .max_connect_rate
                 .unwrap_or(settings.connections.max_connect_rate),
+            census: Arc::new(crate::census::ListenerCensus::new(config)),
             config: config.clone(),
         })
     }
@@ -75,13 +95,44 @@ impl Endpoint {
     #[cfg(test)]
     pub fn plain(settings: &Settings) -> Endpoint {
         let config = ListenerConfig::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)));
-        Endpoint {
+        let files = ListenerFiles {
             tls: None,
             security: ListenerSecurity::open(settings.auth.allow_anonymous),
+        };
+        Endpoint {
+            files: RwLock::new(Arc::new(files)),
             slots: None,
             connect_rate: 0,
+            census: Arc::new(crate::census::ListenerCensus::new(&config)),
             config,
         }
+    }
+}
+
+impl Endpoint {
+    /// The current certificates and rules.
+    pub fn files(&self) -> Arc<ListenerFiles> {
+        Arc::clone(
+            &self
+                .files
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Loads the listener's files again (SIGHUP), with `config`'s paths and
+    /// `[auth]` settings. On an error the old files stay in force.
+    pub fn reload(
+        &self,
+        config: &ListenerConfig,
+        settings: &Settings,
+    ) -> Result<(), EndpointError> {
+        let files = Arc::new(ListenerFiles::load(config, settings)?);
+        *self
+            .files
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
+        Ok(())
     }
 }
 
@@ -129,19 +180,29 @@ impl RateLimit {
     }
 }
 
-pub async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, ctx: Arc<Context>) {
+/// Accepts until `stop` (the broker's shutdown, or a reload removing the
+/// listener) is cancelled.
+pub async fn accept_loop(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    ctx: Arc<Context>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut backoff = Duration::from_millis(10);
     let mut rate = RateLimit::new(endpoint.connect_rate);
+    if let Ok(addr) = listener.local_addr() {
+        ctx.metrics.census.register(&endpoint.census, addr);
+    }
     loop {
         if let Some(wait) = rate.take() {
             Metrics::incr(&ctx.metrics.connect_rate_waits);
             tokio::select! {
-                _ = ctx.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -150,7 +211,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, ctx: Ar
                 // EMFILE and friends: wait for descriptors to free up.
                 warn!(%error, "accept failed");
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
@@ -167,7 +228,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, ctx: Ar
         }
         let deadline = Instant::now() + ctx.settings.connect_timeout();
         let origin = connection::Origin::new(peer, endpoint.clone(), deadline);
-        match (endpoint.tls.is_some(), endpoint.config.protocol) {
+        match (endpoint.config.tls.is_some(), endpoint.config.protocol) {
             (false, ListenerProtocol::Mqtt) => {
                 tokio::spawn(connection::serve(stream, origin, ctx.clone(), admission));
             }
@@ -266,7 +327,8 @@ async fn establish(
     let ws_error = |error: transport::ws::UpgradeError| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
     };
-    Ok(match (&endpoint.tls, endpoint.config.protocol) {
+    let files = endpoint.files();
+    Ok(match (&files.tls, endpoint.config.protocol) {
         (Some(tls), ListenerProtocol::Mqtt) => {
             Layered::Tls(transport::tls::accept(tls.clone(), stream).await?)
         }

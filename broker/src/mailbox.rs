@@ -169,6 +169,18 @@ impl Mailbox {
         self.inner().queue.is_empty()
     }
 
+    /// Deliveries queued now.
+    pub fn len(&self) -> usize {
+        self.inner().queue.len()
+    }
+
+    /// Deliveries and their bytes queued now, and whether a resting
+    /// connection's alarm is armed (admin API).
+    pub fn depth(&self) -> (usize, usize, bool) {
+        let inner = self.inner();
+        (inner.queue.len(), inner.bytes, inner.alarm.is_some())
+    }
+
     /// Arms the alarm of a resting connection. Returns `true`, without
     /// arming it, when mail is already waiting (the connection must not rest).
     pub fn install_alarm(&self, alarm: Alarm) -> bool {

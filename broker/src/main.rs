@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tidemq::{Overrides, Settings};
+use tidemq::config::{check_log_filter, LogFormat, LogSettings};
+use tidemq::{ConfigError, Overrides, Settings};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: exact small size classes and
@@ -15,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit code for a bad configuration or command line.
+/// Exit code for a bad configuration or command line (a runtime failure
+/// such as a port in use is 1, a clean shutdown 0).
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, Parser)]
@@ -39,32 +41,60 @@ enum Command {
     /// Creates or updates USER in a password file (argon2id, or a
     /// SCRAM-SHA-256 entry with --scram), like mosquitto_passwd. The
     /// password is read from standard input unless -b gives it.
-    Passwd {
-        /// Write a SCRAM-SHA-256 entry (usable for CONNECT passwords and
-        /// MQTT 5 SCRAM authentication) instead of argon2id.
-        #[arg(long)]
-        scram: bool,
-        /// Delete USER instead.
-        #[arg(short = 'D', long)]
-        delete: bool,
-        /// The password, on the command line (visible to other users).
-        #[arg(short = 'b', long, value_name = "PASSWORD")]
-        batch: Option<String>,
-        file: std::path::PathBuf,
-        user: String,
-    },
+    Passwd(PasswdArgs),
+    /// Checks a config as a start would (built-in defaults, FILE, TIDEMQ_*
+    /// variables, RUST_LOG; the listeners' certificates, password and ACL
+    /// files) without binding: exit 0 and `config OK`, or 2 and the error.
+    CheckConfig { file: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct PasswdArgs {
+    /// Write a SCRAM-SHA-256 entry (usable for CONNECT passwords and
+    /// MQTT 5 SCRAM authentication) instead of argon2id.
+    #[arg(long)]
+    scram: bool,
+    /// Delete USER instead.
+    #[arg(short = 'D', long)]
+    delete: bool,
+    /// The password, on the command line (visible to other users).
+    #[arg(short = 'b', long, value_name = "PASSWORD")]
+    batch: Option<String>,
+    file: std::path::PathBuf,
+    user: String,
+}
+
+/// `tidemq check-config FILE`: 0 when a start would get past its config
+/// and files, 2 when it would not.
+fn check_config(file: &str, overrides: &Overrides) -> ExitCode {
+    let checked = Settings::load(Some(file), overrides)
+        .map_err(|error| error.to_string())
+        .and_then(|settings| {
+            rust_log().map_err(|error| error.to_string())?;
+            tidemq::check_config(&settings).map_err(|error| error.to_string())
+        });
+    match checked {
+        Ok(()) => {
+            println!("config OK");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tidemq: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 /// `tidemq passwd`: 0 when the file was written, 1 when it could not be.
-fn passwd(command: Command) -> ExitCode {
+fn passwd(args: PasswdArgs) -> ExitCode {
     use tidemq::security::passwd::{delete_user, set_password, HashKind};
-    let Command::Passwd {
+    let PasswdArgs {
         scram,
         delete,
         batch,
         file,
         user,
-    } = command;
+    } = args;
     let result = if delete {
         delete_user(&file, &user).map(|found| match found {
             true => format!("deleted {user}"),
@@ -120,10 +150,12 @@ fn read_password() -> std::io::Result<String> {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let args = Args::parse();
-    if let Some(command) = args.command {
-        return passwd(command);
-    }
     let overrides = Overrides { port: args.port };
+    match args.command {
+        Some(Command::Passwd(passwd_args)) => return passwd(passwd_args),
+        Some(Command::CheckConfig { file }) => return check_config(&file, &overrides),
+        None => {}
+    }
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,
         Err(error) => {
@@ -131,7 +163,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&settings.log.level, args.verbose);
+    let set_log_level = match init_logging(&settings.log, args.verbose) {
+        Ok(set_log_level) => set_log_level,
+        Err(error) => {
+            eprintln!("tidemq: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(release_freed_memory)
@@ -146,7 +184,20 @@ fn main() -> ExitCode {
     let run = async {
         tokio::spawn(collect_periodically());
         let signal = shutdown_signal();
-        tidemq::run(settings, signal).await
+        // SIGHUP loads the same layers again (file, environment, -p).
+        let config = args.config.clone();
+        // `log.level` is applied here, unless RUST_LOG or -v chose the filter.
+        let reload = move || {
+            let settings = Settings::load(config.as_deref(), &overrides)?;
+            if let Some(set_log_level) = &set_log_level {
+                match set_log_level(&settings.log.level) {
+                    Ok(()) => tracing::info!(level = %settings.log.level, "SIGHUP: log filter set"),
+                    Err(error) => tracing::warn!(%error, "SIGHUP: log filter not changed"),
+                }
+            }
+            Ok(settings)
+        };
+        tidemq::run_with_reload(settings, signal, reload).await
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,19 +262,87 @@ async fn collect_periodically() {
     }
 }
 
-fn init_logging(level: &str, verbose: u8) {
-    let level = match verbose {
-        0 => level,
-        1 => "debug",
-        _ => "trace",
+/// `RUST_LOG` when it is set and not empty, checked like `log.level`.
+fn rust_log() -> Result<Option<String>, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "RUST_LOG",
+        problem,
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    match std::env::var("RUST_LOG") {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => match check_log_filter(&value) {
+            Ok(()) => Ok(Some(value)),
+            Err(problem) => Err(invalid(problem)),
+        },
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(invalid("is not UTF-8".to_string())),
+    }
+}
+
+/// The log on standard output: `RUST_LOG` over -v/-vv over `log.level`,
+/// in `log.format`. Text is coloured only when standard output is a
+/// terminal and `NO_COLOR` is unset or empty (no-color.org), so a log
+/// redirected to a file or a pipe carries no escape codes.
+/// Sets the log filter to new `log.level` directives (SIGHUP).
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Installs the log subscriber. Returns how to change its filter later,
+/// when `log.level` chose it (not RUST_LOG or -v).
+fn init_logging(log: &LogSettings, verbose: u8) -> Result<Option<SetLogLevel>, ConfigError> {
+    let from_config = verbose == 0 && rust_log()?.is_none();
+    let directives = match (rust_log()?, verbose) {
+        (Some(directives), _) => directives,
+        (None, 0) => log.level.clone(),
+        (None, 1) => "debug".to_string(),
+        (None, _) => "trace".to_string(),
+    };
+    // Checked already (`Settings::validate`, `rust_log`).
+    let filter = EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|error| ConfigError::Invalid {
+            key: "log.level",
+            problem: error.to_string(),
+        })?;
+    let logger = tracing_subscriber::fmt().with_env_filter(filter);
+    let set_level: SetLogLevel = match log.format {
+        LogFormat::Text => {
+            let logger = logger
+                .with_target(false)
+                .with_ansi(colour())
+                .with_filter_reloading();
+            let handle = logger.reload_handle();
+            logger.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::builder()
+                    .parse(level)
+                    .map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+        LogFormat::Json => {
+            let logger = logger
+                .json()
+                .flatten_event(true)
+                .with_ansi(false)
+                .with_filter_reloading();
+            let handle = logger.reload_handle();
+            logger.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::builder()
+                    .parse(level)
+                    .map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+    };
+    Ok(from_config.then_some(set_level))
+}
+
+/// Whether text log lines may carry ANSI colour codes.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    !no_color && std::io::stdout().is_terminal()
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (before the listeners

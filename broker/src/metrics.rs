@@ -11,6 +11,9 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Metrics {
             $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// The labelled series (per QoS, per listener and protocol
+            /// version), exported by `GET /metrics` only.
+            pub census: crate::census::Census,
         }
 
         /// A copy of the counters at one moment.
@@ -24,6 +27,10 @@ macro_rules! counters {
                 MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
         }
+
+        /// Every counter's doc string, in declaration order (the HELP of
+        /// `GET /metrics`).
+        pub const DOCS: &[&str] = &[$($doc,)*];
 
         impl MetricsSnapshot {
             /// Every counter with its name, in declaration order.
@@ -46,6 +53,7 @@ counters! {
     keepalive_timeouts: "Connections closed after 1.5 x keepalive without a packet.",
     write_timeouts: "Connections closed because a write made no progress for `write_timeout_ms`.",
     takeovers: "Connections closed because another connection took over their client id.",
+    clients_kicked: "Connections closed by the admin API (DELETE /api/clients/{id}).",
     wills_published: "Will messages published.",
     messages_received: "PUBLISH packets received from clients.",
     messages_sent: "PUBLISH packets handed to write tasks.",
@@ -92,6 +100,12 @@ counters! {
     storage_recovered_messages: "Queued messages loaded from the store at start.",
     dropped_storage_full: "Deliveries to persistent sessions not queued because the store reached `storage.max_bytes`.",
     retained_refused_storage_full: "Retained messages not stored because the store reached `storage.max_bytes`.",
+    connects_received: "CONNECT packets received, accepted or refused.",
+    connections_max: "Most connections past CONNECT open at once since the start (a high-water mark: it only rises).",
+    packets_received: "MQTT packets of any type received (CONNECT included; not AUTH during CONNECT).",
+    packets_sent: "MQTT packets of any type handed to write tasks (CONNACK included).",
+    bytes_received: "Bytes of the whole MQTT packets received (inside TLS and WebSocket framing).",
+    bytes_sent: "Bytes of MQTT packets written to sockets (inside TLS and WebSocket framing).",
 }
 
 impl Metrics {
@@ -113,5 +127,10 @@ impl Metrics {
 
     pub fn set(counter: &AtomicU64, n: u64) {
         counter.store(n, Ordering::Relaxed);
+    }
+
+    /// Raises a high-water mark to `n` if it is lower.
+    pub fn raise(counter: &AtomicU64, n: u64) {
+        counter.fetch_max(n, Ordering::Relaxed);
     }
 }

@@ -15,9 +15,10 @@
 //! unless a client claimed it first. It keeps the gauges `sessions_current`
 //! and `sessions_offline_current`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
@@ -29,6 +30,54 @@ use crate::mailbox::{Mailbox, MailboxLimits};
 use crate::metrics::Metrics;
 use crate::session::SessionState;
 use crate::types::{ClientId, ConnId};
+
+/// What the admin API shows of the connection that owns a session now.
+/// Boxed in every online session's slot, so kept to 64 bytes.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub conn_id: ConnId,
+    pub peer: SocketAddr,
+    /// Its listener (the bound address is known once its loop runs).
+    pub listener: Arc<crate::census::ListenerCensus>,
+    /// When its CONNECT was accepted, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    pub version: tidemq_protocol::ProtocolVersion,
+    pub keep_alive: u16,
+}
+
+impl ConnInfo {
+    /// Milliseconds since the Unix epoch now, for [`ConnInfo::since_ms`].
+    pub fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+    }
+}
+
+/// One session as the admin API lists it (`GET /api/clients`).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: ClientId,
+    /// `None` while no connection owns the session (offline).
+    pub conn: Option<ConnInfo>,
+    pub online: bool,
+    /// Its connection rests in the dormitory.
+    pub resting: bool,
+    pub persistent: bool,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub in_flight: u32,
+}
+
+/// A page of [`Registry::clients`]: the sessions matching, in client id
+/// order, and how many matched in all.
+#[derive(Debug, Default)]
+pub struct ClientPage {
+    pub total: usize,
+    pub clients: Vec<ClientInfo>,
+}
 
 #[derive(Debug)]
 struct Claim {
@@ -97,6 +146,15 @@ pub struct SessionSlot {
     /// The user its last owner authenticated as: `None` while unknown (a
     /// session restored from the store), `Some(None)` for anonymous.
     owner_user: Mutex<Option<Option<Arc<str>>>>,
+    /// Set by the admin API's kick, cleared by the next claim: the owner's
+    /// cancellation (or its wake from a rest) ends it as `Kicked`.
+    kicked: AtomicBool,
+    /// Deliveries in flight at the session's last delivery round (for the
+    /// admin API).
+    in_flight: AtomicU32,
+    /// The owning connection's address, version and start (admin API).
+    /// Boxed: an offline session's slot holds only the pointer.
+    conn: Mutex<Option<Box<ConnInfo>>>,
 }
 
 /// Proof that a connection owns a session slot; dropping it frees the slot.
@@ -142,6 +200,67 @@ impl SessionSlot {
             }),
             parked: Mutex::new(None),
             owner_user: Mutex::new(None),
+            kicked: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Records the connection that owns the session now.
+    pub fn set_conn(&self, info: ConnInfo) {
+        *lock(&self.conn) = Some(Box::new(info));
+    }
+
+    /// Forgets the connection `conn_id`, unless a newer one replaced it.
+    pub fn clear_conn(&self, conn_id: ConnId) {
+        let mut conn = lock(&self.conn);
+        if conn.as_ref().is_some_and(|info| info.conn_id == conn_id) {
+            *conn = None;
+        }
+    }
+
+    pub fn set_in_flight(&self, in_flight: usize) {
+        let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
+        self.in_flight.store(in_flight, Ordering::Relaxed);
+    }
+
+    /// Whether the admin API asked to disconnect the session's owner.
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+
+    /// Ends the owning connection (admin API): cancels its token, or rings
+    /// its alarm when it rests; it ends as `Kicked`. Returns whether a
+    /// connection was online to be ended.
+    fn kick(&self) -> bool {
+        if !self.mailbox.is_online() {
+            return false;
+        }
+        self.kicked.store(true, Ordering::Release);
+        // Cloned out: cancelling runs wakers, not under the lock.
+        let token = lock(&self.claim).owner_token.clone();
+        if let Some(token) = token {
+            token.cancel();
+        }
+        // A connection on its way to a rest checks the mark before it
+        // sleeps (see `connection::rest`).
+        self.mailbox.ring_alarm();
+        true
+    }
+
+    fn info(&self) -> ClientInfo {
+        let conn = lock(&self.conn).as_deref().cloned();
+        let (queued, queued_bytes, resting) = self.mailbox.depth();
+        let online = self.mailbox.is_online();
+        ClientInfo {
+            client_id: self.client_id.clone(),
+            conn: conn.filter(|_| online),
+            online,
+            resting: resting && online,
+            persistent: self.is_persistent(),
+            queued,
+            queued_bytes,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -217,6 +336,8 @@ impl SessionSlot {
         let (owner_token, offline) = {
             let mut claim = lock(&self.claim);
             claim.latest = conn_id;
+            // A kick was meant for the connection this claim replaces.
+            self.kicked.store(false, Ordering::Release);
             (claim.owner_token.take(), claim.offline.take().map(|o| *o))
         };
         if let Some(token) = &owner_token {
@@ -507,6 +628,53 @@ impl Registry {
         removed
     }
 
+    /// The sessions whose client id contains `search` (all when empty),
+    /// in client id order, `offset` and at most `limit` of them. The slots
+    /// are copied out of the map first, so no shard stays locked while the
+    /// page is built.
+    pub fn clients(&self, search: &str, offset: usize, limit: usize) -> ClientPage {
+        let mut slots: Vec<Arc<SessionSlot>> = self
+            .slots
+            .iter()
+            .filter(|entry| entry.key().as_str().contains(search))
+            .map(|entry| Arc::clone(entry.value()))
+            .collect();
+        slots.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        ClientPage {
+            total: slots.len(),
+            clients: slots
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|slot| slot.info())
+                .collect(),
+        }
+    }
+
+    /// One session's slot, if known.
+    pub fn slot(&self, client_id: &ClientId) -> Option<Arc<SessionSlot>> {
+        self.slots
+            .get(client_id)
+            .map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Disconnects the connection that owns `client_id`'s session (admin
+    /// API), as a takeover would but naming the end `Kicked` (its will is
+    /// published). Returns whether one was connected.
+    pub fn kick(&self, client_id: &ClientId) -> bool {
+        self.slot(client_id).is_some_and(|slot| slot.kick())
+    }
+
+    /// Deliveries queued in every session's mailbox now, summed one
+    /// mailbox at a time (for `$SYS`, every `sys.interval_secs`: a gauge
+    /// kept per delivery would cost every fan-out a shared counter).
+    pub fn queued_messages(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|entry| entry.value().mailbox.len() as u64)
+            .sum()
+    }
+
     /// Sessions known, online or offline.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -709,6 +877,33 @@ mod tests {
             Opened::Owned { took_over, .. } => assert!(took_over),
             Opened::Superseded => panic!("second claim must own"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_kick_cancels_the_online_owner_and_the_next_claim_clears_the_mark() {
+        let registry = registry(None);
+        let id = ClientId::new("k");
+        let token = CancellationToken::new();
+        let Opened::Owned { ownership, .. } = registry.open(&id, ConnId(1), token.clone()).await
+        else {
+            panic!("must own");
+        };
+        assert!(!registry.kick(&id), "not online yet: nothing to kick");
+        ownership.slot.set_online(true);
+        assert!(registry.kick(&id));
+        assert!(token.is_cancelled());
+        assert!(ownership.slot.is_kicked());
+        drop(ownership);
+        let _next = own(&registry, &id, 2).await;
+        let slot = registry.slot(&id).unwrap();
+        assert!(!slot.is_kicked(), "the new connection is not kicked");
+        assert!(!registry.kick(&ClientId::new("nobody")));
+    }
+
+    #[test]
+    fn a_connections_admin_info_stays_small() {
+        // Boxed in every online session's slot (see `ConnInfo`).
+        assert!(std::mem::size_of::<ConnInfo>() <= 64);
     }
 
     #[tokio::test]

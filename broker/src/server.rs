@@ -24,8 +24,12 @@ use crate::store::Store;
 pub struct Broker {
     ctx: Arc<Context>,
     local_addrs: Vec<SocketAddr>,
-    accept_loops: Vec<JoinHandle<()>>,
+    /// The accept loops, each with its listener (SIGHUP adds and removes
+    /// them: see `reload`).
+    listeners: tokio::sync::Mutex<Vec<crate::reload::Running>>,
     router: JoinHandle<()>,
+    /// `[http]`: metrics, health, admin API, dashboard; `None` when off.
+    http: Option<crate::http::Http>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,11 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} (http.bind): {source}")]
+    HttpBind {
+        addr: String,
         source: std::io::Error,
     },
     #[error("cannot start the dormitory thread: {0}")]
@@ -89,6 +98,18 @@ impl Broker {
                 return Err(error);
             }
         };
+        // Bound with the MQTT listeners (a port in use stops the start
+        // here); it serves once they accept, at the end.
+        let http_listener = match crate::http::bind(settings.http_bind()).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                if let Some(store) = store {
+                    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+                }
+                let addr = settings.http.bind.clone();
+                return Err(StartError::HttpBind { addr, source });
+            }
+        };
         let (router, router_task) = router::spawn(
             settings.limits.router_queue,
             metrics.clone(),
@@ -96,10 +117,7 @@ impl Broker {
             store.clone(),
         );
         let shutdown = CancellationToken::new();
-        if let Some(interval) = settings.sys_interval() {
-            let sys = crate::sys::run(router.clone(), metrics.clone(), interval, shutdown.clone());
-            tokio::spawn(sys);
-        }
+        let sys_interval = settings.sys_interval();
         let mut ctx = Context::new(settings, router, metrics, budget, shutdown)
             .map_err(StartError::Dormitory)?;
         ctx.authenticator = authenticator;
@@ -110,26 +128,57 @@ impl Broker {
         }
         // Session expiry (issue 7): ends with the shutdown token.
         tokio::spawn(crate::expiry::run(ctx.clone()));
-        let mut local_addrs = Vec::new();
-        let mut accept_loops = Vec::new();
-        for (listener, endpoint) in listeners {
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
-            let protocol = endpoint.config.protocol;
-            let tls = endpoint.tls.is_some();
-            info!(%addr, ?protocol, tls, "listening");
-            local_addrs.push(addr);
-            let task = listener::accept_loop(listener, endpoint, ctx.clone());
-            accept_loops.push(tokio::spawn(task));
+        if let Some(interval) = sys_interval {
+            tokio::spawn(crate::sys::run(ctx.clone(), interval));
         }
+        let mut local_addrs = Vec::new();
+        let mut running = Vec::new();
+        for (listener, endpoint) in listeners {
+            let started =
+                crate::reload::Running::start(listener, endpoint, &ctx).map_err(|source| {
+                    StartError::Bind {
+                        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        source,
+                    }
+                })?;
+            local_addrs.push(started.addr);
+            running.push(started);
+        }
+        let http = match http_listener {
+            Some(listener) => Some(crate::http::Http::start(listener, ctx.clone()).map_err(
+                |source| {
+                    let addr = ctx.settings.http.bind.clone();
+                    StartError::HttpBind { addr, source }
+                },
+            )?),
+            None => None,
+        };
         Ok(Broker {
             ctx,
             local_addrs,
-            accept_loops,
+            listeners: tokio::sync::Mutex::new(running),
             router: router_task,
+            http,
         })
+    }
+
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub(crate) fn listeners(&self) -> &tokio::sync::Mutex<Vec<crate::reload::Running>> {
+        &self.listeners
+    }
+
+    /// The addresses listened on now (after reloads).
+    pub async fn listening_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().await.iter().map(|r| r.addr).collect()
+    }
+
+    /// The HTTP listener's address (`[http] bind`; useful with port 0),
+    /// `None` when it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(crate::http::Http::addr)
     }
 
     /// The bound addresses, in the order of the `[[listener]]` tables
@@ -154,8 +203,8 @@ impl Broker {
         info!("shutting down");
         self.ctx.shutdown.cancel();
         self.ctx.dormitory.close();
-        for task in self.accept_loops {
-            let _ = task.await;
+        for running in self.listeners.into_inner() {
+            let _ = running.task.await;
         }
         // Every connection past CONNECT holds a slot until it is closed,
         // resting ones included; pending ones end on the shutdown signal.
@@ -171,6 +220,10 @@ impl Broker {
                 open = gate.connected(),
                 "connections still open after the grace period"
             );
+        }
+        // `/readyz` said 503 while the connections drained.
+        if let Some(http) = self.http {
+            http.stop().await;
         }
         let metrics = self.ctx.metrics.snapshot();
         info!(?metrics, "stopped");
@@ -199,6 +252,30 @@ async fn bind(settings: &Settings) -> Result<Vec<(TcpListener, Arc<Endpoint>)>, 
         bound.push((listener, Arc::new(endpoint)));
     }
     Ok(bound)
+}
+
+/// Runs the broker until `signal` resolves, then shuts it down; on each
+/// SIGHUP, loads the config again with `reload` and applies what can
+/// change while running (see [`Broker::reload`]).
+pub async fn run_with_reload(
+    settings: Settings,
+    signal: impl std::future::Future<Output = ()>,
+    mut reload: impl FnMut() -> Result<Settings, crate::ConfigError>,
+) -> Result<(), StartError> {
+    let broker = Broker::start(settings).await?;
+    let mut hangups = crate::reload::hangups();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(()) = hangups.recv() => match reload() {
+                Ok(settings) => broker.reload(&settings).await,
+                Err(error) => warn!(%error, "SIGHUP: the config does not load; nothing changed"),
+            },
+        }
+    }
+    broker.shutdown().await;
+    Ok(())
 }
 
 /// Runs the broker until `signal` resolves, then shuts it down.

@@ -62,10 +62,11 @@ stop_broker() {
     BROKER_PID=
 }
 
-# The value of the retained $SYS/broker/$2 counter of the broker on port $1 (waiting up to SYS_WAIT s), or "-".
+# The value of the retained $SYS/broker/tidemq/$2 counter of the broker on port $1 (waiting up to SYS_WAIT s), or "-".
+# Builds before issue 11 published it as $SYS/broker/$2: both are asked for, only one exists.
 sys_counter() {
     local value
-    value=$(timeout $((SYS_WAIT + 2)) mosquitto_sub -h 127.0.0.1 -p "$1" -t "\$SYS/broker/$2" -C 1 -W "$SYS_WAIT" 2>/dev/null)
+    value=$(timeout $((SYS_WAIT + 2)) mosquitto_sub -h 127.0.0.1 -p "$1" -t "\$SYS/broker/tidemq/$2" -t "\$SYS/broker/$2" -C 1 -W "$SYS_WAIT" 2>/dev/null)
     echo "${value:--}"
 }
 

@@ -2,8 +2,9 @@
 // plain TCP) and MQTT.js's browser bundle in headless Chromium.
 //
 // Starts the broker (TIDEMQ_BIN, default target/debug/tidemq) on two port-0
-// listeners (mqtt and ws), reads their addresses from its "listening" log
-// lines, runs the tests, stops everything. Prints one line per test and
+// listeners (mqtt and ws) and a port-0 HTTP listener (the dashboard), reads
+// their addresses from its "listening" and "http listening" log lines, runs
+// the tests, stops everything. Prints one line per test and
 // "js: N passed, M failed"; exits 1 on any failure. Every wait is bounded,
 // and so is the whole run (JS_TEST_TIMEOUT_MS, default 120 s).
 //
@@ -65,7 +66,7 @@ function stripAnsi(s) {
   return s.replace(/\x1b\[[0-9;]*m/g, '');
 }
 
-/** Starts tidemq; resolves with { mqtt: "127.0.0.1:P", ws: "127.0.0.1:Q" }. */
+/** Starts tidemq; resolves with { mqtt: "127.0.0.1:P", ws: "127.0.0.1:Q", http: "127.0.0.1:R" }. */
 async function startBroker(dir) {
   if (!existsSync(BIN)) throw new Error(`broker binary not found: ${BIN} (build it or set TIDEMQ_BIN)`);
   const config = path.join(dir, 'tidemq.toml');
@@ -83,6 +84,9 @@ async function startBroker(dir) {
       '',
       '[sys]',
       'interval_secs = 0',
+      '',
+      '[http]',
+      'bind = "127.0.0.1:0"',
       '',
       '[storage]',
       'enabled = false',
@@ -109,10 +113,10 @@ async function startBroker(dir) {
       brokerLog.push(line);
       if (brokerLog.length > 500) brokerLog.shift();
       const m = /\blistening\s+addr=(\S+)\s+protocol=(\w+)\s+tls=(\w+)/.exec(line);
-      if (m) {
-        addrs[m[2].toLowerCase()] = m[1];
-        if (addrs.mqtt && addrs.ws) resolve(addrs);
-      }
+      if (m) addrs[m[2].toLowerCase()] = m[1];
+      const h = /\bhttp listening\s+addr=(\S+)/.exec(line);
+      if (h) addrs.http = h[1];
+      if (addrs.mqtt && addrs.ws && addrs.http) resolve(addrs);
     };
     for (const stream of [child.stdout, child.stderr]) {
       let buf = '';
@@ -129,7 +133,7 @@ async function startBroker(dir) {
     child.once('error', reject);
     exited.then(({ code, signal }) => reject(new Error(`broker exited before listening (code ${code}, signal ${signal})`)));
   });
-  return within(WAIT_MS, 'broker "listening" log lines', listening);
+  return within(WAIT_MS, 'broker "listening" and "http listening" log lines', listening);
 }
 
 async function stopBroker(child) {
@@ -417,6 +421,129 @@ test('browser: MQTT.js bundle in headless Chromium round-trips over ws', async (
   }
 });
 
+/** Headless Chromium with the flags of the browser test above. */
+async function launchChromium(profile) {
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    userDataDir: profile,
+    timeout: 20_000,
+    protocolTimeout: 20_000,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-dev-shm-usage',
+    ],
+  });
+  chromium = browser.process();
+  return browser;
+}
+
+test('dashboard: numbers and charts move while clients publish; kick closes a client', async (track) => {
+  const base = `js/dashboard/${uid()}`;
+  const victimId = `dash-victim-${uid()}`;
+  const profile = mkdtempSync(path.join(tmpdir(), 'tidemq-js-chromium-'));
+  const pageLog = [];
+  let browser = null;
+  let publishing = null;
+  let stop = false;
+  try {
+    const victim = await client(tcpUrl(), { clientId: victimId, protocolVersion: 5 }, track);
+    const victimClosed = new Promise((resolve) => victim.once('close', resolve));
+    const publisher = await client(wsUrl(), {}, track);
+
+    browser = await launchChromium(profile);
+    const page = await browser.newPage();
+    page.on('console', (m) => pageLog.push(`console.${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => pageLog.push(`pageerror: ${e.message}`));
+    page.on('requestfailed', (r) => pageLog.push(`requestfailed: ${r.url()}`));
+    await page.goto(`http://${A.http}/`, { waitUntil: 'load', timeout: WAIT_MS });
+    await page.waitForFunction(() => window.__dashboard && window.__dashboard.polls >= 2, { timeout: WAIT_MS, polling: 50 });
+    const before = await page.evaluate(() => window.__dashboard.stats.metrics.messages_received);
+
+    // A steady publisher (QoS 0, every 20 ms) for as long as the test runs.
+    publishing = (async () => {
+      for (let i = 0; !stop && i < 1500; i++) {
+        await publish(publisher, `${base}/load`, `m${i}`, { qos: 0 });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+
+    // The numbers move: the received counter grows and the rate shows it.
+    await page.waitForFunction(
+      (floor) => {
+        const d = window.__dashboard;
+        const last = d.samples[d.samples.length - 1];
+        return last && last.received >= floor + 20 && last.rateIn > 0 && Number(document.getElementById('rate-in').textContent) > 0;
+      },
+      { timeout: WAIT_MS, polling: 100 },
+      before,
+    );
+    const shown = await page.evaluate(() => ({
+      received: document.getElementById('received').textContent,
+      connections: document.getElementById('connections').textContent,
+    }));
+    assert(Number(shown.connections) >= 2, `connections shown: ${JSON.stringify(shown)}`);
+    // The rate chart has been drawn: some pixels are not transparent.
+    const painted = await page.evaluate(() => {
+      const c = document.getElementById('chart-rates');
+      const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+      return n;
+    });
+    assert(painted > 100, `rate chart painted (${painted} pixels)`);
+
+    // The client list: the search box narrows it to the victim.
+    await page.type('#search', victimId);
+    await page.waitForFunction(
+      (id) => {
+        const rows = [...document.querySelectorAll('#clients tbody tr')];
+        return rows.length === 1 && rows[0].dataset.clientId === id;
+      },
+      { timeout: WAIT_MS, polling: 50 },
+      victimId,
+    );
+    // Kick it: the MQTT client sees its connection closed.
+    const clicked = await page.evaluate((id) => {
+      const button = [...document.querySelectorAll('button.kick')].find((b) => b.dataset.clientId === id);
+      if (!button) return false;
+      button.click();
+      return true;
+    }, victimId);
+    assert(clicked, 'kick button found');
+    await within(WAIT_MS, 'the kicked client sees its connection closed', victimClosed);
+    assert(!victim.connected, 'the kicked client is disconnected');
+    // And the list no longer shows it.
+    await page.waitForFunction(
+      (id) => ![...document.querySelectorAll('#clients tbody tr')].some((r) => r.dataset.clientId === id),
+      { timeout: WAIT_MS, polling: 100 },
+      victimId,
+    );
+    const errors = pageLog.filter((l) => l.startsWith('pageerror'));
+    assertEq(errors, [], 'page errors');
+  } catch (e) {
+    if (pageLog.length) e.message += `\n  page log:\n    ${pageLog.slice(-20).join('\n    ')}`;
+    throw e;
+  } finally {
+    stop = true;
+    if (publishing) await publishing.catch(() => {});
+    if (browser) {
+      const proc = browser.process();
+      await within(5_000, 'chromium close', browser.close()).catch(() => {
+        if (proc && proc.exitCode === null) proc.kill('SIGKILL');
+      });
+      chromium = null;
+    }
+    rmSync(profile, { recursive: true, force: true });
+  }
+});
+
 test('broker still running after the tests', async () => {
   assert(broker.exitCode === null && broker.signalCode === null, `broker exited (code ${broker.exitCode}, signal ${broker.signalCode})`);
   // A fresh ws connection still works.
@@ -445,7 +572,7 @@ async function main() {
   let failed = 0;
   try {
     A = await startBroker(dir);
-    console.log(`broker ${BIN}: mqtt ${A.mqtt}, ws ${A.ws}`);
+    console.log(`broker ${BIN}: mqtt ${A.mqtt}, ws ${A.ws}, http ${A.http}`);
     const filter = process.env.JS_TEST_FILTER;
     for (const t of tests) {
       if (filter && !t.name.includes(filter)) continue;

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+pub mod http;
 pub mod mosquitto;
 pub mod scram;
 pub mod scratch;
@@ -44,6 +45,8 @@ pub fn settings() -> Settings {
     // Connections rest after 20 ms of nothing to do, so every test also
     // crosses rests and wake-ups (mail, packets, takeover, keepalive, close).
     settings.limits.rest_after_ms = 20;
+    // No HTTP listener (tests that want one bind 127.0.0.1:0).
+    settings.http.bind = String::new();
     settings
 }
 
@@ -75,6 +78,11 @@ impl TestBroker {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The broker itself, for its embedding API.
+    pub fn broker(&self) -> &Broker {
+        self.broker.as_ref().unwrap()
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {

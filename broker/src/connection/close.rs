@@ -17,9 +17,13 @@ pub(super) async fn close(client: Client, end: End) {
         expiry,
         will,
         state,
+        listener,
+        version,
         ..
     } = client;
     report(&end, conn_id, &ownership.slot.client_id, &ctx);
+    listener.census.closed(version);
+    ownership.slot.clear_conn(conn_id);
     let mut will_timer = None;
     let mut pending_will = None;
     let client_id = ownership.slot.client_id.clone();
@@ -213,6 +217,10 @@ fn report(end: &End, conn_id: ConnId, client_id: &ClientId, ctx: &Context) {
         End::TakenOver => {
             Metrics::incr(&metrics.takeovers);
             info!(conn_id, %client_id, "closing: client id taken over by a new connection");
+        }
+        End::Kicked => {
+            Metrics::incr(&metrics.clients_kicked);
+            info!(conn_id, %client_id, "closing: disconnected by the admin API");
         }
         End::Writer(WriterEnd::Stalled) => {
             Metrics::incr(&metrics.write_timeouts);

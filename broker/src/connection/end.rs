@@ -36,6 +36,8 @@ pub enum End {
     /// A packet too slow to arrive whole, or no memory budget left for it.
     ReadLimit(ReadLimit),
     TakenOver,
+    /// Disconnected by the admin API (`DELETE /api/clients/{id}`).
+    Kicked,
     /// The mailbox stayed over its limit for `slow_subscriber_timeout_ms`.
     SlowSubscriber,
     /// More unacknowledged PUBLISHes than packet ids [MQTT-2.3.1-2].
@@ -83,6 +85,10 @@ impl End {
         let (reason, why) = match self {
             End::KeepAliveTimeout => (ReasonCode::KEEP_ALIVE_TIMEOUT, "keepalive timeout"),
             End::TakenOver => (ReasonCode::SESSION_TAKEN_OVER, "session taken over"),
+            End::Kicked => (
+                ReasonCode::ADMINISTRATIVE_ACTION,
+                "disconnected by an administrator",
+            ),
             End::Shutdown => (ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down"),
             End::Protocol(error) => (error.reason_code(), "bad packet"),
             End::ReceiveMaximumExceeded => (

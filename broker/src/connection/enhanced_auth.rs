@@ -20,18 +20,20 @@ use crate::types::ClientId;
 
 /// The method a client names: one plugged in by an embedding, or the
 /// listener's SCRAM-SHA-256.
-pub fn authenticator_for<'a>(
-    ctx: &'a Context,
-    listener: &'a crate::listener::Endpoint,
+pub fn authenticator_for(
+    ctx: &Context,
+    listener: &crate::listener::Endpoint,
     method: &str,
-) -> Option<&'a Arc<dyn Authenticator>> {
+) -> Option<Arc<dyn Authenticator>> {
     let plugged = ctx.authenticator.as_ref().filter(|a| a.method() == method);
-    plugged.or_else(|| {
-        listener
+    plugged.cloned().or_else(|| {
+        let files = listener.files();
+        files
             .security
             .scram
             .as_ref()
             .filter(|a| a.method() == method)
+            .cloned()
     })
 }
 

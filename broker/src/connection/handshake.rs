@@ -94,7 +94,8 @@ where
     // A partly read CONNECT is charged to the memory budget like any
     // partial packet.
     let mut buf = ReadBuffer::new(BytesMut::with_capacity(256), &ctx.budget);
-    let read = tokio::time::timeout_at(origin.deadline, read_connect(stream, &mut buf, framer));
+    let reading = read_connect(stream, &mut buf, framer, &ctx.metrics);
+    let read = tokio::time::timeout_at(origin.deadline, reading);
     let connect = match read.await {
         Err(_) => {
             if let Some(suppressed) = ctx
@@ -288,7 +289,8 @@ async fn login(
     origin: &Origin,
     ctx: &Context,
 ) -> Result<Option<Arc<str>>, ReasonCode> {
-    let security = &origin.listener.security;
+    let files = origin.listener.files();
+    let security = &files.security;
     let not_authorized = ReasonCode::NOT_AUTHORIZED;
     // 3.1.1 has no "bad user name or password" that mosquitto sends; both
     // get 0x05 there, as from mosquitto.
@@ -345,7 +347,8 @@ fn check_will(
     client_id: &ClientId,
     origin: &Origin,
 ) -> Result<(), ReasonCode> {
-    let (Some(will), Some(acl)) = (&connect.will, &origin.listener.security.acl) else {
+    let files = origin.listener.files();
+    let (Some(will), Some(acl)) = (&connect.will, &files.security.acl) else {
         return Ok(());
     };
     match acl.allows(user, client_id.as_str(), will.topic.as_str(), Access::Write) {
@@ -354,12 +357,18 @@ fn check_will(
     }
 }
 
+/// Reads the CONNECT; counted (`connects_received`, and as any packet)
+/// once whole, valid or not.
 async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut ReadBuffer,
     framer: Framer,
+    metrics: &Metrics,
 ) -> Result<Connect, HandshakeError> {
     let frame = read_frame(stream, buf, framer).await?;
+    Metrics::incr(&metrics.connects_received);
+    Metrics::incr(&metrics.packets_received);
+    Metrics::add(&metrics.bytes_received, frame.bytes.len() as u64);
     Ok(decode_connect(&frame)?)
 }
 
@@ -400,8 +409,10 @@ fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<u16, ReasonCode> 
 /// The client id rules: a zero-length id is assigned one when the session is
 /// clean [MQTT-3.1.3-6] and refused with 0x02 otherwise [MQTT-3.1.3-8];
 /// MQTT 5 assigns one whatever Clean Start says [MQTT-3.1.3-6] (v5) and
-/// returns it in CONNACK; MQTT 3.1 requires 1 to 23 characters. The flag
-/// says whether the broker assigned it.
+/// returns it in CONNACK; MQTT 3.1 requires 1 to 23 characters. An id
+/// starting with `$embedded-` is refused: it names sessions the embedding
+/// application opens ([`crate::embed::RESERVED_PREFIX`]). The flag says
+/// whether the broker assigned it.
 fn client_id(connect: &Connect, conn_id: ConnId) -> Result<(ClientId, bool), ReasonCode> {
     let id = connect.client_id.as_str();
     let refused = ReasonCode::CLIENT_IDENTIFIER_NOT_VALID;
@@ -413,6 +424,7 @@ fn client_id(connect: &Connect, conn_id: ConnId) -> Result<(ClientId, bool), Rea
         ProtocolVersion::V311 | ProtocolVersion::V5 if id.is_empty() => {
             Ok((assigned_client_id(conn_id), true))
         }
+        _ if id.starts_with(crate::embed::RESERVED_PREFIX) => Err(refused),
         _ => Ok((ClientId::new(id), false)),
     }
 }
@@ -487,6 +499,8 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(64);
     encode(&Outgoing::ConnAck(connack), version, &mut buf);
+    Metrics::incr(&ctx.metrics.packets_sent);
+    Metrics::add(&ctx.metrics.bytes_sent, buf.len() as u64);
     let write = async {
         stream.write_all(&buf).await?;
         // A TLS or WebSocket stream sends its record or frame.

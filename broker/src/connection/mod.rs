@@ -178,7 +178,7 @@ impl Context {
         Arc::new(ctx.unwrap_or_else(|error| panic!("dormitory: {error}")))
     }
 
-    fn next_conn_id(&self) -> ConnId {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_conn_id.fetch_add(1, Ordering::Relaxed))
     }
 }
@@ -263,7 +263,17 @@ impl Client {
     /// Whether the listener's ACL lets this client read or write `topic`
     /// (no ACL: everything).
     fn may(&self, topic: &str, access: crate::security::acl::Access) -> bool {
-        match &self.listener.security.acl {
+        self.may_by(self.listener.files().security.acl.as_deref(), topic, access)
+    }
+
+    /// [`Client::may`] with the ACL already at hand (a batch takes it once).
+    fn may_by(
+        &self,
+        acl: Option<&crate::security::acl::AclFile>,
+        topic: &str,
+        access: crate::security::acl::Access,
+    ) -> bool {
+        match acl {
             Some(acl) => acl.allows(
                 self.user.as_deref(),
                 self.slot().client_id.as_str(),
@@ -391,7 +401,7 @@ async fn connect<S: Transport>(
     let principal = accepted
         .user
         .as_deref()
-        .map(|user| origin.listener.security.principal(user));
+        .map(|user| origin.listener.files().security.principal(user));
     if same_user_only
         && !ctx
             .registry
@@ -454,6 +464,16 @@ async fn connect<S: Transport>(
         _admission: admission,
         ctx,
     };
+    // Taken away again in `close`, however the connection ends.
+    client.listener.census.connected(version);
+    client.slot().set_conn(crate::registry::ConnInfo {
+        conn_id,
+        peer,
+        listener: Arc::clone(&client.listener.census),
+        since_ms: crate::registry::ConnInfo::now_ms(),
+        version,
+        keep_alive,
+    });
     persist::connected(&client);
     if handshake::send_connack(&mut stream, &client.ctx, version, connack)
         .await
@@ -593,9 +613,11 @@ pub(crate) async fn sleep_until_option(deadline: Option<Instant>) {
 }
 
 /// Why a connection's token was cancelled.
-fn cancelled_end(ctx: &Context) -> End {
+fn cancelled_end(ctx: &Context, slot: &SessionSlot) -> End {
     if ctx.shutdown.is_cancelled() {
         End::Shutdown
+    } else if slot.is_kicked() {
+        End::Kicked
     } else {
         End::TakenOver
     }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sleep_until_option;
 use crate::budget::Budget;
+use crate::metrics::Metrics;
 
 /// Smallest and largest room offered to one read. The room adapts: it
 /// doubles when a read fills it and halves when a read uses under a quarter,
@@ -161,6 +162,8 @@ pub struct ReadConfig {
     pub version: ProtocolVersion,
     /// `limits.packet_read_timeout_ms`.
     pub packet_timeout: Duration,
+    /// Counts `packets_received` and `bytes_received`, once per read.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Reads until the stream ends or fails (reported to the session), the
@@ -184,6 +187,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         framer: config.framer,
         version: config.version,
         packet_timeout: config.packet_timeout,
+        metrics: config.metrics,
         tx,
     };
     let unsent = match task.read_loop(&stop).await {
@@ -217,6 +221,7 @@ struct ReadTask<R> {
     framer: Framer,
     version: ProtocolVersion,
     packet_timeout: Duration,
+    metrics: Arc<Metrics>,
     tx: mpsc::Sender<Inbound>,
 }
 
@@ -226,12 +231,21 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
     async fn read_loop(&mut self, stop: &CancellationToken) -> Result<(), ReadError> {
         loop {
             let mut whole = false;
+            let (mut packets, mut bytes) = (0, 0);
             while let Some(frame) = self.framer.next_frame(&mut self.buf.bytes)? {
                 whole = true;
+                packets += 1;
+                bytes += frame.bytes.len() as u64;
                 let packet = decode_packet(&frame, self.version)?;
                 if self.tx.send(Inbound::Packet(packet)).await.is_err() {
                     return Ok(());
                 }
+            }
+            if packets > 0 {
+                // Once per read, not per packet: the counters are shared
+                // by every connection.
+                Metrics::add(&self.metrics.packets_received, packets);
+                Metrics::add(&self.metrics.bytes_received, bytes);
             }
             let buf = &mut self.buf;
             if buf.bytes.is_empty() {

@@ -19,6 +19,8 @@ pub(super) fn rest<S: Transport>(client: Client, stream: S, leftover: ReadBuffer
     };
     Metrics::incr(&client.ctx.metrics.connections_rested);
     client.slot().release_owner(client.conn_id);
+    let in_flight = client.state.outbound.in_flight();
+    client.slot().set_in_flight(in_flight);
     // Keep a partial packet (with its deadline and its charge); an empty
     // buffer's room is not worth its bytes.
     let leftover = (!leftover.is_empty()).then(|| Box::new(leftover));
@@ -68,8 +70,9 @@ impl<S: Transport> Sleeper for Resting<S> {
     fn install_alarm(&self, alarm: Alarm) -> bool {
         let slot = self.client.slot();
         let mail_waiting = slot.mailbox.install_alarm(alarm);
-        // A claim made since the rest began found no alarm to ring.
-        mail_waiting || !slot.is_latest(self.client.conn_id)
+        // A claim or a kick made since the rest began found no alarm to
+        // ring.
+        mail_waiting || !slot.is_latest(self.client.conn_id) || slot.is_kicked()
     }
 
     fn wake(self: Box<Self>) {
@@ -112,6 +115,14 @@ async fn wake<S: Transport>(resting: Box<Resting<S>>) {
                 farewell(stream, &End::TakenOver, &client.ctx, v5).await;
             }
             return close(client, End::TakenOver).await;
+        }
+        if client.slot().is_kicked() {
+            // The admin API's kick rang the alarm (see `Registry::kick`).
+            token.cancel();
+            if let (Some(v5), Ok(stream)) = (client.v5.as_deref(), stream) {
+                farewell(stream, &End::Kicked, &client.ctx, v5).await;
+            }
+            return close(client, End::Kicked).await;
         }
         match stream {
             Ok(stream) => {

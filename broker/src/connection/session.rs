@@ -83,6 +83,9 @@ pub struct Session {
     pub rest_after: Option<Duration>,
     /// Set by the write task while it writes a batch.
     pub writing: Arc<std::sync::atomic::AtomicBool>,
+    /// Packets encoded since they were last added to `packets_sent` (once
+    /// per flush: the counter is shared by every connection).
+    pub packets_out: u64,
 }
 
 impl Session {
@@ -108,6 +111,7 @@ impl Session {
             ids: Vec::new(),
             rest_after,
             writing,
+            packets_out: 0,
         }
     }
 
@@ -273,7 +277,7 @@ impl Session {
 
     /// Why the token was cancelled.
     fn cancelled(&self) -> End {
-        super::cancelled_end(&self.client.ctx)
+        super::cancelled_end(&self.client.ctx, self.client.slot())
     }
 
     /// Encodes a packet for the write task; the chunk is handed over at the
@@ -283,6 +287,7 @@ impl Session {
             Some(v5) => v5.encode(packet, &mut self.out),
             None => encode(&packet, self.client.version, &mut self.out),
         }
+        self.packets_out += 1;
         if self.out.len() >= self.out_limit {
             self.flush().await?;
         }
@@ -292,6 +297,10 @@ impl Session {
     /// Hands the encoded packets to the write task, waiting while its queue
     /// is full (unless the connection is cancelled meanwhile).
     async fn flush(&mut self) -> Result<(), End> {
+        if self.packets_out > 0 {
+            Metrics::add(&self.client.ctx.metrics.packets_sent, self.packets_out);
+            self.packets_out = 0;
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -333,12 +342,18 @@ impl Session {
             self.drop_too_large(&mut batch, now);
         }
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
+        self.packets_out += batch.len() as u64;
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent. Each
         // PUBLISH is encoded straight from the shared message.
         let mut ids = std::mem::take(&mut self.ids);
         let outbound = &mut self.client.state.outbound;
         ids.extend(batch.iter().map(|delivery| outbound.send(delivery)));
+        // For the admin API; exact again whenever the connection rests.
+        self.client
+            .ownership
+            .slot
+            .set_in_flight(outbound.in_flight());
         let gate = self.record_sent(&batch, &ids);
         let sent = match (gate, self.gated.is_empty()) {
             (None, true) => self.encode_batch(&batch, &ids, now).await,
@@ -462,14 +477,14 @@ impl Session {
     /// (`acl_denied_delivery`): retained and `$SYS` messages come this way
     /// too. QoS 1/2 ones are recorded done, as if delivered.
     fn drop_denied(&self, batch: &mut Vec<Delivery>) {
-        if self.client.listener.security.acl.is_none() {
+        let files = self.client.listener.files();
+        let Some(acl) = files.security.acl.as_deref() else {
             return;
-        }
+        };
         let before = batch.len();
         batch.retain(|delivery| {
-            let allowed = self
-                .client
-                .may(delivery.message.topic.as_str(), Access::Read);
+            let topic = delivery.message.topic.as_str();
+            let allowed = self.client.may_by(Some(acl), topic, Access::Read);
             if !allowed && delivery.qos != QoS::AtMostOnce {
                 self.record_done(delivery.message.stored_id);
             }
@@ -750,6 +765,7 @@ impl Session {
         }
         let ctx = &self.client.ctx;
         Metrics::incr(&ctx.metrics.messages_received);
+        ctx.metrics.census.received(publish.qos);
         if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
             return Err(End::TopicLimit);
         }
@@ -946,7 +962,8 @@ impl Session {
         &self,
         filters: Vec<(TopicFilter, SubscriptionOptions)>,
     ) -> (Vec<(TopicFilter, SubscriptionOptions)>, Vec<usize>) {
-        let Some(acl) = &self.client.listener.security.acl else {
+        let files = self.client.listener.files();
+        let Some(acl) = &files.security.acl else {
             return (filters, Vec::new());
         };
         let user = self.client.user.as_deref();

@@ -58,6 +58,7 @@ impl<S: Transport> Tasks<S> {
             framer: Framer::new(limits.max_packet_size),
             version: client.version,
             packet_timeout: ctx.settings.packet_read_timeout(),
+            metrics: Arc::clone(&ctx.metrics),
         };
         let reader_stop = token.child_token();
         let reader = tokio::spawn(reader::run(
@@ -72,6 +73,7 @@ impl<S: Transport> Tasks<S> {
             batch_bytes: limits.write_batch_bytes,
             write_timeout: ctx.settings.write_timeout(),
             writing: Arc::clone(&writing),
+            metrics: Arc::clone(&ctx.metrics),
         };
         let writer_token = CancellationToken::new();
         let writer = tokio::spawn(writer::run(
@@ -105,7 +107,7 @@ impl<S: Transport> Tasks<S> {
             .await;
         let client = session.into_client();
         let outcome = match end {
-            End::Rest => self.stop_for_rest(&client.ctx).await,
+            End::Rest => self.stop_for_rest(&client.ctx, client.slot()).await,
             end => {
                 let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
                 // MQTT 5: the server's DISCONNECT, written under the grace
@@ -128,7 +130,7 @@ impl<S: Transport> Tasks<S> {
 
     /// Lets the writer flush and the reader stop between reads, keeping
     /// what it decodes meanwhile, and joins the stream again.
-    async fn stop_for_rest(mut self, ctx: &Context) -> Outcome<S> {
+    async fn stop_for_rest(mut self, ctx: &Context, slot: &SessionSlot) -> Outcome<S> {
         drop(self.outgoing);
         self.reader_stop.cancel();
         let mut pending = Vec::new();
@@ -148,7 +150,7 @@ impl<S: Transport> Tasks<S> {
             _ = self.token.cancelled() => {
                 self.writer_token.cancel();
                 let _ = (&mut self.writer).await;
-                return Outcome::Ended(cancelled_end(ctx));
+                return Outcome::Ended(cancelled_end(ctx, slot));
             }
         };
         let (Ok((read_half, leftover, read_error)), Ok((write_half, writer_end))) =

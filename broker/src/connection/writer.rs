@@ -19,6 +19,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Why the write task ended.
 #[derive(Debug)]
 pub enum WriterEnd {
@@ -39,6 +41,8 @@ pub struct WriterConfig {
     /// its writer is idle, so stopping the writer for a rest never waits on
     /// a slow reader.
     pub writing: Arc<AtomicBool>,
+    /// Counts `bytes_sent`, once per batch.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Writes the whole buffer. The timeout applies to each write call, so a
@@ -105,6 +109,7 @@ async fn write_queue<W: AsyncWrite + Unpin>(
             return WriterEnd::Drained;
         };
         config.writing.store(true, Ordering::Release);
+        let mut bytes = first.len();
         let written = match rx.try_recv() {
             Err(_) => write_batch(writer, &mut first, config.write_timeout, token).await,
             Ok(second) => {
@@ -116,12 +121,14 @@ async fn write_queue<W: AsyncWrite + Unpin>(
                         Err(_) => break,
                     }
                 }
+                bytes = buf.len();
                 write_batch(writer, &mut buf, config.write_timeout, token).await
             }
         };
         if let Err(end) = written {
             return end;
         }
+        Metrics::add(&config.metrics.bytes_sent, bytes as u64);
         config.writing.store(false, Ordering::Release);
         buf.clear();
         if buf.capacity() > config.batch_bytes * 2 {

@@ -19,6 +19,7 @@
 //! client, topic levels and length of a filter, retained count and bytes.
 
 mod persist;
+pub mod query;
 mod retain;
 pub mod shared;
 mod subs;
@@ -103,6 +104,8 @@ pub enum RouterMsg {
         client_id: ClientId,
         done: oneshot::Sender<()>,
     },
+    /// What the admin API asks (see `query`).
+    Query(query::Query),
 }
 
 /// Senders' side of the router channel.
@@ -119,6 +122,13 @@ pub struct RouterGone;
 impl RouterHandle {
     pub async fn send(&self, msg: RouterMsg) -> Result<(), RouterGone> {
         self.tx.send(msg).await.map_err(|_| RouterGone)
+    }
+
+    /// Waits for room in the queue; the permit then sends one message
+    /// without waiting. Cancel-safe: a caller that gives up has given the
+    /// router nothing, and still holds what it meant to send.
+    pub async fn reserve(&self) -> Result<mpsc::Permit<'_, RouterMsg>, RouterGone> {
+        self.tx.reserve().await.map_err(|_| RouterGone)
     }
 
     pub async fn publish(
@@ -413,6 +423,7 @@ impl Router {
                 self.count_subscriptions();
                 let _ = done.send(());
             }
+            RouterMsg::Query(query) => self.query(query),
         }
     }
 

@@ -179,6 +179,30 @@ impl Subscriptions {
         self.count
     }
 
+    /// A client's subscription on `filter` (a `$share/...` one included).
+    pub fn get(&self, filter: &TopicFilter, client_id: &ClientId) -> Option<&Subscriber> {
+        let (group, inner) = match shared::split(filter) {
+            Some(Ok((group, inner))) => (Some(group), inner),
+            Some(Err(_)) => return None,
+            None => (None, filter.clone()),
+        };
+        let mut node = &self.root;
+        for level in inner.levels() {
+            node = node.child(level)?;
+        }
+        match group {
+            Some(group) => node
+                .groups
+                .as_ref()?
+                .get(group)?
+                .members
+                .iter()
+                .find(|(id, _)| id == client_id)
+                .map(|(_, subscriber)| subscriber),
+            None => node.subscribers.get(client_id),
+        }
+    }
+
     /// The group of a `$share/{group}/{filter}`, if it has members.
     pub fn group(&self, shared: &TopicFilter) -> Option<&Group> {
         let Some(Ok((group, filter))) = shared::split(shared) else {

@@ -104,7 +104,7 @@ impl Outbound {
         self.inflight.is_empty()
     }
 
-    #[cfg(test)]
+    /// QoS 1/2 messages sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }

@@ -4,6 +4,9 @@
 //! (`client`). Every wait is bounded and waits for something: a packet, a
 //! log line, the process's exit.
 
+// Each test binary uses a part of the harness.
+#![allow(dead_code)]
+
 mod client;
 
 use std::io::{BufRead, BufReader, Read};
@@ -152,14 +155,23 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on `dir` and a free port, without waiting for it.
     pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> Broker {
+        Broker::spawn_with_args(dir, env, &[])
+    }
+
+    /// As [`Broker::spawn`], with command-line arguments (`-c FILE`); the
+    /// free port replaces the first listener's address.
+    pub fn spawn_with_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Broker {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidemq"));
         command
+            .args(args)
             .env_remove("RUST_LOG")
             .env("TIDEMQ_LISTENER__BIND", format!("127.0.0.1:{port}"))
             .env("TIDEMQ_STORAGE__ENABLED", "true")
             .env("TIDEMQ_STORAGE__DIR", dir)
             .env("TIDEMQ_SYS__INTERVAL_SECS", "0")
+            // No HTTP listener: brokers started in parallel would share 8080.
+            .env("TIDEMQ_HTTP__BIND", "")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -180,8 +192,13 @@ impl Broker {
     /// Starts a broker on `dir` and returns once it listens (after its
     /// recovery). A port taken meanwhile by someone else is retried.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Broker {
+        Broker::start_with_args(dir, env, &[])
+    }
+
+    /// As [`Broker::start`], with command-line arguments.
+    pub fn start_with_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Broker {
         for _ in 0..3 {
-            let mut broker = Broker::spawn(dir, env);
+            let mut broker = Broker::spawn_with_args(dir, env, args);
             let listening = format!("listening addr=127.0.0.1:{}", broker.port);
             if broker.stdout.wait_for(&listening, WAIT).is_some() {
                 return broker;
@@ -226,6 +243,21 @@ impl Broker {
         self.stdout
             .wait_for("store closed", WAIT)
             .expect("a `store closed` line")
+    }
+
+    /// SIGTERM for a broker without a store: asserts exit 0.
+    pub fn stop_without_store(mut self) {
+        self.signal("TERM");
+        assert_eq!(self.wait_exit(), 0, "{}", self.stderr.text());
+    }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// SIGKILL: the process gets no chance to flush or close anything.

@@ -1,0 +1,144 @@
+//! The labelled series behind `GET /metrics` (see `http::prom`): messages
+//! received per QoS, and connections open per listener and protocol
+//! version. The plain counters are in [`crate::metrics`].
+//!
+//! Owned by [`Metrics`](crate::metrics::Metrics) (one per broker). Each
+//! update is one relaxed atomic addition: a PUBLISH adds to its QoS's
+//! counter in the session task; a connection adds to its listener's gauge
+//! once when its CONNECT is accepted and takes it away once at its end
+//! (`connection::close`), resting or not in between. The list of listeners
+//! is locked only when an accept loop starts and when `/metrics` is read.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tidemq_protocol::{ProtocolVersion, QoS};
+
+use crate::config::{ListenerConfig, ListenerProtocol};
+
+/// The labelled counters and gauges of one broker.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// PUBLISH packets received from clients, by QoS 0, 1, 2.
+    received_by_qos: [AtomicU64; 3],
+    /// Every listener whose accept loop has started.
+    listeners: Mutex<Vec<Arc<ListenerCensus>>>,
+}
+
+impl Census {
+    /// Counts a PUBLISH received with `qos`.
+    pub fn received(&self, qos: QoS) {
+        let counter = match qos {
+            QoS::AtMostOnce => &self.received_by_qos[0],
+            QoS::AtLeastOnce => &self.received_by_qos[1],
+            QoS::ExactlyOnce => &self.received_by_qos[2],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// PUBLISH packets received, by QoS 0, 1, 2.
+    pub fn received_by_qos(&self) -> [u64; 3] {
+        let [a, b, c] = &self.received_by_qos;
+        [a, b, c].map(|counter| counter.load(Ordering::Relaxed))
+    }
+
+    /// Lists a listener once its socket is bound to `addr`.
+    pub fn register(&self, listener: &Arc<ListenerCensus>, addr: SocketAddr) {
+        let _ = listener.addr.set(addr);
+        let mut listeners = crate::registry::lock(&self.listeners);
+        if !listeners.iter().any(|known| Arc::ptr_eq(known, listener)) {
+            listeners.push(Arc::clone(listener));
+        }
+    }
+
+    /// Every listener registered so far.
+    pub fn listeners(&self) -> Vec<Arc<ListenerCensus>> {
+        crate::registry::lock(&self.listeners).clone()
+    }
+}
+
+/// The connections open on one listener, by protocol version.
+#[derive(Debug)]
+pub struct ListenerCensus {
+    /// The bound address (known once the accept loop runs).
+    addr: OnceLock<SocketAddr>,
+    pub protocol: ListenerProtocol,
+    pub tls: bool,
+    /// MQTT 3.1, 3.1.1, 5.
+    by_version: [AtomicU64; 3],
+}
+
+/// The protocol versions, in the order [`ListenerCensus::open`] gives them.
+pub const VERSIONS: [&str; 3] = ["3.1", "3.1.1", "5"];
+
+impl ListenerCensus {
+    pub fn new(config: &ListenerConfig) -> ListenerCensus {
+        ListenerCensus {
+            addr: OnceLock::new(),
+            protocol: config.protocol,
+            tls: config.tls.is_some(),
+            by_version: Default::default(),
+        }
+    }
+
+    fn gauge(&self, version: ProtocolVersion) -> &AtomicU64 {
+        let [v31, v311, v5] = &self.by_version;
+        match version {
+            ProtocolVersion::V31 => v31,
+            ProtocolVersion::V311 => v311,
+            _ => v5,
+        }
+    }
+
+    /// A connection's CONNECT was accepted.
+    pub fn connected(&self, version: ProtocolVersion) {
+        self.gauge(version).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection counted by [`ListenerCensus::connected`] ended.
+    pub fn closed(&self, version: ProtocolVersion) {
+        self.gauge(version).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.get().copied()
+    }
+
+    /// Connections open now, by the versions of [`VERSIONS`].
+    pub fn open(&self) -> [u64; 3] {
+        let [a, b, c] = &self.by_version;
+        [a, b, c].map(|gauge| gauge.load(Ordering::Relaxed))
+    }
+}
+
+/// A protocol version as the admin API and the labels spell it.
+pub fn version_name(version: ProtocolVersion) -> &'static str {
+    match version {
+        ProtocolVersion::V31 => VERSIONS[0],
+        ProtocolVersion::V311 => VERSIONS[1],
+        _ => VERSIONS[2],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_counts_under_its_version_until_it_closes() {
+        let config = ListenerConfig::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = Arc::new(ListenerCensus::new(&config));
+        let census = Census::default();
+        census.register(&listener, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        census.register(&listener, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        assert_eq!(census.listeners().len(), 1, "registered once");
+        listener.connected(ProtocolVersion::V5);
+        listener.connected(ProtocolVersion::V311);
+        listener.connected(ProtocolVersion::V5);
+        listener.closed(ProtocolVersion::V5);
+        assert_eq!(listener.open(), [0, 1, 1]);
+        census.received(QoS::ExactlyOnce);
+        assert_eq!(census.received_by_qos(), [0, 0, 1]);
+    }
+}

@@ -1,0 +1,317 @@
+//! Embedding: an application that runs tidemq in its own process publishes
+//! and subscribes from its own code, through the router like any client.
+//!
+//! [`Broker::publish`] hands a message to the router as a client's PUBLISH
+//! does. [`Broker::subscribe`] opens an in-process session: a slot in the
+//! registry, under a client id of its own, with a mailbox bounded like any
+//! session's (`limits.max_queued_messages`, `limits.max_queued_bytes`),
+//! subscribed through the router; [`Subscription::recv`] drains the mailbox,
+//! as a connection's session task would. This module owns nothing shared:
+//! the router keeps the subscriptions, the registry the slot, and the
+//! [`Subscription`] (the application's task) is the slot's only owner.
+//!
+//! |                       | an MQTT client               | an embedded session                    |
+//! |-----------------------|------------------------------|----------------------------------------|
+//! | client id             | its own                      | `$embedded-<n>`, refused to MQTT clients at CONNECT (0x02 / 0x85) |
+//! | ACL                   | its listener's               | none: trusted, as the application's own code |
+//! | QoS 1/2 publish       | PUBACK / PUBREC once routed  | `publish` returns at the same point: every subscriber's session took it, and with a store it is on disk |
+//! | QoS 1/2 delivery      | acknowledged by the client   | acknowledged when `recv` returns it     |
+//! | retained messages     | on SUBSCRIBE, in batches     | the same, pulled as `recv` drains       |
+//! | mailbox full          | QoS 0 dropped, QoS 1/2 from clients held (their publishers wait) | the same |
+//! | subscriber too slow   | disconnected after `slow_subscriber_timeout_ms` | never: drop the [`Subscription`] to stop |
+//! | session               | clean or persistent          | clean, ends with the [`Subscription`]   |
+//!
+//! An embedded session counts in `sessions_current`, not in
+//! `connections_current`; its deliveries are not PUBLISH packets and count
+//! in no packet counter.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidemq_protocol::{QoS, ReasonCode, SpecViolation, TopicFilter, TopicName};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Context;
+use crate::metrics::Metrics;
+use crate::registry::{Opened, Ownership};
+use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
+use crate::server::Broker;
+use crate::types::{ClientId, ConnId, Receipt, RetainedCursor};
+
+/// The start of every embedded session's client id. No MQTT client can
+/// take one: the handshake refuses such ids, so an embedded session is
+/// never taken over.
+pub const RESERVED_PREFIX: &str = "$embedded-";
+
+/// Numbers embedded sessions, process-wide.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Why an embedded publish or subscribe did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("invalid topic or filter: {0}")]
+    Topic(#[from] SpecViolation),
+    #[error("the topic or filter breaks limits.max_topic_levels or limits.max_topic_len")]
+    TopicLimit,
+    #[error("the broker is over limits.memory_limit_mb")]
+    MemoryLimit,
+    #[error("subscription refused: {0}")]
+    Refused(ReasonCode),
+    #[error("the broker has stopped")]
+    Stopped,
+}
+
+/// A message delivered to an embedded subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    /// The QoS it was delivered at: the lower of the publisher's and the
+    /// subscription's.
+    pub qos: QoS,
+    /// Set for retained messages sent because the subscription is new
+    /// [MQTT-3.3.1-8], clear for those published afterwards [MQTT-3.3.1-9].
+    pub retain: bool,
+}
+
+impl Broker {
+    /// Publishes as a client's PUBLISH would (but without ACL checks): QoS 0
+    /// returns once the router has the message; QoS 1/2 once every matching
+    /// session has taken it (a subscriber over its queue limit holds it back,
+    /// as it holds back a PUBACK), and with `storage.enabled` once it is on
+    /// disk. An empty retained payload clears the topic's retained message.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), EmbedError> {
+        publish(self.context(), topic, payload.into(), qos, retain).await
+    }
+
+    /// Opens an embedded session subscribed to `filter` (wildcards and
+    /// `$share/...` work as for any client) at `qos`: the stream of what it
+    /// matches, retained messages first. See [`Subscription`].
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<Subscription, EmbedError> {
+        let mut subscription = Subscription::open(self.context()).await?;
+        subscription.subscribe(filter, qos).await?;
+        Ok(subscription)
+    }
+}
+
+/// Routes a message from the embedding application (also what the admin
+/// API can publish with).
+pub(crate) async fn publish(
+    ctx: &Context,
+    topic: &str,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+) -> Result<(), EmbedError> {
+    let topic = TopicName::new(topic)?;
+    if !ctx.router_limits.topic_fits(topic.as_str()) {
+        return Err(EmbedError::TopicLimit);
+    }
+    // Clearing a retained message frees memory, so it is always let in.
+    if ctx.budget.is_over() && !(retain && payload.is_empty()) {
+        Metrics::incr(&ctx.metrics.memory_limit_refusals);
+        return Err(EmbedError::MemoryLimit);
+    }
+    let message = crate::types::Message::charged(topic, payload, qos, retain, &ctx.budget);
+    if qos == QoS::AtMostOnce {
+        return ctx
+            .router
+            .publish(message, None)
+            .await
+            .map_err(|_| EmbedError::Stopped);
+    }
+    // The receipt resolves when the last held delivery (and the store's
+    // commit) lets go of it: when a PUBACK would go out.
+    let (receipt, taken) = Receipt::new();
+    ctx.router
+        .publish(message, Some(receipt))
+        .await
+        .map_err(|_| EmbedError::Stopped)?;
+    taken.await.map_err(|_| EmbedError::Stopped)?;
+    Ok(())
+}
+
+/// An embedded session: the messages its subscriptions match, in order.
+/// Dropping it ends the session (its subscriptions and whatever is still
+/// queued go); [`Subscription::close`] does the same and waits for it.
+#[derive(Debug)]
+pub struct Subscription {
+    ctx: Arc<Context>,
+    /// `None` once closed.
+    ownership: Option<Ownership>,
+    conn_id: ConnId,
+    /// Cancelled at shutdown.
+    token: CancellationToken,
+    /// New subscriptions whose retained messages did not all fit in the
+    /// first batch; the next batch is asked for once the mailbox is empty.
+    cursors: VecDeque<RetainedCursor>,
+    /// The router's answer to a batch asked for: kept across `recv` calls,
+    /// so a `recv` cancelled while waiting loses nothing.
+    retained_answer: Option<oneshot::Receiver<Option<RetainedCursor>>>,
+}
+
+impl Subscription {
+    /// Claims a slot under a fresh reserved client id, online, with no
+    /// subscription yet.
+    async fn open(ctx: &Arc<Context>) -> Result<Subscription, EmbedError> {
+        let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let client_id = ClientId::new(&format!("{RESERVED_PREFIX}{n}"));
+        let conn_id = ctx.next_conn_id();
+        let token = ctx.shutdown.child_token();
+        let opened = ctx.registry.open(&client_id, conn_id, token.clone()).await;
+        // Nobody else can claim a reserved id, so it is never superseded.
+        let Opened::Owned { ownership, .. } = opened else {
+            return Err(EmbedError::Stopped);
+        };
+        ownership.slot.set_online(true);
+        Ok(Subscription {
+            ctx: Arc::clone(ctx),
+            ownership: Some(ownership),
+            conn_id,
+            token,
+            cursors: VecDeque::new(),
+            retained_answer: None,
+        })
+    }
+
+    /// The session's client id (`$embedded-<n>`), as logs and the admin
+    /// API name it.
+    pub fn client_id(&self) -> &str {
+        self.ownership
+            .as_ref()
+            .map_or("", |ownership| ownership.slot.client_id.as_str())
+    }
+
+    /// Adds a filter to this session, into the same stream; subscribing
+    /// to a filter again replaces its QoS.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), EmbedError> {
+        let filter = TopicFilter::new(filter)?;
+        let Some(ownership) = &self.ownership else {
+            return Err(EmbedError::Stopped);
+        };
+        let request = SubscribeRequest::qos(vec![(filter, qos)]);
+        let router = &self.ctx.router;
+        let Subscribed { codes, cursors } = router
+            .subscribe(Arc::clone(&ownership.slot), request)
+            .await
+            .map_err(|_| EmbedError::Stopped)?;
+        self.cursors.extend(cursors);
+        match codes.first() {
+            Some(code) if code.is_failure() => Err(EmbedError::Refused(*code)),
+            Some(_) => Ok(()),
+            None => Err(EmbedError::Stopped),
+        }
+    }
+
+    /// The next message; `None` once the broker shuts down (after what was
+    /// already queued). Taking a QoS 1/2 message acknowledges it.
+    /// Cancel-safe: a message is taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            let slot = Arc::clone(&self.ownership.as_ref()?.slot);
+            if let Some(delivery) = slot.mailbox.pop_if(|_| true) {
+                let expired = delivery
+                    .message
+                    .expires_at()
+                    .is_some_and(|at| at <= Instant::now());
+                if expired {
+                    Metrics::incr(&self.ctx.metrics.messages_expired);
+                    continue;
+                }
+                // Dropping the delivery here releases a publisher's receipt
+                // it held: the acknowledgement.
+                return Some(Message {
+                    topic: delivery.message.topic.as_str().to_owned(),
+                    payload: delivery.message.payload.clone(),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                });
+            }
+            if let Some(answer) = &mut self.retained_answer {
+                let more = answer.await;
+                self.retained_answer = None;
+                if let Ok(Some(cursor)) = more {
+                    self.cursors.push_front(cursor);
+                }
+                continue;
+            }
+            if !self.cursors.is_empty() {
+                self.ask_retained(slot).await?;
+                continue;
+            }
+            tokio::select! {
+                _ = self.token.cancelled() => return None,
+                _ = slot.mailbox.notified() => {}
+            }
+        }
+    }
+
+    /// Asks the router for the next batch of the first cursor's retained
+    /// messages. The cursor leaves `cursors` only once the request is sent.
+    async fn ask_retained(&mut self, slot: Arc<crate::registry::SessionSlot>) -> Option<()> {
+        let permit = tokio::select! {
+            _ = self.token.cancelled() => return None,
+            permit = self.ctx.router.reserve() => permit.ok()?,
+        };
+        let cursor = self.cursors.pop_front()?;
+        let max = RETAINED_BATCH.min(self.ctx.settings.limits.max_queued_messages);
+        let (done, answer) = oneshot::channel();
+        permit.send(RouterMsg::Retained {
+            slot,
+            cursor,
+            max,
+            done,
+        });
+        self.retained_answer = Some(answer);
+        Some(())
+    }
+
+    /// Ends the session and waits until its subscriptions are gone.
+    pub async fn close(mut self) {
+        if let Some(ownership) = self.ownership.take() {
+            end(&self.ctx, ownership, self.conn_id).await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(ownership) = self.ownership.take() else {
+            return;
+        };
+        // At once: no more QoS 0 is queued, and held publishers go on.
+        ownership.slot.set_online(false);
+        let ctx = Arc::clone(&self.ctx);
+        let conn_id = self.conn_id;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { end(&ctx, ownership, conn_id).await });
+            }
+            // No runtime left: the broker's router has gone with it.
+            Err(_) => {
+                ctx.registry.remove(&ownership.slot, conn_id);
+            }
+        }
+    }
+}
+
+/// What a clean session's end does (see `connection::close`): the router
+/// forgets its subscriptions, its mailbox is emptied, the registry forgets
+/// the slot.
+async fn end(ctx: &Context, ownership: Ownership, conn_id: ConnId) {
+    let slot = &ownership.slot;
+    slot.set_online(false);
+    slot.release_owner(conn_id);
+    crate::connection::forget_session(ctx, slot).await;
+    ctx.registry.remove(slot, conn_id);
+}

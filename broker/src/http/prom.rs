@@ -1,0 +1,195 @@
+//! `GET /metrics`: the broker's counters in the Prometheus / OpenMetrics
+//! text format, through `prometheus-client`.
+//!
+//! Nothing is registered ahead of time: a [`Collector`] reads the live
+//! atomics on each scrape, so the broker's hot paths keep their one relaxed
+//! addition per event and pay nothing for the export. Naming:
+//!
+//! | source                                   | exported as                              |
+//! |------------------------------------------|------------------------------------------|
+//! | a counter of `metrics` (`takeovers`)     | `tidemq_takeovers_total` (counter)        |
+//! | a gauge of `metrics` (`*_current`, `*_bytes`) | `tidemq_retained_messages_current` (gauge) |
+//! | `messages_received` by QoS (`census`)    | `tidemq_messages_received_total{qos}`     |
+//! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
+//! | the router's channel                     | `tidemq_router_queue_depth`               |
+//! | `/proc/self/statm`                       | `tidemq_process_resident_memory_bytes`    |
+//! | time since start                         | `tidemq_uptime_seconds`                   |
+//!
+//! Each metric's HELP is its doc string in `metrics.rs`.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::State;
+use crate::census::VERSIONS;
+use crate::config::ListenerProtocol;
+use crate::connection::Context;
+
+/// What Prometheus is told it reads.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry, built once with its one collector.
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    pub fn new(ctx: Arc<Context>) -> Exporter {
+        let mut registry = Registry::with_prefix("tidemq");
+        registry.register_collector(Box::new(Broker { ctx }));
+        Exporter { registry }
+    }
+
+    /// One scrape.
+    pub fn encode(&self, state: &State) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        // The uptime is the HTTP state's, not the collector's: appended
+        // before the EOF marker.
+        let uptime = state.started.elapsed().as_secs_f64();
+        if let Some(body) = out.strip_suffix("# EOF\n") {
+            out = format!(
+                "{body}# HELP tidemq_uptime_seconds Seconds since the broker started.\n\
+                 # TYPE tidemq_uptime_seconds gauge\ntidemq_uptime_seconds {uptime:.3}\n# EOF\n"
+            );
+        }
+        out
+    }
+}
+
+/// Reads the broker's atomics on each scrape.
+#[derive(Debug)]
+struct Broker {
+    ctx: Arc<Context>,
+}
+
+/// Whether a `metrics` field is a gauge (see that module's doc).
+pub fn is_gauge(name: &str) -> bool {
+    name.ends_with("_current") || name.ends_with("_bytes")
+}
+
+/// OpenMetrics HELP text: backslash, double quote and line feed escaped.
+fn help(doc: &str) -> String {
+    doc.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Collector for Broker {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = &self.ctx.metrics;
+        for ((name, value), doc) in metrics.snapshot().named().into_iter().zip(DOCS) {
+            if name == "messages_received" {
+                // Exported by QoS below: the sum of those is this counter.
+                continue;
+            }
+            if is_gauge(name) {
+                let mut metric =
+                    encoder.encode_descriptor(name, &help(doc), None, MetricType::Gauge)?;
+                metric.encode_gauge(&value)?;
+            } else {
+                let mut metric =
+                    encoder.encode_descriptor(name, &help(doc), None, MetricType::Counter)?;
+                metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+            }
+        }
+        let census = &metrics.census;
+        let mut received = encoder.encode_descriptor(
+            "messages_received",
+            "PUBLISH packets received from clients, by QoS.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (qos, count) in census.received_by_qos().iter().enumerate() {
+            let labels = [("qos", qos.to_string())];
+            let mut family = received.encode_family(&labels)?;
+            family.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+        let mut connections = encoder.encode_descriptor(
+            "connections",
+            "Connections past CONNECT open now (resting ones included), by listener, protocol and MQTT version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in census.listeners() {
+            let Some(addr) = listener.addr() else {
+                continue;
+            };
+            let protocol = match listener.protocol {
+                ListenerProtocol::Mqtt => "mqtt",
+                ListenerProtocol::Ws => "ws",
+            };
+            for (version, open) in VERSIONS.iter().zip(listener.open()) {
+                let labels = [
+                    ("listener", addr.to_string()),
+                    ("protocol", protocol.to_owned()),
+                    ("tls", listener.tls.to_string()),
+                    ("version", (*version).to_owned()),
+                ];
+                let mut family = connections.encode_family(&labels)?;
+                family.encode_gauge(&open)?;
+            }
+        }
+        let mut depth = encoder.encode_descriptor(
+            "router_queue_depth",
+            "Messages waiting in the router's channel now (at most limits.router_queue).",
+            None,
+            MetricType::Gauge,
+        )?;
+        depth.encode_gauge(&(self.ctx.router.queued() as u64))?;
+        if let Some(rss) = resident_memory_bytes() {
+            let mut memory = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the broker process (from /proc/self/statm).",
+                None,
+                MetricType::Gauge,
+            )?;
+            memory.encode_gauge(&rss)?;
+        }
+        Ok(())
+    }
+}
+
+/// The doc strings of `metrics`' fields, in declaration order.
+const DOCS: &[&str] = crate::metrics::DOCS;
+
+/// The process's resident set, from `/proc/self/statm` (Linux); `None`
+/// elsewhere.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok().filter(|&p| p > 0)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_its_doc_and_gauges_are_told_apart() {
+        let named = crate::metrics::MetricsSnapshot::default().named();
+        assert_eq!(named.len(), DOCS.len());
+        assert!(is_gauge("retained_bytes_current"));
+        assert!(is_gauge("memory_accounted_bytes"));
+        assert!(!is_gauge("takeovers"));
+    }
+
+    #[test]
+    fn help_text_escapes_quotes_backslashes_and_newlines() {
+        assert_eq!(help("a \"b\" \\ c\nd"), "a \\\"b\\\" \\\\ c\\nd");
+    }
+
+    #[test]
+    fn resident_memory_is_read_on_linux() {
+        assert!(resident_memory_bytes().is_some_and(|bytes| bytes > 0));
+    }
+}

@@ -1,0 +1,126 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! SIGHUP, through the `tidemq` process: the password file and the
+//! listeners change while clients stay connected. A user added to the file
+//! gets in and a removed one is refused, a listener added to the config is
+//! bound and one removed stops accepting while its connections stay, a
+//! `[limits]` change is named as needing a restart, and nothing connected
+//! is dropped. (The harness: tests/support/.)
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{free_port, v311, Broker, Client, TempDir, WAIT};
+
+fn tidemq_passwd(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tidemq"))
+        .arg("passwd")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tidemq passwd {args:?}: {stderr}");
+}
+
+/// Whether `mosquitto_pub` as `user` gets in (it exits 0 only after a
+/// CONNACK 0 and its PUBLISH).
+fn logs_in(port: u16, user: &str, password: &str) -> bool {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            user,
+            "-P",
+            password,
+        ])
+        .args(["-t", "reload/check", "-m", "x"])
+        .status()
+        .expect("mosquitto_pub (Debian package mosquitto-clients)")
+        .success()
+}
+
+fn write_config(path: &Path, passwd: &Path, extra: &str) {
+    let text = format!(
+        "[[listener]]\nbind = \"127.0.0.1:1\"\n{extra}\n[auth]\npassword_file = \"{}\"\n",
+        passwd.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_password_file_and_listeners_without_dropping_anyone() {
+    let dir = TempDir::new("reload");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let passwd = dir.path().join("passwd");
+    let config = dir.path().join("tidemq.toml");
+    tidemq_passwd(&["-b", "secret", passwd.to_str().unwrap(), "alice"]);
+    write_config(&config, &passwd, "");
+    let broker = Broker::start_with_args(
+        dir.path(),
+        &[("TIDEMQ_STORAGE__ENABLED", "false")],
+        &["-c", config.to_str().unwrap()],
+    );
+    let port = broker.port;
+    // Anonymous clients are allowed: this one must survive every reload.
+    let (mut stays, _) = Client::connect(port, &v311("stays", true));
+    assert!(logs_in(port, "alice", "secret"));
+    assert!(!logs_in(port, "bob", "hunter2"));
+
+    // bob in, alice out, a second listener.
+    tidemq_passwd(&["-b", "hunter2", passwd.to_str().unwrap(), "bob"]);
+    tidemq_passwd(&["-D", passwd.to_str().unwrap(), "alice"]);
+    let second = free_port();
+    let extra = format!("\n[[listener]]\nbind = \"127.0.0.1:{second}\"\n");
+    write_config(&config, &passwd, &extra);
+    broker.signal("HUP");
+    let added = format!("listening addr=127.0.0.1:{second}");
+    assert!(
+        broker.stdout.wait_for(&added, WAIT).is_some(),
+        "{}",
+        broker.stdout.text()
+    );
+    assert!(broker
+        .stdout
+        .wait_for("SIGHUP: listener files reloaded", WAIT)
+        .is_some());
+    assert!(broker
+        .stdout
+        .wait_for("SIGHUP: log filter set", WAIT)
+        .is_some());
+    assert!(logs_in(port, "bob", "hunter2"));
+    assert!(!logs_in(port, "alice", "secret"));
+    assert!(logs_in(second, "bob", "hunter2"));
+    stays.ping();
+
+    // The second listener goes; a client on it stays connected.
+    let (mut on_second, _) = Client::connect(second, &v311("on-second", true));
+    write_config(&config, &passwd, "\n[limits]\nmax_inflight = 7\n");
+    broker.signal("HUP");
+    assert!(broker
+        .stdout
+        .wait_for("SIGHUP: listener removed", WAIT)
+        .is_some());
+    let restart = broker
+        .stdout
+        .wait_for("needs a restart", WAIT)
+        .expect("a line naming what needs a restart");
+    assert!(restart.contains("limits"), "{restart}");
+    on_second.ping();
+    stays.ping();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", second)).is_err());
+
+    // A password file that no longer loads leaves the old one in force.
+    std::fs::write(&passwd, "bob:not-a-hash\n").unwrap();
+    broker.signal("HUP");
+    assert!(broker
+        .stdout
+        .wait_for("the old files stay in force", WAIT)
+        .is_some());
+    assert!(logs_in(port, "bob", "hunter2"));
+    stays.ping();
+    broker.stop_without_store();
+}
