@@ -12,6 +12,7 @@
 //! evicted.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub struct Endpoint {
     /// files. Connections take the current set at each check; the lock is
     /// held only to clone the `Arc`.
     files: RwLock<Arc<ListenerFiles>>,
+    /// Whether the current files include an ACL: every delivery round asks,
+    /// and without one it need not take the lock.
+    has_acl: AtomicBool,
     /// The listener's own `max_connections`, if it has one.
     pub slots: Option<Arc<ListenerSlots>>,
     /// New sockets per second; 0: no limit.
@@ -78,8 +82,10 @@ pub enum EndpointError {
 
 impl Endpoint {
     pub fn new(config: &ListenerConfig, settings: &Settings) -> Result<Endpoint, EndpointError> {
+        let files = ListenerFiles::load(config, settings)?;
         Ok(Endpoint {
-            files: RwLock::new(Arc::new(ListenerFiles::load(config, settings)?)),
+            has_acl: AtomicBool::new(files.security.acl.is_some()),
+            files: RwLock::new(Arc::new(files)),
             slots: (config.max_connections > 0)
                 .then(|| Arc::new(ListenerSlots::new(config.max_connections))),
             connect_rate: config
@@ -100,6 +106,7 @@ impl Endpoint {
             security: ListenerSecurity::open(settings.auth.allow_anonymous),
         };
         Endpoint {
+            has_acl: AtomicBool::new(false),
             files: RwLock::new(Arc::new(files)),
             slots: None,
             connect_rate: 0,
@@ -110,6 +117,11 @@ impl Endpoint {
 }
 
 impl Endpoint {
+    /// Whether an ACL applies (without taking the files' lock).
+    pub fn has_acl(&self) -> bool {
+        self.has_acl.load(Ordering::Acquire)
+    }
+
     /// The current certificates and rules.
     pub fn files(&self) -> Arc<ListenerFiles> {
         Arc::clone(
@@ -128,10 +140,13 @@ impl Endpoint {
         settings: &Settings,
     ) -> Result<(), EndpointError> {
         let files = Arc::new(ListenerFiles::load(config, settings)?);
+        let has_acl = files.security.acl.is_some();
         *self
             .files
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
+        // After the swap: a check that sees the flag finds the ACL.
+        self.has_acl.store(has_acl, Ordering::Release);
         Ok(())
     }
 }

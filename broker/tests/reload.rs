@@ -11,7 +11,8 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{free_port, v311, Broker, Client, TempDir, WAIT};
+use support::{free_port, publish, v311, v5, Broker, Client, TempDir, WAIT};
+use tidemq_protocol::{Outgoing, QoS, ReasonCode};
 
 fn tidemq_passwd(args: &[&str]) {
     let output = Command::new(env!("CARGO_BIN_EXE_tidemq"))
@@ -43,6 +44,16 @@ fn logs_in(port: u16, user: &str, password: &str) -> bool {
         .success()
 }
 
+/// The reason code of the PUBACK an MQTT 5 client gets for a QoS 1 PUBLISH.
+fn puback_reason(client: &mut Client, topic: &str, packet_id: u16) -> ReasonCode {
+    client.send(&publish(topic, QoS::AtLeastOnce, packet_id, b"x", false));
+    let frame = client.recv("PUBACK");
+    match client.decode(&frame) {
+        Outgoing::PubAck(ack) => ack.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
 fn write_config(path: &Path, passwd: &Path, extra: &str) {
     let text = format!(
         "[[listener]]\nbind = \"127.0.0.1:1\"\n{extra}\n[auth]\npassword_file = \"{}\"\n",
@@ -67,14 +78,24 @@ fn sighup_reloads_the_password_file_and_listeners_without_dropping_anyone() {
     let port = broker.port;
     // Anonymous clients are allowed: this one must survive every reload.
     let (mut stays, _) = Client::connect(port, &v311("stays", true));
+    let (mut publisher, _) = Client::connect(port, &v5("publisher", true, 0));
+    // Allowed: 0x00, or 0x10 "no matching subscribers".
+    assert!(!puback_reason(&mut publisher, "t/secret", 1).is_failure());
     assert!(logs_in(port, "alice", "secret"));
     assert!(!logs_in(port, "bob", "hunter2"));
 
     // bob in, alice out, a second listener.
     tidemq_passwd(&["-b", "hunter2", passwd.to_str().unwrap(), "bob"]);
     tidemq_passwd(&["-D", passwd.to_str().unwrap(), "alice"]);
+    // An ACL from now on: anonymous clients may use t/open only.
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite t/open\n").unwrap();
     let second = free_port();
-    let extra = format!("\n[[listener]]\nbind = \"127.0.0.1:{second}\"\n");
+    let extra = format!(
+        "acl_file = \"{}\"\n\n[[listener]]\nbind = \"127.0.0.1:{second}\"\nacl_file = \"{}\"\n",
+        acl.display(),
+        acl.display()
+    );
     write_config(&config, &passwd, &extra);
     broker.signal("HUP");
     let added = format!("listening addr=127.0.0.1:{second}");
@@ -95,6 +116,12 @@ fn sighup_reloads_the_password_file_and_listeners_without_dropping_anyone() {
     assert!(!logs_in(port, "alice", "secret"));
     assert!(logs_in(second, "bob", "hunter2"));
     stays.ping();
+    // The still-connected publisher is held to the new ACL.
+    assert_eq!(
+        puback_reason(&mut publisher, "t/secret", 2),
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert!(!puback_reason(&mut publisher, "t/open", 3).is_failure());
 
     // The second listener goes; a client on it stays connected.
     let (mut on_second, _) = Client::connect(second, &v311("on-second", true));

@@ -477,6 +477,9 @@ impl Session {
     /// (`acl_denied_delivery`): retained and `$SYS` messages come this way
     /// too. QoS 1/2 ones are recorded done, as if delivered.
     fn drop_denied(&self, batch: &mut Vec<Delivery>) {
+        if !self.client.listener.has_acl() {
+            return;
+        }
         let files = self.client.listener.files();
         let Some(acl) = files.security.acl.as_deref() else {
             return;
