@@ -28,6 +28,79 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// `[http]`: metrics, health, the admin API and the dashboard.
     pub http: HttpSettings,
+    /// `[[bridge]]`: connections to other brokers (see `crate::bridge`).
+    #[serde(default, rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// `[[bridge]]`: one connection to a remote broker, read as mosquitto reads
+/// its bridge settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Names the bridge in logs and in the default client id.
+    pub name: String,
+    /// The remote broker, "host:port" (plain TCP).
+    pub address: String,
+    /// The client id on the remote; default `tidemq-bridge-<name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Whether the remote session is clean (default false: it keeps our
+    /// subscriptions and queued messages while the bridge is down).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// mosquitto `topic` lines: "PATTERN in|out|both QOS [LOCAL_PREFIX REMOTE_PREFIX]".
+    pub topics: Vec<String>,
+    /// Milliseconds before the first reconnect; doubles up to the max.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_reconnect_min_ms() -> u64 {
+    500
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+impl BridgeConfig {
+    /// The client id used on the remote.
+    pub fn remote_client_id(&self) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("tidemq-bridge-{}", self.name))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(invalid("bridge.name", "must not be empty"));
+        }
+        if crate::bridge::split_address(&self.address).is_none() {
+            return Err(invalid("bridge.address", "must be \"host:port\""));
+        }
+        if self.topics.is_empty() {
+            return Err(invalid("bridge.topics", "must list at least one topic"));
+        }
+        for line in &self.topics {
+            if let Err(problem) = crate::bridge::TopicRule::parse(line) {
+                return Err(invalid("bridge.topics", &format!("{line:?}: {problem}")));
+            }
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
+            return Err(invalid(
+                "bridge.reconnect_max_ms",
+                "must be at least bridge.reconnect_min_ms, which must be positive",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[http]`: the HTTP listener (see `crate::http`).
@@ -474,6 +547,9 @@ impl Settings {
                 "must be at most 1000000 (one second)",
             ));
         }
+        for bridge in &self.bridges {
+            bridge.validate()?;
+        }
         Ok(())
     }
 
@@ -675,5 +751,54 @@ ws_path = "/ws"
         .unwrap_err()
         .to_string();
         assert!(message.contains("protocl"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::*;
+
+    fn load_text(name: &str, text: &str) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("tidemq-bridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Settings::load(path.to_str(), &Overrides::default())
+    }
+
+    #[test]
+    fn a_bridge_table_loads_with_its_defaults() {
+        let settings = load_text(
+            "bridge.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\n\
+             topics = [\"sensors/# out 1\", \"cmd/# in 2 \\\"\\\" site1/\"]\n",
+        )
+        .unwrap();
+        let bridge = &settings.bridges[0];
+        assert_eq!(bridge.remote_client_id(), "tidemq-bridge-hq");
+        assert!(!bridge.clean_session);
+        assert_eq!(
+            (bridge.reconnect_min_ms, bridge.reconnect_max_ms),
+            (500, 30_000)
+        );
+        assert!(Settings::defaults().unwrap().bridges.is_empty());
+    }
+
+    #[test]
+    fn a_bad_topic_line_names_the_key() {
+        let error = load_text(
+            "bad-bridge.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a/# sideways 1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`bridge.topics`"), "{error}");
+        let error = load_text(
+            "bad-address.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"nowhere\"\ntopics = [\"a\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`bridge.address`"), "{error}");
     }
 }

@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidemq_protocol::{QoS, ReasonCode, SpecViolation, TopicFilter, TopicName};
+use tidemq_protocol::{
+    QoS, ReasonCode, SpecViolation, SubscriptionOptions, TopicFilter, TopicName,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership};
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::server::Broker;
-use crate::types::{ClientId, ConnId, Receipt, RetainedCursor};
+use crate::types::{ClientId, ConnId, Delivery, Receipt, RetainedCursor};
 
 /// The start of every embedded session's client id. No MQTT client can
 /// take one: the handshake refuses such ids, so an embedded session is
@@ -113,6 +115,20 @@ pub(crate) async fn publish(
     qos: QoS,
     retain: bool,
 ) -> Result<(), EmbedError> {
+    publish_from(ctx, topic, payload, qos, retain, None).await
+}
+
+/// As [`publish`], tagged with the client id of the embedded session that
+/// published it, so that session's No Local subscriptions skip it (the
+/// bridge's loop guard).
+pub(crate) async fn publish_from(
+    ctx: &Context,
+    topic: &str,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    origin: Option<ClientId>,
+) -> Result<(), EmbedError> {
     let topic = TopicName::new(topic)?;
     if !ctx.router_limits.topic_fits(topic.as_str()) {
         return Err(EmbedError::TopicLimit);
@@ -122,7 +138,10 @@ pub(crate) async fn publish(
         Metrics::incr(&ctx.metrics.memory_limit_refusals);
         return Err(EmbedError::MemoryLimit);
     }
-    let message = crate::types::Message::charged(topic, payload, qos, retain, &ctx.budget);
+    let mut message = crate::types::Message::charged(topic, payload, qos, retain, &ctx.budget);
+    if let Some(origin) = origin {
+        message = message.published_by_client(origin);
+    }
     if qos == QoS::AtMostOnce {
         return ctx
             .router
@@ -195,11 +214,30 @@ impl Subscription {
     /// Adds a filter to this session, into the same stream; subscribing
     /// to a filter again replaces its QoS.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), EmbedError> {
+        self.subscribe_with(filter, SubscriptionOptions::qos(qos))
+            .await
+    }
+
+    /// Opens a session for the crate's own use (the bridge).
+    pub(crate) async fn open_internal(ctx: &Arc<Context>) -> Result<Subscription, EmbedError> {
+        Subscription::open(ctx).await
+    }
+
+    /// As [`Subscription::subscribe`], with MQTT 5 options (No Local).
+    pub(crate) async fn subscribe_with(
+        &mut self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Result<(), EmbedError> {
         let filter = TopicFilter::new(filter)?;
         let Some(ownership) = &self.ownership else {
             return Err(EmbedError::Stopped);
         };
-        let request = SubscribeRequest::qos(vec![(filter, qos)]);
+        let request = SubscribeRequest {
+            filters: vec![(filter, options)],
+            subscription_id: None,
+            v5: false,
+        };
         let router = &self.ctx.router;
         let Subscribed { codes, cursors } = router
             .subscribe(Arc::clone(&ownership.slot), request)
@@ -217,6 +255,20 @@ impl Subscription {
     /// already queued). Taking a QoS 1/2 message acknowledges it.
     /// Cancel-safe: a message is taken only when it is returned.
     pub async fn recv(&mut self) -> Option<Message> {
+        // Dropping the delivery here releases a publisher's receipt it
+        // held: the acknowledgement.
+        let delivery = self.recv_delivery().await?;
+        Some(Message {
+            topic: delivery.message.topic.as_str().to_owned(),
+            payload: delivery.message.payload.clone(),
+            qos: delivery.qos,
+            retain: delivery.retain,
+        })
+    }
+
+    /// The next delivery itself: whoever holds it holds the publisher's
+    /// receipt it may carry, until it is dropped. Cancel-safe.
+    pub(crate) async fn recv_delivery(&mut self) -> Option<Delivery> {
         loop {
             let slot = Arc::clone(&self.ownership.as_ref()?.slot);
             if let Some(delivery) = slot.mailbox.pop_if(|_| true) {
@@ -228,14 +280,7 @@ impl Subscription {
                     Metrics::incr(&self.ctx.metrics.messages_expired);
                     continue;
                 }
-                // Dropping the delivery here releases a publisher's receipt
-                // it held: the acknowledgement.
-                return Some(Message {
-                    topic: delivery.message.topic.as_str().to_owned(),
-                    payload: delivery.message.payload.clone(),
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                });
+                return Some(delivery);
             }
             if let Some(answer) = &mut self.retained_answer {
                 let more = answer.await;

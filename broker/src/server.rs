@@ -30,6 +30,8 @@ pub struct Broker {
     router: JoinHandle<()>,
     /// `[http]`: metrics, health, admin API, dashboard; `None` when off.
     http: Option<crate::http::Http>,
+    /// One task per `[[bridge]]`, ended by the shutdown token.
+    bridges: Vec<JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +155,9 @@ impl Broker {
             )?),
             None => None,
         };
+        let bridges = crate::bridge::start(&ctx).await;
         Ok(Broker {
+            bridges,
             ctx,
             local_addrs,
             listeners: tokio::sync::Mutex::new(running),
@@ -220,6 +224,12 @@ impl Broker {
                 open = gate.connected(),
                 "connections still open after the grace period"
             );
+        }
+        // Before the router goes: a bridge closes its local session.
+        for bridge in self.bridges {
+            if tokio::time::timeout(grace, bridge).await.is_err() {
+                warn!("a bridge did not stop within the grace period");
+            }
         }
         // `/readyz` said 503 while the connections drained.
         if let Some(http) = self.http {
