@@ -304,20 +304,15 @@ fn init_logging(log: &LogSettings, verbose: u8) -> Result<Option<SetLogLevel>, C
             problem: error.to_string(),
         })?;
     let logger = tracing_subscriber::fmt().with_env_filter(filter);
-    let set_level: SetLogLevel = match log.format {
+    let set_level = match log.format {
         LogFormat::Text => {
             let logger = logger
                 .with_target(false)
                 .with_ansi(colour())
                 .with_filter_reloading();
-            let handle = logger.reload_handle();
+            let set_level = level_setter(logger.reload_handle());
             logger.init();
-            Box::new(move |level| {
-                let filter = EnvFilter::builder()
-                    .parse(level)
-                    .map_err(|e| e.to_string())?;
-                handle.reload(filter).map_err(|e| e.to_string())
-            })
+            set_level
         }
         LogFormat::Json => {
             let logger = logger
@@ -325,17 +320,25 @@ fn init_logging(log: &LogSettings, verbose: u8) -> Result<Option<SetLogLevel>, C
                 .flatten_event(true)
                 .with_ansi(false)
                 .with_filter_reloading();
-            let handle = logger.reload_handle();
+            let set_level = level_setter(logger.reload_handle());
             logger.init();
-            Box::new(move |level| {
-                let filter = EnvFilter::builder()
-                    .parse(level)
-                    .map_err(|e| e.to_string())?;
-                handle.reload(filter).map_err(|e| e.to_string())
-            })
+            set_level
         }
     };
     Ok(from_config.then_some(set_level))
+}
+
+/// Sets a reloadable filter from `log.level` directives.
+fn level_setter<S: 'static>(handle: tracing_subscriber::reload::Handle<EnvFilter, S>) -> SetLogLevel
+where
+    tracing_subscriber::reload::Handle<EnvFilter, S>: Send,
+{
+    Box::new(move |level| {
+        let filter = EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// Whether text log lines may carry ANSI colour codes.
