@@ -360,24 +360,7 @@ test('browser: MQTT.js bundle in headless Chromium round-trips over ws', async (
     const tcp = await client(tcpUrl(), {}, track);
     await subscribe(tcp, `${base}/from-browser`, 1);
 
-    browser = await puppeteer.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      userDataDir: profile,
-      timeout: 20_000,
-      protocolTimeout: 20_000,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--disable-dev-shm-usage',
-      ],
-    });
-    chromium = browser.process();
+    browser = await launchChromium(profile);
     const page = await browser.newPage();
     page.on('console', (m) => pageLog.push(`console.${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => pageLog.push(`pageerror: ${e.message}`));
@@ -421,7 +404,7 @@ test('browser: MQTT.js bundle in headless Chromium round-trips over ws', async (
   }
 });
 
-/** Headless Chromium with the flags of the browser test above. */
+/** Headless Chromium with the flags this machine needs (see scripts/js-test). */
 async function launchChromium(profile) {
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,

@@ -247,8 +247,8 @@ fn parse_header(buf: &[u8]) -> io::Result<Option<Header>> {
         return Err(invalid("websocket: unmasked client frame"));
     }
     let (len, at) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+        126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
+            Some(bytes) => (u64::from(u16::from_be_bytes(bytes)), 4),
             None => return Ok(None),
         },
         127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
