@@ -22,6 +22,10 @@ use crate::config::{ListenerConfig, ListenerProtocol};
 pub struct Census {
     /// PUBLISH packets received from clients, by QoS 0, 1, 2.
     received_by_qos: [AtomicU64; 3],
+    /// MQTT packets received, by control packet type.
+    pub packets_in: PacketCounts,
+    /// MQTT packets handed to write tasks, by control packet type.
+    pub packets_out: PacketCounts,
     /// Every listener whose accept loop has started.
     listeners: Mutex<Vec<Arc<ListenerCensus>>>,
 }
@@ -112,6 +116,87 @@ impl ListenerCensus {
     }
 }
 
+/// The MQTT control packet types by their number (the first byte's high
+/// four bits); 0 is reserved and never counted.
+pub const PACKET_TYPES: [&str; 16] = [
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
+/// The type number of PUBLISH in [`PACKET_TYPES`].
+pub const PUBLISH: usize = 3;
+
+/// Packets by type, shared by every connection.
+#[derive(Debug, Default)]
+pub struct PacketCounts([AtomicU64; 16]);
+
+impl PacketCounts {
+    /// Counts one packet from its encoded bytes (nothing for an empty
+    /// slice).
+    pub fn one(&self, packet: &[u8]) {
+        if let Some(&first) = packet.first() {
+            self.0[usize::from(first >> 4)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds what a connection tallied and empties the tally.
+    pub fn add(&self, tally: &mut Tally) {
+        if !tally.any {
+            return;
+        }
+        for (counter, count) in self.0.iter().zip(&mut tally.counts) {
+            if *count > 0 {
+                counter.fetch_add(u64::from(*count), Ordering::Relaxed);
+                *count = 0;
+            }
+        }
+        tally.any = false;
+    }
+
+    /// Packets counted so far, by type number.
+    pub fn by_type(&self) -> [u64; 16] {
+        std::array::from_fn(|kind| self.0[kind].load(Ordering::Relaxed))
+    }
+}
+
+/// One connection's packets by type since its last hand-over to
+/// [`PacketCounts::add`]: counted locally, so the shared atomics are
+/// touched once per read or flush and per type seen, not per packet.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    counts: [u32; 16],
+    any: bool,
+}
+
+impl Tally {
+    /// Counts one packet from its first byte.
+    pub fn count(&mut self, first: u8) {
+        self.add(usize::from(first >> 4), 1);
+    }
+
+    /// Counts `n` packets of type number `kind`.
+    pub fn add(&mut self, kind: usize, n: u32) {
+        if let Some(count) = self.counts.get_mut(kind) {
+            *count = count.saturating_add(n);
+            self.any = true;
+        }
+    }
+}
+
 /// A protocol version as the admin API and the labels spell it.
 pub fn version_name(version: ProtocolVersion) -> &'static str {
     match version {
@@ -140,5 +225,25 @@ mod tests {
         assert_eq!(listener.open(), [0, 1, 1]);
         census.received(QoS::ExactlyOnce);
         assert_eq!(census.received_by_qos(), [0, 0, 1]);
+    }
+
+    #[test]
+    fn packets_are_counted_by_the_type_in_their_first_byte() {
+        let counts = PacketCounts::default();
+        let mut tally = Tally::default();
+        tally.count(0x30); // PUBLISH QoS 0
+        tally.count(0x32); // PUBLISH QoS 1
+        tally.count(0xc0); // PINGREQ
+        tally.add(PUBLISH, 5);
+        counts.add(&mut tally);
+        counts.add(&mut tally); // emptied: adds nothing
+        counts.one(&[0x20, 0x02, 0, 0]); // CONNACK
+        counts.one(&[]);
+        let by_type = counts.by_type();
+        assert_eq!(by_type[PUBLISH], 7);
+        assert_eq!(by_type[12], 1);
+        assert_eq!(PACKET_TYPES[12], "pingreq");
+        assert_eq!(by_type[2], 1);
+        assert_eq!(by_type.iter().sum::<u64>(), 9);
     }
 }

@@ -132,6 +132,13 @@ impl Metrics {
         counter.store(n, Ordering::Relaxed);
     }
 
+    /// Counts one packet written outside a session's batches (a CONNACK,
+    /// a server's DISCONNECT), from its encoded bytes.
+    pub fn sent_packet(&self, packet: &[u8]) {
+        Metrics::incr(&self.packets_sent);
+        self.census.packets_out.one(packet);
+    }
+
     /// Raises a high-water mark to `n` if it is lower.
     pub fn raise(counter: &AtomicU64, n: u64) {
         counter.fetch_max(n, Ordering::Relaxed);

@@ -104,6 +104,38 @@ async fn metrics_move_with_connections_and_publishes() {
     assert!(sample(body, "tidemq_process_resident_memory_bytes").unwrap() > 1e6);
     assert!(sample(body, "tidemq_uptime_seconds").is_some());
     assert_eq!(sample(body, "tidemq_router_queue_depth"), Some(0.0));
+    // Packets by type. Each reply was counted before it was written; what
+    // was received is added after its read, so it is waited for.
+    let received = |kind: &str| format!("tidemq_packets_received_total{{type=\"{kind}\"}}");
+    let sent = |kind: &str| format!("tidemq_packets_sent_total{{type=\"{kind}\"}}");
+    for (kind, count) in [
+        ("connect", 2.0),
+        ("publish", 4.0),
+        ("pubrel", 1.0),
+        ("pingreq", 1.0),
+    ] {
+        wait_sample(http, &received(kind), count).await;
+    }
+    let body = &get(http, "/metrics").await.body;
+    for (kind, count) in [("puback", 0.0), ("subscribe", 0.0), ("auth", 0.0)] {
+        assert_eq!(sample(body, &received(kind)), Some(count), "{kind}");
+    }
+    let replies = [
+        ("connack", 2.0),
+        ("puback", 2.0),
+        ("pubrec", 1.0),
+        ("pubcomp", 1.0),
+        ("pingresp", 1.0),
+        ("publish", 0.0),
+    ];
+    for (kind, count) in replies {
+        assert_eq!(sample(body, &sent(kind)), Some(count), "{kind}:\n{body}");
+    }
+    assert_eq!(
+        sample(body, "tidemq_packets_received_total"),
+        None,
+        "only by type"
+    );
     // Every counter is there with its doc as HELP; gauges are gauges.
     for (name, _) in broker.metrics().named() {
         if name == "messages_received" {
@@ -120,6 +152,7 @@ async fn metrics_move_with_connections_and_publishes() {
         .disconnect(Disconnect::new(ReasonCode::SUCCESS))
         .await;
     wait_sample(http, &format!("{listener}\"5\"}}"), 0.0).await;
+    wait_sample(http, &received("disconnect"), 1.0).await;
     let body = get(http, "/metrics").await.body;
     assert_eq!(sample(&body, &format!("{listener}\"3.1.1\"}}")), Some(1.0));
     drop(client);

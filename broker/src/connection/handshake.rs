@@ -368,6 +368,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
     let frame = read_frame(stream, buf, framer).await?;
     Metrics::incr(&metrics.connects_received);
     Metrics::incr(&metrics.packets_received);
+    metrics.census.packets_in.one(&frame.bytes);
     Metrics::add(&metrics.bytes_received, frame.bytes.len() as u64);
     Ok(decode_connect(&frame)?)
 }
@@ -499,7 +500,7 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(64);
     encode(&Outgoing::ConnAck(connack), version, &mut buf);
-    Metrics::incr(&ctx.metrics.packets_sent);
+    ctx.metrics.sent_packet(&buf);
     Metrics::add(&ctx.metrics.bytes_sent, buf.len() as u64);
     let write = async {
         stream.write_all(&buf).await?;

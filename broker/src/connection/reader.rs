@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sleep_until_option;
 use crate::budget::Budget;
+use crate::census::Tally;
 use crate::metrics::Metrics;
 
 /// Smallest and largest room offered to one read. The room adapts: it
@@ -188,6 +189,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         version: config.version,
         packet_timeout: config.packet_timeout,
         metrics: config.metrics,
+        tally: Tally::default(),
         tx,
     };
     let unsent = match task.read_loop(&stop).await {
@@ -222,6 +224,8 @@ struct ReadTask<R> {
     version: ProtocolVersion,
     packet_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Packets by type since the last read was counted.
+    tally: Tally,
     tx: mpsc::Sender<Inbound>,
 }
 
@@ -237,6 +241,9 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
                 packets += 1;
                 bytes += frame.bytes.len() as u64;
                 let packet = decode_packet(&frame, self.version)?;
+                if let Some(&first) = frame.bytes.first() {
+                    self.tally.count(first);
+                }
                 if self.tx.send(Inbound::Packet(packet)).await.is_err() {
                     return Ok(());
                 }
@@ -246,6 +253,7 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
                 // by every connection.
                 Metrics::add(&self.metrics.packets_received, packets);
                 Metrics::add(&self.metrics.bytes_received, bytes);
+                self.metrics.census.packets_in.add(&mut self.tally);
             }
             let buf = &mut self.buf;
             if buf.bytes.is_empty() {

@@ -91,6 +91,7 @@ async fn farewell<S: Transport>(mut stream: S, end: &End, ctx: &Context, v5: &v5
     };
     let mut buf = bytes::BytesMut::new();
     v5.encode(Outgoing::Disconnect(disconnect), &mut buf);
+    ctx.metrics.sent_packet(&buf);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&buf).await?;
         stream.flush().await?;

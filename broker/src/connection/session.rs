@@ -37,6 +37,7 @@ use super::v5::AliasUse;
 use super::writer::WriterEnd;
 use super::{sleep_until_option, Client, Context};
 use crate::auth::MAX_AUTH_ROUNDS;
+use crate::census::Tally;
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
@@ -86,6 +87,8 @@ pub struct Session {
     /// Packets encoded since they were last added to `packets_sent` (once
     /// per flush: the counter is shared by every connection).
     pub packets_out: u64,
+    /// The same packets by type.
+    pub tally: Tally,
 }
 
 impl Session {
@@ -112,6 +115,7 @@ impl Session {
             rest_after,
             writing,
             packets_out: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -283,11 +287,15 @@ impl Session {
     /// Encodes a packet for the write task; the chunk is handed over at the
     /// end of the current wake-up, or now if it is full.
     async fn send(&mut self, packet: Outgoing) -> Result<(), End> {
+        let start = self.out.len();
         match self.client.v5.as_deref() {
             Some(v5) => v5.encode(packet, &mut self.out),
             None => encode(&packet, self.client.version, &mut self.out),
         }
         self.packets_out += 1;
+        if let Some(&first) = self.out.get(start) {
+            self.tally.count(first);
+        }
         if self.out.len() >= self.out_limit {
             self.flush().await?;
         }
@@ -298,7 +306,9 @@ impl Session {
     /// is full (unless the connection is cancelled meanwhile).
     async fn flush(&mut self) -> Result<(), End> {
         if self.packets_out > 0 {
-            Metrics::add(&self.client.ctx.metrics.packets_sent, self.packets_out);
+            let metrics = &self.client.ctx.metrics;
+            Metrics::add(&metrics.packets_sent, self.packets_out);
+            metrics.census.packets_out.add(&mut self.tally);
             self.packets_out = 0;
         }
         if self.out.is_empty() {
@@ -343,6 +353,10 @@ impl Session {
         }
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         self.packets_out += batch.len() as u64;
+        self.tally.add(
+            crate::census::PUBLISH,
+            u32::try_from(batch.len()).unwrap_or(u32::MAX),
+        );
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent. Each
         // PUBLISH is encoded straight from the shared message.

@@ -117,7 +117,10 @@ impl<S: Transport> Tasks<S> {
                     .as_deref()
                     .and_then(|v5| Some((v5, end.disconnect(&client.ctx)?)));
                 let said = match farewell {
-                    Some((v5, disconnect)) => self.say_goodbye(v5, disconnect, grace).await,
+                    Some((v5, disconnect)) => {
+                        self.say_goodbye(v5, disconnect, grace, &client.ctx.metrics)
+                            .await
+                    }
                     None => false,
                 };
                 let graceful = said || end.is_graceful();
@@ -187,11 +190,17 @@ impl<S: Transport> Tasks<S> {
         v5: &v5::V5Conn,
         disconnect: Disconnect,
         grace: Duration,
+        metrics: &Metrics,
     ) -> bool {
         let mut buf = bytes::BytesMut::new();
         v5.encode(Outgoing::Disconnect(disconnect), &mut buf);
-        let send = self.outgoing.send(buf.freeze());
-        matches!(tokio::time::timeout(grace, send).await, Ok(Ok(())))
+        let packet = buf.freeze();
+        let send = self.outgoing.send(packet.clone());
+        let queued = matches!(tokio::time::timeout(grace, send).await, Ok(Ok(())));
+        if queued {
+            metrics.sent_packet(&packet);
+        }
+        queued
     }
 
     /// Stops both tasks for good; after a graceful end the writer flushes

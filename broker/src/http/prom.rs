@@ -10,6 +10,7 @@
 //! | a counter of `metrics` (`takeovers`)     | `tidemq_takeovers_total` (counter)        |
 //! | a gauge of `metrics` (`*_current`, `*_bytes`) | `tidemq_retained_messages_current` (gauge) |
 //! | `messages_received` by QoS (`census`)    | `tidemq_messages_received_total{qos}`     |
+//! | `packets_received`, `packets_sent` by type (`census`) | `tidemq_packets_received_total{type="publish"}`, ... |
 //! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
 //! | the router's channel                     | `tidemq_router_queue_depth`               |
 //! | `/proc/self/statm`                       | `tidemq_process_resident_memory_bytes`    |
@@ -25,7 +26,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::State;
-use crate::census::VERSIONS;
+use crate::census::{PACKET_TYPES, VERSIONS};
 use crate::config::ListenerProtocol;
 use crate::connection::Context;
 
@@ -86,8 +87,12 @@ impl Collector for Broker {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metrics = &self.ctx.metrics;
         for ((name, value), doc) in metrics.snapshot().named().into_iter().zip(DOCS) {
-            if name == "messages_received" {
-                // Exported by QoS below: the sum of those is this counter.
+            if matches!(
+                name,
+                "messages_received" | "packets_received" | "packets_sent"
+            ) {
+                // Exported with labels below: the sum of those is this
+                // counter.
                 continue;
             }
             if is_gauge(name) {
@@ -111,6 +116,27 @@ impl Collector for Broker {
             let labels = [("qos", qos.to_string())];
             let mut family = received.encode_family(&labels)?;
             family.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+        let by_type = [
+            (
+                "packets_received",
+                "MQTT packets received, by type (the CONNECT included, not AUTH during CONNECT).",
+                &census.packets_in,
+            ),
+            (
+                "packets_sent",
+                "MQTT packets handed to write tasks, by type (the CONNACK included).",
+                &census.packets_out,
+            ),
+        ];
+        for (name, doc, counts) in by_type {
+            let mut metric = encoder.encode_descriptor(name, doc, None, MetricType::Counter)?;
+            let named = PACKET_TYPES.iter().zip(counts.by_type()).skip(1);
+            for (kind, count) in named {
+                let labels = [("type", *kind)];
+                let mut family = metric.encode_family(&labels)?;
+                family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
         }
         let mut connections = encoder.encode_descriptor(
             "connections",
