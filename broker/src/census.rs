@@ -26,6 +26,8 @@ pub struct Census {
     pub packets_in: PacketCounts,
     /// MQTT packets handed to write tasks, by control packet type.
     pub packets_out: PacketCounts,
+    /// Publish-to-delivery latency of sampled messages.
+    pub latency: crate::latency::Latency,
     /// Every listener whose accept loop has started.
     listeners: Mutex<Vec<Arc<ListenerCensus>>>,
 }

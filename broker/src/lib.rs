@@ -46,6 +46,7 @@ mod dormitory;
 pub mod embed;
 mod expiry;
 mod http;
+mod latency;
 mod listener;
 mod mailbox;
 pub mod metrics;

@@ -534,3 +534,54 @@ async fn a_kicked_client_id_is_not_listed_as_online_afterwards() {
     assert_eq!(listed["total"], 0, "{listed}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_latency_is_recorded_for_one_publish_in_16_and_each_of_its_deliveries() {
+    let (broker, http) = http_broker(http_settings()).await;
+    let mut subscribers = Vec::new();
+    for id in ["lat-a", "lat-b"] {
+        let (mut subscriber, _) = RawClient::connected(broker.addr, &ConnectOptions::new(id)).await;
+        subscriber
+            .subscribe_granted(1, &[("lat/#", QoS::AtMostOnce)])
+            .await;
+        subscribers.push(subscriber);
+    }
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("lat-pub")).await;
+    // A retained PUBLISH is not sampled and does not move the sampler: the
+    // next one is the connection's first sampled, then the 17th after it.
+    publisher
+        .publish_acked("lat/r", QoS::AtMostOnce, 1, b"r", true)
+        .await;
+    for n in 0..17u16 {
+        publisher
+            .publish_acked("lat/x", QoS::AtMostOnce, n + 2, b"x", false)
+            .await;
+    }
+    // Each delivery was recorded before its subscriber's batch was written.
+    for subscriber in &mut subscribers {
+        for _ in 0..18 {
+            subscriber.next_publish().await;
+        }
+    }
+    let body = get(http, "/metrics").await.body;
+    assert!(
+        body.contains("# TYPE tidemq_delivery_latency_seconds histogram\n"),
+        "{body}"
+    );
+    // Two sampled messages, two deliveries each.
+    assert_eq!(
+        sample(&body, "tidemq_delivery_latency_seconds_count"),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "tidemq_delivery_latency_seconds_bucket{le=\"+Inf\"}"),
+        Some(4.0),
+        "{body}"
+    );
+    let sum = sample(&body, "tidemq_delivery_latency_seconds_sum").unwrap();
+    assert!(sum > 0.0 && sum < 4.0 * WAIT.as_secs_f64(), "{sum}");
+    drop(subscribers);
+    broker.stop().await;
+}

@@ -38,6 +38,7 @@ use super::writer::WriterEnd;
 use super::{sleep_until_option, Client, Context};
 use crate::auth::MAX_AUTH_ROUNDS;
 use crate::census::Tally;
+use crate::latency::{LatencyTally, Sampler, Stamp};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
@@ -89,6 +90,10 @@ pub struct Session {
     pub packets_out: u64,
     /// The same packets by type.
     pub tally: Tally,
+    /// Picks the PUBLISHes whose latency is measured.
+    pub sampler: Sampler,
+    /// Latencies of sampled deliveries since the last flush.
+    pub latency: LatencyTally,
 }
 
 impl Session {
@@ -116,6 +121,8 @@ impl Session {
             writing,
             packets_out: 0,
             tally: Tally::default(),
+            sampler: Sampler::default(),
+            latency: LatencyTally::default(),
         }
     }
 
@@ -309,6 +316,7 @@ impl Session {
             let metrics = &self.client.ctx.metrics;
             Metrics::add(&metrics.packets_sent, self.packets_out);
             metrics.census.packets_out.add(&mut self.tally);
+            metrics.census.latency.add(&mut self.latency);
             self.packets_out = 0;
         }
         if self.out.is_empty() {
@@ -351,6 +359,7 @@ impl Session {
         if self.client.v5.is_some() {
             self.drop_too_large(&mut batch, now);
         }
+        self.record_latency(&batch);
         Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
         self.packets_out += batch.len() as u64;
         self.tally.add(
@@ -902,16 +911,38 @@ impl Session {
         Ok(())
     }
 
+    /// Records the latency of the sampled messages in a batch about to be
+    /// encoded: one clock read for the batch, none when nothing in it was
+    /// sampled.
+    fn record_latency(&mut self, batch: &[Delivery]) {
+        let mut sampled = batch
+            .iter()
+            .map(|delivery| delivery.message.published_at)
+            .filter(|stamp| stamp.is_set())
+            .peekable();
+        if sampled.peek().is_none() {
+            return;
+        }
+        let now = Stamp::now();
+        for stamp in sampled {
+            self.latency.record(stamp, now);
+        }
+    }
+
     /// The message a PUBLISH becomes: charged to the memory budget, with
     /// what an MQTT 5 publisher set besides topic and payload.
-    fn message(&self, publish: Publish) -> Message {
-        let message = Message::charged(
+    fn message(&mut self, publish: Publish) -> Message {
+        let retain = publish.retain;
+        let mut message = Message::charged(
             publish.topic,
             publish.payload,
             publish.qos,
             publish.retain,
             &self.client.ctx.budget,
         );
+        if !retain {
+            message.published_at = self.sampler.next();
+        }
         // No Local needs the publisher of every MQTT 5 message; the `hash`
         // strategy of shared subscriptions, that of every message.
         let by_publisher = self.client.v5.is_some()

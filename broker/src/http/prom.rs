@@ -11,6 +11,7 @@
 //! | a gauge of `metrics` (`*_current`, `*_bytes`) | `tidemq_retained_messages_current` (gauge) |
 //! | `messages_received` by QoS (`census`)    | `tidemq_messages_received_total{qos}`     |
 //! | `packets_received`, `packets_sent` by type (`census`) | `tidemq_packets_received_total{type="publish"}`, ... |
+//! | sampled publish-to-delivery latency (`latency`) | `tidemq_delivery_latency_seconds` (histogram) |
 //! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
 //! | the router's channel                     | `tidemq_router_queue_depth`               |
 //! | `/proc/self/statm`                       | `tidemq_process_resident_memory_bytes`    |
@@ -138,6 +139,15 @@ impl Collector for Broker {
                 family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
         }
+        let (sum, buckets) = census.latency.buckets();
+        let count = buckets.iter().map(|&(_, count)| count).sum();
+        let mut latency = encoder.encode_descriptor(
+            "delivery_latency_seconds",
+            "From a client's PUBLISH taken by its session to each delivery of it encoded for a subscriber's writer; one non-retained PUBLISH in 16 per connection is sampled.",
+            None,
+            MetricType::Histogram,
+        )?;
+        latency.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         let mut connections = encoder.encode_descriptor(
             "connections",
             "Connections past CONNECT open now (resting ones included), by listener, protocol and MQTT version.",
