@@ -24,7 +24,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConnectionSettings;
@@ -34,13 +33,15 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Gate {
     metrics: Arc<Metrics>,
-    /// One permit per connection past CONNECT (`connections.max_connections`):
-    /// shutdown waits for all of them to come back, resting ones included.
-    slots: Arc<Semaphore>,
-    max_connections: usize,
+    /// Connections past CONNECT holding one of `connections.max_connections`,
+    /// resting ones included.
+    open: AtomicUsize,
+    /// `connections.max_connections`; a reload may lower it below `open`,
+    /// which then refuses new CONNECTs until enough have ended.
+    max_connections: AtomicUsize,
     pending: Mutex<PendingSet>,
     /// `connections.max_connections_per_address`; 0: no limit.
-    per_address_cap: usize,
+    per_address_cap: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -59,12 +60,23 @@ impl Gate {
     pub fn new(listener: &ConnectionSettings, metrics: Arc<Metrics>) -> Gate {
         Gate {
             metrics,
-            slots: Arc::new(Semaphore::new(listener.max_connections)),
-            max_connections: listener.max_connections,
+            open: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(listener.max_connections),
             pending: Mutex::new(PendingSet::new(listener.max_pending)),
-            per_address_cap: listener.max_connections_per_address,
+            per_address_cap: AtomicUsize::new(listener.max_connections_per_address),
             per_address: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Applies reloaded caps. Nothing admitted is closed: with caps lowered
+    /// below what is open, new sockets and CONNECTs are refused (and the
+    /// oldest pending sockets evicted as new ones come) until enough end.
+    pub fn update(&self, settings: &ConnectionSettings) {
+        self.max_connections
+            .store(settings.max_connections, Ordering::Relaxed);
+        self.per_address_cap
+            .store(settings.max_connections_per_address, Ordering::Relaxed);
+        lock(&self.pending).cap = settings.max_pending;
     }
 
     /// Admits a socket just accepted from `addr` as pending, evicting the
@@ -81,10 +93,11 @@ impl Gate {
         addr: IpAddr,
         listener: Option<Arc<ListenerSlots>>,
     ) -> Result<(Admission, Option<Evicted>), Refused> {
-        let addr = if self.per_address_cap > 0 {
+        let cap = self.per_address_cap.load(Ordering::Relaxed);
+        let addr = if cap > 0 {
             let mut counts = lock(&self.per_address);
             let count = counts.entry(addr).or_insert(0);
-            if *count >= self.per_address_cap {
+            if *count >= cap {
                 return Err(Refused::PerAddress);
             }
             *count += 1;
@@ -116,7 +129,17 @@ impl Gate {
 
     /// Connections holding a `max_connections` slot now.
     pub fn connected(&self) -> usize {
-        self.max_connections - self.slots.available_permits()
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a `max_connections` slot if one is free.
+    fn take_slot(&self) -> bool {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok()
     }
 
     fn leave_pending(&self, id: u64) {
@@ -206,22 +229,18 @@ impl Admission {
                 return false;
             }
         }
-        match self.gate.slots.try_acquire() {
-            Ok(permit) => {
-                // Given back in `drop`.
-                permit.forget();
-                self.connected = true;
-                let metrics = &self.gate.metrics;
-                let open = metrics.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
-                Metrics::raise(&metrics.connections_max, open);
-                true
+        if self.gate.take_slot() {
+            // Given back in `drop`.
+            self.connected = true;
+            let metrics = &self.gate.metrics;
+            let open = metrics.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+            Metrics::raise(&metrics.connections_max, open);
+            true
+        } else {
+            if let Some(listener) = &self.listener {
+                listener.give_back();
             }
-            Err(_) => {
-                if let Some(listener) = &self.listener {
-                    listener.give_back();
-                }
-                false
-            }
+            false
         }
     }
 }
@@ -235,7 +254,7 @@ impl Drop for Admission {
             if let Some(listener) = &self.listener {
                 listener.give_back();
             }
-            self.gate.slots.add_permits(1);
+            self.gate.open.fetch_sub(1, Ordering::AcqRel);
             Metrics::decr(&self.gate.metrics.connections_current);
         }
         if let Some(addr) = self.addr.take() {
@@ -305,6 +324,29 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn lowered_caps_keep_what_is_open_and_refuse_what_comes_next() {
+        let gate = gate(|c| {
+            c.max_connections = 3;
+            // Counted from the start (a cap turned on by a reload counts
+            // only the sockets that come after it).
+            c.max_connections_per_address = 5;
+        });
+        let mut open: Vec<Admission> = (1..=3).map(|n| gate.admit(ip(n)).unwrap().0).collect();
+        assert!(open.iter_mut().all(Admission::connect));
+        let mut lowered = Settings::defaults().unwrap().connections;
+        lowered.max_connections = 2;
+        lowered.max_connections_per_address = 1;
+        gate.update(&lowered);
+        assert_eq!(gate.connected(), 3, "nobody is closed");
+        let (mut fourth, _) = gate.admit(ip(4)).unwrap();
+        assert!(!fourth.connect(), "over the lowered cap");
+        assert_eq!(gate.admit(ip(1)).err(), Some(Refused::PerAddress));
+        open.truncate(1);
+        assert_eq!(gate.connected(), 1);
+        assert!(fourth.connect(), "room again under the cap of 2");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! Retained messages are messages: their charge lasts as long as the store
 //! keeps them. The gauge is `metrics.memory_accounted_bytes`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -20,23 +21,35 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Budget {
     metrics: Arc<Metrics>,
-    limit: u64,
+    /// Bytes; a reload may change it.
+    limit: AtomicU64,
 }
 
 impl Budget {
     pub fn new(metrics: Arc<Metrics>, limit: u64) -> Budget {
-        Budget { metrics, limit }
+        Budget {
+            metrics,
+            limit: AtomicU64::new(limit),
+        }
+    }
+
+    /// A reloaded `memory_limit_mb`. Nothing held is freed: over a lowered
+    /// limit, new work is refused until enough is.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
     }
 
     pub fn used(&self) -> u64 {
-        self.metrics
-            .memory_accounted_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics.memory_accounted_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the broker holds more than its limit now: new work is refused.
     pub fn is_over(&self) -> bool {
-        self.used() > self.limit
+        self.used() > self.limit()
     }
 
     pub fn charge(&self, bytes: u64) {
@@ -49,7 +62,7 @@ impl Budget {
 
     /// Charges `bytes` only if that keeps the broker within its limit.
     pub fn try_charge(&self, bytes: u64) -> bool {
-        if self.used().saturating_add(bytes) > self.limit {
+        if self.used().saturating_add(bytes) > self.limit() {
             return false;
         }
         self.charge(bytes);

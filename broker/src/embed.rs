@@ -130,7 +130,7 @@ pub(crate) async fn publish_from(
     origin: Option<ClientId>,
 ) -> Result<(), EmbedError> {
     let topic = TopicName::new(topic)?;
-    if !ctx.router_limits.topic_fits(topic.as_str()) {
+    if !ctx.topic_caps.fits(topic.as_str()) {
         return Err(EmbedError::TopicLimit);
     }
     // Clearing a retained message frees memory, so it is always let in.

@@ -241,7 +241,7 @@ pub async fn accept_loop(
         if !inherited_options() {
             configure(SockRef::from(&stream), &ctx.settings.connections);
         }
-        let deadline = Instant::now() + ctx.settings.connect_timeout();
+        let deadline = Instant::now() + ctx.live.get().connect_timeout();
         let origin = connection::Origin::new(peer, endpoint.clone(), deadline);
         match (endpoint.config.tls.is_some(), endpoint.config.protocol) {
             (false, ListenerProtocol::Mqtt) => {
@@ -261,7 +261,7 @@ fn admit(ctx: &Context, endpoint: &Endpoint, peer: SocketAddr) -> Option<Admissi
             // The evicted socket's task closes it (counted by the gate).
             if evicted.is_some() {
                 if let Some(suppressed) = ctx.throttles.pending_evicted.allow() {
-                    let max_pending = ctx.settings.connections.max_pending;
+                    let max_pending = ctx.live.get().connections.max_pending;
                     warn!(
                         max_pending,
                         suppressed, "closing the oldest socket without CONNECT: too many pending"

@@ -396,7 +396,9 @@ const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 #[derive(Debug)]
 pub struct Registry {
     slots: DashMap<ClientId, Arc<SessionSlot>>,
-    mailbox_limits: MailboxLimits,
+    /// For sessions made from now on (a reload may change it; a session
+    /// keeps the limits it was made with).
+    mailbox_limits: Mutex<MailboxLimits>,
     /// `limits.session_expiry_secs`; `None`: offline sessions are kept. The
     /// expiry of 3.1.1 sessions and the cap on MQTT 5 ones; each session's
     /// own is passed to `went_offline`.
@@ -415,7 +417,7 @@ impl Registry {
     ) -> Registry {
         Registry {
             slots: DashMap::new(),
-            mailbox_limits: mailbox_limits.into(),
+            mailbox_limits: Mutex::new(mailbox_limits.into()),
             expiry,
             deadlines: Deadlines::default(),
             generations: AtomicU64::new(1),
@@ -475,13 +477,21 @@ impl Registry {
         }
     }
 
+    /// Reloaded `max_queued_messages` and `max_queued_bytes`, for sessions
+    /// made from now on.
+    pub fn set_mailbox_limits(&self, messages: usize, bytes: usize) {
+        let mut limits = lock(&self.mailbox_limits);
+        limits.messages = messages;
+        limits.bytes = bytes;
+    }
+
     fn claim(&self, client_id: &ClientId, conn_id: ConnId) -> (Arc<SessionSlot>, bool) {
         let entry = self.slots.entry(client_id.clone()).or_insert_with(|| {
             Metrics::incr(&self.metrics.sessions_current);
             Arc::new(SessionSlot::new(
                 client_id.clone(),
                 conn_id,
-                self.mailbox_limits.clone(),
+                lock(&self.mailbox_limits).clone(),
             ))
         });
         let slot = Arc::clone(entry.value());
@@ -536,7 +546,7 @@ impl Registry {
         let slot = Arc::new(SessionSlot::new(
             client_id.clone(),
             RESTORED,
-            self.mailbox_limits.clone(),
+            lock(&self.mailbox_limits).clone(),
         ));
         slot.set_persistent(true);
         slot.mark_stored();

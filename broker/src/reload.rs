@@ -9,12 +9,18 @@
 //! | a `[[listener]]` removed                        | stops accepting; its connections stay |
 //! | a listener's protocol, TLS on/off, path, rates, caps | needs a restart (`warn` line) |
 //! | `log.level` (the `tidemq` binary, unless RUST_LOG or -v chose the filter) | the new filter at once |
-//! | `[limits]`, `[connections]`, `[storage]`, `[sys]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming the section) |
+//! | `connections.max_connections`, `max_connections_per_address`, `max_pending` | at once for new sockets and CONNECTs; nothing open is closed (over a lowered cap, new ones are refused until enough end) |
+//! | `connections.connect_timeout_ms`; `limits.max_client_id_len`, `max_keepalive_secs`, `max_connect_packet_size` | new connections |
+//! | `limits.memory_limit_mb` | at once (over a lowered limit, new work is refused; nothing held is freed) |
+//! | `limits.max_retained_messages`, `max_retained_bytes`, `max_subscriptions_per_client` | the router's next message; what is stored stays |
+//! | `limits.max_topic_levels`, `max_topic_len` | every connection's next check |
+//! | `limits.max_queued_messages`, `max_queued_bytes` | sessions made from now on (a session keeps its mailbox's limits) |
+//! | the other keys of `[limits]` and `[connections]` (what MQTT 5 clients were told in CONNACK, queue and channel sizes, timers of running connections), `[storage]`, `[sys]`, `[http]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
 //!
 //! Nothing connected is dropped by a reload.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -25,7 +31,105 @@ use tracing::{error, info, warn};
 use crate::config::{ListenerConfig, Settings};
 use crate::connection::Context;
 use crate::listener::{self, Endpoint};
+use crate::router::{RouterLimits, RouterMsg};
 use crate::server::Broker;
+
+/// The `[limits]` keys a reload applies (see the module table).
+const LIVE_LIMITS: &[&str] = &[
+    "memory_limit_mb",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "max_retained_messages",
+    "max_retained_bytes",
+    "max_topic_levels",
+    "max_topic_len",
+    "max_subscriptions_per_client",
+    "max_client_id_len",
+    "max_keepalive_secs",
+    "max_connect_packet_size",
+];
+
+/// The `[connections]` keys a reload applies.
+const LIVE_CONNECTIONS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_address",
+    "max_pending",
+    "connect_timeout_ms",
+];
+
+/// The settings of the last reload, for what is read when it is used (a
+/// CONNECT's checks, a socket's deadline). Locked only to swap or clone
+/// the `Arc`, never on a per-packet path.
+#[derive(Debug)]
+pub struct Live(RwLock<Arc<Settings>>);
+
+impl Live {
+    pub fn new(settings: Settings) -> Live {
+        Live(RwLock::new(Arc::new(settings)))
+    }
+
+    pub fn get(&self) -> Arc<Settings> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn set(&self, settings: Settings) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(settings);
+    }
+}
+
+/// Hands the reloadable limits to whoever enforces them.
+async fn apply_limits(ctx: &Context, settings: &Settings) {
+    ctx.gate.update(&settings.connections);
+    ctx.budget.set_limit(settings.memory_limit_bytes());
+    let limits = &settings.limits;
+    ctx.registry
+        .set_mailbox_limits(limits.max_queued_messages, limits.max_queued_bytes);
+    let router_limits = RouterLimits::from_settings(settings);
+    ctx.topic_caps.set(&router_limits);
+    // The router only stops at shutdown, when limits no longer matter.
+    let _ = ctx.router.send(RouterMsg::Limits(router_limits)).await;
+    info!(
+        max_connections = settings.connections.max_connections,
+        memory_limit_mb = limits.memory_limit_mb,
+        "SIGHUP: limits applied"
+    );
+}
+
+/// The top-level fields of two values of one struct whose `{:#?}` differ,
+/// by name.
+fn changed_fields(old: &dyn std::fmt::Debug, new: &dyn std::fmt::Debug) -> Vec<String> {
+    fn fields(value: &dyn std::fmt::Debug) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in format!("{value:#?}").lines() {
+            let top = line
+                .strip_prefix("    ")
+                .filter(|rest| !rest.starts_with(' '));
+            match (
+                top.and_then(|rest| rest.split_once(": ")),
+                fields.last_mut(),
+            ) {
+                (Some((name, value)), _) => fields.push((name.to_owned(), value.to_owned())),
+                (None, Some((_, value))) => value.push_str(line),
+                (None, None) => {}
+            }
+        }
+        fields
+    }
+    let old = fields(old);
+    fields(new)
+        .into_iter()
+        .filter(|field| !old.contains(field))
+        .map(|(name, _)| name)
+        .collect()
+}
 
 /// One listener's accept loop, and how to stop it.
 #[derive(Debug)]
@@ -90,8 +194,9 @@ fn same_shape(old: &ListenerConfig, new: &ListenerConfig) -> bool {
         && old.max_connect_rate == new.max_connect_rate
 }
 
-/// The sections whose changes need a restart, by name, when they differ.
-fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+/// The keys and sections whose changes need a restart, by name, when they
+/// differ.
+fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let (a, b) = (&old.auth, &new.auth);
@@ -104,18 +209,33 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         b.failed_login_delay_ms,
         b.failed_login_max_delay_ms,
     ) || a.max_concurrent_hashes != b.max_concurrent_hashes;
-    [
-        ("limits", differs(&old.limits, &new.limits)),
-        ("connections", differs(&old.connections, &new.connections)),
+    let keys = |section: &str, old, new, live: &[&str]| {
+        changed_fields(old, new)
+            .into_iter()
+            .filter(|key| !live.contains(&key.as_str()))
+            .map(|key| format!("{section}.{key}"))
+            .collect::<Vec<_>>()
+    };
+    let mut needed = keys("limits", &old.limits, &new.limits, LIVE_LIMITS);
+    needed.extend(keys(
+        "connections",
+        &old.connections,
+        &new.connections,
+        LIVE_CONNECTIONS,
+    ));
+    let sections = [
         ("storage", differs(&old.storage, &new.storage)),
+        ("http", differs(&old.http, &new.http)),
         ("sys", differs(&old.sys, &new.sys)),
         // The binary applies `log.level` itself (see main.rs).
         ("log.format", old.log.format != new.log.format),
         ("auth (takeover, login delays, hashing)", auth_rest),
     ]
     .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
+    .filter(|&(_, changed)| changed)
+    .map(|(name, _)| name.to_owned());
+    needed.extend(sections);
+    needed
 }
 
 impl Broker {
@@ -157,9 +277,12 @@ impl Broker {
             }
         }
         *running = kept;
-        for section in restart_needed(&ctx.settings, settings) {
-            warn!(section, "SIGHUP: changed, but needs a restart to apply");
+        let previous = ctx.live.get();
+        for section in restart_needed(&previous, settings) {
+            warn!(%section, "SIGHUP: changed, but needs a restart to apply");
         }
+        apply_limits(ctx, settings).await;
+        ctx.live.set(settings.clone());
     }
 }
 
@@ -174,4 +297,29 @@ async fn add(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     Running::start(listener, Arc::new(endpoint), ctx).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_is_named_per_key_for_limits_and_connections() {
+        let old = Settings::defaults().unwrap();
+        let mut new = old.clone();
+        new.limits.router_queue += 1;
+        new.limits.max_topic_levels += 1;
+        new.connections.max_connections += 1;
+        new.connections.ws_max_frame_bytes += 1;
+        new.sys.interval_secs += 1;
+        assert_eq!(
+            restart_needed(&old, &new),
+            [
+                "limits.router_queue",
+                "connections.ws_max_frame_bytes",
+                "sys"
+            ]
+        );
+        assert!(restart_needed(&old, &old).is_empty());
+    }
 }

@@ -151,3 +151,84 @@ fn sighup_reloads_the_password_file_and_listeners_without_dropping_anyone() {
     stays.ping();
     broker.stop_without_store();
 }
+
+/// The reason code of the DISCONNECT an MQTT 5 client is sent.
+fn disconnect_reason(client: &mut Client) -> ReasonCode {
+    let frame = client.recv("DISCONNECT");
+    match client.decode(&frame) {
+        Outgoing::Disconnect(disconnect) => disconnect.reason,
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[test]
+fn sighup_applies_connection_and_topic_caps_to_what_comes_next() {
+    let dir = TempDir::new("reload-limits");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let config = dir.path().join("tidemq.toml");
+    let write = |max_connections: u32, max_topic_levels: u32, extra: &str| {
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:1\"\n\n[connections]\nmax_connections = {max_connections}\n\n\
+             [limits]\nmax_topic_levels = {max_topic_levels}\n{extra}"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write(3, 5, "");
+    let broker = Broker::start_with_args(
+        dir.path(),
+        &[("TIDEMQ_STORAGE__ENABLED", "false")],
+        &["-c", config.to_str().unwrap()],
+    );
+    let port = broker.port;
+    let (mut a, _) = Client::connect(port, &v5("a", true, 0));
+    let (mut b, _) = Client::connect(port, &v5("b", true, 0));
+    let (mut c, _) = Client::connect(port, &v5("c", true, 0));
+    // Four levels are within five. Allowed: 0x00 or 0x10.
+    assert!(!puback_reason(&mut a, "l/1/2/3", 1).is_failure());
+
+    // Lowered below what is open: nobody is dropped, newcomers are refused.
+    write(2, 3, "router_queue = 77\n");
+    broker.signal("HUP");
+    assert!(
+        broker
+            .stdout
+            .wait_for("SIGHUP: limits applied", WAIT)
+            .is_some(),
+        "{}",
+        broker.stdout.text()
+    );
+    let restart = broker
+        .stdout
+        .wait_for("needs a restart", WAIT)
+        .expect("a line naming what needs a restart");
+    assert!(restart.contains("limits.router_queue"), "{restart}");
+    assert!(!restart.contains("max_topic_levels"), "{restart}");
+    a.ping();
+    b.ping();
+    c.ping();
+    // Refused with a CONNACK (MQTT 5: 0x89 Server busy), then closed.
+    let (_, refused) = Client::connect_any(port, &v5("d", true, 0));
+    assert_eq!(refused.reason, ReasonCode::SERVER_BUSY, "{refused:?}");
+    // The connected publisher is held to the new topic cap at once.
+    a.send(&publish("l/1/2/3", QoS::AtLeastOnce, 2, b"x", false));
+    assert_eq!(disconnect_reason(&mut a), ReasonCode::QUOTA_EXCEEDED);
+    assert!(!puback_reason(&mut b, "l/1/2", 3).is_failure());
+    // Two left open, at the new cap of two: still no room...
+    let (_, refused) = Client::connect_any(port, &v5("d", true, 0));
+    assert_eq!(refused.reason, ReasonCode::SERVER_BUSY);
+    // ...until one more leaves.
+    c.disconnect();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (mut d, connack) = Client::connect_any(port, &v5("d", true, 0));
+        if connack.reason == ReasonCode::SUCCESS {
+            d.ping();
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no room after c left");
+        // Polling for the slot c gives back as its tasks end.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    b.ping();
+    broker.stop_without_store();
+}

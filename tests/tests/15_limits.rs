@@ -542,3 +542,44 @@ async fn attack_repeated_subscribe_packets_add_nothing_to_a_full_mailbox() {
     );
     broker.stop().await;
 }
+
+/// `Broker::reload` (what SIGHUP calls) raises `max_retained_messages`
+/// and `max_subscriptions_per_client` for the router's next message; what
+/// is stored stays.
+#[tokio::test]
+async fn reloaded_retained_and_subscription_caps_apply_to_the_next_message() {
+    let mut config = settings();
+    config.limits.max_retained_messages = 1;
+    config.limits.max_subscriptions_per_client = 1;
+    config.sys.interval_secs = 0;
+    let broker = TestBroker::start_with(config.clone()).await;
+    let (mut publisher, _) = RawClient::connected(broker.addr, &ConnectOptions::new("p")).await;
+    for (i, topic) in ["t/1", "t/2"].iter().enumerate() {
+        publisher
+            .publish_acked(topic, QoS::AtLeastOnce, i as u16 + 1, b"v", true)
+            .await;
+    }
+    assert_eq!(retained_seen(&broker, "before").await, 1);
+    let (mut subscriber, _) = RawClient::connected(broker.addr, &ConnectOptions::new("s")).await;
+    subscriber
+        .subscribe_granted(1, &[("a", QoS::AtMostOnce)])
+        .await;
+    subscriber
+        .send(&subscribe_bytes(2, &[("b", QoS::AtMostOnce)]))
+        .await;
+    assert_eq!(read_suback(&mut subscriber, WAIT).await, [0x80]);
+
+    config.limits.max_retained_messages = 3;
+    config.limits.max_subscriptions_per_client = 2;
+    broker.broker().reload(&config).await;
+    // The router takes the new caps before the next message it reads.
+    publisher
+        .publish_acked("t/2", QoS::AtLeastOnce, 3, b"v", true)
+        .await;
+    assert_eq!(retained_seen(&broker, "after").await, 2);
+    subscriber
+        .send(&subscribe_bytes(3, &[("b", QoS::AtMostOnce)]))
+        .await;
+    assert_eq!(read_suback(&mut subscriber, WAIT).await, [0]);
+    broker.stop().await;
+}

@@ -97,7 +97,7 @@ where
         }
         Authenticated::Refused(ReasonCode::NOT_AUTHORIZED)
     };
-    tokio::time::timeout(ctx.settings.connect_timeout(), rounds)
+    tokio::time::timeout(ctx.live.get().connect_timeout(), rounds)
         .await
         .unwrap_or(Authenticated::Broken)
 }
@@ -146,7 +146,8 @@ async fn read_auth<S: AsyncRead + Unpin>(
     buf: &mut ReadBuffer,
     ctx: &Context,
 ) -> Option<Auth> {
-    let limits = &ctx.settings.limits;
+    let settings = ctx.live.get();
+    let limits = &settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     let frame = handshake::read_frame(stream, buf, framer).await.ok()?;
     match decode_packet(&frame, ProtocolVersion::V5).ok()? {

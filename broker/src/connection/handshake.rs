@@ -89,7 +89,8 @@ where
 {
     let conn_id = conn_id.0;
     let peer = origin.peer;
-    let limits = &ctx.settings.limits;
+    let settings = ctx.live.get();
+    let limits = &settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     // A partly read CONNECT is charged to the memory budget like any
     // partial packet.
@@ -146,7 +147,7 @@ where
     };
     if let Some(will) = &connect.will {
         let topic = will.topic.as_str();
-        if !ctx.router_limits.topic_fits(topic) {
+        if !ctx.topic_caps.fits(topic) {
             if let Some(suppressed) = ctx.throttles.topic.count(&ctx.metrics.topics_refused_limit) {
                 let len = topic.len();
                 warn!(
@@ -399,7 +400,7 @@ pub(super) async fn read_frame<S: AsyncRead + Unpin>(
 /// maximum (Server Keep Alive [MQTT-3.1.2-21]). 0 (no keepalive) is always
 /// accepted.
 fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<u16, ReasonCode> {
-    let max = ctx.settings.limits.max_keepalive_secs;
+    let max = ctx.live.get().limits.max_keepalive_secs;
     match connect.keep_alive {
         asked if asked <= max => Ok(asked),
         _ if connect.version.is_v5() => Ok(max),

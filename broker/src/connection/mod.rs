@@ -82,7 +82,7 @@ use crate::listener::Endpoint;
 use crate::mailbox::MailboxLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Opened, Ownership, Registry, SessionSlot, WillTimer};
-use crate::router::{RouterHandle, RouterLimits};
+use crate::router::{RouterHandle, RouterLimits, TopicCaps};
 use crate::session::SessionState;
 use crate::throttle::{LogThrottle, Throttles};
 pub use crate::transport::Transport;
@@ -101,7 +101,14 @@ use writer::{WriterConfig, WriterEnd};
 /// dormitory, the counters and the broker's shutdown signal.
 #[derive(Debug)]
 pub struct Context {
+    /// The settings the broker started with. What a reload may change is
+    /// read from [`Context::live`] or from the shared structures it updates
+    /// (see `reload.rs`).
     pub settings: Settings,
+    /// The settings of the last reload (the start's until one happens).
+    pub live: crate::reload::Live,
+    /// `max_topic_levels` and `max_topic_len`, reloadable.
+    pub topic_caps: TopicCaps,
     pub router: RouterHandle,
     pub registry: Registry,
     pub dormitory: Dormitory,
@@ -147,6 +154,8 @@ impl Context {
         let gate = Arc::new(Gate::new(&settings.connections, Arc::clone(&metrics)));
         let logins = crate::security::Logins::new(&settings.auth);
         Ok(Context {
+            live: crate::reload::Live::new(settings.clone()),
+            topic_caps: TopicCaps::new(&router_limits),
             settings,
             router,
             registry,
@@ -200,7 +209,7 @@ pub struct Origin {
 /// rules, for tests that drive connections without a socket.
 #[cfg(test)]
 pub(crate) fn test_origin(peer: SocketAddr, ctx: &Context) -> Origin {
-    let deadline = Instant::now() + ctx.settings.connect_timeout();
+    let deadline = Instant::now() + ctx.live.get().connect_timeout();
     Origin::new(peer, Arc::new(Endpoint::plain(&ctx.settings)), deadline)
 }
 
@@ -381,7 +390,7 @@ async fn connect<S: Transport>(
             .connection_limit
             .count(&ctx.metrics.connections_refused_limit)
         {
-            let max_connections = ctx.settings.connections.max_connections;
+            let max_connections = ctx.live.get().connections.max_connections;
             warn!(
                 conn_id = conn_id.0,
                 %peer,

@@ -792,7 +792,7 @@ impl Session {
         let ctx = &self.client.ctx;
         Metrics::incr(&ctx.metrics.messages_received);
         ctx.metrics.census.received(publish.qos);
-        if !ctx.router_limits.topic_fits(publish.topic.as_str()) {
+        if !ctx.topic_caps.fits(publish.topic.as_str()) {
             return Err(End::TopicLimit);
         }
         if !self.client.may(publish.topic.as_str(), Access::Write) {

@@ -267,7 +267,7 @@ async fn publish(state: &State, request: Request<Incoming>) -> Reply {
     let Ok(topic) = TopicName::new(topic) else {
         return error(StatusCode::BAD_REQUEST, "topic is not a valid topic name");
     };
-    if !ctx.router_limits.topic_fits(topic.as_str()) {
+    if !ctx.topic_caps.fits(topic.as_str()) {
         return error(
             StatusCode::BAD_REQUEST,
             "topic over max_topic_levels or max_topic_len",

@@ -27,7 +27,7 @@ mod subs;
 use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tidemq_protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter};
@@ -106,6 +106,8 @@ pub enum RouterMsg {
     },
     /// What the admin API asks (see `query`).
     Query(query::Query),
+    /// Caps reloaded on SIGHUP (all but the shared subscription strategy).
+    Limits(RouterLimits),
 }
 
 /// Senders' side of the router channel.
@@ -290,8 +292,41 @@ impl RouterLimits {
 
     /// Whether a topic name or filter is within the level and length caps.
     pub fn topic_fits(&self, topic: &str) -> bool {
-        topic.len() <= self.max_topic_len
-            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+        topic_fits(topic, self.max_topic_levels, self.max_topic_len)
+    }
+}
+
+fn topic_fits(topic: &str, max_levels: usize, max_len: usize) -> bool {
+    topic.len() <= max_len && topic.bytes().filter(|&b| b == b'/').count() < max_levels
+}
+
+/// The topic caps sessions check before anything reaches the router
+/// (`max_topic_levels`, `max_topic_len`): atomics, so a reload changes them
+/// for every connection at once, at the cost of two relaxed loads a check.
+#[derive(Debug)]
+pub struct TopicCaps {
+    levels: AtomicUsize,
+    len: AtomicUsize,
+}
+
+impl TopicCaps {
+    pub fn new(limits: &RouterLimits) -> TopicCaps {
+        TopicCaps {
+            levels: AtomicUsize::new(limits.max_topic_levels),
+            len: AtomicUsize::new(limits.max_topic_len),
+        }
+    }
+
+    pub fn set(&self, limits: &RouterLimits) {
+        self.levels
+            .store(limits.max_topic_levels, Ordering::Relaxed);
+        self.len.store(limits.max_topic_len, Ordering::Relaxed);
+    }
+
+    /// Whether a topic name or filter is within the caps.
+    pub fn fits(&self, topic: &str) -> bool {
+        let levels = self.levels.load(Ordering::Relaxed);
+        topic_fits(topic, levels, self.len.load(Ordering::Relaxed))
     }
 }
 
@@ -424,6 +459,15 @@ impl Router {
                 let _ = done.send(());
             }
             RouterMsg::Query(query) => self.query(query),
+            RouterMsg::Limits(limits) => {
+                self.retained
+                    .set_caps(limits.max_retained_messages, limits.max_retained_bytes);
+                // The strategy stays: groups' positions belong to it.
+                self.limits = RouterLimits {
+                    shared_strategy: self.limits.shared_strategy,
+                    ..limits
+                };
+            }
         }
     }
 

@@ -64,6 +64,13 @@ impl Retained {
         }
     }
 
+    /// Reloaded caps: what is stored stays; new messages are refused while
+    /// over them.
+    pub fn set_caps(&mut self, max_count: usize, max_bytes: usize) {
+        self.max_count = max_count;
+        self.max_bytes = max_bytes;
+    }
+
     /// Stores, replaces or clears the retained message of its topic.
     pub fn update(&mut self, message: &Arc<Message>) -> Update {
         let old = self.remove(&message.topic);
