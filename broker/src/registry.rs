@@ -679,10 +679,22 @@ impl Registry {
     /// mailbox at a time (for `$SYS`, every `sys.interval_secs`: a gauge
     /// kept per delivery would cost every fan-out a shared counter).
     pub fn queued_messages(&self) -> u64 {
+        self.queued_and_in_flight().0
+    }
+
+    /// Deliveries waiting in mailboxes, and QoS 1/2 deliveries sent and not
+    /// yet acknowledged as each session last recorded them (when it sent a
+    /// batch or rested), over every session, in one pass.
+    pub fn queued_and_in_flight(&self) -> (u64, u64) {
         self.slots
             .iter()
-            .map(|entry| entry.value().mailbox.len() as u64)
-            .sum()
+            .fold((0, 0), |(queued, in_flight), entry| {
+                let slot = entry.value();
+                (
+                    queued + slot.mailbox.len() as u64,
+                    in_flight + u64::from(slot.in_flight.load(Ordering::Relaxed)),
+                )
+            })
     }
 
     /// Sessions known, online or offline.

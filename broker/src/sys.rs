@@ -28,6 +28,8 @@
 //! | `retained messages/count`            | `retained_messages_current`                     |
 //! | `publish/messages/received`, `/sent` | `messages_received`, `messages_sent`            |
 //! | `publish/messages/dropped`           | `dropped_queue_full` + `dropped_storage_full`   |
+//! | `messages/inflight`                  | QoS 1/2 deliveries unacknowledged, over sessions (as each last recorded it) |
+//! | `heap/current`, `heap/maximum`       | the process's resident memory, and its highest seen at a tick (`<n> bytes`) |
 //! | `load/<what>/{1min,5min,15min}`      | see [`LOADS`]                                   |
 //!
 //! A load is what mosquitto publishes there: a count per minute, averaged
@@ -101,6 +103,8 @@ pub struct SysTree {
     started: Instant,
     last_tick: Instant,
     loads: [Load; LOADS.len()],
+    /// The highest resident memory seen at a tick (`heap/maximum`).
+    resident_max: u64,
 }
 
 /// What the counters do not hold: summed over the sessions at each tick.
@@ -108,6 +112,10 @@ pub struct SysTree {
 pub struct Gauges {
     /// Deliveries waiting in the sessions' mailboxes.
     pub queued: u64,
+    /// QoS 1/2 deliveries sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// The process's resident memory, where the system says.
+    pub resident: Option<u64>,
 }
 
 impl SysTree {
@@ -117,6 +125,7 @@ impl SysTree {
             started,
             last_tick: started,
             loads: [Load::default(); LOADS.len()],
+            resident_max: 0,
         }
     }
 
@@ -167,10 +176,17 @@ impl SysTree {
             ("publish/messages/received", m.messages_received.to_string()),
             ("publish/messages/sent", m.messages_sent.to_string()),
             ("publish/messages/dropped", dropped(m).to_string()),
+            ("messages/inflight", gauges.in_flight.to_string()),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
+        if let Some(resident) = gauges.resident {
+            self.resident_max = self.resident_max.max(resident);
+            topics.push(("heap/current".to_owned(), format!("{resident} bytes")));
+            let maximum = format!("{} bytes", self.resident_max);
+            topics.push(("heap/maximum".to_owned(), maximum));
+        }
         for (load, (name, _)) in self.loads.iter().zip(LOADS) {
             for (average, (window, _)) in load.averages.iter().zip(WINDOWS) {
                 topics.push((format!("load/{name}/{window}"), format!("{average:.2}")));
@@ -195,8 +211,11 @@ pub async fn run(ctx: Arc<Context>, interval: Duration) {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let (queued, in_flight) = ctx.registry.queued_and_in_flight();
         let gauges = Gauges {
-            queued: ctx.registry.queued_messages(),
+            queued,
+            in_flight,
+            resident: crate::http::prom::resident_memory_bytes(),
         };
         let topics = tree.tick(&ctx.metrics.snapshot(), gauges, Instant::now());
         if !publish(&ctx, topics).await {
@@ -284,7 +303,15 @@ mod tests {
             messages_received: 9,
             ..MetricsSnapshot::default()
         };
-        let topics = tree.tick(&m, Gauges { queued: 5 }, start);
+        let gauges = Gauges {
+            queued: 5,
+            in_flight: 4,
+            resident: Some(3 << 20),
+        };
+        let topics = tree.tick(&m, gauges, start);
+        assert_eq!(value(&topics, "messages/inflight"), "4");
+        assert_eq!(value(&topics, "heap/current"), "3145728 bytes");
+        assert_eq!(value(&topics, "heap/maximum"), "3145728 bytes");
         assert_eq!(value(&topics, "clients/connected"), "3");
         assert_eq!(value(&topics, "clients/disconnected"), "2");
         assert_eq!(value(&topics, "clients/total"), "5");

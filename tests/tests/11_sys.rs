@@ -52,7 +52,7 @@ async fn mqtt_4_7_2_1_hash_does_not_receive_sys_topics() {
 }
 
 /// mosquitto's `$SYS/broker/` names, below the prefix.
-const MOSQUITTO_NAMES: [&str; 18] = [
+const MOSQUITTO_NAMES: [&str; 21] = [
     "version",
     "uptime",
     "clients/connected",
@@ -71,6 +71,9 @@ const MOSQUITTO_NAMES: [&str; 18] = [
     "publish/messages/received",
     "publish/messages/sent",
     "publish/messages/dropped",
+    "messages/inflight",
+    "heap/current",
+    "heap/maximum",
 ];
 
 /// What each load follows; each has a 1min, 5min and 15min topic.
@@ -264,4 +267,40 @@ async fn mosquitto_names_follow_the_traffic() {
     assert!(sys.number("publish/messages/sent") > count("publish/messages/sent"));
     assert!(sys.load("load/bytes/received/1min") > 0.0);
     assert!(sys.load("load/messages/received/15min") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_inflight_counts_unacknowledged_deliveries_and_heap_is_in_bytes() {
+    let mut config = settings();
+    config.sys.interval_secs = 1;
+    let broker = TestBroker::start_with(config).await;
+    let mut sys = SysView::start(&broker).await;
+    // A subscriber that takes QoS 1 deliveries and never acknowledges them.
+    let (mut holder, _) = RawClient::connected(broker.addr, &ConnectOptions::new("holder")).await;
+    holder
+        .subscribe_granted(1, &[("held/#", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new("publisher")).await;
+    for n in 0..3u16 {
+        publisher
+            .publish_acked("held/x", QoS::AtLeastOnce, n + 1, b"x", false)
+            .await;
+        holder.next_publish().await;
+    }
+    sys.until("three deliveries in flight", |sys| {
+        sys.values.contains_key("messages/inflight") && sys.number("messages/inflight") == 3
+    })
+    .await;
+    let bytes = |name: &str| -> u64 {
+        let text = sys.text(name).strip_suffix(" bytes").expect("<n> bytes");
+        text.parse().expect("a number of bytes")
+    };
+    assert!(
+        bytes("heap/current") > 1 << 20,
+        "{}",
+        sys.text("heap/current")
+    );
+    assert!(bytes("heap/maximum") >= bytes("heap/current"));
+    broker.stop().await;
 }

@@ -21,7 +21,7 @@
 //! drains at shutdown, and is stopped just before the store is closed.
 
 mod api;
-mod prom;
+pub(crate) mod prom;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
