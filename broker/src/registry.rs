@@ -675,16 +675,11 @@ impl Registry {
         self.slot(client_id).is_some_and(|slot| slot.kick())
     }
 
-    /// Deliveries queued in every session's mailbox now, summed one
-    /// mailbox at a time (for `$SYS`, every `sys.interval_secs`: a gauge
-    /// kept per delivery would cost every fan-out a shared counter).
-    pub fn queued_messages(&self) -> u64 {
-        self.queued_and_in_flight().0
-    }
-
     /// Deliveries waiting in mailboxes, and QoS 1/2 deliveries sent and not
     /// yet acknowledged as each session last recorded them (when it sent a
-    /// batch or rested), over every session, in one pass.
+    /// batch or rested), summed over every session in one pass (for `$SYS`,
+    /// every `sys.interval_secs`: a gauge kept per delivery would cost every
+    /// fan-out a shared counter).
     pub fn queued_and_in_flight(&self) -> (u64, u64) {
         self.slots
             .iter()
