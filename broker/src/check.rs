@@ -1,7 +1,8 @@
 //! `tidemq check-config`: what a start loads from disk before it binds
-//! (each listener's certificates, password and ACL files), loaded and
-//! dropped. Binding, the store and its lock are left to the start: a check
-//! must not take the directory of a running broker.
+//! (each listener's certificates, password and ACL files, each bridge's
+//! TLS files), loaded and dropped. Binding, the store and its lock are
+//! left to the start: a check must not take the directory of a running
+//! broker.
 
 use crate::config::Settings;
 use crate::listener::Endpoint;
@@ -13,5 +14,6 @@ pub fn check_config(settings: &Settings) -> Result<(), StartError> {
     for listener in &settings.listeners {
         Endpoint::new(listener, settings)?;
     }
+    crate::bridge::Prepared::load_all(&settings.bridges)?;
     Ok(())
 }

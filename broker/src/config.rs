@@ -34,13 +34,14 @@ pub struct Settings {
 }
 
 /// `[[bridge]]`: one connection to a remote broker, read as mosquitto reads
-/// its bridge settings.
-#[derive(Debug, Clone, Deserialize)]
+/// its bridge settings. Compared whole by a reload: a bridge whose table is
+/// unchanged keeps running.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
-    /// Names the bridge in logs and in the default client id.
+    /// Names the bridge in logs and in the default client id; unique.
     pub name: String,
-    /// The remote broker, "host:port" (plain TCP).
+    /// The remote broker, "host:port": plain TCP, or TLS with `tls`.
     pub address: String,
     /// The client id on the remote; default `tidemq-bridge-<name>`.
     #[serde(default)]
@@ -60,6 +61,41 @@ pub struct BridgeConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// TLS to the remote; absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<BridgeTls>,
+    /// mosquitto's `notifications` (default true): the connection state,
+    /// retained "1" / "0", on [`BridgeConfig::notification_topic`], on the
+    /// remote (with the will for "0") and here.
+    #[serde(default = "default_notifications")]
+    pub notifications: bool,
+    /// mosquitto's `notification_topic`; default
+    /// `$SYS/broker/connection/<client id on the remote>/state`.
+    #[serde(default)]
+    pub notification_topic: Option<String>,
+}
+
+/// A bridge's `tls = { ... }`: PEM files, named after mosquitto's
+/// `bridge_cafile`, `bridge_certfile`, `bridge_keyfile`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTls {
+    /// The CA(s) the remote's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Our certificate and its key, for a remote that asks for one; both
+    /// or neither.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the remote's certificate must carry; default the host of
+    /// `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// mosquitto's `bridge_insecure`: the certificate's chain is checked,
+    /// its name is not. Default false.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_reconnect_min_ms() -> u64 {
@@ -70,6 +106,10 @@ fn default_reconnect_max_ms() -> u64 {
     30_000
 }
 
+fn default_notifications() -> bool {
+    true
+}
+
 impl BridgeConfig {
     /// The client id used on the remote.
     pub fn remote_client_id(&self) -> String {
@@ -78,13 +118,26 @@ impl BridgeConfig {
             .unwrap_or_else(|| format!("tidemq-bridge-{}", self.name))
     }
 
+    /// Where the connection state is published; `None` without
+    /// notifications.
+    pub fn notification_topic(&self) -> Option<String> {
+        if !self.notifications {
+            return None;
+        }
+        Some(
+            self.notification_topic.clone().unwrap_or_else(|| {
+                format!("$SYS/broker/connection/{}/state", self.remote_client_id())
+            }),
+        )
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(invalid("bridge.name", "must not be empty"));
         }
-        if crate::bridge::split_address(&self.address).is_none() {
+        let Some((host, _)) = crate::bridge::split_address(&self.address) else {
             return Err(invalid("bridge.address", "must be \"host:port\""));
-        }
+        };
         if self.topics.is_empty() {
             return Err(invalid("bridge.topics", "must list at least one topic"));
         }
@@ -98,6 +151,42 @@ impl BridgeConfig {
                 "bridge.reconnect_max_ms",
                 "must be at least bridge.reconnect_min_ms, which must be positive",
             ));
+        }
+        if let Some(topic) = self.notification_topic() {
+            if let Err(problem) = tidemq_protocol::TopicName::new(&topic) {
+                return Err(invalid(
+                    "bridge.notification_topic",
+                    &format!("{topic:?} (from the client id when not set): {problem}"),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&host)?;
+        }
+        Ok(())
+    }
+}
+
+impl BridgeTls {
+    /// What can be checked without the files, which the start loads.
+    fn validate(&self, host: &str) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(
+                "bridge.tls.key_file",
+                "bridge.tls.cert_file and key_file go together",
+            ));
+        }
+        // rumqttc sends the host as the TLS server name.
+        if crate::bridge::server_name_is_valid(host).is_err() {
+            return Err(invalid(
+                "bridge.address",
+                "with tls, the host must be a DNS name or an IP address",
+            ));
+        }
+        if let Some(name) = &self.server_name {
+            if let Err(problem) = crate::bridge::server_name_is_valid(name) {
+                return Err(invalid("bridge.tls.server_name", &problem));
+            }
         }
         Ok(())
     }
@@ -547,8 +636,14 @@ impl Settings {
                 "must be at most 1000000 (one second)",
             ));
         }
-        for bridge in &self.bridges {
+        for (n, bridge) in self.bridges.iter().enumerate() {
             bridge.validate()?;
+            if self.bridges.iter().take(n).any(|b| b.name == bridge.name) {
+                return Err(invalid(
+                    "bridge.name",
+                    &format!("{:?} names two bridges", bridge.name),
+                ));
+            }
         }
         Ok(())
     }
@@ -800,5 +895,63 @@ mod bridge_tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("`bridge.address`"), "{error}");
+    }
+
+    #[test]
+    fn notifications_default_to_mosquittos_topic() {
+        let settings = load_text(
+            "notify.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\
+             [[bridge]]\nname = \"quiet\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\
+             notifications = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            settings.bridges[0].notification_topic().as_deref(),
+            Some("$SYS/broker/connection/tidemq-bridge-hq/state")
+        );
+        assert_eq!(settings.bridges[1].notification_topic(), None);
+        let error = load_text(
+            "bad-notify.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\
+             notification_topic = \"state/+\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`bridge.notification_topic`"), "{error}");
+    }
+
+    #[test]
+    fn a_tls_table_loads_and_its_key_goes_with_its_certificate() {
+        let settings = load_text(
+            "tls-bridge.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"hq.example:8883\"\ntopics = [\"a\"]\n\
+             tls = { ca_file = \"ca.pem\", cert_file = \"me.pem\", key_file = \"me.key\", server_name = \"broker.example\" }\n",
+        )
+        .unwrap();
+        let tls = settings.bridges[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, PathBuf::from("ca.pem"));
+        assert_eq!(tls.server_name.as_deref(), Some("broker.example"));
+        assert!(!tls.insecure);
+        let error = load_text(
+            "tls-no-key.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"hq.example:8883\"\ntopics = [\"a\"]\n\
+             tls = { ca_file = \"ca.pem\", cert_file = \"me.pem\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`bridge.tls.key_file`"), "{error}");
+    }
+
+    #[test]
+    fn two_bridges_cannot_share_a_name() {
+        let error = load_text(
+            "twins.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\
+             [[bridge]]\nname = \"hq\"\naddress = \"10.0.0.2:1883\"\ntopics = [\"b\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`bridge.name`"), "{error}");
     }
 }

@@ -16,6 +16,7 @@
 //! | `limits.max_topic_levels`, `max_topic_len` | every connection's next check |
 //! | `limits.max_queued_messages`, `max_queued_bytes` | sessions made from now on (a session keeps its mailbox's limits) |
 //! | the other keys of `[limits]` and `[connections]` (what MQTT 5 clients were told in CONNACK, queue and channel sizes, timers of running connections), `[storage]`, `[sys]`, `[http]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
+//! | a `[[bridge]]` added, removed or changed (matched by `name`) | added: started; removed: stopped (DISCONNECT, its local session closed); changed: stopped and started again; unchanged: untouched (see `crate::bridge`) |
 //!
 //! Nothing connected is dropped by a reload.
 
@@ -283,6 +284,7 @@ impl Broker {
         }
         apply_limits(ctx, settings).await;
         ctx.live.set(settings.clone());
+        self.bridges().reload(ctx, &settings.bridges).await;
     }
 }
 

@@ -30,8 +30,8 @@ pub struct Broker {
     router: JoinHandle<()>,
     /// `[http]`: metrics, health, admin API, dashboard; `None` when off.
     http: Option<crate::http::Http>,
-    /// One task per `[[bridge]]`, ended by the shutdown token.
-    bridges: Vec<JoinHandle<()>>,
+    /// The running `[[bridge]]`s (SIGHUP changes them: see `reload`).
+    bridges: crate::bridge::Bridges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +52,19 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Listener(#[from] EndpointError),
+    #[error("{0}")]
+    Bridge(#[from] crate::bridge::BridgeTlsError),
 }
 
 impl StartError {
     /// The process exit code for this failure: 2 when the store's files
     /// are damaged or unreadable, or a listener's certificate, password or
-    /// ACL file is bad (the operator must act), 1 otherwise.
+    /// ACL file or a bridge's TLS file is bad (the operator must act), 1
+    /// otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Store(error) if !error.is_locked() => 2,
-            StartError::Listener(_) => 2,
+            StartError::Listener(_) | StartError::Bridge(_) => 2,
             _ => 1,
         }
     }
@@ -78,6 +81,8 @@ impl Broker {
         settings: Settings,
         authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
     ) -> Result<Broker, StartError> {
+        // Before anything is opened: a bad file stops the start here.
+        let bridges = crate::bridge::Prepared::load_all(&settings.bridges)?;
         let metrics = Arc::new(Metrics::default());
         // Before binding: a second broker on the same directory stops here.
         let budget = Arc::new(Budget::new(metrics.clone(), settings.memory_limit_bytes()));
@@ -155,7 +160,7 @@ impl Broker {
             )?),
             None => None,
         };
-        let bridges = crate::bridge::start(&ctx).await;
+        let bridges = crate::bridge::Bridges::start(&ctx, bridges).await;
         Ok(Broker {
             bridges,
             ctx,
@@ -172,6 +177,10 @@ impl Broker {
 
     pub(crate) fn listeners(&self) -> &tokio::sync::Mutex<Vec<crate::reload::Running>> {
         &self.listeners
+    }
+
+    pub(crate) fn bridges(&self) -> &crate::bridge::Bridges {
+        &self.bridges
     }
 
     /// The addresses listened on now (after reloads).
@@ -226,11 +235,7 @@ impl Broker {
             );
         }
         // Before the router goes: a bridge closes its local session.
-        for bridge in self.bridges {
-            if tokio::time::timeout(grace, bridge).await.is_err() {
-                warn!("a bridge did not stop within the grace period");
-            }
-        }
+        self.bridges.stop(grace).await;
         // `/readyz` said 503 while the connections drained.
         if let Some(http) = self.http {
             http.stop().await;

@@ -4,27 +4,57 @@
 //! messages in flight and restarted, and without a message coming back
 //! over the bridge it left by. Mosquitto keeps its sessions across the
 //! restart (`autosave_on_changes`), so a loss can only be the bridge's.
+//! Over TLS (certificates from `tidemq_tests::tls::Pki`): both ways, with
+//! a client certificate when mosquitto requires one, and nothing through a
+//! bridge that trusts another CA (it keeps retrying); a TLS file that does
+//! not load stops the start. Notifications: "1" on both sides after the
+//! CONNACK, the will's "0" on mosquitto when tidemq dies, "0" here when
+//! the connection is lost. A reload starts an added bridge, stops a
+//! removed one and leaves an unchanged one alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
+use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{Event, MqttOptions, Packet, QoS as RQoS};
-use tidemq::config::BridgeConfig;
-use tidemq::QoS;
+use tidemq::config::{BridgeConfig, BridgeTls};
+use tidemq::{Broker, QoS, Settings};
+use tidemq_tests::tls::Pki;
 use tidemq_tests::{mqtt_options, settings, Client, TestBroker, QUIET, WAIT};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 /// How long the restart test waits for all of its messages.
 const RESTART_WAIT: Duration = Duration::from_secs(30);
 
-/// A mosquitto broker run by a test; killed when dropped.
+/// The default notification topic of the bridge named `name`.
+fn state_topic(name: &str) -> String {
+    format!("$SYS/broker/connection/tidemq-bridge-{name}/state")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How mosquitto's TLS listener is set up.
+struct TlsListener<'a> {
+    pki: &'a Pki,
+    require_certificate: bool,
+}
+
+/// A mosquitto broker run by a test; killed when dropped. Test clients use
+/// its plain listener (`port`); with TLS, the bridge uses `tls_port`.
 struct Mosquitto {
     port: u16,
+    tls_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -33,25 +63,49 @@ impl Mosquitto {
     /// Starts mosquitto on a free port, with its persistence file in a
     /// directory of its own, and waits until it accepts connections.
     async fn start(name: &str) -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Mosquitto::start_with(name, None).await
+    }
+
+    /// As [`Mosquitto::start`], plus a TLS listener on `tls_port` with the
+    /// PKI's server certificate, asking for client certificates signed by
+    /// its CA when `require_certificate`.
+    async fn start_tls(name: &str, pki: &Pki, require_certificate: bool) -> Mosquitto {
+        let tls = TlsListener {
+            pki,
+            require_certificate,
+        };
+        Mosquitto::start_with(name, Some(tls)).await
+    }
+
+    async fn start_with(name: &str, tls: Option<TlsListener<'_>>) -> Mosquitto {
+        let (port, tls_port) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("tidemq-bridge-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Run as root, mosquitto drops to its own user, which must be able
         // to write its persistence file here.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let config = format!(
+        let mut config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
              autosave_on_changes true\nautosave_interval 1\n",
             dir.display()
         );
+        if let Some(TlsListener {
+            pki,
+            require_certificate,
+        }) = tls
+        {
+            config.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
+                pki.path("ca.pem").display(),
+                pki.path("server.pem").display(),
+                pki.path("server.key").display(),
+            ));
+        }
         std::fs::write(dir.join("mosquitto.conf"), config).unwrap();
         let mut mosquitto = Mosquitto {
             port,
+            tls_port,
             dir,
             child: None,
         };
@@ -60,12 +114,18 @@ impl Mosquitto {
     }
 
     async fn run(&mut self) {
+        // Its log (stderr), kept across restarts: a test counts its lines.
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("cannot run mosquitto: install the mosquitto package, CI does");
         self.child = Some(child);
@@ -77,6 +137,15 @@ impl Mosquitto {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// How many lines of mosquitto's log contain `text`.
+    fn log_lines(&self, text: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("mosquitto.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
     }
 
     fn signal(&self, signal: &str) {
@@ -112,17 +181,46 @@ impl Mosquitto {
     }
 
     fn bridge(&self, topics: &[&str]) -> BridgeConfig {
+        self.named_bridge("test", topics)
+    }
+
+    /// A plain TCP bridge named `name` (client id `tidemq-bridge-<name>`).
+    fn named_bridge(&self, name: &str, topics: &[&str]) -> BridgeConfig {
+        bridge_config(name, self.port, topics)
+    }
+
+    /// A bridge to the TLS listener, by address (the certificate names
+    /// 127.0.0.1), trusting `ca_file`.
+    fn tls_bridge(&self, topics: &[&str], pki: &Pki, ca_file: &str) -> BridgeConfig {
         BridgeConfig {
-            name: "test".to_owned(),
-            address: format!("127.0.0.1:{}", self.port),
-            client_id: None,
-            username: None,
-            password: None,
-            clean_session: false,
-            topics: topics.iter().map(|line| line.to_string()).collect(),
-            reconnect_min_ms: 20,
-            reconnect_max_ms: 200,
+            address: format!("127.0.0.1:{}", self.tls_port),
+            tls: Some(BridgeTls {
+                ca_file: pki.path(ca_file),
+                cert_file: None,
+                key_file: None,
+                server_name: None,
+                insecure: false,
+            }),
+            ..self.bridge(topics)
         }
+    }
+}
+
+/// A bridge named `name` to 127.0.0.1:`port`, retrying quickly.
+fn bridge_config(name: &str, port: u16, topics: &[&str]) -> BridgeConfig {
+    BridgeConfig {
+        name: name.to_owned(),
+        address: format!("127.0.0.1:{port}"),
+        client_id: None,
+        username: None,
+        password: None,
+        clean_session: false,
+        topics: topics.iter().map(|line| line.to_string()).collect(),
+        reconnect_min_ms: 20,
+        reconnect_max_ms: 200,
+        tls: None,
+        notifications: true,
+        notification_topic: None,
     }
 }
 
@@ -137,8 +235,12 @@ impl Drop for Mosquitto {
 }
 
 async fn start_bridged(mosquitto: &Mosquitto, topics: &[&str]) -> TestBroker {
+    start_with_bridges(vec![mosquitto.bridge(topics)]).await
+}
+
+async fn start_with_bridges(bridges: Vec<BridgeConfig>) -> TestBroker {
     let mut settings = settings();
-    settings.bridges = vec![mosquitto.bridge(topics)];
+    settings.bridges = bridges;
     settings.validate().unwrap();
     TestBroker::start_with(settings).await
 }
@@ -373,5 +475,340 @@ async fn a_both_topic_does_not_loop() {
         1,
         "only loop/ready came in"
     );
+    broker.stop().await;
+}
+
+/// The next PUBLISH `client` receives, which must be `payload` on `topic`.
+async fn expect_next(client: &mut Client, topic: &str, payload: &str) -> rumqttc::Publish {
+    let publish = client.next_publish().await;
+    assert_eq!(
+        (publish.topic.as_str(), &publish.payload[..]),
+        (topic, payload.as_bytes()),
+        "expected {payload:?} on {topic}"
+    );
+    publish
+}
+
+/// Publishes on `topic` here (its name as the payload) and asserts it is
+/// the next thing `remote` receives.
+async fn carries_out(broker: &TestBroker, remote: &mut Client, topic: &str) {
+    broker
+        .broker()
+        .publish(topic, topic.to_owned(), QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    expect_next(remote, topic, topic).await;
+}
+
+/// With `remote` subscribed to `out/#` and `in/#` on mosquitto, and
+/// `in/ready` retained there before the bridge started: the retained
+/// message comes in once the bridge has subscribed, a live one follows, and
+/// one published here goes out.
+async fn assert_carries_both_ways(broker: &TestBroker, mosquitto: &Mosquitto, remote: &mut Client) {
+    let mut local = Client::connect(mqtt_options(broker, "local-sub")).await;
+    local.subscribe("in/#", RQoS::AtLeastOnce).await;
+    let ready = next_on(&mut local, "in/ready").await;
+    assert_eq!(&ready.payload[..], b"ready");
+    let remote_pub = Client::connect(mosquitto.options("remote-pub")).await;
+    remote_pub
+        .client
+        .publish("in/live", RQoS::AtLeastOnce, false, "from mosquitto")
+        .await
+        .unwrap();
+    assert_eq!(
+        &next_on(&mut local, "in/live").await.payload[..],
+        b"from mosquitto"
+    );
+    broker
+        .broker()
+        .publish("out/a", "from tidemq", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(&next_on(remote, "out/a").await.payload[..], b"from tidemq");
+}
+
+/// A subscriber on mosquitto to `out/#` and `in/#`, with `in/ready`
+/// retained there.
+async fn remote_with_ready(mosquitto: &Mosquitto) -> Client {
+    let mut remote = Client::connect(mosquitto.options("remote-sub")).await;
+    remote.subscribe("out/#", RQoS::AtLeastOnce).await;
+    remote.subscribe("in/#", RQoS::AtLeastOnce).await;
+    retain_on_remote(mosquitto, &mut remote, "in/ready").await;
+    remote
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_a_tls_bridge_both_ways() {
+    let pki = Pki::new("bridge-tls");
+    let mosquitto = Mosquitto::start_tls("tls", &pki, false).await;
+    let mut remote = remote_with_ready(&mosquitto).await;
+    // The server certificate is checked against the address's 127.0.0.1.
+    let bridge = mosquitto.tls_bridge(&["out/# out 1", "in/# in 1"], &pki, "ca.pem");
+    let broker = start_with_bridges(vec![bridge]).await;
+    assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_cert_file_and_key_file() {
+    let pki = Pki::new("bridge-mutual-tls");
+    let mosquitto = Mosquitto::start_tls("mutual-tls", &pki, true).await;
+    let mut remote = remote_with_ready(&mosquitto).await;
+    remote.subscribe("anonymous/#", RQoS::AtLeastOnce).await;
+    let mut with_cert = mosquitto.tls_bridge(&["out/# out 1", "in/# in 1"], &pki, "ca.pem");
+    let tls = with_cert.tls.as_mut().unwrap();
+    tls.cert_file = Some(pki.path("client.pem"));
+    tls.key_file = Some(pki.path("client.key"));
+    // Checked against this name instead of the address's 127.0.0.1.
+    tls.server_name = Some("localhost".to_owned());
+    // The same CA, no certificate of its own: mosquitto turns it away.
+    let without_cert = BridgeConfig {
+        name: "anonymous".to_owned(),
+        topics: vec!["anonymous/# out 1".to_owned()],
+        ..mosquitto.tls_bridge(&[], &pki, "ca.pem")
+    };
+    let broker = start_with_bridges(vec![with_cert, without_cert]).await;
+    broker
+        .broker()
+        .publish("anonymous/x", "refused", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
+    // The one without was turned away, twice at least: it keeps trying.
+    wait_for_log(&mosquitto, "peer did not return a certificate", 2).await;
+    remote.assert_no_publish().await;
+    broker.stop().await;
+}
+
+/// Waits until `count` lines of mosquitto's log contain `text`.
+async fn wait_for_log(mosquitto: &Mosquitto, text: &str, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    while mosquitto.log_lines(text) < count {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {count} log lines with {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_trusting_another_ca_carries_nothing_and_keeps_trying() {
+    let pki = Pki::new("bridge-other-ca");
+    let mosquitto = Mosquitto::start_tls("other-ca", &pki, false).await;
+    let mut remote = Client::connect(mosquitto.options("remote-sub")).await;
+    remote.subscribe("out/#", RQoS::AtLeastOnce).await;
+    remote
+        .subscribe("$SYS/broker/connection/#", RQoS::AtLeastOnce)
+        .await;
+    let bridge = mosquitto.tls_bridge(&["out/# out 1"], &pki, "other-ca.pem");
+    let broker = start_with_bridges(vec![bridge]).await;
+    broker
+        .broker()
+        .publish("out/x", "never", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    // Mosquitto logs every connection to its TLS listener (before the
+    // handshake): the bridge keeps trying.
+    let tls_connections = format!("on port {}.", mosquitto.tls_port);
+    wait_for_log(&mosquitto, &tls_connections, 3).await;
+    // Neither the message nor a "1" notification got through.
+    remote.assert_no_publish().await;
+    assert_eq!(broker.metrics().bridge_messages_out, 0);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_file_that_does_not_load_stops_the_start() {
+    let pki = Pki::new("bridge-bad-file");
+    let mut settings = settings();
+    let mut bridge = bridge_config("hq", 1, &["a/# out 1"]);
+    bridge.tls = Some(BridgeTls {
+        ca_file: pki.path("missing-ca.pem"),
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        insecure: false,
+    });
+    settings.bridges = vec![bridge.clone()];
+    settings.validate().unwrap();
+    let error = Broker::start(settings.clone()).await.unwrap_err();
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("missing-ca.pem"), "{error}");
+    let checked = tidemq::check_config(&settings).unwrap_err();
+    assert!(checked.to_string().contains("missing-ca.pem"), "{checked}");
+    // A key file without a key is named as well.
+    bridge.tls = Some(BridgeTls {
+        ca_file: pki.path("ca.pem"),
+        cert_file: Some(pki.path("client.pem")),
+        key_file: Some(pki.path("client.pem")),
+        server_name: None,
+        insecure: false,
+    });
+    settings.bridges = vec![bridge];
+    let error = Broker::start(settings).await.unwrap_err();
+    assert_eq!(error.exit_code(), 2);
+    let message = error.to_string();
+    assert!(
+        message.contains("client.pem") && message.contains("private key"),
+        "{message}"
+    );
+}
+
+/// A broker on a runtime of its own, ended as a crash would end it: the
+/// runtime goes with every task, so every socket closes without a
+/// DISCONNECT.
+struct Crashable {
+    port: u16,
+    crash: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Crashable {
+    async fn start(settings: Settings) -> Crashable {
+        let (ready, started) = oneshot::channel();
+        let (crash, crashed) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let broker = TestBroker::start_with(settings).await;
+                let _ = ready.send(broker.port());
+                let _ = crashed.await;
+                // Not stopped: it goes with the runtime.
+                drop(broker);
+            });
+            runtime.shutdown_timeout(WAIT);
+        });
+        let port = timeout(WAIT, started).await.unwrap().unwrap();
+        Crashable {
+            port,
+            crash,
+            thread,
+        }
+    }
+
+    async fn crash(self) {
+        let _ = self.crash.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_say_1_on_both_sides_and_the_will_says_0() {
+    let mosquitto = Mosquitto::start("notify-will").await;
+    let mut remote = Client::connect(mosquitto.options("remote-watcher")).await;
+    remote
+        .subscribe("$SYS/broker/connection/#", RQoS::AtLeastOnce)
+        .await;
+    let mut settings = settings();
+    settings.bridges = vec![mosquitto.bridge(&["out/# out 1"])];
+    let tidemq = Crashable::start(settings).await;
+    let topic = state_topic("test");
+    expect_next(&mut remote, &topic, "1").await;
+
+    let options = MqttOptions::new("local-watcher", "127.0.0.1", tidemq.port);
+    let mut local = Client::connect(options).await;
+    local
+        .subscribe("$SYS/broker/connection/+/state", RQoS::AtLeastOnce)
+        .await;
+    let state = expect_next(&mut local, &topic, "1").await;
+    assert!(state.retain);
+
+    tidemq.crash().await;
+    expect_next(&mut remote, &topic, "0").await;
+    // Retained on mosquitto, for whoever asks next.
+    let mut late = Client::connect(mosquitto.options("late-watcher")).await;
+    late.subscribe(&topic, RQoS::AtLeastOnce).await;
+    assert!(expect_next(&mut late, &topic, "0").await.retain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_says_0_here_and_the_next_one_1() {
+    let mut mosquitto = Mosquitto::start("notify-loss").await;
+    let mut remote = Client::connect(mosquitto.options("remote-watcher")).await;
+    remote.subscribe("bridges/#", RQoS::AtLeastOnce).await;
+    let mut bridge = mosquitto.bridge(&["out/# out 1"]);
+    bridge.notification_topic = Some("bridges/test".to_owned());
+    let broker = start_with_bridges(vec![bridge]).await;
+    expect_next(&mut remote, "bridges/test", "1").await;
+    let mut local = Client::connect(mqtt_options(&broker, "local-watcher")).await;
+    local.subscribe("bridges/#", RQoS::AtLeastOnce).await;
+    expect_next(&mut local, "bridges/test", "1").await;
+
+    mosquitto.kill().await;
+    expect_next(&mut local, "bridges/test", "0").await;
+    mosquitto.run().await;
+    expect_next(&mut local, "bridges/test", "1").await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_added_bridges_stops_removed_ones_and_keeps_the_rest() {
+    let mosquitto = Mosquitto::start("reload").await;
+    let mut remote = Client::connect(mosquitto.options("remote-sub")).await;
+    for filter in ["keep/#", "gone/#", "more/#", "$SYS/broker/connection/#"] {
+        remote.subscribe(filter, RQoS::AtLeastOnce).await;
+    }
+    let remote_pub = Client::connect(mosquitto.options("remote-pub")).await;
+    let keep = mosquitto.named_bridge("keep", &["keep/# out 1"]);
+    let gone = mosquitto.named_bridge("gone", &["gone/# out 1", "back/# in 1"]);
+    let mut settings = settings();
+    settings.bridges = vec![keep.clone()];
+    let broker = TestBroker::start_with(settings.clone()).await;
+    let mut local = Client::connect(mqtt_options(&broker, "local-sub")).await;
+    local.subscribe("back/#", RQoS::AtLeastOnce).await;
+    expect_next(&mut remote, &state_topic("keep"), "1").await;
+    carries_out(&broker, &mut remote, "keep/1").await;
+
+    // Added: connected (its `in` subscription made before the "1") and
+    // carrying both ways.
+    settings.bridges = vec![keep.clone(), gone];
+    settings.validate().unwrap();
+    broker.broker().reload(&settings).await;
+    expect_next(&mut remote, &state_topic("gone"), "1").await;
+    carries_out(&broker, &mut remote, "gone/1").await;
+    remote_pub
+        .client
+        .publish("back/1", RQoS::AtLeastOnce, false, "in")
+        .await
+        .unwrap();
+    expect_next(&mut local, "back/1", "in").await;
+
+    // Removed: "0" and DISCONNECT on the remote, nothing carried after.
+    settings.bridges = vec![keep.clone()];
+    broker.broker().reload(&settings).await;
+    expect_next(&mut remote, &state_topic("gone"), "0").await;
+    broker
+        .broker()
+        .publish("gone/2", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    remote_pub
+        .client
+        .publish("back/2", RQoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    // Nothing either way; and `keep`, unchanged, said neither "0" nor "1".
+    remote.assert_no_publish().await;
+    local.assert_no_publish().await;
+    carries_out(&broker, &mut remote, "keep/2").await;
+
+    // Changed: stopped, then started with its new lines.
+    let changed = BridgeConfig {
+        topics: vec!["keep/# out 1".to_owned(), "more/# out 1".to_owned()],
+        ..keep
+    };
+    settings.bridges = vec![changed];
+    broker.broker().reload(&settings).await;
+    expect_next(&mut remote, &state_topic("keep"), "0").await;
+    expect_next(&mut remote, &state_topic("keep"), "1").await;
+    carries_out(&broker, &mut remote, "more/1").await;
     broker.stop().await;
 }

@@ -1,21 +1,35 @@
 //! Bridges: each `[[bridge]]` is a connection to a remote broker that
 //! carries messages both ways according to its `topics` lines (see
-//! [`topics`]). Started by `Broker::start`, ended by the shutdown token.
+//! [`topics`]). [`Bridges`], owned by the server's `Broker`, holds the
+//! running ones: `Broker::start` starts them, a SIGHUP reload
+//! ([`Bridges::reload`]) stops and starts what changed, and the shutdown
+//! token ends them all.
+//!
+//! | file        | owns                                                               |
+//! |-------------|--------------------------------------------------------------------|
+//! | `mod.rs`    | the running bridges by name: prepare, start, reload, stop          |
+//! | `carry.rs`  | the bridge task: embedded session, deliveries in flight, loop guard, notifications |
+//! | `remote.rs` | the remote task: the `rumqttc` event loop, reconnects, goodbye     |
+//! | `tls.rs`    | the `tls` files loaded into `rumqttc`'s client configuration       |
+//! | `topics.rs` | `topics` lines parsed, topics mapped between the two sides         |
 //!
 //! Two tasks per bridge. The *remote* task is the only owner of the
-//! `rumqttc` event loop: it polls it (never raced against anything but
-//! the shutdown token, as `poll` is not cancel-safe), reconnects with
-//! exponential backoff, subscribes the `in` filters after each CONNACK,
-//! and forwards what matters to the *bridge* task over a bounded channel.
-//! The bridge task owns the local side, an embedded session (see
-//! `crate::embed`) subscribed with No Local to the `out` filters, and the
-//! deliveries in flight to the remote:
+//! `rumqttc` event loop: it polls it, reconnects with exponential backoff,
+//! subscribes the `in` filters after each CONNACK, and forwards what
+//! matters to the *bridge* task over a bounded channel. The bridge task
+//! owns the local side, an embedded session (see `crate::embed`)
+//! subscribed with No Local to the `out` filters, and the deliveries in
+//! flight to the remote; it alone publishes to the remote while the
+//! connection runs, so packet ids come back in the order it handed
+//! publishes over:
 //!
-//! | event                         | what the bridge task does                                   |
-//! |-------------------------------|-------------------------------------------------------------|
+//! | event                          | what the bridge task does                                   |
+//! |--------------------------------|-------------------------------------------------------------|
 //! | a local delivery (window open) | publish it to the remote, queue it as *unassigned*          |
-//! | `Outgoing::Publish(id)`, new   | the front *unassigned* delivery is now in flight under `id` |
-//! | `Outgoing::Publish(id)`, known | a resend after a reconnect: nothing                          |
+//! | `Remote::Connected` (a CONNACK)| notification "1" here; "1" to the remote, queued as *unassigned* |
+//! | `Remote::Lost`                 | notification "0" here                                       |
+//! | `Remote::Sent(id)`, new        | the front *unassigned* publish is now in flight under `id`  |
+//! | `Remote::Sent(id)`, known      | a resend after a reconnect: nothing                         |
 //! | PUBACK / PUBCOMP `id`          | drop the delivery (the local acknowledgement), count it     |
 //! | a remote PUBLISH               | route it locally, wait until routed, then acknowledge it    |
 //!
@@ -23,54 +37,53 @@
 //! restart loses nothing queued or in flight; at most [`WINDOW`] local
 //! deliveries leave the mailbox before the remote acknowledges them.
 //!
+//! Notifications (mosquitto's, on by default): the connection state on
+//! `$SYS/broker/connection/<client id>/state` (or `notification_topic`),
+//! retained. On the remote: "1" at QoS 1 after each CONNACK, the will says
+//! "0" when the connection drops without DISCONNECT, and a clean stop
+//! publishes "0" before its DISCONNECT. Here: "1" after each CONNACK, "0"
+//! when the connection is lost or the bridge stops.
+//!
 //! Loop guard: messages routed in are tagged with the embedded session's
 //! client id, which the local No Local subscription skips, so nothing that
 //! came in goes back out. What went out to a topic that is also bridged in
 //! would come back from the remote (MQTT 3.1.1 has no No Local): the bridge
-//! remembers (topic, payload hash) of what it sent for [`ECHO_WINDOW`] and
-//! drops the first copy that comes back.
+//! remembers (topic, payload hash) of what it sent for
+//! [`carry::ECHO_WINDOW`] and drops the first copy that comes back.
+//!
+//! On SIGHUP, bridges are matched by `name`:
+//!
+//! | the `[[bridge]]` table | what [`Bridges::reload`] does                                 |
+//! |------------------------|---------------------------------------------------------------|
+//! | unchanged              | nothing: connection, session and queue untouched (its TLS files are not read again) |
+//! | removed                | stops it: "0" and DISCONNECT to the remote, "0" here, its embedded session closed (what waited in its queue is dropped) |
+//! | changed                | loads the new TLS files first (if they fail, the old bridge keeps running: `error` line); stops the old, starts the new |
+//! | added                  | loads its TLS files (or `error` line) and starts it           |
 
+mod carry;
+mod remote;
+mod tls;
 mod topics;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
-use tidemq_protocol::{QoS, SubscriptionOptions};
-use tokio::sync::mpsc;
+use rumqttc::TlsConfiguration;
+use tidemq_protocol::SubscriptionOptions;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
+pub use tls::BridgeTlsError;
 pub use topics::TopicRule;
 
 use crate::config::BridgeConfig;
 use crate::connection::Context;
 use crate::embed::Subscription;
-use crate::metrics::Metrics;
-use crate::types::{ClientId, Delivery};
 
 /// Local deliveries taken from the mailbox and not yet acknowledged by the
 /// remote, at most.
 pub const WINDOW: usize = 64;
-/// `rumqttc`'s in-flight limit and packet id range: above [`WINDOW`], so a
-/// new publish never waits for an id while acknowledgements come in order.
-const REMOTE_INFLIGHT: u16 = 100;
-/// Capacity of the request channel to the event loop: the window plus the
-/// acknowledgements and subscriptions that may wait beside it.
-const REQUEST_CAPACITY: usize = 256;
-/// Capacity of the channel from the remote task to the bridge task.
-const EVENT_CAPACITY: usize = 64;
-/// How long a message sent out is remembered, to drop its echo.
-pub const ECHO_WINDOW: Duration = Duration::from_secs(30);
-/// Echo entries kept at most (the oldest go first).
-const ECHO_MAX: usize = 4096;
-/// Keepalive on the remote connection.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Splits "host:port"; `None` when it is not that.
 pub fn split_address(address: &str) -> Option<(String, u16)> {
@@ -79,18 +92,142 @@ pub fn split_address(address: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_owned(), port))
 }
 
-/// Starts every `[[bridge]]`; each task ends with the shutdown token. The
-/// local subscriptions are in place when this returns, so every message
-/// published afterwards is bridged.
-pub(crate) async fn start(ctx: &Arc<Context>) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for config in &ctx.settings.bridges {
-        let Some(local) = subscribe_locally(ctx, config).await else {
-            continue;
+/// Whether `name` can be a TLS server name (a DNS name or an IP address);
+/// the error says why not.
+pub fn server_name_is_valid(name: &str) -> Result<(), String> {
+    rumqttc::tokio_rustls::rustls::pki_types::ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|error| format!("{name:?}: {error}"))
+}
+
+/// A bridge's config with its TLS files loaded: what a start needs.
+pub(crate) struct Prepared {
+    config: BridgeConfig,
+    tls: Option<TlsConfiguration>,
+}
+
+impl Prepared {
+    /// Loads the bridge's TLS files, if it has any.
+    pub(crate) fn load(config: &BridgeConfig) -> Result<Prepared, BridgeTlsError> {
+        let tls = match &config.tls {
+            Some(files) => Some(tls::client_config(&config.name, files)?),
+            None => None,
         };
-        tasks.push(tokio::spawn(run(ctx.clone(), config.clone(), local)));
+        Ok(Prepared {
+            config: config.clone(),
+            tls,
+        })
     }
-    tasks
+
+    /// Loads every bridge's files; the first that fails names its file.
+    pub(crate) fn load_all(configs: &[BridgeConfig]) -> Result<Vec<Prepared>, BridgeTlsError> {
+        configs.iter().map(Prepared::load).collect()
+    }
+}
+
+/// One running bridge, and how to stop it.
+#[derive(Debug)]
+struct Running {
+    config: BridgeConfig,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running bridges: started with the broker, changed by a reload. The
+/// lock is held across a reload's stops and starts, so two reloads do not
+/// interleave.
+#[derive(Debug)]
+pub(crate) struct Bridges {
+    running: tokio::sync::Mutex<Vec<Running>>,
+}
+
+impl Bridges {
+    /// Starts every prepared bridge. Their local subscriptions are in place
+    /// when this returns, so every message published afterwards is bridged.
+    pub(crate) async fn start(ctx: &Arc<Context>, prepared: Vec<Prepared>) -> Bridges {
+        let mut running = Vec::new();
+        for bridge in prepared {
+            running.extend(start_one(ctx, bridge).await);
+        }
+        Bridges {
+            running: tokio::sync::Mutex::new(running),
+        }
+    }
+
+    /// Applies the `[[bridge]]` tables of a reloaded config (see the
+    /// module's table). Returns once the stopped bridges have ended and the
+    /// started ones have their local subscriptions.
+    pub(crate) async fn reload(&self, ctx: &Arc<Context>, configs: &[BridgeConfig]) {
+        let mut running = self.running.lock().await;
+        let mut kept = Vec::new();
+        let mut to_start = Vec::new();
+        for current in running.drain(..) {
+            let name = current.config.name.clone();
+            match configs.iter().find(|new| new.name == name) {
+                Some(new) if *new == current.config => kept.push(current),
+                Some(new) => match Prepared::load(new) {
+                    Ok(prepared) => {
+                        info!(bridge = %name, "SIGHUP: bridge changed; restarting it");
+                        stop_one(current, ctx.settings.shutdown_grace()).await;
+                        to_start.push(prepared);
+                    }
+                    Err(problem) => {
+                        error!(bridge = %name, %problem, "SIGHUP: the changed bridge does not load; the old one keeps running");
+                        kept.push(current);
+                    }
+                },
+                None => {
+                    info!(bridge = %name, "SIGHUP: bridge removed; stopping it");
+                    stop_one(current, ctx.settings.shutdown_grace()).await;
+                }
+            }
+        }
+        for new in configs {
+            let known = |bridge: &Running| bridge.config.name == new.name;
+            if kept.iter().any(known) || to_start.iter().any(|p| p.config.name == new.name) {
+                continue;
+            }
+            match Prepared::load(new) {
+                Ok(prepared) => {
+                    info!(bridge = %new.name, "SIGHUP: bridge added");
+                    to_start.push(prepared);
+                }
+                Err(problem) => error!(bridge = %new.name, %problem, "SIGHUP: bridge not added"),
+            }
+        }
+        for prepared in to_start {
+            kept.extend(start_one(ctx, prepared).await);
+        }
+        *running = kept;
+    }
+
+    /// Stops every bridge and waits for each up to `grace`.
+    pub(crate) async fn stop(self, grace: Duration) {
+        for bridge in self.running.into_inner() {
+            stop_one(bridge, grace).await;
+        }
+    }
+}
+
+/// Opens the bridge's embedded session and spawns its bridge task.
+async fn start_one(ctx: &Arc<Context>, prepared: Prepared) -> Option<Running> {
+    let local = subscribe_locally(ctx, &prepared.config).await?;
+    let config = prepared.config.clone();
+    let stop = ctx.shutdown.child_token();
+    let task = tokio::spawn(carry::run(ctx.clone(), prepared, local, stop.clone()));
+    Some(Running { config, stop, task })
+}
+
+/// Stops a bridge and waits for its goodbye, at most `grace`; past it the
+/// task is aborted, so a new bridge under the same client id does not
+/// meet the old one on the remote.
+async fn stop_one(bridge: Running, grace: Duration) {
+    bridge.stop.cancel();
+    let abort = bridge.task.abort_handle();
+    if tokio::time::timeout(grace, bridge.task).await.is_err() {
+        warn!(bridge = %bridge.config.name, "a bridge did not stop within the grace period");
+        abort.abort();
+    }
 }
 
 /// The bridge's embedded session, subscribed with No Local to every
@@ -120,307 +257,9 @@ async fn subscribe_locally(ctx: &Arc<Context>, config: &BridgeConfig) -> Option<
     Some(local)
 }
 
-/// What the remote task tells the bridge task.
-#[derive(Debug)]
-enum Remote {
-    Publish(rumqttc::Publish),
-    /// A PUBLISH written with this packet id (0 for QoS 0).
-    Sent(u16),
-    /// The remote's PUBACK or PUBCOMP.
-    Acked(u16),
-}
-
-async fn run(ctx: Arc<Context>, config: BridgeConfig, mut local: Subscription) {
-    let name = config.name.clone();
-    // Validated with the config: a line that does not parse is not there.
-    let rules: Vec<TopicRule> = config
-        .topics
-        .iter()
-        .filter_map(|line| TopicRule::parse(line).ok())
-        .collect();
-    let Some((host, port)) = split_address(&config.address) else {
-        return;
-    };
-    let origin = ClientId::new(local.client_id());
-
-    let mut options = MqttOptions::new(config.remote_client_id(), host, port);
-    options
-        .set_clean_session(config.clean_session)
-        .set_manual_acks(true)
-        .set_inflight(REMOTE_INFLIGHT)
-        .set_keep_alive(KEEP_ALIVE)
-        // `rumqttc`'s default is 10 KiB: a larger local message would fail
-        // its connection over and over. Both ways: what this broker takes.
-        .set_max_packet_size(
-            ctx.settings.limits.max_packet_size,
-            ctx.settings.limits.max_packet_size,
-        );
-    if let Some(username) = &config.username {
-        options.set_credentials(username, config.password.clone().unwrap_or_default());
-    }
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let filters: Vec<rumqttc::SubscribeFilter> = rules
-        .iter()
-        .filter(|rule| rule.direction.carries_in())
-        .map(|rule| rumqttc::SubscribeFilter::new(rule.remote_filter.clone(), to_remote(rule.qos)))
-        .collect();
-    let token = ctx.shutdown.child_token();
-    let (events_tx, mut events) = mpsc::channel(EVENT_CAPACITY);
-    let remote = tokio::spawn(drive(
-        eventloop,
-        client.clone(),
-        filters,
-        config.clone(),
-        events_tx,
-        token.clone(),
-        ctx.metrics.clone(),
-    ));
-
-    let mut bridge = Bridge {
-        ctx: ctx.clone(),
-        client,
-        rules,
-        origin,
-        name,
-        unassigned: VecDeque::new(),
-        in_flight: HashMap::new(),
-        echoes: VecDeque::new(),
-    };
-    loop {
-        let room = bridge.unassigned.len() + bridge.in_flight.len() < WINDOW;
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => break,
-            event = events.recv() => match event {
-                Some(event) => bridge.handle_remote(event).await,
-                None => break,
-            },
-            delivery = local.recv_delivery(), if room => match delivery {
-                Some(delivery) => bridge.send_out(delivery).await,
-                None => break,
-            },
-        }
-    }
-    token.cancel();
-    let _ = remote.await;
-    local.close().await;
-}
-
-/// The bridge task's state (see the module's table).
-struct Bridge {
-    ctx: Arc<Context>,
-    client: AsyncClient,
-    rules: Vec<TopicRule>,
-    /// The local session's client id, on every message routed in.
-    origin: ClientId,
-    name: String,
-    /// Published to the client, no packet id seen yet; `None` for QoS 0.
-    unassigned: VecDeque<Option<Delivery>>,
-    /// Awaiting the remote's acknowledgement, by packet id.
-    in_flight: HashMap<u16, Delivery>,
-    /// (remote topic, payload hash, when) of what went out.
-    echoes: VecDeque<(String, u64, Instant)>,
-}
-
-impl Bridge {
-    async fn send_out(&mut self, delivery: Delivery) {
-        let topic = delivery.message.topic.as_str();
-        let Some((rule, remote_topic)) = self
-            .rules
-            .iter()
-            .find_map(|rule| rule.outgoing(topic).map(|remote| (rule, remote)))
-        else {
-            return;
-        };
-        let qos = delivery.qos.min(rule.qos);
-        let payload = delivery.message.payload.clone();
-        if self
-            .rules
-            .iter()
-            .any(|rule| rule.incoming(&remote_topic).is_some())
-        {
-            self.remember_echo(&remote_topic, &payload);
-        }
-        let retain = delivery.message.retain;
-        let sent = self
-            .client
-            .publish_bytes(remote_topic, to_remote(qos), retain, payload)
-            .await;
-        if sent.is_err() {
-            return; // the event loop is gone: shutting down
-        }
-        self.unassigned
-            .push_back((qos != QoS::AtMostOnce).then_some(delivery));
-    }
-
-    async fn handle_remote(&mut self, event: Remote) {
-        match event {
-            Remote::Sent(id) if id != 0 && self.in_flight.contains_key(&id) => {}
-            Remote::Sent(id) => match self.unassigned.pop_front() {
-                Some(Some(delivery)) => {
-                    self.in_flight.insert(id, delivery);
-                }
-                Some(None) => Metrics::incr(&self.ctx.metrics.bridge_messages_out),
-                None => {}
-            },
-            Remote::Acked(id) => {
-                // Dropping the delivery is the local acknowledgement.
-                if self.in_flight.remove(&id).is_some() {
-                    Metrics::incr(&self.ctx.metrics.bridge_messages_out);
-                }
-            }
-            Remote::Publish(publish) => self.bring_in(publish).await,
-        }
-    }
-
-    /// Routes a remote message locally, then acknowledges it to the remote.
-    async fn bring_in(&mut self, publish: rumqttc::Publish) {
-        let topic = publish.topic.clone();
-        let local = self.rules.iter().find_map(|rule| {
-            let local = rule.incoming(&topic)?;
-            Some((local, rule.qos))
-        });
-        if let Some((local_topic, rule_qos)) = local {
-            if self.take_echo(&topic, &publish.payload) {
-                debug!(bridge = %self.name, %topic, "bridge: dropped our own message coming back");
-            } else {
-                let qos = from_remote(publish.qos).min(rule_qos);
-                let routed = crate::embed::publish_from(
-                    &self.ctx,
-                    &local_topic,
-                    publish.payload.clone(),
-                    qos,
-                    publish.retain,
-                    Some(self.origin.clone()),
-                )
-                .await;
-                match routed {
-                    Ok(()) => Metrics::incr(&self.ctx.metrics.bridge_messages_in),
-                    // Not acknowledged: the remote sends it again.
-                    Err(crate::embed::EmbedError::Stopped) => return,
-                    Err(error) => {
-                        warn!(bridge = %self.name, %topic, %error, "bridge: message from the remote dropped");
-                    }
-                }
-            }
-        }
-        let _ = self.client.ack(&publish).await;
-    }
-
-    fn remember_echo(&mut self, topic: &str, payload: &Bytes) {
-        let now = Instant::now();
-        while self
-            .echoes
-            .front()
-            .is_some_and(|(_, _, at)| now.duration_since(*at) > ECHO_WINDOW)
-            || self.echoes.len() >= ECHO_MAX
-        {
-            self.echoes.pop_front();
-        }
-        self.echoes
-            .push_back((topic.to_owned(), payload_hash(payload), now));
-    }
-
-    fn take_echo(&mut self, topic: &str, payload: &Bytes) -> bool {
-        let hash = payload_hash(payload);
-        let now = Instant::now();
-        let found = self.echoes.iter().position(|(t, h, at)| {
-            t == topic && *h == hash && now.duration_since(*at) <= ECHO_WINDOW
-        });
-        found.and_then(|at| self.echoes.remove(at)).is_some()
-    }
-}
-
-fn payload_hash(payload: &[u8]) -> u64 {
-    let mut hasher = foldhash::fast::FixedState::with_seed(0).build_hasher();
-    hasher.write(payload);
-    hasher.finish()
-}
-
-/// The remote task: polls the event loop, reconnects with backoff.
-async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    filters: Vec<rumqttc::SubscribeFilter>,
-    config: BridgeConfig,
-    events: mpsc::Sender<Remote>,
-    token: CancellationToken,
-    metrics: Arc<Metrics>,
-) {
-    let min = Duration::from_millis(config.reconnect_min_ms);
-    let max = Duration::from_millis(config.reconnect_max_ms);
-    let mut delay = min;
-    let mut connected = false;
-    let mut ever_connected = false;
-    loop {
-        let polled = tokio::select! {
-            _ = token.cancelled() => break,
-            polled = eventloop.poll() => polled,
-        };
-        let event = match polled {
-            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                info!(bridge = %config.name, address = %config.address, session_present = connack.session_present, "bridge connected");
-                if ever_connected {
-                    Metrics::incr(&metrics.bridge_reconnects);
-                }
-                (connected, ever_connected, delay) = (true, true, min);
-                if !filters.is_empty() {
-                    if let Err(error) = client.try_subscribe_many(filters.clone()) {
-                        warn!(bridge = %config.name, %error, "bridge: cannot subscribe on the remote");
-                    }
-                }
-                continue;
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => Remote::Publish(publish),
-            Ok(Event::Incoming(Packet::PubAck(ack))) => Remote::Acked(ack.pkid),
-            Ok(Event::Incoming(Packet::PubComp(comp))) => Remote::Acked(comp.pkid),
-            Ok(Event::Outgoing(Outgoing::Publish(id))) => Remote::Sent(id),
-            Ok(_) => continue,
-            Err(error) => {
-                if connected {
-                    info!(bridge = %config.name, address = %config.address, %error, "bridge disconnected");
-                } else {
-                    debug!(bridge = %config.name, %error, "bridge: cannot connect");
-                }
-                connected = false;
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max);
-                continue;
-            }
-        };
-        if events.send(event).await.is_err() {
-            break;
-        }
-    }
-    if connected {
-        let _ = client.try_disconnect();
-        // Lets the DISCONNECT out, briefly.
-        let _ = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await;
-    }
-}
-
-fn to_remote(qos: QoS) -> rumqttc::QoS {
-    match qos {
-        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
-    }
-}
-
-fn from_remote(qos: rumqttc::QoS) -> QoS {
-    match qos {
-        rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
-        rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::split_address;
+    use super::{server_name_is_valid, split_address};
 
     #[test]
     fn addresses_are_host_colon_port() {
@@ -432,5 +271,13 @@ mod tests {
         assert_eq!(split_address("host"), None);
         assert_eq!(split_address(":1883"), None);
         assert_eq!(split_address("host:port"), None);
+    }
+
+    #[test]
+    fn server_names_are_dns_names_or_addresses() {
+        assert!(server_name_is_valid("hq.example").is_ok());
+        assert!(server_name_is_valid("127.0.0.1").is_ok());
+        assert!(server_name_is_valid("::1").is_ok());
+        assert!(server_name_is_valid("not a name").is_err());
     }
 }
