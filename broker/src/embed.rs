@@ -309,7 +309,7 @@ impl Subscription {
             permit = self.ctx.router.reserve() => permit.ok()?,
         };
         let cursor = self.cursors.pop_front()?;
-        let max = RETAINED_BATCH.min(self.ctx.settings.limits.max_queued_messages);
+        let max = RETAINED_BATCH.min(self.ctx.live.get().limits.max_queued_messages);
         let (done, answer) = oneshot::channel();
         permit.send(RouterMsg::Retained {
             slot,

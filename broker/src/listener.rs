@@ -238,11 +238,13 @@ pub async fn accept_loop(
         let Some(admission) = admit(&ctx, &endpoint, peer) else {
             continue;
         };
+        // The settings this connection lives by: those of the last reload.
+        let settings = ctx.live.get();
         if !inherited_options() {
-            configure(SockRef::from(&stream), &ctx.settings.connections);
+            configure(SockRef::from(&stream), &settings.connections);
         }
-        let deadline = Instant::now() + ctx.live.get().connect_timeout();
-        let origin = connection::Origin::new(peer, endpoint.clone(), deadline);
+        let deadline = Instant::now() + settings.connect_timeout();
+        let origin = connection::Origin::new(peer, endpoint.clone(), deadline, settings);
         match (endpoint.config.tls.is_some(), endpoint.config.protocol) {
             (false, ListenerProtocol::Mqtt) => {
                 tokio::spawn(connection::serve(stream, origin, ctx.clone(), admission));
@@ -337,7 +339,7 @@ async fn establish(
     ctx: &Context,
 ) -> std::io::Result<Layered> {
     let endpoint = &origin.listener;
-    let max_frame = ctx.settings.connections.ws_max_frame_bytes;
+    let max_frame = ctx.live.get().connections.ws_max_frame_bytes;
     let path = endpoint.config.ws_path.as_str();
     let ws_error = |error: transport::ws::UpgradeError| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())

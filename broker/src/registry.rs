@@ -402,7 +402,7 @@ pub struct Registry {
     /// `limits.session_expiry_secs`; `None`: offline sessions are kept. The
     /// expiry of 3.1.1 sessions and the cap on MQTT 5 ones; each session's
     /// own is passed to `went_offline`.
-    expiry: Option<Duration>,
+    expiry: Mutex<Option<Duration>>,
     deadlines: Deadlines,
     /// Numbers offline stretches, broker-wide.
     generations: AtomicU64,
@@ -418,7 +418,7 @@ impl Registry {
         Registry {
             slots: DashMap::new(),
             mailbox_limits: Mutex::new(mailbox_limits.into()),
-            expiry,
+            expiry: Mutex::new(expiry),
             deadlines: Deadlines::default(),
             generations: AtomicU64::new(1),
             metrics,
@@ -427,7 +427,13 @@ impl Registry {
 
     /// See the field.
     pub fn default_expiry(&self) -> Option<Duration> {
-        self.expiry
+        *lock(&self.expiry)
+    }
+
+    /// A reloaded `session_expiry_secs`, for sessions whose client connects
+    /// from now on (a session keeps the expiry it was given).
+    pub fn set_default_expiry(&self, expiry: Option<Duration>) {
+        *lock(&self.expiry) = expiry;
     }
 
     pub fn deadlines(&self) -> &Deadlines {
@@ -725,7 +731,7 @@ mod tests {
         let ownership = own(registry, id, conn).await;
         let slot = Arc::clone(&ownership.slot);
         drop(ownership);
-        registry.went_offline(&slot, ConnId(conn), registry.expiry, None);
+        registry.went_offline(&slot, ConnId(conn), registry.default_expiry(), None);
         slot
     }
 
@@ -748,7 +754,7 @@ mod tests {
         let slot = Arc::clone(&ownership.slot);
         drop(ownership);
         let (timer, mut fired) = WillTimer::new();
-        registry.went_offline(&slot, ConnId(1), registry.expiry, Some(timer));
+        registry.went_offline(&slot, ConnId(1), registry.default_expiry(), Some(timer));
         assert!(fired
             .try_recv()
             .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Empty));
@@ -820,7 +826,7 @@ mod tests {
         registry.went_offline(
             &registry.slots.get(&id).unwrap().clone(),
             ConnId(2),
-            registry.expiry,
+            registry.default_expiry(),
             None,
         );
         assert_eq!(registry.deadlines().len(), 1);
@@ -858,7 +864,7 @@ mod tests {
         let slot = Arc::clone(&first.slot);
         let _ = registry.claim(&id, ConnId(2));
         drop(first);
-        registry.went_offline(&slot, ConnId(1), registry.expiry, None);
+        registry.went_offline(&slot, ConnId(1), registry.default_expiry(), None);
         assert_eq!(registry.deadlines().len(), 0);
         assert_eq!(gauges(&registry), (1, 0));
     }

@@ -10,12 +10,13 @@
 //! | a listener's protocol, TLS on/off, path, rates, caps | needs a restart (`warn` line) |
 //! | `log.level` (the `tidemq` binary, unless RUST_LOG or -v chose the filter) | the new filter at once |
 //! | `connections.max_connections`, `max_connections_per_address`, `max_pending` | at once for new sockets and CONNECTs; nothing open is closed (over a lowered cap, new ones are refused until enough end) |
-//! | `connections.connect_timeout_ms`; `limits.max_client_id_len`, `max_keepalive_secs`, `max_connect_packet_size` | new connections |
 //! | `limits.memory_limit_mb` | at once (over a lowered limit, new work is refused; nothing held is freed) |
 //! | `limits.max_retained_messages`, `max_retained_bytes`, `max_subscriptions_per_client` | the router's next message; what is stored stays |
 //! | `limits.max_topic_levels`, `max_topic_len` | every connection's next check |
-//! | `limits.max_queued_messages`, `max_queued_bytes` | sessions made from now on (a session keeps its mailbox's limits) |
-//! | the other keys of `[limits]` and `[connections]` (what MQTT 5 clients were told in CONNACK, queue and channel sizes, timers of running connections), `[storage]`, `[sys]`, `[http]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
+//! | `limits.max_queued_messages`, `max_queued_bytes`, `session_expiry_secs` | sessions made (for the expiry: connected) from now on |
+//! | the other keys of `[limits]` and `[connections]` | connections accepted from now on: each keeps the settings of its accept for its life (`connection::Origin::settings`), so what an MQTT 5 client was told in its CONNACK stays true; `shutdown_grace_ms` applies to the next shutdown |
+//! | `limits.router_queue`, `shared_subscription_strategy`, `connections.max_connect_rate`, `[storage]`, `[sys]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
+//! | `[http]` (`bind`, `token`) | applied in place (see `crate::http`): a new `bind` is bound before the old one stops; one in use leaves the old (`error` line); the next request is checked against a new `token` |
 //! | a `[[bridge]]` added, removed or changed (matched by `name`) | added: started; removed: stopped (DISCONNECT, its local session closed); changed: stopped and started again; unchanged: untouched (see `crate::bridge`) |
 //!
 //! Nothing connected is dropped by a reload.
@@ -35,27 +36,48 @@ use crate::listener::{self, Endpoint};
 use crate::router::{RouterLimits, RouterMsg};
 use crate::server::Broker;
 
-/// The `[limits]` keys a reload applies (see the module table).
+/// The `[limits]` keys a reload applies (see the module table): all but
+/// `router_queue` (the router's channel is made once) and
+/// `shared_subscription_strategy` (groups' positions belong to it).
 const LIVE_LIMITS: &[&str] = &[
     "memory_limit_mb",
-    "max_queued_messages",
-    "max_queued_bytes",
-    "max_retained_messages",
-    "max_retained_bytes",
+    "max_subscriptions_per_client",
     "max_topic_levels",
     "max_topic_len",
-    "max_subscriptions_per_client",
     "max_client_id_len",
-    "max_keepalive_secs",
+    "max_retained_messages",
+    "max_retained_bytes",
+    "session_expiry_secs",
+    "packet_read_timeout_ms",
+    "max_queued_bytes",
+    "max_packet_size",
     "max_connect_packet_size",
+    "max_keepalive_secs",
+    "max_inflight",
+    "receive_maximum",
+    "topic_alias_maximum",
+    "max_queued_messages",
+    "inbound_queue",
+    "outbound_queue",
+    "write_batch_bytes",
+    "write_timeout_ms",
+    "slow_subscriber_timeout_ms",
+    "rest_after_ms",
+    "shutdown_grace_ms",
 ];
 
-/// The `[connections]` keys a reload applies.
+/// The `[connections]` keys a reload applies: all but `max_connect_rate`,
+/// which each listener's rate limiter took when it started.
 const LIVE_CONNECTIONS: &[&str] = &[
+    "tcp_nodelay",
+    "tcp_keepalive_secs",
     "max_connections",
-    "max_connections_per_address",
-    "max_pending",
     "connect_timeout_ms",
+    "max_pending",
+    "max_connections_per_address",
+    "server_reference",
+    "server_moved",
+    "ws_max_frame_bytes",
 ];
 
 /// The settings of the last reload, for what is read when it is used (a
@@ -93,6 +115,7 @@ async fn apply_limits(ctx: &Context, settings: &Settings) {
     let limits = &settings.limits;
     ctx.registry
         .set_mailbox_limits(limits.max_queued_messages, limits.max_queued_bytes);
+    ctx.registry.set_default_expiry(settings.session_expiry());
     let router_limits = RouterLimits::from_settings(settings);
     ctx.topic_caps.set(&router_limits);
     // The router only stops at shutdown, when limits no longer matter.
@@ -226,7 +249,6 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
     ));
     let sections = [
         ("storage", differs(&old.storage, &new.storage)),
-        ("http", differs(&old.http, &new.http)),
         ("sys", differs(&old.sys, &new.sys)),
         // The binary applies `log.level` itself (see main.rs).
         ("log.format", old.log.format != new.log.format),
@@ -278,6 +300,7 @@ impl Broker {
             }
         }
         *running = kept;
+        self.http().reload(&settings.http).await;
         let previous = ctx.live.get();
         for section in restart_needed(&previous, settings) {
             warn!(%section, "SIGHUP: changed, but needs a restart to apply");
@@ -295,7 +318,7 @@ async fn add(
     ctx: &Arc<Context>,
 ) -> Result<Running, String> {
     let endpoint = Endpoint::new(config, settings).map_err(|e| e.to_string())?;
-    let listener = listener::bind(config.bind, &ctx.settings.connections)
+    let listener = listener::bind(config.bind, &settings.connections)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     Running::start(listener, Arc::new(endpoint), ctx).map_err(|e| e.to_string())
@@ -311,16 +334,13 @@ mod tests {
         let mut new = old.clone();
         new.limits.router_queue += 1;
         new.limits.max_topic_levels += 1;
+        new.limits.receive_maximum -= 1;
         new.connections.max_connections += 1;
-        new.connections.ws_max_frame_bytes += 1;
+        new.connections.max_connect_rate += 1;
         new.sys.interval_secs += 1;
         assert_eq!(
             restart_needed(&old, &new),
-            [
-                "limits.router_queue",
-                "connections.ws_max_frame_bytes",
-                "sys"
-            ]
+            ["limits.router_queue", "connections.max_connect_rate", "sys"]
         );
         assert!(restart_needed(&old, &old).is_empty());
     }

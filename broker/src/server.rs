@@ -28,8 +28,9 @@ pub struct Broker {
     /// them: see `reload`).
     listeners: tokio::sync::Mutex<Vec<crate::reload::Running>>,
     router: JoinHandle<()>,
-    /// `[http]`: metrics, health, admin API, dashboard; `None` when off.
-    http: Option<crate::http::Http>,
+    /// `[http]`: metrics, health, admin API, dashboard (SIGHUP moves it,
+    /// turns it on or off: see `http`).
+    http: crate::http::Http,
     /// The running `[[bridge]]`s (SIGHUP changes them: see `reload`).
     bridges: crate::bridge::Bridges,
 }
@@ -151,15 +152,10 @@ impl Broker {
             local_addrs.push(started.addr);
             running.push(started);
         }
-        let http = match http_listener {
-            Some(listener) => Some(crate::http::Http::start(listener, ctx.clone()).map_err(
-                |source| {
-                    let addr = ctx.settings.http.bind.clone();
-                    StartError::HttpBind { addr, source }
-                },
-            )?),
-            None => None,
-        };
+        let http = crate::http::Http::start(http_listener, ctx.clone()).map_err(|source| {
+            let addr = ctx.settings.http.bind.clone();
+            StartError::HttpBind { addr, source }
+        })?;
         let bridges = crate::bridge::Bridges::start(&ctx, bridges).await;
         Ok(Broker {
             bridges,
@@ -183,15 +179,19 @@ impl Broker {
         &self.bridges
     }
 
+    pub(crate) fn http(&self) -> &crate::http::Http {
+        &self.http
+    }
+
     /// The addresses listened on now (after reloads).
     pub async fn listening_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.lock().await.iter().map(|r| r.addr).collect()
     }
 
-    /// The HTTP listener's address (`[http] bind`; useful with port 0),
-    /// `None` when it is off.
+    /// The HTTP listener's address now (`[http] bind`, after reloads;
+    /// useful with port 0), `None` when it is off.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(crate::http::Http::addr)
+        self.http.addr()
     }
 
     /// The bound addresses, in the order of the `[[listener]]` tables
@@ -227,7 +227,7 @@ impl Broker {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        let grace = self.ctx.settings.shutdown_grace();
+        let grace = self.ctx.live.get().shutdown_grace();
         if tokio::time::timeout(grace, all_closed).await.is_err() {
             warn!(
                 open = gate.connected(),
@@ -237,9 +237,7 @@ impl Broker {
         // Before the router goes: a bridge closes its local session.
         self.bridges.stop(grace).await;
         // `/readyz` said 503 while the connections drained.
-        if let Some(http) = self.http {
-            http.stop().await;
-        }
+        self.http.stop().await;
         let metrics = self.ctx.metrics.snapshot();
         info!(?metrics, "stopped");
         let store = self.ctx.store.clone();

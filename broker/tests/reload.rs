@@ -125,7 +125,7 @@ fn sighup_reloads_the_password_file_and_listeners_without_dropping_anyone() {
 
     // The second listener goes; a client on it stays connected.
     let (mut on_second, _) = Client::connect(second, &v311("on-second", true));
-    write_config(&config, &passwd, "\n[limits]\nmax_inflight = 7\n");
+    write_config(&config, &passwd, "\n[limits]\nrouter_queue = 77\n");
     broker.signal("HUP");
     assert!(broker
         .stdout
@@ -182,12 +182,12 @@ fn sighup_applies_connection_and_topic_caps_to_what_comes_next() {
     let port = broker.port;
     let (mut a, _) = Client::connect(port, &v5("a", true, 0));
     let (mut b, _) = Client::connect(port, &v5("b", true, 0));
-    let (mut c, _) = Client::connect(port, &v5("c", true, 0));
+    let (mut c, c_connack) = Client::connect(port, &v5("c", true, 0));
     // Four levels are within five. Allowed: 0x00 or 0x10.
     assert!(!puback_reason(&mut a, "l/1/2/3", 1).is_failure());
 
     // Lowered below what is open: nobody is dropped, newcomers are refused.
-    write(2, 3, "router_queue = 77\n");
+    write(2, 3, "router_queue = 77\nreceive_maximum = 9\n");
     broker.signal("HUP");
     assert!(
         broker
@@ -203,9 +203,13 @@ fn sighup_applies_connection_and_topic_caps_to_what_comes_next() {
         .expect("a line naming what needs a restart");
     assert!(restart.contains("limits.router_queue"), "{restart}");
     assert!(!restart.contains("max_topic_levels"), "{restart}");
+    assert!(!restart.contains("receive_maximum"), "{restart}");
     a.ping();
     b.ping();
     c.ping();
+    // Connections keep the settings of their accept: what c was told in
+    // its CONNACK stays true, and the next one is told the new value.
+    assert_ne!(c_connack.properties.receive_maximum, Some(9));
     // Refused with a CONNACK (MQTT 5: 0x89 Server busy), then closed.
     let (_, refused) = Client::connect_any(port, &v5("d", true, 0));
     assert_eq!(refused.reason, ReasonCode::SERVER_BUSY, "{refused:?}");
@@ -222,6 +226,12 @@ fn sighup_applies_connection_and_topic_caps_to_what_comes_next() {
     loop {
         let (mut d, connack) = Client::connect_any(port, &v5("d", true, 0));
         if connack.reason == ReasonCode::SUCCESS {
+            assert_eq!(
+                connack.properties.receive_maximum,
+                Some(9),
+                "{}",
+                broker.stdout.text()
+            );
             d.ping();
             break;
         }

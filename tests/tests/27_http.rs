@@ -3,7 +3,9 @@
 //! API endpoint (clients with paging and search, a client's subscriptions,
 //! a kick that closes the client and sends its will, retained topics a page
 //! at a time, a publish that reaches subscribers), the bearer token, the
-//! dashboard's files, and a port in use as a start error.
+//! dashboard's files, a port in use as a start error, and `[http]` changed
+//! by a reload (a new token for the next request; the listener moved, kept
+//! when the new port is in use, turned off and on).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -583,5 +585,127 @@ async fn delivery_latency_is_recorded_for_one_publish_in_16_and_each_of_its_deli
     let sum = sample(&body, "tidemq_delivery_latency_seconds_sum").unwrap();
     assert!(sum > 0.0 && sum < 4.0 * WAIT.as_secs_f64(), "{sum}");
     drop(subscribers);
+    broker.stop().await;
+}
+
+/// Waits until `addr` refuses connections, or fails after [`WAIT`].
+async fn wait_refused(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|connected| connected.is_ok())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `GET path` with `headers` (`Name: value\r\n` each) on a connection
+/// opened earlier; the answer's status.
+async fn status_on(mut stream: tokio::net::TcpStream, path: &str, headers: &str) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_token_applies_to_the_next_request_on_the_same_listener() {
+    let mut config = http_settings();
+    let (broker, http) = http_broker(config.clone()).await;
+    assert_eq!(
+        get(http, "/api/stats").await.status,
+        200,
+        "loopback, no token"
+    );
+    let opened_before = tokio::net::TcpStream::connect(http).await.unwrap();
+
+    config.http.token = "s3cret".to_owned();
+    broker.broker().reload(&config).await;
+    assert_eq!(broker.broker().http_addr(), Some(http), "not rebound");
+    assert_eq!(status_on(opened_before, "/api/stats", "").await, 401);
+    assert_eq!(get(http, "/api/stats").await.status, 401);
+    let with = |token: &'static str| async move {
+        request(http, "GET", "/api/stats", &[("Authorization", token)], "").await
+    };
+    assert_eq!(with("Bearer s3cret").await.status, 200);
+    assert_eq!(get(http, "/healthz").await.status, 200, "no token needed");
+
+    config.http.token = "n3w".to_owned();
+    broker.broker().reload(&config).await;
+    assert_eq!(with("Bearer s3cret").await.status, 401, "the old token");
+    assert_eq!(with("Bearer n3w").await.status, 200);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_bind_moves_the_listener_and_the_old_address_refuses() {
+    let mut config = http_settings();
+    let (broker, old) = http_broker(config.clone()).await;
+    // The address bound now, written out: untouched.
+    config.http.bind = old.to_string();
+    broker.broker().reload(&config).await;
+    assert_eq!(broker.broker().http_addr(), Some(old));
+    assert_eq!(get(old, "/healthz").await.status, 200);
+
+    config.http.bind = "127.0.0.1:0".to_owned();
+    broker.broker().reload(&config).await;
+    let new = broker.broker().http_addr().expect("still on");
+    assert_ne!(new, old);
+    assert_eq!(get(new, "/healthz").await.status, 200);
+    let ready = get(new, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    wait_refused(old).await;
+    tokio::time::timeout(WAIT, broker.stop())
+        .await
+        .expect("shutdown does not wait for the old listener");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_bind_on_a_port_in_use_keeps_the_old_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wanted = taken.local_addr().unwrap();
+    let mut config = http_settings();
+    let (broker, old) = http_broker(config.clone()).await;
+    config.http.bind = wanted.to_string();
+    broker.broker().reload(&config).await;
+    assert_eq!(broker.broker().http_addr(), Some(old));
+    assert_eq!(get(old, "/healthz").await.status, 200);
+    // The failed move was not taken as done: the same config, reloaded
+    // once the port is free, moves it.
+    drop(taken);
+    broker.broker().reload(&config).await;
+    assert_eq!(broker.broker().http_addr(), Some(wanted));
+    assert_eq!(get(wanted, "/healthz").await.status, 200);
+    wait_refused(old).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_empty_bind_turns_the_listener_off_and_an_address_on() {
+    let mut config = http_settings();
+    let (broker, old) = http_broker(config.clone()).await;
+    config.http.bind = String::new();
+    broker.broker().reload(&config).await;
+    assert_eq!(broker.broker().http_addr(), None);
+    wait_refused(old).await;
+
+    config.http.bind = "127.0.0.1:0".to_owned();
+    broker.broker().reload(&config).await;
+    let on = broker.broker().http_addr().expect("on again");
+    assert_eq!(get(on, "/healthz").await.status, 200);
+    assert_eq!(get(on, "/api/stats").await.status, 200);
     broker.stop().await;
 }

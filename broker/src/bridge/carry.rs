@@ -61,7 +61,7 @@ pub(super) async fn run(
         .iter()
         .filter_map(|line| TopicRule::parse(line).ok())
         .collect();
-    let Some(options) = remote::options(&config, tls, ctx.settings.limits.max_packet_size) else {
+    let Some(options) = remote::options(&config, tls, ctx.live.get().limits.max_packet_size) else {
         local.close().await;
         return;
     };

@@ -168,7 +168,7 @@ impl Bridges {
                 Some(new) => match Prepared::load(new) {
                     Ok(prepared) => {
                         info!(bridge = %name, "SIGHUP: bridge changed; restarting it");
-                        stop_one(current, ctx.settings.shutdown_grace()).await;
+                        stop_one(current, ctx.live.get().shutdown_grace()).await;
                         to_start.push(prepared);
                     }
                     Err(problem) => {
@@ -178,7 +178,7 @@ impl Bridges {
                 },
                 None => {
                     info!(bridge = %name, "SIGHUP: bridge removed; stopping it");
-                    stop_one(current, ctx.settings.shutdown_grace()).await;
+                    stop_one(current, ctx.live.get().shutdown_grace()).await;
                 }
             }
         }

@@ -76,7 +76,7 @@ impl End {
     /// client's own DISCONNECT [MQTT-3.14.0-1] or a broken socket.
     pub fn disconnect(&self, ctx: &Context) -> Option<Disconnect> {
         if let (End::Shutdown, Some((reference, moved))) =
-            (self, ctx.settings.connections.redirect())
+            (self, ctx.live.get().connections.redirect())
         {
             let mut disconnect = Disconnect::new(moved);
             disconnect.properties.server_reference = Some(reference.to_owned());

@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use super::enhanced_auth::{self, Authenticated};
 use super::reader::ReadBuffer;
 use super::{Context, Origin};
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::security::acl::Access;
 use crate::types::{ClientId, ConnId};
@@ -89,8 +90,7 @@ where
 {
     let conn_id = conn_id.0;
     let peer = origin.peer;
-    let settings = ctx.live.get();
-    let limits = &settings.limits;
+    let limits = &origin.settings.limits;
     let framer = Framer::new(limits.max_connect_packet_size.min(limits.max_packet_size));
     // A partly read CONNECT is charged to the memory budget like any
     // partial packet.
@@ -162,7 +162,7 @@ where
         }
     }
     let version = connect.version;
-    let keep_alive = match check_keepalive(&connect, ctx) {
+    let keep_alive = match check_keepalive(&connect, limits.max_keepalive_secs) {
         Ok(keep_alive) => keep_alive,
         Err(code) => {
             let keep_alive = connect.keep_alive;
@@ -399,8 +399,7 @@ pub(super) async fn read_frame<S: AsyncRead + Unpin>(
 /// maximum is refused, as mosquitto does; an MQTT 5 client is given the
 /// maximum (Server Keep Alive [MQTT-3.1.2-21]). 0 (no keepalive) is always
 /// accepted.
-fn check_keepalive(connect: &Connect, ctx: &Context) -> Result<u16, ReasonCode> {
-    let max = ctx.live.get().limits.max_keepalive_secs;
+fn check_keepalive(connect: &Connect, max: u16) -> Result<u16, ReasonCode> {
     match connect.keep_alive {
         asked if asked <= max => Ok(asked),
         _ if connect.version.is_v5() => Ok(max),
@@ -444,11 +443,11 @@ fn assigned_client_id(conn_id: ConnId) -> ClientId {
 /// What an MQTT 5 CONNACK announces: the broker's limits and features, and
 /// what it changed of the client's request.
 pub fn connack_properties(
-    ctx: &Context,
+    settings: &Settings,
     accepted: &Accepted,
     session_expiry: Option<u32>,
 ) -> ConnAckProperties {
-    let limits = &ctx.settings.limits;
+    let limits = &settings.limits;
     let connect = &accepted.connect;
     let max_packet_size = u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX);
     ConnAckProperties {
@@ -483,14 +482,15 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     // [MQTT-3.2.2-4]: session present is 0 on a refusal.
     let mut connack = ConnAck::new(false, reason);
     // A full broker sends MQTT 5 clients elsewhere when told where.
+    let settings = ctx.live.get();
     if let (true, ReasonCode::SERVER_BUSY, Some((reference, moved))) =
-        (version.is_v5(), reason, ctx.settings.connections.redirect())
+        (version.is_v5(), reason, settings.connections.redirect())
     {
         connack.reason = moved;
         connack.properties.server_reference = Some(reference.to_owned());
     }
     let _ = send_connack(stream, ctx, version, connack).await;
-    let _ = tokio::time::timeout(ctx.settings.write_timeout(), stream.shutdown()).await;
+    let _ = tokio::time::timeout(settings.write_timeout(), stream.shutdown()).await;
 }
 
 pub async fn send_connack<S: AsyncWrite + Unpin>(
@@ -508,7 +508,7 @@ pub async fn send_connack<S: AsyncWrite + Unpin>(
         // A TLS or WebSocket stream sends its record or frame.
         stream.flush().await
     };
-    match tokio::time::timeout(ctx.settings.write_timeout(), write).await {
+    match tokio::time::timeout(ctx.live.get().write_timeout(), write).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }

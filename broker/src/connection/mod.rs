@@ -203,23 +203,39 @@ pub struct Origin {
     /// `connect_timeout_ms` after the accept: the TLS handshake, the
     /// WebSocket upgrade, the CONNECT and the login all fit before it.
     pub deadline: Instant,
+    /// The settings of the last reload before the accept: the connection
+    /// keeps them for its life, so what an MQTT 5 client is told in its
+    /// CONNACK stays true however the config changes.
+    pub settings: Arc<Settings>,
 }
 
 /// A connection from `peer` on a plain listener with the context's `[auth]`
 /// rules, for tests that drive connections without a socket.
 #[cfg(test)]
 pub(crate) fn test_origin(peer: SocketAddr, ctx: &Context) -> Origin {
-    let deadline = Instant::now() + ctx.live.get().connect_timeout();
-    Origin::new(peer, Arc::new(Endpoint::plain(&ctx.settings)), deadline)
+    let settings = ctx.live.get();
+    let deadline = Instant::now() + settings.connect_timeout();
+    Origin::new(
+        peer,
+        Arc::new(Endpoint::plain(&ctx.settings)),
+        deadline,
+        settings,
+    )
 }
 
 impl Origin {
-    pub fn new(peer: SocketAddr, listener: Arc<Endpoint>, deadline: Instant) -> Origin {
+    pub fn new(
+        peer: SocketAddr,
+        listener: Arc<Endpoint>,
+        deadline: Instant,
+        settings: Arc<Settings>,
+    ) -> Origin {
         Origin {
             peer,
             listener,
             identity: None,
             deadline,
+            settings,
         }
     }
 }
@@ -228,6 +244,8 @@ impl Origin {
 /// channels and buffers do not.
 struct Client {
     ctx: Arc<Context>,
+    /// The connection's settings (see [`Origin::settings`]).
+    settings: Arc<Settings>,
     conn_id: ConnId,
     ownership: Ownership,
     /// How long the session outlives the connection: `Some(ZERO)` ends it
@@ -337,10 +355,7 @@ pub async fn serve<S: Transport>(
     let idle = leftover.is_empty()
         && client.state.outbound.is_empty()
         && !client.state.has_retained_cursors();
-    if S::CAN_REST
-        && idle
-        && client.ctx.settings.rest_after().is_some()
-        && !stream.has_buffered_input()
+    if S::CAN_REST && idle && client.settings.rest_after().is_some() && !stream.has_buffered_input()
     {
         drop(token);
         return rest(client, stream, leftover);
@@ -436,16 +451,19 @@ async fn connect<S: Transport>(
         return None;
     };
     ownership.slot.set_owner_user(principal);
+    let settings = Arc::clone(&origin.settings);
     let (expiry, granted_expiry) = session_expiry(&ctx, &accepted.connect);
     let clean = accepted.connect.clean_session;
-    let (mut state, session_present) = take_up_session(&ctx, &ownership.slot, clean, expiry).await;
+    let max_inflight = settings.limits.max_inflight;
+    let (mut state, session_present) =
+        take_up_session(&ctx, &ownership.slot, clean, expiry, max_inflight).await;
     let version = accepted.connect.version;
     let mut connack = ConnAck::new(session_present, ReasonCode::SUCCESS);
     let v5 = version.is_v5().then(|| {
-        let properties = handshake::connack_properties(&ctx, &accepted, granted_expiry);
+        let properties = handshake::connack_properties(&settings, &accepted, granted_expiry);
         *connack.properties = properties;
         let connect = &accepted.connect;
-        let mut v5 = v5::V5Conn::new(connect, ctx.settings.limits.topic_alias_maximum);
+        let mut v5 = v5::V5Conn::new(connect, settings.limits.topic_alias_maximum);
         v5.auth_method = accepted.auth_method.clone();
         v5.username = accepted.connect.username.clone();
         Box::new(v5)
@@ -453,12 +471,12 @@ async fn connect<S: Transport>(
     // [MQTT-3.3.4-9]: never more unacknowledged PUBLISHes towards an MQTT 5
     // client than its Receive Maximum.
     let receive_maximum = accepted.connect.properties.receive_maximum;
-    let max_inflight = ctx.settings.limits.max_inflight;
     state
         .outbound
         .set_window(receive_maximum.map_or(max_inflight, |n| max_inflight.min(usize::from(n))));
     let keep_alive = accepted.keep_alive;
     let client = Client {
+        settings,
         conn_id,
         ownership,
         expiry,
@@ -518,7 +536,7 @@ async fn live<S: Transport>(
     loop {
         client.slot().mailbox.clear_alarm();
         let rest_after = if S::CAN_REST {
-            client.ctx.settings.rest_after()
+            client.settings.rest_after()
         } else {
             None
         };
@@ -595,12 +613,13 @@ async fn take_up_session(
     slot: &SessionSlot,
     clean_start: bool,
     expiry: Option<Duration>,
+    max_inflight: usize,
 ) -> (SessionState, bool) {
     let session_present = !clean_start && slot.is_persistent();
     let parked = slot.take_parked();
     let (state, old) = match parked {
         Some(state) if !clean_start => (state, None),
-        old => (SessionState::new(ctx.settings.limits.max_inflight), old),
+        old => (SessionState::new(max_inflight), old),
     };
     if clean_start {
         Session::discard(ctx, slot, old).await;

@@ -55,7 +55,7 @@ impl<S: Transport> Sleeper for Resting<S> {
             .client
             .keepalive()
             .map(|keepalive| self.client.last_packet + keepalive);
-        let packet_timeout = self.client.ctx.settings.packet_read_timeout();
+        let packet_timeout = self.client.settings.packet_read_timeout();
         let partial = self
             .leftover
             .as_ref()
@@ -85,7 +85,7 @@ impl<S: Transport> Sleeper for Resting<S> {
 /// no tasks (a resting connection ended where it rests), within `timeout`,
 /// then shuts it down.
 async fn farewell<S: Transport>(mut stream: S, end: &End, ctx: &Context, v5: &v5::V5Conn) {
-    let timeout = ctx.settings.write_timeout();
+    let timeout = ctx.live.get().write_timeout();
     let Some(disconnect) = end.disconnect(ctx) else {
         return;
     };

@@ -104,7 +104,7 @@ impl Session {
         writing: Arc<std::sync::atomic::AtomicBool>,
         rest_after: Option<Duration>,
     ) -> Session {
-        let out_limit = client.ctx.settings.limits.write_batch_bytes;
+        let out_limit = client.settings.limits.write_batch_bytes;
         Session {
             client,
             token,
@@ -577,7 +577,7 @@ impl Session {
         match (over, self.slow_deadline) {
             (true, None) => {
                 self.slow_deadline =
-                    Some(Instant::now() + self.client.ctx.settings.slow_subscriber_timeout());
+                    Some(Instant::now() + self.client.settings.slow_subscriber_timeout());
             }
             (false, Some(_)) => self.slow_deadline = None,
             _ => {}
@@ -824,7 +824,7 @@ impl Session {
             // [MQTT-3.3.4-8]: the broker's Receive Maximum, counting
             // PUBLISHes not yet acknowledged and QoS 2 ones awaiting PUBREL.
             let unacknowledged = self.acks.owed_for_publishes() + self.client.state.inbound.held();
-            if unacknowledged >= usize::from(ctx.settings.limits.receive_maximum) {
+            if unacknowledged >= usize::from(self.client.settings.limits.receive_maximum) {
                 return Err(End::ReceiveMaximumExceeded);
             }
         }
@@ -1081,7 +1081,7 @@ impl Session {
         let Some(cursor) = self.client.state.next_retained_cursor() else {
             return Ok(());
         };
-        let max = RETAINED_BATCH.min(self.client.ctx.settings.limits.max_queued_messages);
+        let max = RETAINED_BATCH.min(self.client.settings.limits.max_queued_messages);
         let router = &self.client.ctx.router;
         if let Some(cursor) = router.retained(Arc::clone(slot), cursor, max).await? {
             self.client.state.put_back_retained_cursor(cursor);

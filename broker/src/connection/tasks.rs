@@ -51,13 +51,13 @@ impl<S: Transport> Tasks<S> {
     ) -> Tasks<S> {
         let (read_half, write_half) = tokio::io::split(stream);
         let ctx = &client.ctx;
-        let limits = &ctx.settings.limits;
+        let limits = &client.settings.limits;
         let (inbound_tx, inbound) = mpsc::channel(limits.inbound_queue);
         let (outgoing, outgoing_rx) = mpsc::channel(limits.outbound_queue);
         let config = ReadConfig {
             framer: Framer::new(limits.max_packet_size),
             version: client.version,
-            packet_timeout: ctx.settings.packet_read_timeout(),
+            packet_timeout: client.settings.packet_read_timeout(),
             metrics: Arc::clone(&ctx.metrics),
         };
         let reader_stop = token.child_token();
@@ -71,7 +71,7 @@ impl<S: Transport> Tasks<S> {
         let writing = Arc::new(AtomicBool::new(false));
         let config = WriterConfig {
             batch_bytes: limits.write_batch_bytes,
-            write_timeout: ctx.settings.write_timeout(),
+            write_timeout: client.settings.write_timeout(),
             writing: Arc::clone(&writing),
             metrics: Arc::clone(&ctx.metrics),
         };
@@ -109,7 +109,7 @@ impl<S: Transport> Tasks<S> {
         let outcome = match end {
             End::Rest => self.stop_for_rest(&client.ctx, client.slot()).await,
             end => {
-                let grace = client.ctx.settings.write_timeout().min(GRACEFUL_FLUSH);
+                let grace = client.settings.write_timeout().min(GRACEFUL_FLUSH);
                 // MQTT 5: the server's DISCONNECT, written under the grace
                 // deadline before the socket closes [MQTT-4.13.2-1].
                 let farewell = client

@@ -253,7 +253,7 @@ fn retained_json(message: &Arc<Message>) -> Value {
 /// counted against the memory budget; not subject to any listener's ACL.
 async fn publish(state: &State, request: Request<Incoming>) -> Reply {
     let ctx = &state.ctx;
-    let max = MAX_BODY_BYTES.min(ctx.settings.limits.max_packet_size);
+    let max = MAX_BODY_BYTES.min(ctx.live.get().limits.max_packet_size);
     let body = match Limited::new(request.into_body(), max).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large or cut short"),

@@ -19,13 +19,23 @@
 //! started after the MQTT listeners, so `/readyz` can answer 200 as soon
 //! as it answers at all; it keeps serving (`/readyz` 503) while the broker
 //! drains at shutdown, and is stopped just before the store is closed.
+//!
+//! A reload ([`Http::reload`], from `Broker::reload`) changes it in place:
+//!
+//! | `[http]` change             | what happens                                      |
+//! |-----------------------------|---------------------------------------------------|
+//! | `token`                     | the next request is checked against the new one    |
+//! | `bind` to another address   | the new one is bound first; then the old stops accepting (its open connections get [`STOP_GRACE`]) |
+//! | `bind` to an address in use | `error` line; the old listener stays               |
+//! | `bind` to `""` / from `""`  | the listener stops / starts                        |
+//! | `bind` naming the address bound now, or unchanged | untouched               |
 
 mod api;
 pub(crate) mod prom;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,8 +50,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::config::HttpSettings;
 use crate::connection::Context;
 
 /// HTTP connections served at once; a connection beyond it is closed at
@@ -60,22 +71,64 @@ const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 
-/// What every request handler shares.
+/// What every request handler shares, the same across rebinds.
 #[derive(Debug)]
 pub(crate) struct State {
     pub ctx: Arc<Context>,
-    /// `http.token`; empty: loopback peers only.
-    token: String,
+    /// `http.token`; empty: loopback peers only. A reload swaps it; a
+    /// request clones the `Arc` (the lock is held for that only).
+    token: RwLock<Arc<str>>,
     started: Instant,
     metrics: prom::Exporter,
 }
 
-/// The running HTTP listener.
+impl State {
+    fn token(&self) -> Arc<str> {
+        let token = self
+            .token
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(&token)
+    }
+}
+
+/// The HTTP listener: what it serves, where it serves it now (nowhere when
+/// `http.bind` is `""`), and the listeners a reload moved away from.
 #[derive(Debug)]
 pub struct Http {
+    state: Arc<State>,
+    /// Locked for a few lines, never across `.await`.
+    serving: Mutex<Option<Serving>>,
+    /// Accept loops a reload stopped: no longer accepting, their open
+    /// connections ending within [`STOP_GRACE`]. Shutdown waits for them.
+    retired: Mutex<Vec<JoinHandle<()>>>,
+    /// One reload at a time (held across the bind).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// One bound listener's accept loop.
+#[derive(Debug)]
+struct Serving {
+    /// `http.bind` as configured (`127.0.0.1:0`), to tell a change.
+    bind: String,
     addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
+}
+
+impl Serving {
+    fn start(bind: &str, listener: TcpListener, state: &Arc<State>) -> std::io::Result<Serving> {
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(state), stop.clone()));
+        info!(%addr, "http listening");
+        Ok(Serving {
+            bind: bind.to_owned(),
+            addr,
+            stop,
+            task,
+        })
+    }
 }
 
 /// Binds `http.bind`; `Ok(None)` when it is empty (no HTTP listener).
@@ -87,31 +140,129 @@ pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListene
 }
 
 impl Http {
-    /// Starts serving on `listener`.
-    pub fn start(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<Http> {
-        let addr = listener.local_addr()?;
+    /// Starts serving on `listener` (bound from `ctx.settings.http.bind`);
+    /// with `None`, an HTTP listener that is off until a reload binds one.
+    pub fn start(listener: Option<TcpListener>, ctx: Arc<Context>) -> std::io::Result<Http> {
+        let settings = &ctx.settings.http;
+        let (bind, token) = (settings.bind.clone(), Arc::from(settings.token.as_str()));
         let state = Arc::new(State {
-            token: ctx.settings.http.token.clone(),
+            token: RwLock::new(token),
             started: Instant::now(),
             metrics: prom::Exporter::new(Arc::clone(&ctx)),
             ctx,
         });
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, state, stop.clone()));
-        info!(%addr, "http listening");
-        Ok(Http { addr, stop, task })
+        let serving = match listener {
+            Some(listener) => Some(Serving::start(&bind, listener, &state)?),
+            None => None,
+        };
+        Ok(Http {
+            state,
+            serving: Mutex::new(serving),
+            retired: Mutex::new(Vec::new()),
+            reloading: tokio::sync::Mutex::new(()),
+        })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address served now; `None` while off.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        lock(&self.serving).as_ref().map(|serving| serving.addr)
+    }
+
+    /// Applies a reloaded `[http]` (see the module table). A new address
+    /// is bound before the old one stops accepting; when it cannot be, the
+    /// old one stays.
+    pub async fn reload(&self, settings: &HttpSettings) {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.set_token(&settings.token);
+        let current = lock(&self.serving)
+            .as_ref()
+            .map(|serving| (serving.bind.clone(), serving.addr));
+        let bind = settings.bind.as_str();
+        if current.as_ref().map_or("", |(old, _)| old.as_str()) == bind {
+            return;
+        }
+        if bind.is_empty() {
+            let old = lock(&self.serving).take();
+            if let Some(old) = old {
+                info!(addr = %old.addr, "SIGHUP: http listener off");
+                self.retire(old);
+            }
+            return;
+        }
+        let Ok(addr) = bind.parse::<SocketAddr>() else {
+            error!(
+                bind,
+                "SIGHUP: http.bind is not an address; the HTTP listener stays as it was"
+            );
+            return;
+        };
+        if current.as_ref().map(|&(_, old)| old) == Some(addr) {
+            // The address bound now, written out (a port 0 pinned).
+            if let Some(serving) = lock(&self.serving).as_mut() {
+                serving.bind = bind.to_owned();
+            }
+            return;
+        }
+        let started = match TcpListener::bind(addr).await {
+            Ok(listener) => Serving::start(bind, listener, &self.state),
+            Err(error) => Err(error),
+        };
+        let new = match started {
+            Ok(new) => new,
+            Err(error) => {
+                error!(bind, %error, "SIGHUP: cannot listen on http.bind; the HTTP listener stays as it was");
+                return;
+            }
+        };
+        let new_addr = new.addr;
+        let old = lock(&self.serving).replace(new);
+        if let Some(old) = old {
+            info!(old = %old.addr, new = %new_addr, "SIGHUP: http listener moved");
+            self.retire(old);
+        }
+    }
+
+    fn set_token(&self, new: &str) {
+        let mut token = self
+            .state
+            .token
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **token != *new {
+            *token = Arc::from(new);
+            info!(set = !new.is_empty(), "SIGHUP: http.token changed");
+        }
+    }
+
+    /// Stops an accept loop; its open connections finish (or not) on
+    /// their own, within [`STOP_GRACE`].
+    fn retire(&self, old: Serving) {
+        old.stop.cancel();
+        let mut retired = lock(&self.retired);
+        retired.retain(|task| !task.is_finished());
+        retired.push(old.task);
     }
 
     /// Stops accepting, lets open requests finish (up to a short grace),
-    /// and waits for every connection task.
+    /// and waits for every connection task, those of retired listeners
+    /// included.
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+        let mut tasks = self.retired.into_inner().unwrap_or_else(|p| p.into_inner());
+        let serving = self.serving.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(serving) = serving {
+            serving.stop.cancel();
+            tasks.push(serving.task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
@@ -143,6 +294,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
             drop(permit);
         });
     }
+    // Refuses new connections now, not after the grace below.
+    drop(listener);
     tracker.close();
     if tokio::time::timeout(STOP_GRACE, tracker.wait())
         .await
@@ -188,7 +341,7 @@ async fn handle(state: &State, peer: SocketAddr, request: Request<Incoming>) -> 
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     if path.starts_with("/api/") {
-        if !authorized(&state.token, request.headers().get(AUTHORIZATION), peer) {
+        if !authorized(&state.token(), request.headers().get(AUTHORIZATION), peer) {
             let mut reply = api::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             reply.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
