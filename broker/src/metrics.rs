@@ -24,7 +24,11 @@ macro_rules! counters {
 
         impl Metrics {
             pub fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                let mut snapshot =
+                    MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* };
+                // Derived, not counted twice on the PUBLISH path.
+                snapshot.messages_received = self.census.received_by_qos().iter().sum();
+                snapshot
             }
         }
 
@@ -55,7 +59,7 @@ counters! {
     takeovers: "Connections closed because another connection took over their client id.",
     clients_kicked: "Connections closed by the admin API (DELETE /api/clients/{id}).",
     wills_published: "Will messages published.",
-    messages_received: "PUBLISH packets received from clients.",
+    messages_received: "PUBLISH packets received from clients (worked out when read, from the counts by QoS: the field itself is never added to).",
     messages_sent: "PUBLISH packets handed to write tasks.",
     dropped_qos0_offline: "QoS 0 messages not queued because their session was offline.",
     dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages` or `max_queued_bytes`.",

@@ -790,7 +790,6 @@ impl Session {
             v5.aliases_in.resolve(&mut publish).map_err(End::Protocol)?;
         }
         let ctx = &self.client.ctx;
-        Metrics::incr(&ctx.metrics.messages_received);
         ctx.metrics.census.received(publish.qos);
         if !ctx.topic_caps.fits(publish.topic.as_str()) {
             return Err(End::TopicLimit);
