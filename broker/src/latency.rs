@@ -82,9 +82,10 @@ pub struct Latency {
 impl Latency {
     /// Adds what a session tallied and empties the tally.
     pub fn add(&self, tally: &mut LatencyTally) {
-        if tally.sum_micros == 0 && tally.buckets.iter().all(|&n| n == 0) {
+        if !tally.any {
             return;
         }
+        tally.any = false;
         for (bucket, count) in self.buckets.iter().zip(&mut tally.buckets) {
             if *count > 0 {
                 bucket.fetch_add(u64::from(*count), Ordering::Relaxed);
@@ -119,6 +120,9 @@ impl Latency {
 pub struct LatencyTally {
     buckets: [u32; BUCKETS],
     sum_micros: u64,
+    /// Something was recorded since the last hand-over (most flushes have
+    /// nothing to add).
+    any: bool,
 }
 
 impl LatencyTally {
@@ -128,6 +132,7 @@ impl LatencyTally {
         let bucket = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
         self.buckets[bucket] = self.buckets[bucket].saturating_add(1);
         self.sum_micros = self.sum_micros.saturating_add(micros);
+        self.any = true;
     }
 }
 

@@ -26,8 +26,13 @@ macro_rules! counters {
             pub fn snapshot(&self) -> MetricsSnapshot {
                 let mut snapshot =
                     MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* };
-                // Derived, not counted twice on the PUBLISH path.
-                snapshot.messages_received = self.census.received_by_qos().iter().sum();
+                // Derived, not counted twice on the hot paths.
+                let census = &self.census;
+                snapshot.messages_received = census.received_by_qos().iter().sum();
+                snapshot.packets_received = census.packets_in.by_type().iter().sum();
+                let sent = census.packets_out.by_type();
+                snapshot.packets_sent = sent.iter().sum();
+                snapshot.messages_sent = sent[crate::census::PUBLISH];
                 snapshot
             }
         }
@@ -60,7 +65,7 @@ counters! {
     clients_kicked: "Connections closed by the admin API (DELETE /api/clients/{id}).",
     wills_published: "Will messages published.",
     messages_received: "PUBLISH packets received from clients (worked out when read, from the counts by QoS: the field itself is never added to).",
-    messages_sent: "PUBLISH packets handed to write tasks.",
+    messages_sent: "PUBLISH packets handed to write tasks (worked out when read, from the packets sent by type).",
     dropped_qos0_offline: "QoS 0 messages not queued because their session was offline.",
     dropped_queue_full: "Messages dropped because a session's mailbox held `max_queued_messages` or `max_queued_bytes`.",
     held_for_slow_subscribers: "QoS 1/2 deliveries queued beyond a full mailbox, delaying their publisher's acknowledgement.",
@@ -109,8 +114,8 @@ counters! {
     retained_refused_storage_full: "Retained messages not stored because the store reached `storage.max_bytes`.",
     connects_received: "CONNECT packets received, accepted or refused.",
     connections_max: "Most connections past CONNECT open at once since the start (a high-water mark: it only rises).",
-    packets_received: "MQTT packets of any type received (CONNECT included; not AUTH during CONNECT).",
-    packets_sent: "MQTT packets of any type handed to write tasks (CONNACK included).",
+    packets_received: "MQTT packets of any type received (CONNECT included; not AUTH during CONNECT); worked out when read, from the counts by type.",
+    packets_sent: "MQTT packets of any type handed to write tasks (CONNACK included); worked out when read, from the counts by type.",
     bytes_received: "Bytes of the whole MQTT packets received (inside TLS and WebSocket framing).",
     bytes_sent: "Bytes of MQTT packets written to sockets (inside TLS and WebSocket framing).",
 }
@@ -139,7 +144,6 @@ impl Metrics {
     /// Counts one packet written outside a session's batches (a CONNACK,
     /// a server's DISCONNECT), from its encoded bytes.
     pub fn sent_packet(&self, packet: &[u8]) {
-        Metrics::incr(&self.packets_sent);
         self.census.packets_out.one(packet);
     }
 

@@ -368,7 +368,6 @@ async fn read_connect<S: AsyncRead + Unpin>(
 ) -> Result<Connect, HandshakeError> {
     let frame = read_frame(stream, buf, framer).await?;
     Metrics::incr(&metrics.connects_received);
-    Metrics::incr(&metrics.packets_received);
     metrics.census.packets_in.one(&frame.bytes);
     Metrics::add(&metrics.bytes_received, frame.bytes.len() as u64);
     Ok(decode_connect(&frame)?)

@@ -163,7 +163,7 @@ pub struct ReadConfig {
     pub version: ProtocolVersion,
     /// `limits.packet_read_timeout_ms`.
     pub packet_timeout: Duration,
-    /// Counts `packets_received` and `bytes_received`, once per read.
+    /// Counts packets by type and `bytes_received`, once per read.
     pub metrics: Arc<Metrics>,
 }
 
@@ -251,7 +251,6 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
             if packets > 0 {
                 // Once per read, not per packet: the counters are shared
                 // by every connection.
-                Metrics::add(&self.metrics.packets_received, packets);
                 Metrics::add(&self.metrics.bytes_received, bytes);
                 self.metrics.census.packets_in.add(&mut self.tally);
             }

@@ -85,10 +85,8 @@ pub struct Session {
     pub rest_after: Option<Duration>,
     /// Set by the write task while it writes a batch.
     pub writing: Arc<std::sync::atomic::AtomicBool>,
-    /// Packets encoded since they were last added to `packets_sent` (once
-    /// per flush: the counter is shared by every connection).
-    pub packets_out: u64,
-    /// The same packets by type.
+    /// Packets encoded since the last flush, by type: added to the shared
+    /// counts once per flush, as they are shared by every connection.
     pub tally: Tally,
     /// Picks the PUBLISHes whose latency is measured.
     pub sampler: Sampler,
@@ -119,7 +117,6 @@ impl Session {
             ids: Vec::new(),
             rest_after,
             writing,
-            packets_out: 0,
             tally: Tally::default(),
             sampler: Sampler::default(),
             latency: LatencyTally::default(),
@@ -299,7 +296,6 @@ impl Session {
             Some(v5) => v5.encode(packet, &mut self.out),
             None => encode(&packet, self.client.version, &mut self.out),
         }
-        self.packets_out += 1;
         if let Some(&first) = self.out.get(start) {
             self.tally.count(first);
         }
@@ -312,13 +308,9 @@ impl Session {
     /// Hands the encoded packets to the write task, waiting while its queue
     /// is full (unless the connection is cancelled meanwhile).
     async fn flush(&mut self) -> Result<(), End> {
-        if self.packets_out > 0 {
-            let metrics = &self.client.ctx.metrics;
-            Metrics::add(&metrics.packets_sent, self.packets_out);
-            metrics.census.packets_out.add(&mut self.tally);
-            metrics.census.latency.add(&mut self.latency);
-            self.packets_out = 0;
-        }
+        let census = &self.client.ctx.metrics.census;
+        census.packets_out.add(&mut self.tally);
+        census.latency.add(&mut self.latency);
         if self.out.is_empty() {
             return Ok(());
         }
@@ -360,8 +352,6 @@ impl Session {
             self.drop_too_large(&mut batch, now);
         }
         self.record_latency(&batch);
-        Metrics::add(&self.client.ctx.metrics.messages_sent, batch.len() as u64);
-        self.packets_out += batch.len() as u64;
         self.tally.add(
             crate::census::PUBLISH,
             u32::try_from(batch.len()).unwrap_or(u32::MAX),
