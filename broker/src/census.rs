@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tidemq_protocol::{ProtocolVersion, QoS};
+use tidemq_protocol::{ProtocolVersion, QoS, ReasonCode};
 
 use crate::config::{ListenerConfig, ListenerProtocol};
 
@@ -28,6 +28,13 @@ pub struct Census {
     pub packets_out: PacketCounts,
     /// Publish-to-delivery latency of sampled messages.
     pub latency: crate::latency::Latency,
+    /// CONNACKs refused, by MQTT 5 reason code (a 3.1.1 client was sent
+    /// the matching return code).
+    pub connacks_refused: ByReason,
+    /// Connections the broker closed, by the MQTT 5 DISCONNECT reason code
+    /// that stands for why (sent to MQTT 5 clients; a 3.1.1 connection is
+    /// closed without one).
+    pub closed_by_broker: ByReason,
     /// Every listener whose accept loop has started.
     listeners: Mutex<Vec<Arc<ListenerCensus>>>,
 }
@@ -115,6 +122,36 @@ impl ListenerCensus {
     pub fn open(&self) -> [u64; 3] {
         let [a, b, c] = &self.by_version;
         [a, b, c].map(|gauge| gauge.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts by MQTT 5 reason code. Touched only on refusals and closes, never
+/// per message.
+#[derive(Debug)]
+pub struct ByReason([AtomicU64; 256]);
+
+impl Default for ByReason {
+    fn default() -> ByReason {
+        ByReason(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl ByReason {
+    pub fn count(&self, reason: ReasonCode) {
+        self.0[usize::from(reason.0)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The codes counted at least once, with their counts, in code order.
+    pub fn counted(&self) -> Vec<(ReasonCode, u64)> {
+        (0..=u8::MAX)
+            .map(|code| {
+                (
+                    ReasonCode(code),
+                    self.0[usize::from(code)].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|&(_, count)| count > 0)
+            .collect()
     }
 }
 
@@ -247,5 +284,21 @@ mod tests {
         assert_eq!(PACKET_TYPES[12], "pingreq");
         assert_eq!(by_type[2], 1);
         assert_eq!(by_type.iter().sum::<u64>(), 9);
+    }
+
+    #[test]
+    fn reasons_are_listed_in_code_order_once_counted() {
+        let reasons = ByReason::default();
+        assert!(reasons.counted().is_empty());
+        reasons.count(ReasonCode::QUOTA_EXCEEDED);
+        reasons.count(ReasonCode::NOT_AUTHORIZED);
+        reasons.count(ReasonCode::QUOTA_EXCEEDED);
+        assert_eq!(
+            reasons.counted(),
+            [
+                (ReasonCode::NOT_AUTHORIZED, 1),
+                (ReasonCode::QUOTA_EXCEEDED, 2)
+            ]
+        );
     }
 }

@@ -360,6 +360,8 @@ async fn delete_sends_an_mqtt5_client_disconnect_0x98() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let disconnect = client.expect_disconnect().await;
     assert_eq!(disconnect.reason, ReasonCode::ADMINISTRATIVE_ACTION);
+    // Counted by its reason once the connection is closed.
+    wait_sample(http, "tidemq_closed_by_broker_total{reason=\"0x98\"}", 1.0).await;
     // The same client id may come back, and is not kicked again.
     let mut back = v5::V5Client::plain(broker.addr, "live5").await;
     back.subscribe_qos("x", QoS::AtMostOnce).await;
@@ -707,5 +709,47 @@ async fn a_reloaded_empty_bind_turns_the_listener_off_and_an_address_on() {
     let on = broker.broker().http_addr().expect("on again");
     assert_eq!(get(on, "/healthz").await.status, 200);
     assert_eq!(get(on, "/api/stats").await.status, 200);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connacks_are_counted_by_reason_and_queues_are_gauges() {
+    let (broker, http) = http_broker(http_settings()).await;
+    // [MQTT-3.1.3-8]: an empty client id with clean session 0 is refused
+    // with return code 0x02 (MQTT 5's 0x85, Client Identifier not valid).
+    let mut options = ConnectOptions::new("");
+    options.clean_session = false;
+    let mut refused = RawClient::connect(broker.addr).await;
+    refused.send(&connect_bytes(&options)).await;
+    let connack = refused.recv().await.expect("CONNACK");
+    assert_eq!(connack.wire_bytes(), [0x20, 0x02, 0x00, 0x02]);
+    let body = get(http, "/metrics").await.body;
+    assert_eq!(
+        sample(
+            &body,
+            "tidemq_connacks_refused_by_reason_total{reason=\"0x85\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    // A subscriber holding two QoS 1 deliveries unacknowledged.
+    let (mut holder, _) = RawClient::connected(broker.addr, &ConnectOptions::new("holder")).await;
+    holder
+        .subscribe_granted(1, &[("q/#", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) = RawClient::connected(broker.addr, &ConnectOptions::new("pub")).await;
+    for n in 1..=2 {
+        publisher
+            .publish_acked("q/x", QoS::AtLeastOnce, n, b"x", false)
+            .await;
+        holder.next_publish().await;
+    }
+    let body = get(http, "/metrics").await.body;
+    assert_eq!(
+        sample(&body, "tidemq_inflight_messages"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "tidemq_queued_messages"), Some(0.0));
     broker.stop().await;
 }

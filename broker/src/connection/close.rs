@@ -22,6 +22,9 @@ pub(super) async fn close(client: Client, end: End) {
         ..
     } = client;
     report(&end, conn_id, &ownership.slot.client_id, &ctx);
+    if let Some(disconnect) = end.disconnect(&ctx) {
+        ctx.metrics.census.closed_by_broker.count(disconnect.reason);
+    }
     listener.census.closed(version);
     ownership.slot.clear_conn(conn_id);
     let mut will_timer = None;

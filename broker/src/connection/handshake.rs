@@ -478,6 +478,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     reason: ReasonCode,
 ) {
     Metrics::incr(&ctx.metrics.connacks_refused);
+    ctx.metrics.census.connacks_refused.count(reason);
     // [MQTT-3.2.2-4]: session present is 0 on a refusal.
     let mut connack = ConnAck::new(false, reason);
     // A full broker sends MQTT 5 clients elsewhere when told where.

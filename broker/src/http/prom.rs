@@ -13,6 +13,8 @@
 //! | `packets_received`, `packets_sent` by type (`census`) | `tidemq_packets_received_total{type="publish"}`, ... |
 //! | sampled publish-to-delivery latency (`latency`) | `tidemq_delivery_latency_seconds` (histogram) |
 //! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
+//! | CONNACK refusals and broker closes by reason (`census`) | `tidemq_connacks_refused_by_reason_total{reason="0x86"}`, `tidemq_closed_by_broker_total{reason}` |
+//! | mailboxes and in-flight windows, summed  | `tidemq_queued_messages`, `tidemq_inflight_messages` |
 //! | the router's channel                     | `tidemq_router_queue_depth`               |
 //! | `/proc/self/statm`                       | `tidemq_process_resident_memory_bytes`    |
 //! | time since start                         | `tidemq_uptime_seconds`                   |
@@ -138,6 +140,27 @@ impl Collector for Broker {
                 let mut family = metric.encode_family(&labels)?;
                 family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
+        }
+        let by_reason = [
+            ("connacks_refused_by_reason", "CONNACKs refused, by MQTT 5 reason code (3.1.1 clients got the matching return code).", &census.connacks_refused),
+            ("closed_by_broker", "Connections the broker closed, by the MQTT 5 DISCONNECT reason code for why (sent to MQTT 5 clients; 3.1.1 connections are closed without one).", &census.closed_by_broker),
+        ];
+        for (name, doc, reasons) in by_reason {
+            let mut metric = encoder.encode_descriptor(name, doc, None, MetricType::Counter)?;
+            for (reason, count) in reasons.counted() {
+                let labels = [("reason", format!("0x{:02x}", reason.0))];
+                let mut family = metric.encode_family(&labels)?;
+                family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        let (queued, in_flight) = self.ctx.registry.queued_and_in_flight();
+        let gauges = [
+            ("queued_messages", "Deliveries waiting in the sessions' mailboxes now (summed over sessions at each scrape).", queued),
+            ("inflight_messages", "QoS 1/2 deliveries sent and not yet acknowledged, as each session last recorded it (summed at each scrape).", in_flight),
+        ];
+        for (name, doc, value) in gauges {
+            let mut metric = encoder.encode_descriptor(name, doc, None, MetricType::Gauge)?;
+            metric.encode_gauge(&value)?;
         }
         let (sum, buckets) = census.latency.buckets();
         let count = buckets.iter().map(|&(_, count)| count).sum();
