@@ -24,6 +24,20 @@
 //! An embedded session counts in `sessions_current`, not in
 //! `connections_current`; its deliveries are not PUBLISH packets and count
 //! in no packet counter.
+//!
+//! A bridge's local session is the one persistent kind (`crate::bridge`):
+//! `$embedded-bridge/<name>`, under the same reserved prefix, opened with
+//! [`Subscription::open_bridge`]. It never expires and is kept as a
+//! persistent client session is (with a store: its settings, subscriptions
+//! and queued QoS 1/2 deliveries are written, and recovered at start):
+//!
+//! | event                        | the session                                                |
+//! |------------------------------|------------------------------------------------------------|
+//! | `open_bridge`, none known    | made, online                                               |
+//! | `open_bridge`, one offline   | resumed: what was parked in flight is handed back first, then its queue |
+//! | [`Subscription::park`] (or dropped) | offline: subscriptions and queue kept (QoS 0 no longer queued), the deliveries passed in parked in flight, as a client's unacknowledged ones are |
+//! | [`discard_bridge`]           | gone: subscriptions, queue, parked state and store records  |
+//! | a delivery finished          | the bridge writes it done ([`record_done`]), as a PUBACK would |
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,15 +53,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::Context;
 use crate::metrics::Metrics;
-use crate::registry::{Opened, Ownership};
+use crate::registry::{Opened, Ownership, SessionSlot};
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::server::Broker;
+use crate::session::SessionState;
+use crate::store::{unix_ms_now, Record, StoredSession};
 use crate::types::{ClientId, ConnId, Delivery, Receipt, RetainedCursor};
 
 /// The start of every embedded session's client id. No MQTT client can
 /// take one: the handshake refuses such ids, so an embedded session is
 /// never taken over.
 pub const RESERVED_PREFIX: &str = "$embedded-";
+
+/// The start of a bridge's session id, `$embedded-bridge/<name>`: under
+/// [`RESERVED_PREFIX`], so reserved the same way, and never a number.
+pub const BRIDGE_PREFIX: &str = "$embedded-bridge/";
+
+/// The client id of the local session of the bridge named `name`.
+pub(crate) fn bridge_client_id(name: &str) -> ClientId {
+    ClientId::new(&format!("{BRIDGE_PREFIX}{name}"))
+}
 
 /// Numbers embedded sessions, process-wide.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -177,6 +202,8 @@ pub struct Subscription {
     /// The router's answer to a batch asked for: kept across `recv` calls,
     /// so a `recv` cancelled while waiting loses nothing.
     retained_answer: Option<oneshot::Receiver<Option<RetainedCursor>>>,
+    /// A bridge's session: outlives this value (see the module's table).
+    persistent: bool,
 }
 
 impl Subscription {
@@ -185,14 +212,27 @@ impl Subscription {
     async fn open(ctx: &Arc<Context>) -> Result<Subscription, EmbedError> {
         let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let client_id = ClientId::new(&format!("{RESERVED_PREFIX}{n}"));
+        let subscription = Subscription::claim(ctx, &client_id, false).await?;
+        if let Some(ownership) = &subscription.ownership {
+            ownership.slot.set_online(true);
+        }
+        Ok(subscription)
+    }
+
+    /// Claims the slot of `client_id`, waiting until an owner still
+    /// holding it lets go (a stopping bridge).
+    async fn claim(
+        ctx: &Arc<Context>,
+        client_id: &ClientId,
+        persistent: bool,
+    ) -> Result<Subscription, EmbedError> {
         let conn_id = ctx.next_conn_id();
         let token = ctx.shutdown.child_token();
-        let opened = ctx.registry.open(&client_id, conn_id, token.clone()).await;
+        let opened = ctx.registry.open(client_id, conn_id, token.clone()).await;
         // Nobody else can claim a reserved id, so it is never superseded.
         let Opened::Owned { ownership, .. } = opened else {
             return Err(EmbedError::Stopped);
         };
-        ownership.slot.set_online(true);
         Ok(Subscription {
             ctx: Arc::clone(ctx),
             ownership: Some(ownership),
@@ -200,11 +240,41 @@ impl Subscription {
             token,
             cursors: VecDeque::new(),
             retained_answer: None,
+            persistent,
         })
     }
 
-    /// The session's client id (`$embedded-<n>`), as logs and the admin
-    /// API name it.
+    /// Opens the persistent session of the bridge named `name`, or resumes
+    /// it: online, with the deliveries it had in flight when it was parked
+    /// (in sending order, to be sent before what is queued). With a store,
+    /// its settings are written (never expires, online).
+    pub(crate) async fn open_bridge(
+        ctx: &Arc<Context>,
+        name: &str,
+    ) -> Result<(Subscription, Vec<Delivery>), EmbedError> {
+        let client_id = bridge_client_id(name);
+        let subscription = Subscription::claim(ctx, &client_id, true).await?;
+        let Some(ownership) = &subscription.ownership else {
+            return Err(EmbedError::Stopped);
+        };
+        let slot = &ownership.slot;
+        let unacked = slot
+            .take_parked()
+            .map_or_else(Vec::new, |mut state| state.outbound.take_unacked());
+        slot.set_persistent(true);
+        slot.set_online(true);
+        slot.reset_overflow();
+        slot.set_in_flight(0);
+        if let Some(store) = &ctx.store {
+            slot.mark_stored();
+            let settings = bridge_settings(&client_id, false);
+            store.commit(None, |w| w.record(&Record::Session(settings)));
+        }
+        Ok((subscription, unacked))
+    }
+
+    /// The session's client id (`$embedded-<n>`, or a bridge's
+    /// `$embedded-bridge/<name>`), as logs and the admin API name it.
     pub fn client_id(&self) -> &str {
         self.ownership
             .as_ref()
@@ -218,11 +288,6 @@ impl Subscription {
             .await
     }
 
-    /// Opens a session for the crate's own use (the bridge).
-    pub(crate) async fn open_internal(ctx: &Arc<Context>) -> Result<Subscription, EmbedError> {
-        Subscription::open(ctx).await
-    }
-
     /// As [`Subscription::subscribe`], with MQTT 5 options (No Local).
     pub(crate) async fn subscribe_with(
         &mut self,
@@ -234,7 +299,7 @@ impl Subscription {
             return Err(EmbedError::Stopped);
         };
         let request = SubscribeRequest {
-            filters: vec![(filter, options)],
+            filters: vec![(filter.clone(), options)],
             subscription_id: None,
             v5: false,
         };
@@ -246,9 +311,65 @@ impl Subscription {
         self.cursors.extend(cursors);
         match codes.first() {
             Some(code) if code.is_failure() => Err(EmbedError::Refused(*code)),
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.record_subscription(filter, options).await;
+                Ok(())
+            }
             None => Err(EmbedError::Stopped),
         }
+    }
+
+    /// A persistent session's new subscription, written and durable before
+    /// the subscribe returns (as a SUBACK waits for it).
+    async fn record_subscription(&self, filter: TopicFilter, options: SubscriptionOptions) {
+        let (Some(store), true) = (&self.ctx.store, self.persistent) else {
+            return;
+        };
+        let client = self.client_id().to_owned();
+        let (receipt, durable) = Receipt::new();
+        store.commit(Some(&receipt), |w| {
+            w.record(&Record::Subscribe {
+                client,
+                filter,
+                options,
+                subscription_id: None,
+            });
+        });
+        drop(receipt);
+        let _ = durable.await;
+    }
+
+    /// Removes every subscription of this session whose filter is not in
+    /// `keep` (a bridge resumed with other `out` lines); with a store, the
+    /// removals are written.
+    pub(crate) async fn unsubscribe_all_but(&mut self, keep: &[String]) -> Result<(), EmbedError> {
+        let client_id = ClientId::new(self.client_id());
+        let router = &self.ctx.router;
+        let current = router
+            .subscriptions_of(client_id.clone())
+            .await
+            .map_err(|_| EmbedError::Stopped)?;
+        let stale: Vec<TopicFilter> = current
+            .into_iter()
+            .map(|sub| sub.filter)
+            .filter(|filter| !keep.iter().any(|kept| kept == filter.as_str()))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        router
+            .unsubscribe(client_id.clone(), stale.clone())
+            .await
+            .map_err(|_| EmbedError::Stopped)?;
+        if let (Some(store), true) = (&self.ctx.store, self.persistent) {
+            store.commit(None, |w| {
+                for filter in stale {
+                    let client = client_id.to_string();
+                    w.record(&Record::Unsubscribe { client, filter });
+                }
+            });
+        }
+        Ok(())
     }
 
     /// The next message; `None` once the broker shuts down (after what was
@@ -278,6 +399,9 @@ impl Subscription {
                     .is_some_and(|at| at <= Instant::now());
                 if expired {
                     Metrics::incr(&self.ctx.metrics.messages_expired);
+                    if self.persistent {
+                        record_done(&self.ctx, &slot.client_id, &delivery);
+                    }
                     continue;
                 }
                 return Some(delivery);
@@ -303,7 +427,7 @@ impl Subscription {
 
     /// Asks the router for the next batch of the first cursor's retained
     /// messages. The cursor leaves `cursors` only once the request is sent.
-    async fn ask_retained(&mut self, slot: Arc<crate::registry::SessionSlot>) -> Option<()> {
+    async fn ask_retained(&mut self, slot: Arc<SessionSlot>) -> Option<()> {
         let permit = tokio::select! {
             _ = self.token.cancelled() => return None,
             permit = self.ctx.router.reserve() => permit.ok()?,
@@ -321,10 +445,25 @@ impl Subscription {
         Some(())
     }
 
-    /// Ends the session and waits until its subscriptions are gone.
+    /// Ends the session and waits until its subscriptions are gone; a
+    /// bridge's is parked instead, as [`Subscription::park`] with nothing
+    /// in flight.
     pub async fn close(mut self) {
         if let Some(ownership) = self.ownership.take() {
-            end(&self.ctx, ownership, self.conn_id).await;
+            if self.persistent {
+                park(&self.ctx, ownership, self.conn_id, Vec::new());
+            } else {
+                end(&self.ctx, ownership, self.conn_id).await;
+            }
+        }
+    }
+
+    /// Takes a bridge's session offline, keeping its subscriptions and its
+    /// queue: `unacked` (taken, not finished, in sending order) is parked
+    /// in flight, handed back first by the next [`Subscription::open_bridge`].
+    pub(crate) fn park(mut self, unacked: Vec<Delivery>) {
+        if let Some(ownership) = self.ownership.take() {
+            park(&self.ctx, ownership, self.conn_id, unacked);
         }
     }
 }
@@ -334,6 +473,12 @@ impl Drop for Subscription {
         let Some(ownership) = self.ownership.take() else {
             return;
         };
+        if self.persistent {
+            // What the owner had in flight went with it; a store still
+            // holds it (not written done) for the next start.
+            park(&self.ctx, ownership, self.conn_id, Vec::new());
+            return;
+        }
         // At once: no more QoS 0 is queued, and held publishers go on.
         ownership.slot.set_online(false);
         let ctx = Arc::clone(&self.ctx);
@@ -348,6 +493,80 @@ impl Drop for Subscription {
             }
         }
     }
+}
+
+/// What a persistent session's client leaving does (see
+/// `connection::close`): offline at once (held publishers go on), the
+/// state parked with `unacked` in flight, the slot let go of, then marked
+/// offline in the registry (never expiring) and, with a store, written so.
+fn park(ctx: &Context, ownership: Ownership, conn_id: ConnId, unacked: Vec<Delivery>) {
+    let slot = Arc::clone(&ownership.slot);
+    slot.set_online(false);
+    slot.release_owner(conn_id);
+    let mut state = SessionState::new(ctx.live.get().limits.max_inflight);
+    for delivery in &unacked {
+        state.outbound.send(delivery);
+    }
+    slot.set_in_flight(state.outbound.in_flight());
+    if let Some(store) = &ctx.store {
+        let settings = bridge_settings(&slot.client_id, true);
+        store.commit(None, |w| w.record(&Record::Session(settings)));
+    }
+    slot.park(state);
+    // Let go first, so a claim that comes next finds the slot free.
+    drop(ownership);
+    ctx.registry.went_offline(&slot, conn_id, None, None);
+}
+
+/// A bridge session's settings as the store keeps them: no expiry, no will.
+fn bridge_settings(client_id: &ClientId, offline: bool) -> StoredSession {
+    StoredSession {
+        client_id: client_id.to_string(),
+        expiry_secs: None,
+        will: None,
+        offline_at_ms: offline.then(unix_ms_now),
+    }
+}
+
+/// Writes a persistent session's stored delivery done (the remote
+/// acknowledged it, or it is given up), as a PUBACK from a client would:
+/// not redelivered after a restart. Nothing waits for it.
+pub(crate) fn record_done(ctx: &Context, client_id: &ClientId, delivery: &Delivery) {
+    let stored_id = delivery.message.stored_id;
+    // The router wrote a queue entry only for these (`router::persist`).
+    let kept = stored_id != 0 && delivery.qos != QoS::AtMostOnce;
+    if let (Some(store), true) = (&ctx.store, kept) {
+        store.commit(None, |w| w.done(client_id.as_str(), stored_id));
+    }
+}
+
+/// Ends the session of the bridge named `name` for good (the bridge was
+/// removed): its subscriptions, queue and parked state go, and with a store
+/// its records. Waits for a bridge task still holding it to let go.
+pub(crate) async fn discard_bridge(ctx: &Arc<Context>, name: &str) {
+    let client_id = bridge_client_id(name);
+    if ctx.registry.slot(&client_id).is_none() {
+        return;
+    }
+    if let Ok(mut subscription) = Subscription::claim(ctx, &client_id, false).await {
+        if let Some(ownership) = subscription.ownership.take() {
+            end(ctx, ownership, subscription.conn_id).await;
+        }
+    }
+}
+
+/// The names of the bridges whose sessions the registry holds (recovered
+/// from the store, or left by a bridge that stopped).
+pub(crate) fn bridge_sessions(ctx: &Context) -> Vec<String> {
+    ctx.registry
+        .clients(BRIDGE_PREFIX, 0, usize::MAX)
+        .clients
+        .into_iter()
+        .filter_map(|info| {
+            let name = info.client_id.as_str().strip_prefix(BRIDGE_PREFIX)?;
+            Some(name.to_owned())
+        })
+        .collect()
 }
 
 /// What a clean session's end does (see `connection::close`): the router

@@ -22,7 +22,7 @@
 //! | `http`       | `[http]`: /metrics, /healthz, /readyz, admin API, dashboard |
 //! | `sys`        | `$SYS/broker/`: mosquitto's names and the counters        |
 //! | `embed`      | `Broker::publish` / `subscribe`: in-process sessions      |
-//! | `bridge`     | `[[bridge]]`: a remote broker's client, an embedded session |
+//! | `bridge`     | `[[bridge]]`: a remote broker's client, a persistent local session |
 //! | `budget`     | the bytes counted against `limits.memory_limit_mb`        |
 //! | `store`      | what survives a restart: the log, group commit, recovery  |
 //! | `recovery`   | the store's content back into registry, router, sessions  |

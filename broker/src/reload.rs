@@ -17,7 +17,7 @@
 //! | the other keys of `[limits]` and `[connections]` | connections accepted from now on: each keeps the settings of its accept for its life (`connection::Origin::settings`), so what an MQTT 5 client was told in its CONNACK stays true; `shutdown_grace_ms` applies to the next shutdown |
 //! | `limits.router_queue`, `shared_subscription_strategy`, `connections.max_connect_rate`, `[storage]`, `[sys]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
 //! | `[http]` (`bind`, `token`) | applied in place (see `crate::http`): a new `bind` is bound before the old one stops; one in use leaves the old (`error` line); the next request is checked against a new `token` |
-//! | a `[[bridge]]` added, removed or changed (matched by `name`) | added: started; removed: stopped (DISCONNECT, its local session closed); changed: stopped and started again; unchanged: untouched (see `crate::bridge`) |
+//! | a `[[bridge]]` added, removed or changed (matched by `name`) | added: started; removed: stopped (DISCONNECT) and its local session discarded; changed: stopped and started again on the same local session (nothing queued or in flight is lost); unchanged: untouched (see `crate::bridge`) |
 //!
 //! Nothing connected is dropped by a reload.
 

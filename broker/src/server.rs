@@ -139,24 +139,32 @@ impl Broker {
         if let Some(interval) = sys_interval {
             tokio::spawn(crate::sys::run(ctx.clone(), interval));
         }
+        // Before the listeners accept: a bridge's local subscriptions are in
+        // place when this returns, so no client's message slips past it.
+        let bridges = crate::bridge::Bridges::start(&ctx, bridges).await;
+        // From here on a failure stops what was started (bridges, expiry,
+        // $SYS, accept loops) before it is returned.
+        let stop_on_error = |error: StartError| {
+            ctx.shutdown.cancel();
+            error
+        };
         let mut local_addrs = Vec::new();
         let mut running = Vec::new();
         for (listener, endpoint) in listeners {
             let started =
                 crate::reload::Running::start(listener, endpoint, &ctx).map_err(|source| {
-                    StartError::Bind {
+                    stop_on_error(StartError::Bind {
                         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                         source,
-                    }
+                    })
                 })?;
             local_addrs.push(started.addr);
             running.push(started);
         }
         let http = crate::http::Http::start(http_listener, ctx.clone()).map_err(|source| {
             let addr = ctx.settings.http.bind.clone();
-            StartError::HttpBind { addr, source }
+            stop_on_error(StartError::HttpBind { addr, source })
         })?;
-        let bridges = crate::bridge::Bridges::start(&ctx, bridges).await;
         Ok(Broker {
             bridges,
             ctx,

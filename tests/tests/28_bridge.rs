@@ -10,7 +10,11 @@
 //! not load stops the start. Notifications: "1" on both sides after the
 //! CONNACK, the will's "0" on mosquitto when tidemq dies, "0" here when
 //! the connection is lost. A reload starts an added bridge, stops a
-//! removed one and leaves an unchanged one alone.
+//! removed one and leaves an unchanged one alone; the bridge's local
+//! session survives a reload that changes the bridge with everything
+//! queued and in flight (all of it reaches mosquitto), and goes with a
+//! bridge the reload removes. (Across a restart of tidemq with a store:
+//! broker/tests/bridge_restart.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -23,8 +27,11 @@ use std::time::Duration;
 use rumqttc::{Event, MqttOptions, Packet, QoS as RQoS};
 use tidemq::config::{BridgeConfig, BridgeTls};
 use tidemq::{Broker, QoS, Settings};
+use tidemq_tests::http::get;
 use tidemq_tests::tls::Pki;
-use tidemq_tests::{mqtt_options, settings, Client, TestBroker, QUIET, WAIT};
+use tidemq_tests::{
+    mqtt_options, settings, Client, ConnectOptions, RawClient, TestBroker, QUIET, WAIT,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
@@ -810,5 +817,182 @@ async fn a_reload_starts_added_bridges_stops_removed_ones_and_keeps_the_rest() {
     expect_next(&mut remote, &state_topic("keep"), "0").await;
     expect_next(&mut remote, &state_topic("keep"), "1").await;
     carries_out(&broker, &mut remote, "more/1").await;
+    broker.stop().await;
+}
+
+/// QoS 1 messages published here while the remote cannot take them: more
+/// than the bridge's window (64), so some are in flight to the remote and
+/// the rest wait in the bridge's queue.
+const HELD_BACK: usize = 150;
+
+/// The bridge's local session as `GET /api/clients` lists it, if it does.
+async fn bridge_session(broker: &TestBroker, name: &str) -> Option<serde_json::Value> {
+    let http = broker.broker().http_addr().expect("http listener on");
+    // `$embedded-bridge/<name>`, percent-encoded.
+    let path = format!("/api/clients?q=%24embedded-bridge%2F{name}");
+    let page = get(http, &path).await.json();
+    page["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|client| client["client_id"] == format!("$embedded-bridge/{name}"))
+        .cloned()
+}
+
+/// Waits until the bridge's session has `queued` deliveries in its queue.
+async fn wait_queued(broker: &TestBroker, name: &str, queued: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let session = bridge_session(broker, name).await;
+        let now = session.as_ref().and_then(|s| s["queued"].as_u64());
+        if now == Some(queued) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridge's queue never held {queued}: {session:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Publishes `out/n` for each `n` in `range` from a local MQTT client,
+/// each acknowledged (PUBACK) before the next.
+async fn publish_acked_out(broker: &TestBroker, client_id: &str, range: std::ops::Range<usize>) {
+    let (mut publisher, _) =
+        RawClient::connected(broker.addr, &ConnectOptions::new(client_id)).await;
+    for n in range {
+        let packet_id = u16::try_from(n % 60_000 + 1).unwrap();
+        publisher
+            .publish_acked(
+                "out/n",
+                QoS::AtLeastOnce,
+                packet_id,
+                n.to_string().as_bytes(),
+                false,
+            )
+            .await;
+    }
+}
+
+/// Settings with an HTTP listener (for the admin API) and `bridges`.
+fn settings_with_http(bridges: Vec<BridgeConfig>) -> Settings {
+    let mut settings = settings();
+    settings.http.bind = "127.0.0.1:0".to_owned();
+    settings.bridges = bridges;
+    settings.validate().unwrap();
+    settings
+}
+
+/// A broker bridged to `mosquitto` with `out/# out 1`, an HTTP listener,
+/// and a persistent collector on mosquitto that has already received
+/// message "0" through the bridge.
+struct Carrying {
+    received: mpsc::UnboundedReceiver<String>,
+    bridge: BridgeConfig,
+    settings: Settings,
+    broker: TestBroker,
+    seen: HashSet<String>,
+}
+
+async fn carrying_out(mosquitto: &Mosquitto) -> Carrying {
+    let mut options = mosquitto.options("collector");
+    options.set_clean_session(false);
+    let mut received = collector(options, "out/#");
+    let bridge = mosquitto.bridge(&["out/# out 1"]);
+    let settings = settings_with_http(vec![bridge.clone()]);
+    let broker = TestBroker::start_with(settings.clone()).await;
+    let subscribed = timeout(WAIT, received.recv()).await.unwrap().unwrap();
+    assert_eq!(subscribed, SUBSCRIBED);
+    let mut seen = HashSet::new();
+    publish_acked_out(&broker, "local-pub-0", 0..1).await;
+    collect_until(&mut received, &mut seen, 1, WAIT).await;
+    Carrying {
+        received,
+        bridge,
+        settings,
+        broker,
+        seen,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_bridge_loses_nothing_queued_or_in_flight() {
+    let mut mosquitto = Mosquitto::start("reload-changed").await;
+    let Carrying {
+        mut received,
+        bridge,
+        mut settings,
+        broker,
+        mut seen,
+    } = carrying_out(&mosquitto).await;
+
+    // Mosquitto takes nothing more: the bridge's window fills (its
+    // publishes sit unread in mosquitto's socket), the rest stays queued.
+    mosquitto.freeze();
+    publish_acked_out(&broker, "local-pub", 1..HELD_BACK + 1).await;
+    wait_queued(&broker, "test", (HELD_BACK - 64) as u64).await;
+
+    // Changed: the old bridge task stops, the new one resumes its session.
+    settings.bridges = vec![BridgeConfig {
+        reconnect_max_ms: 300,
+        ..bridge
+    }];
+    broker.broker().reload(&settings).await;
+    let session = bridge_session(&broker, "test")
+        .await
+        .expect("the session stays");
+    assert_eq!(session["persistent"], true, "{session}");
+
+    // What mosquitto read of the old connection dies with it: the resumed
+    // session must send its window again, then its queue.
+    mosquitto.kill().await;
+    mosquitto.run().await;
+    collect_until(&mut received, &mut seen, HELD_BACK + 1, RESTART_WAIT).await;
+    let expected: HashSet<String> = (0..=HELD_BACK).map(|n| n.to_string()).collect();
+    assert_eq!(seen, expected);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_bridge_takes_its_session_and_queue_with_it() {
+    let mut mosquitto = Mosquitto::start("reload-removed").await;
+    let Carrying {
+        mut received,
+        bridge,
+        mut settings,
+        broker,
+        seen: _,
+    } = carrying_out(&mosquitto).await;
+
+    // Queued for the bridge (in flight to a mosquitto that reads nothing),
+    // then the bridge is removed: its session goes with what it held.
+    mosquitto.freeze();
+    publish_acked_out(&broker, "local-pub-1", 1..2).await;
+    settings.bridges = Vec::new();
+    broker.broker().reload(&settings).await;
+    assert_eq!(bridge_session(&broker, "test").await, None);
+    // Nobody subscribes to it here now.
+    publish_acked_out(&broker, "local-pub-2", 2..3).await;
+
+    // Added again: a new session, which carries only what follows.
+    settings.bridges = vec![bridge];
+    broker.broker().reload(&settings).await;
+    let session = bridge_session(&broker, "test")
+        .await
+        .expect("a new session");
+    assert_eq!(session["queued"], 0, "{session}");
+    publish_acked_out(&broker, "local-pub-3", 3..4).await;
+    mosquitto.kill().await;
+    mosquitto.run().await;
+    let first = timeout(RESTART_WAIT, received.recv())
+        .await
+        .expect("the message published after the bridge came back")
+        .unwrap();
+    assert_eq!(first, "3", "only what followed the new session arrives");
+    assert!(
+        timeout(QUIET, received.recv()).await.is_err(),
+        "nothing else arrives"
+    );
     broker.stop().await;
 }

@@ -1,11 +1,13 @@
 //! A bridge's bridge task: the local side of one bridge. It owns the
-//! embedded session subscribed to the `out` filters, the deliveries in
-//! flight to the remote, the echo memory of the loop guard and the
-//! connection-state notifications; it is the only caller of the `rumqttc`
-//! client's publish, so the order in which publishes are handed over is the
-//! order in which their packet ids come back (see the table in `mod.rs`).
+//! bridge's local session (subscribed to the `out` filters) while it runs,
+//! the deliveries in flight to the remote, the echo memory of the loop
+//! guard and the connection-state notifications; it is the only caller of
+//! the `rumqttc` client's publish, so the order in which publishes are
+//! handed over is the order in which their packet ids come back (see the
+//! table in `mod.rs`). When it ends it parks the session with what the
+//! remote had not acknowledged, in the order it was sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use tracing::{debug, warn};
 use super::remote::{self, Remote, RemoteTask};
 use super::{Prepared, TopicRule, WINDOW};
 use crate::connection::Context;
-use crate::embed::Subscription;
+use crate::embed::{record_done, Subscription};
 use crate::metrics::Metrics;
 use crate::types::{ClientId, Delivery};
 
@@ -45,15 +47,24 @@ enum Unassigned {
     Notification,
 }
 
-/// Runs one bridge until `stop` (or the broker's shutdown) ends it; then
-/// the remote says goodbye, "0" is published here if "1" was, and the
-/// embedded session is closed.
+/// The bridge's local session as it was opened, and the deliveries it had
+/// in flight when it was last parked (sent again first, in that order).
+pub(super) struct Local {
+    pub local: Subscription,
+    pub unacked: Vec<Delivery>,
+}
+
+/// Runs one bridge until `stop` (or the broker's shutdown, or a claim of
+/// its session) ends it; then the remote says goodbye, "0" is published
+/// here if "1" was, and the local session is parked with what the remote
+/// has not acknowledged.
 pub(super) async fn run(
     ctx: Arc<Context>,
     prepared: Prepared,
-    mut local: Subscription,
+    local: Local,
     stop: CancellationToken,
 ) {
+    let Local { mut local, unacked } = local;
     let Prepared { config, tls } = prepared;
     // Validated with the config: a line that does not parse is not there.
     let rules: Vec<TopicRule> = config
@@ -62,7 +73,7 @@ pub(super) async fn run(
         .filter_map(|line| TopicRule::parse(line).ok())
         .collect();
     let Some(options) = remote::options(&config, tls, ctx.live.get().limits.max_packet_size) else {
-        local.close().await;
+        local.park(unacked);
         return;
     };
     let origin = ClientId::new(local.client_id());
@@ -96,11 +107,18 @@ pub(super) async fn run(
         notification: config.notification_topic(),
         announced: false,
         unassigned: VecDeque::new(),
-        in_flight: HashMap::new(),
+        in_flight: VecDeque::new(),
+        resend: unacked.into(),
         echoes: VecDeque::new(),
     };
     loop {
         let room = bridge.unassigned.len() + bridge.in_flight.len() < WINDOW;
+        if room && !stop.is_cancelled() {
+            if let Some(delivery) = bridge.resend.pop_front() {
+                bridge.send_out(delivery).await;
+                continue;
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -115,11 +133,17 @@ pub(super) async fn run(
         }
     }
     remote_stop.cancel();
-    // A remote task waiting for room in the channel sees it closed.
-    drop(events);
+    // Until the remote task has said goodbye: what the remote acknowledged
+    // meanwhile is not parked (nor sent again). A PUBLISH from the remote
+    // is left unacknowledged, for the remote to send again.
+    while let Some(event) = events.recv().await {
+        if matches!(event, Remote::Sent(_) | Remote::Acked(_)) {
+            bridge.handle_remote(event).await;
+        }
+    }
     let _ = remote.await;
     bridge.announce_locally(false).await;
-    local.close().await;
+    local.park(bridge.take_unacked());
 }
 
 /// The bridge task's state (see the table in `mod.rs`).
@@ -136,9 +160,12 @@ struct Bridge {
     announced: bool,
     /// Handed to the client, no packet id seen yet, in that order.
     unassigned: VecDeque<Unassigned>,
-    /// Awaiting the remote's acknowledgement, by packet id; `None` for the
-    /// notification.
-    in_flight: HashMap<u16, Option<Delivery>>,
+    /// Awaiting the remote's acknowledgement, by packet id, in sending
+    /// order; `None` for the notification.
+    in_flight: VecDeque<(u16, Option<Delivery>)>,
+    /// Parked in flight by the session's last owner: sent before anything
+    /// from the mailbox.
+    resend: VecDeque<Delivery>,
     /// (remote topic, payload hash, when) of what went out.
     echoes: VecDeque<(String, u64, Instant)>,
 }
@@ -151,6 +178,8 @@ impl Bridge {
             .iter()
             .find_map(|rule| rule.outgoing(topic).map(|remote| (rule, remote)))
         else {
+            // Queued under a line that has gone since: given up.
+            record_done(&self.ctx, &self.origin, &delivery);
             return;
         };
         let qos = delivery.qos.min(rule.qos);
@@ -161,26 +190,49 @@ impl Bridge {
             .client
             .publish_bytes(remote_topic, to_remote(qos), retain, payload)
             .await;
-        if sent.is_err() {
-            return; // the event loop is gone: stopping
+        match (sent.is_ok(), qos) {
+            (true, QoS::AtMostOnce) => {
+                // Sent once, if at all: done here.
+                record_done(&self.ctx, &self.origin, &delivery);
+                self.unassigned.push_back(Unassigned::AtMostOnce);
+            }
+            // The event loop is gone (stopping): parked with the rest.
+            _ => self.unassigned.push_back(Unassigned::Delivery(delivery)),
         }
-        self.unassigned.push_back(match qos {
-            QoS::AtMostOnce => Unassigned::AtMostOnce,
-            _ => Unassigned::Delivery(delivery),
+    }
+
+    /// What the remote has not acknowledged, in sending order: in flight,
+    /// handed over, not yet handed over.
+    fn take_unacked(&mut self) -> Vec<Delivery> {
+        let in_flight = self
+            .in_flight
+            .drain(..)
+            .filter_map(|(_, delivery)| delivery);
+        let unassigned = self.unassigned.drain(..).filter_map(|sent| match sent {
+            Unassigned::Delivery(delivery) => Some(delivery),
+            Unassigned::AtMostOnce | Unassigned::Notification => None,
         });
+        in_flight
+            .chain(unassigned)
+            .chain(self.resend.drain(..))
+            .collect()
+    }
+
+    fn is_in_flight(&self, id: u16) -> bool {
+        self.in_flight.iter().any(|(known, _)| *known == id)
     }
 
     async fn handle_remote(&mut self, event: Remote) {
         match event {
             Remote::Connected => self.connected().await,
             Remote::Lost => self.announce_locally(false).await,
-            Remote::Sent(id) if id != 0 && self.in_flight.contains_key(&id) => {}
+            Remote::Sent(id) if id != 0 && self.is_in_flight(id) => {}
             Remote::Sent(id) => match self.unassigned.pop_front() {
                 Some(Unassigned::Delivery(delivery)) => {
-                    self.in_flight.insert(id, Some(delivery));
+                    self.in_flight.push_back((id, Some(delivery)));
                 }
                 Some(Unassigned::Notification) => {
-                    self.in_flight.insert(id, None);
+                    self.in_flight.push_back((id, None));
                 }
                 Some(Unassigned::AtMostOnce) => {
                     Metrics::incr(&self.ctx.metrics.bridge_messages_out)
@@ -188,8 +240,11 @@ impl Bridge {
                 None => {}
             },
             Remote::Acked(id) => {
-                // Dropping the delivery is the local acknowledgement.
-                if let Some(Some(_)) = self.in_flight.remove(&id) {
+                // Dropping the delivery is the local acknowledgement (and
+                // with a store, writing it done).
+                let at = self.in_flight.iter().position(|(known, _)| *known == id);
+                if let Some((_, Some(delivery))) = at.and_then(|at| self.in_flight.remove(at)) {
+                    record_done(&self.ctx, &self.origin, &delivery);
                     Metrics::incr(&self.ctx.metrics.bridge_messages_out);
                 }
             }

@@ -8,7 +8,7 @@
 //! | file        | owns                                                               |
 //! |-------------|--------------------------------------------------------------------|
 //! | `mod.rs`    | the running bridges by name: prepare, start, reload, stop          |
-//! | `carry.rs`  | the bridge task: embedded session, deliveries in flight, loop guard, notifications |
+//! | `carry.rs`  | the bridge task: local session (resumed, parked), deliveries in flight, loop guard, notifications |
 //! | `remote.rs` | the remote task: the `rumqttc` event loop, reconnects, goodbye     |
 //! | `tls.rs`    | the `tls` files loaded into `rumqttc`'s client configuration       |
 //! | `topics.rs` | `topics` lines parsed, topics mapped between the two sides         |
@@ -17,11 +17,11 @@
 //! `rumqttc` event loop: it polls it, reconnects with exponential backoff,
 //! subscribes the `in` filters after each CONNACK, and forwards what
 //! matters to the *bridge* task over a bounded channel. The bridge task
-//! owns the local side, an embedded session (see `crate::embed`)
-//! subscribed with No Local to the `out` filters, and the deliveries in
-//! flight to the remote; it alone publishes to the remote while the
-//! connection runs, so packet ids come back in the order it handed
-//! publishes over:
+//! owns the local side while it runs: the bridge's local session (see
+//! `crate::embed`), `$embedded-bridge/<name>`, subscribed with No Local to
+//! the `out` filters, and the deliveries in flight to the remote; it alone
+//! publishes to the remote while the connection runs, so packet ids come
+//! back in the order it handed publishes over:
 //!
 //! | event                          | what the bridge task does                                   |
 //! |--------------------------------|-------------------------------------------------------------|
@@ -30,12 +30,30 @@
 //! | `Remote::Lost`                 | notification "0" here                                       |
 //! | `Remote::Sent(id)`, new        | the front *unassigned* publish is now in flight under `id`  |
 //! | `Remote::Sent(id)`, known      | a resend after a reconnect: nothing                         |
-//! | PUBACK / PUBCOMP `id`          | drop the delivery (the local acknowledgement), count it     |
+//! | PUBACK / PUBCOMP `id`          | drop the delivery (the local acknowledgement; with a store, written done), count it |
 //! | a remote PUBLISH               | route it locally, wait until routed, then acknowledge it    |
+//! | stop (or a claim of the session) | goodbye (what is acknowledged meanwhile still counts); park the session with the deliveries not acknowledged, in flight first |
 //!
 //! `rumqttc` resends what was in flight after a reconnect, so a remote
 //! restart loses nothing queued or in flight; at most [`WINDOW`] local
 //! deliveries leave the mailbox before the remote acknowledges them.
+//!
+//! The local session is persistent, under a client id named after the
+//! bridge, so QoS 1/2 messages already acknowledged to their publishers
+//! outlive the bridge task, as a persistent client's do its connection:
+//!
+//! | what happens                         | what survives                                          |
+//! |--------------------------------------|--------------------------------------------------------|
+//! | the remote restarts, the link drops  | everything: the task runs on; `rumqttc` resends its window |
+//! | a reload changes the bridge          | the session, parked by the old task (its subscriptions, its queue, the window not acknowledged in front of it, in sending order) and resumed by the new, which sends the window first |
+//! | a reload removes the bridge          | nothing: the session is discarded (what was queued for it is dropped) |
+//! | a restart, `storage.enabled`         | its subscriptions and QoS 1/2 deliveries not acknowledged by the remote, from the store (written as a persistent client's are, done when the remote acknowledges) |
+//! | a restart without a store            | nothing                                                |
+//! | a restart without the bridge in the config | nothing: the recovered session is discarded at start |
+//!
+//! QoS 0 is dropped while the session is offline, as for any session. A
+//! message resent after a reload or a restart goes out under a new packet
+//! id: QoS 1 and 2 alike may arrive twice at the remote then.
 //!
 //! Notifications (mosquitto's, on by default): the connection state on
 //! `$SYS/broker/connection/<client id>/state` (or `notification_topic`),
@@ -44,7 +62,7 @@
 //! publishes "0" before its DISCONNECT. Here: "1" after each CONNACK, "0"
 //! when the connection is lost or the bridge stops.
 //!
-//! Loop guard: messages routed in are tagged with the embedded session's
+//! Loop guard: messages routed in are tagged with the local session's
 //! client id, which the local No Local subscription skips, so nothing that
 //! came in goes back out. What went out to a topic that is also bridged in
 //! would come back from the remote (MQTT 3.1.1 has no No Local): the bridge
@@ -56,8 +74,8 @@
 //! | the `[[bridge]]` table | what [`Bridges::reload`] does                                 |
 //! |------------------------|---------------------------------------------------------------|
 //! | unchanged              | nothing: connection, session and queue untouched (its TLS files are not read again) |
-//! | removed                | stops it: "0" and DISCONNECT to the remote, "0" here, its embedded session closed (what waited in its queue is dropped) |
-//! | changed                | loads the new TLS files first (if they fail, the old bridge keeps running: `error` line); stops the old, starts the new |
+//! | removed                | stops it: "0" and DISCONNECT to the remote, "0" here, its local session discarded (what waited in its queue is dropped) |
+//! | changed                | loads the new TLS files first (if they fail, the old bridge keeps running: `error` line); stops the old (its session parked), starts the new (resuming it, subscribed to the new `out` filters only) |
 //! | added                  | loads its TLS files (or `error` line) and starts it           |
 
 mod carry;
@@ -79,7 +97,8 @@ pub use topics::TopicRule;
 
 use crate::config::BridgeConfig;
 use crate::connection::Context;
-use crate::embed::Subscription;
+use crate::embed::{self, Subscription};
+use crate::types::Delivery;
 
 /// Local deliveries taken from the mailbox and not yet acknowledged by the
 /// remote, at most.
@@ -144,7 +163,15 @@ pub(crate) struct Bridges {
 impl Bridges {
     /// Starts every prepared bridge. Their local subscriptions are in place
     /// when this returns, so every message published afterwards is bridged.
+    /// The sessions the store recovered for bridges no longer configured
+    /// are discarded first.
     pub(crate) async fn start(ctx: &Arc<Context>, prepared: Vec<Prepared>) -> Bridges {
+        for name in embed::bridge_sessions(ctx) {
+            if !prepared.iter().any(|bridge| bridge.config.name == name) {
+                info!(bridge = %name, "the session of a bridge no longer configured is discarded");
+                embed::discard_bridge(ctx, &name).await;
+            }
+        }
         let mut running = Vec::new();
         for bridge in prepared {
             running.extend(start_one(ctx, bridge).await);
@@ -177,8 +204,8 @@ impl Bridges {
                     }
                 },
                 None => {
-                    info!(bridge = %name, "SIGHUP: bridge removed; stopping it");
-                    stop_one(current, ctx.live.get().shutdown_grace()).await;
+                    info!(bridge = %name, "SIGHUP: bridge removed; stopping it and discarding its session");
+                    remove_one(ctx, current).await;
                 }
             }
         }
@@ -209,18 +236,21 @@ impl Bridges {
     }
 }
 
-/// Opens the bridge's embedded session and spawns its bridge task.
+/// Opens (or resumes) the bridge's local session and spawns its bridge
+/// task.
 async fn start_one(ctx: &Arc<Context>, prepared: Prepared) -> Option<Running> {
-    let local = subscribe_locally(ctx, &prepared.config).await?;
+    let (local, unacked) = open_locally(ctx, &prepared.config).await?;
     let config = prepared.config.clone();
     let stop = ctx.shutdown.child_token();
+    let local = carry::Local { local, unacked };
     let task = tokio::spawn(carry::run(ctx.clone(), prepared, local, stop.clone()));
     Some(Running { config, stop, task })
 }
 
 /// Stops a bridge and waits for its goodbye, at most `grace`; past it the
 /// task is aborted, so a new bridge under the same client id does not
-/// meet the old one on the remote.
+/// meet the old one on the remote (what it had in flight is then lost
+/// here, but still in the store).
 async fn stop_one(bridge: Running, grace: Duration) {
     bridge.stop.cancel();
     let abort = bridge.task.abort_handle();
@@ -230,22 +260,35 @@ async fn stop_one(bridge: Running, grace: Duration) {
     }
 }
 
-/// The bridge's embedded session, subscribed with No Local to every
-/// `out` filter.
-async fn subscribe_locally(ctx: &Arc<Context>, config: &BridgeConfig) -> Option<Subscription> {
+/// Stops a removed bridge and ends its local session for good.
+async fn remove_one(ctx: &Arc<Context>, bridge: Running) {
+    let name = bridge.config.name.clone();
+    stop_one(bridge, ctx.live.get().shutdown_grace()).await;
+    embed::discard_bridge(ctx, &name).await;
+}
+
+/// The bridge's local session (`$embedded-bridge/<name>`), made or resumed,
+/// subscribed with No Local to every `out` filter and to nothing else;
+/// with what it had in flight when it was parked.
+async fn open_locally(
+    ctx: &Arc<Context>,
+    config: &BridgeConfig,
+) -> Option<(Subscription, Vec<Delivery>)> {
     let name = &config.name;
-    let mut local = match Subscription::open_internal(ctx).await {
-        Ok(local) => local,
+    let (mut local, unacked) = match Subscription::open_bridge(ctx, name).await {
+        Ok(opened) => opened,
         Err(error) => {
             warn!(bridge = %name, %error, "bridge: no local session");
             return None;
         }
     };
-    let rules = config
+    let rules: Vec<TopicRule> = config
         .topics
         .iter()
-        .filter_map(|line| TopicRule::parse(line).ok());
-    for rule in rules.filter(|rule| rule.direction.carries_out()) {
+        .filter_map(|line| TopicRule::parse(line).ok())
+        .filter(|rule| rule.direction.carries_out())
+        .collect();
+    for rule in &rules {
         let options = SubscriptionOptions {
             no_local: true,
             ..SubscriptionOptions::qos(rule.qos)
@@ -254,7 +297,12 @@ async fn subscribe_locally(ctx: &Arc<Context>, config: &BridgeConfig) -> Option<
             warn!(bridge = %name, filter = %rule.local_filter, %error, "bridge: local subscription refused");
         }
     }
-    Some(local)
+    // A resumed session may hold the filters of lines since removed.
+    let keep: Vec<String> = rules.into_iter().map(|rule| rule.local_filter).collect();
+    if let Err(error) = local.unsubscribe_all_but(&keep).await {
+        warn!(bridge = %name, %error, "bridge: old local subscriptions not removed");
+    }
+    Some((local, unacked))
 }
 
 #[cfg(test)]

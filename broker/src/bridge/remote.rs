@@ -11,7 +11,7 @@
 //! | connecting | error                   | log (`warn` the first in a row), back off       | connecting |
 //! | connected  | PUBLISH, PUBACK, PUBCOMP, a PUBLISH written | forwarded                   | connected  |
 //! | connected  | error                   | [`Remote::Lost`], back off                      | connecting |
-//! | any        | stop token              | if connected: retained "0" notification, DISCONNECT | ended  |
+//! | any        | stop token              | if connected: wait for what is in flight to be acknowledged (at most [`DRAIN`]), retained "0" notification, DISCONNECT; PUBACK, PUBCOMP and PUBLISHes written meanwhile forwarded | ended  |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,10 @@ use crate::metrics::Metrics;
 const REMOTE_INFLIGHT: u16 = 100;
 /// Keepalive on the remote connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// How long a stopping bridge waits for its DISCONNECT to be written.
+/// How long a stopping bridge waits for the remote to acknowledge what is
+/// in flight.
+const DRAIN: Duration = Duration::from_millis(500);
+/// How long a stopping bridge then waits for its DISCONNECT to be written.
 const GOODBYE: Duration = Duration::from_millis(500);
 
 /// What the remote task tells the bridge task.
@@ -159,9 +162,27 @@ impl RemoteTask {
         }
     }
 
-    /// A clean end: the retained "0" notification (the will would say it
-    /// on a loss, but DISCONNECT discards the will), then DISCONNECT.
+    /// A clean end. First, up to [`DRAIN`], the acknowledgements of what
+    /// is in flight (a remote that answers sends them within milliseconds,
+    /// and what it acknowledged is neither parked nor sent again); then the
+    /// retained "0" notification (the will would say it on a loss, but
+    /// DISCONNECT discards the will) and DISCONNECT. What is written and
+    /// acknowledged meanwhile still goes to the bridge task, which drains
+    /// the channel as it stops.
     async fn goodbye(&mut self) {
+        let drained = Instant::now() + DRAIN;
+        while self.eventloop.state.inflight() > 0 {
+            match tokio::time::timeout_at(drained, self.eventloop.poll()).await {
+                Ok(Ok(event)) => {
+                    if !self.forward_late(event, drained).await {
+                        return;
+                    }
+                }
+                // The connection is gone: no goodbye to say.
+                Ok(Err(_)) => return,
+                Err(_) => break,
+            }
+        }
         if let Some(topic) = self.config.notification_topic() {
             let _ = self
                 .client
@@ -174,8 +195,25 @@ impl RemoteTask {
         loop {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
                 Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => return,
-                Ok(Ok(_)) => {}
+                Ok(Ok(event)) => {
+                    if !self.forward_late(event, deadline).await {
+                        return;
+                    }
+                }
             }
         }
+    }
+
+    /// Forwards a PUBLISH written or an acknowledgement read while
+    /// stopping; `false` once the bridge task no longer listens.
+    async fn forward_late(&mut self, event: Event, deadline: Instant) -> bool {
+        let event = match event {
+            Event::Incoming(Packet::PubAck(ack)) => Remote::Acked(ack.pkid),
+            Event::Incoming(Packet::PubComp(comp)) => Remote::Acked(comp.pkid),
+            Event::Outgoing(Outgoing::Publish(id)) => Remote::Sent(id),
+            _ => return true,
+        };
+        let sent = tokio::time::timeout_at(deadline, self.events.send(event)).await;
+        matches!(sent, Ok(Ok(())))
     }
 }

@@ -235,6 +235,30 @@ impl Outbound {
             .collect()
     }
 
+    /// Empties the window: the unacknowledged deliveries in sending order,
+    /// for an owner that sends them again under ids of its own (a bridge's
+    /// session, whose ids are the remote's). A QoS 2 entry past PUBREC
+    /// keeps no message and is dropped; a bridge never parks one.
+    pub fn take_unacked(&mut self) -> Vec<Delivery> {
+        self.inflight
+            .drain(..)
+            .filter_map(|entry| match entry.stage {
+                Stage::Unacked {
+                    message,
+                    qos,
+                    retain,
+                    shared,
+                } => Some(Delivery {
+                    message,
+                    qos,
+                    retain,
+                    extra: crate::types::DeliveryExtra::boxed(Vec::new(), shared),
+                }),
+                Stage::Released { .. } => None,
+            })
+            .collect()
+    }
+
     /// What to send again when a session resumes: unacknowledged PUBLISHes
     /// with DUP set, and PUBRELs for released ones, in their original order
     /// [MQTT-4.4.0-1].
@@ -339,6 +363,26 @@ mod tests {
             }
             other => panic!("unexpected resend {other:?}"),
         }
+    }
+
+    #[test]
+    fn take_unacked_gives_the_window_back_in_sending_order() {
+        let mut out = Outbound::new(4);
+        let first = delivery(QoS::AtLeastOnce);
+        let second = delivery(QoS::ExactlyOnce);
+        let released = out.send(&delivery(QoS::ExactlyOnce)).unwrap();
+        out.send(&first).unwrap();
+        out.send(&second).unwrap();
+        out.pubrec(released).unwrap();
+        let taken = out.take_unacked();
+        assert_eq!(taken.len(), 2, "the released one has no message left");
+        assert!(Arc::ptr_eq(&taken[0].message, &first.message));
+        assert!(Arc::ptr_eq(&taken[1].message, &second.message));
+        assert_eq!(
+            (taken[0].qos, taken[1].qos),
+            (QoS::AtLeastOnce, QoS::ExactlyOnce)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
