@@ -751,5 +751,14 @@ async fn refused_connacks_are_counted_by_reason_and_queues_are_gauges() {
         "{body}"
     );
     assert_eq!(sample(&body, "tidemq_queued_messages"), Some(0.0));
+    // holder and pub; the refused client left no session.
+    assert_eq!(
+        sample(&body, "tidemq_sessions{state=\"online\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&body, "tidemq_sessions{state=\"offline\"}"),
+        Some(0.0)
+    );
     broker.stop().await;
 }

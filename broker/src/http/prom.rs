@@ -14,6 +14,7 @@
 //! | sampled publish-to-delivery latency (`latency`) | `tidemq_delivery_latency_seconds` (histogram) |
 //! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
 //! | CONNACK refusals and broker closes by reason (`census`) | `tidemq_connacks_refused_by_reason_total{reason="0x86"}`, `tidemq_closed_by_broker_total{reason}` |
+//! | `sessions_current` less the offline ones | `tidemq_sessions{state="online\|offline"}` |
 //! | mailboxes and in-flight windows, summed  | `tidemq_queued_messages`, `tidemq_inflight_messages` |
 //! | the router's channel                     | `tidemq_router_queue_depth`               |
 //! | `/proc/self/statm`                       | `tidemq_process_resident_memory_bytes`    |
@@ -152,6 +153,20 @@ impl Collector for Broker {
                 let mut family = metric.encode_family(&labels)?;
                 family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
+        }
+        let snapshot = metrics.snapshot();
+        let offline = snapshot.sessions_offline_current;
+        let online = snapshot.sessions_current.saturating_sub(offline);
+        let mut sessions = encoder.encode_descriptor(
+            "sessions",
+            "Sessions known now, by state: online (a connection or an embedded owner holds it) or offline (persistent, waiting for its client).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, count) in [("online", online), ("offline", offline)] {
+            let labels = [("state", state)];
+            let mut family = sessions.encode_family(&labels)?;
+            family.encode_gauge(&count)?;
         }
         let (queued, in_flight) = self.ctx.registry.queued_and_in_flight();
         let gauges = [
