@@ -305,8 +305,10 @@ impl Broker {
         for section in restart_needed(&previous, settings) {
             warn!(%section, "SIGHUP: changed, but needs a restart to apply");
         }
-        apply_limits(ctx, settings).await;
+        // Live first: once `apply_limits` says "limits applied", every
+        // accept reads the new settings.
         ctx.live.set(settings.clone());
+        apply_limits(ctx, settings).await;
         self.bridges().reload(ctx, &settings.bridges).await;
     }
 }

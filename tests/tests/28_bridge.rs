@@ -286,36 +286,18 @@ async fn retain_on_remote(mosquitto: &Mosquitto, watcher: &mut Client, topic: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_the_bridge_both_ways() {
     let mosquitto = Mosquitto::start("both-ways").await;
-    let mut remote = Client::connect(mosquitto.options("remote-sub")).await;
-    remote.subscribe("out/#", RQoS::AtLeastOnce).await;
-    remote.subscribe("in/#", RQoS::AtLeastOnce).await;
-    retain_on_remote(&mosquitto, &mut remote, "in/ready").await;
-
+    let mut remote = remote_with_ready(&mosquitto).await;
     let broker = start_bridged(&mosquitto, &["out/# out 1", "in/# in 1"]).await;
-    let mut local = Client::connect(mqtt_options(&broker, "local-sub")).await;
-    local.subscribe("in/#", RQoS::AtLeastOnce).await;
-    // The retained message came in: the bridge's remote subscription is in place.
-    let ready = next_on(&mut local, "in/ready").await;
-    assert_eq!(&ready.payload[..], b"ready");
-
-    let remote_pub = Client::connect(mosquitto.options("remote-pub")).await;
-    remote_pub
-        .client
-        .publish("in/live", RQoS::AtLeastOnce, false, "from mosquitto")
-        .await
-        .unwrap();
-    let live = next_on(&mut local, "in/live").await;
-    assert_eq!(&live.payload[..], b"from mosquitto");
-    assert_eq!(live.qos, RQoS::AtLeastOnce);
-
+    assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
+    // From an MQTT client here too, not only from the embedding API.
     let local_pub = Client::connect(mqtt_options(&broker, "local-pub")).await;
     local_pub
         .client
-        .publish("out/a", RQoS::AtLeastOnce, false, "from tidemq")
+        .publish("out/b", RQoS::AtLeastOnce, false, "from a client")
         .await
         .unwrap();
-    let out = next_on(&mut remote, "out/a").await;
-    assert_eq!(&out.payload[..], b"from tidemq");
+    let out = next_on(&mut remote, "out/b").await;
+    assert_eq!(&out.payload[..], b"from a client");
     // Larger than rumqttc's default packet limit (10 KiB).
     let large = vec![b'x'; 50_000];
     broker
@@ -522,10 +504,9 @@ async fn assert_carries_both_ways(broker: &TestBroker, mosquitto: &Mosquitto, re
         .publish("in/live", RQoS::AtLeastOnce, false, "from mosquitto")
         .await
         .unwrap();
-    assert_eq!(
-        &next_on(&mut local, "in/live").await.payload[..],
-        b"from mosquitto"
-    );
+    let live = next_on(&mut local, "in/live").await;
+    assert_eq!(&live.payload[..], b"from mosquitto");
+    assert_eq!(live.qos, RQoS::AtLeastOnce);
     broker
         .broker()
         .publish("out/a", "from tidemq", QoS::AtLeastOnce, false)
