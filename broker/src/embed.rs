@@ -461,6 +461,14 @@ impl Subscription {
     /// Takes a bridge's session offline, keeping its subscriptions and its
     /// queue: `unacked` (taken, not finished, in sending order) is parked
     /// in flight, handed back first by the next [`Subscription::open_bridge`].
+    /// Records the deliveries in flight, as a connection does for the
+    /// admin API and the in-flight gauges.
+    pub(crate) fn set_in_flight(&self, in_flight: usize) {
+        if let Some(ownership) = &self.ownership {
+            ownership.slot.set_in_flight(in_flight);
+        }
+    }
+
     pub(crate) fn park(mut self, unacked: Vec<Delivery>) {
         if let Some(ownership) = self.ownership.take() {
             park(&self.ctx, ownership, self.conn_id, unacked);

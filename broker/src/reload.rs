@@ -14,8 +14,9 @@
 //! | `limits.max_retained_messages`, `max_retained_bytes`, `max_subscriptions_per_client` | the router's next message; what is stored stays |
 //! | `limits.max_topic_levels`, `max_topic_len` | every connection's next check |
 //! | `limits.max_queued_messages`, `max_queued_bytes`, `session_expiry_secs` | sessions made (for the expiry: connected) from now on |
+//! | `connections.server_reference`, `server_moved` | at once: the next busy refusal or shutdown DISCONNECT names the new server |
 //! | the other keys of `[limits]` and `[connections]` | connections accepted from now on: each keeps the settings of its accept for its life (`connection::Origin::settings`), so what an MQTT 5 client was told in its CONNACK stays true; `shutdown_grace_ms` applies to the next shutdown |
-//! | `limits.router_queue`, `shared_subscription_strategy`, `connections.max_connect_rate`, `[storage]`, `[sys]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section) |
+//! | `limits.router_queue`, `shared_subscription_strategy`, `connections.max_connect_rate`, `tcp_nodelay`, `tcp_keepalive_secs`, `[storage]`, `[sys]`, `log.format`, the rest of `[auth]` | needs a restart (`warn` line naming each key or section, at every reload until the restart) |
 //! | `[http]` (`bind`, `token`) | applied in place (see `crate::http`): a new `bind` is bound before the old one stops; one in use leaves the old (`error` line); the next request is checked against a new `token` |
 //! | a `[[bridge]]` added, removed or changed (matched by `name`) | added: started; removed: stopped (DISCONNECT) and its local session discarded; changed: stopped and started again on the same local session (nothing queued or in flight is lost); unchanged: untouched (see `crate::bridge`) |
 //!
@@ -67,10 +68,10 @@ const LIVE_LIMITS: &[&str] = &[
 ];
 
 /// The `[connections]` keys a reload applies: all but `max_connect_rate`,
-/// which each listener's rate limiter took when it started.
+/// which each listener's rate limiter took when it started, and the TCP
+/// options, which Linux gives accepted sockets from their listener's, set
+/// when it was bound.
 const LIVE_CONNECTIONS: &[&str] = &[
-    "tcp_nodelay",
-    "tcp_keepalive_secs",
     "max_connections",
     "connect_timeout_ms",
     "max_pending",
@@ -267,6 +268,9 @@ impl Broker {
     /// is dropped.
     pub async fn reload(&self, settings: &Settings) {
         let ctx = self.context();
+        // Live first: a listener added below, and every accept after
+        // "limits applied", reads the new settings.
+        ctx.live.set(settings.clone());
         let mut running = self.listeners().lock().await;
         let mut kept = Vec::new();
         for current in running.drain(..) {
@@ -301,13 +305,11 @@ impl Broker {
         }
         *running = kept;
         self.http().reload(&settings.http).await;
-        let previous = ctx.live.get();
-        for section in restart_needed(&previous, settings) {
+        // Against what runs: a change that needs a restart is named at
+        // every reload until there is one.
+        for section in restart_needed(&ctx.settings, settings) {
             warn!(%section, "SIGHUP: changed, but needs a restart to apply");
         }
-        // Live first: once `apply_limits` says "limits applied", every
-        // accept reads the new settings.
-        ctx.live.set(settings.clone());
         apply_limits(ctx, settings).await;
         self.bridges().reload(ctx, &settings.bridges).await;
     }
@@ -339,10 +341,17 @@ mod tests {
         new.limits.receive_maximum -= 1;
         new.connections.max_connections += 1;
         new.connections.max_connect_rate += 1;
+        new.connections.tcp_nodelay = !old.connections.tcp_nodelay;
+        new.connections.server_reference = "elsewhere:1883".to_owned();
         new.sys.interval_secs += 1;
         assert_eq!(
             restart_needed(&old, &new),
-            ["limits.router_queue", "connections.max_connect_rate", "sys"]
+            [
+                "limits.router_queue",
+                "connections.tcp_nodelay",
+                "connections.max_connect_rate",
+                "sys"
+            ]
         );
         assert!(restart_needed(&old, &old).is_empty());
     }

@@ -558,8 +558,14 @@ async fn delivery_latency_is_recorded_for_one_publish_in_16_and_each_of_its_deli
         .publish_acked("lat/r", QoS::AtMostOnce, 1, b"r", true)
         .await;
     for n in 0..17u16 {
+        let rested = broker.metrics().connections_rested;
         publisher
             .publish_acked("lat/x", QoS::AtMostOnce, n + 2, b"x", false)
+            .await;
+        // The publisher and both subscribers rest (after 20 ms idle)
+        // between PUBLISHes: one in 16 holds across rests.
+        broker
+            .wait_metrics("all three rested", |m| m.connections_rested >= rested + 3)
             .await;
     }
     // Each delivery was recorded before its subscriber's batch was written.

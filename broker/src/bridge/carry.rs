@@ -94,6 +94,7 @@ pub(super) async fn run(
             events: events_tx,
             stop: remote_stop.clone(),
             metrics: ctx.metrics.clone(),
+            releasing: 0,
         }
         .run(),
     );
@@ -123,7 +124,16 @@ pub(super) async fn run(
             biased;
             _ = stop.cancelled() => break,
             event = events.recv() => match event {
-                Some(event) => bridge.handle_remote(event).await,
+                // Raced against the stop: routing a remote PUBLISH in waits
+                // for every local subscriber to take it, which a slow one
+                // may hold past the shutdown grace, and a bridge aborted
+                // then could not park its window. Left unacknowledged, the
+                // remote sends it again.
+                Some(event) => tokio::select! {
+                    biased;
+                    _ = bridge.handle_remote(event) => {}
+                    _ = stop.cancelled() => {}
+                },
                 None => break,
             },
             delivery = local.recv_delivery(), if room => match delivery {
@@ -131,6 +141,7 @@ pub(super) async fn run(
                 None => break,
             },
         }
+        local.set_in_flight(bridge.unacked_len());
     }
     remote_stop.cancel();
     // Until the remote task has said goodbye: what the remote acknowledged
@@ -216,6 +227,22 @@ impl Bridge {
             .chain(unassigned)
             .chain(self.resend.drain(..))
             .collect()
+    }
+
+    /// QoS 1/2 deliveries handed over and not yet acknowledged (the
+    /// in-flight count `$SYS` and `/metrics` sum over sessions).
+    fn unacked_len(&self) -> usize {
+        let handed = self
+            .unassigned
+            .iter()
+            .filter(|sent| matches!(sent, Unassigned::Delivery(_)))
+            .count();
+        let in_flight = self
+            .in_flight
+            .iter()
+            .filter(|(_, delivery)| delivery.is_some())
+            .count();
+        handed + in_flight
     }
 
     fn is_in_flight(&self, id: u16) -> bool {

@@ -11,14 +11,17 @@
 //! | connecting | error                   | log (`warn` the first in a row), back off       | connecting |
 //! | connected  | PUBLISH, PUBACK, PUBCOMP, a PUBLISH written | forwarded                   | connected  |
 //! | connected  | error                   | [`Remote::Lost`], back off                      | connecting |
+//! | start      | (a persistent remote session) | PUBREL for every packet id, first thing on the first connection | connecting |
+//! | connected  | PUBCOMP of such a PUBREL | dropped (nothing of ours was in flight under it) | connected |
+//! | any        | a PUBREL `rumqttc` does not know (the remote held a QoS 2 message of ours across our restart or reconnect) | PUBCOMP for it after the reconnect | connecting |
 //! | any        | stop token              | if connected: wait for what is in flight to be acknowledged (at most [`DRAIN`]), retained "0" notification, DISCONNECT; PUBACK, PUBCOMP and PUBLISHes written meanwhile forwarded | ended  |
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
+    PubComp, PubRel, Request, StateError, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -93,9 +96,58 @@ pub(super) struct RemoteTask {
     pub events: mpsc::Sender<Remote>,
     pub stop: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// Packet ids released at the start (bit `id`) whose PUBCOMP has not
+    /// come yet; see [`RemoteTask::release_stale_ids`].
+    pub releasing: u128,
 }
 
 impl RemoteTask {
+    /// A persistent remote session may still hold QoS 2 packet ids of an
+    /// earlier `rumqttc` of this bridge (before a reload that changed it,
+    /// a restart, a crash) as awaiting PUBREL. This one numbers its packet
+    /// ids from 1 again, and a remote that still holds id X takes our next
+    /// PUBLISH under X for a resend of the old one and drops it. So every
+    /// id `rumqttc` can use is released first: PUBREL, which a remote
+    /// answers with PUBCOMP whether it held the id or not [MQTT-4.3.3-1 ff.].
+    /// The messages those ids carried were parked by the old bridge and go
+    /// again under new ids (at worst twice, never lost). `rumqttc` sends
+    /// these before any PUBLISH and keeps its window full until the
+    /// PUBCOMPs come, so no new message shares an id with a release.
+    fn release_stale_ids(&mut self) {
+        if self.config.clean_session {
+            return;
+        }
+        for id in 1..=REMOTE_INFLIGHT {
+            self.eventloop
+                .pending
+                .push_back(Request::PubRel(PubRel::new(id)));
+            self.releasing |= 1 << id;
+        }
+    }
+
+    /// Whether a PUBCOMP answers one of the releases, which nothing of the
+    /// bridge task's waits for.
+    fn released(&mut self, id: u16) -> bool {
+        let bit = 1u128.checked_shl(u32::from(id)).unwrap_or(0);
+        let was = self.releasing & bit != 0;
+        self.releasing &= !bit;
+        was
+    }
+
+    /// `rumqttc` forgets the QoS 2 ids it received when a connection ends,
+    /// so a persistent remote's PUBREL for one after the reconnect is
+    /// "unsolicited" and ends the connection, again at every reconnect.
+    /// Answering it with PUBCOMP first thing on the next connection lets
+    /// the remote complete it. (An unsolicited acknowledgement of ours gets
+    /// a PUBCOMP the remote ignores as unknown.)
+    fn answer_unsolicited(&mut self, error: &ConnectionError) {
+        if let ConnectionError::MqttState(StateError::Unsolicited(id)) = error {
+            self.eventloop
+                .pending
+                .push_front(Request::PubComp(PubComp::new(*id)));
+        }
+    }
+
     /// Polls until stopped, or until the bridge task is gone.
     pub(super) async fn run(mut self) {
         let name = self.config.name.clone();
@@ -106,6 +158,7 @@ impl RemoteTask {
         let mut connected = false;
         let mut ever_connected = false;
         let mut failing = false;
+        self.release_stale_ids();
         loop {
             let polled = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -127,10 +180,12 @@ impl RemoteTask {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => Remote::Publish(publish),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => Remote::Acked(ack.pkid),
+                Ok(Event::Incoming(Packet::PubComp(comp))) if self.released(comp.pkid) => continue,
                 Ok(Event::Incoming(Packet::PubComp(comp))) => Remote::Acked(comp.pkid),
                 Ok(Event::Outgoing(Outgoing::Publish(id))) => Remote::Sent(id),
                 Ok(_) => continue,
                 Err(error) => {
+                    self.answer_unsolicited(&error);
                     if connected {
                         info!(bridge = %name, %address, %error, "bridge disconnected");
                     } else if !failing {
@@ -209,6 +264,7 @@ impl RemoteTask {
     async fn forward_late(&mut self, event: Event, deadline: Instant) -> bool {
         let event = match event {
             Event::Incoming(Packet::PubAck(ack)) => Remote::Acked(ack.pkid),
+            Event::Incoming(Packet::PubComp(comp)) if self.released(comp.pkid) => return true,
             Event::Incoming(Packet::PubComp(comp)) => Remote::Acked(comp.pkid),
             Event::Outgoing(Outgoing::Publish(id)) => Remote::Sent(id),
             _ => return true,

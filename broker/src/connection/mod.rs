@@ -257,6 +257,10 @@ struct Client {
     v5: Option<Box<v5::V5Conn>>,
     /// The keepalive the client asked for, in seconds; 0: none.
     keep_alive: u16,
+    /// Picks the PUBLISHes whose latency is measured; here rather than in
+    /// the session task, which a rest ends, so that one in 16 stays one in
+    /// 16 for a client that rests between its PUBLISHes.
+    sampler: crate::latency::Sampler,
     /// Boxed: most clients have none, and this struct is what a resting
     /// connection costs.
     will: Option<Box<LastWill>>,
@@ -488,6 +492,7 @@ async fn connect<S: Transport>(
         version,
         v5,
         keep_alive,
+        sampler: crate::latency::Sampler::default(),
         will: accepted.connect.will.map(Box::new),
         state,
         last_packet: Instant::now(),

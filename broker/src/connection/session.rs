@@ -38,7 +38,7 @@ use super::writer::WriterEnd;
 use super::{sleep_until_option, Client, Context};
 use crate::auth::MAX_AUTH_ROUNDS;
 use crate::census::Tally;
-use crate::latency::{LatencyTally, Sampler, Stamp};
+use crate::latency::{LatencyTally, Stamp};
 use crate::metrics::Metrics;
 use crate::registry::SessionSlot;
 use crate::router::shared::Strategy;
@@ -88,8 +88,6 @@ pub struct Session {
     /// Packets encoded since the last flush, by type: added to the shared
     /// counts once per flush, as they are shared by every connection.
     pub tally: Tally,
-    /// Picks the PUBLISHes whose latency is measured.
-    pub sampler: Sampler,
     /// Latencies of sampled deliveries since the last flush.
     pub latency: LatencyTally,
 }
@@ -118,7 +116,6 @@ impl Session {
             rest_after,
             writing,
             tally: Tally::default(),
-            sampler: Sampler::default(),
             latency: LatencyTally::default(),
         }
     }
@@ -930,7 +927,7 @@ impl Session {
             &self.client.ctx.budget,
         );
         if !retain {
-            message.published_at = self.sampler.next();
+            message.published_at = self.client.sampler.next();
         }
         // No Local needs the publisher of every MQTT 5 message; the `hash`
         // strategy of shared subscriptions, that of every message.
