@@ -78,11 +78,7 @@ pub(super) async fn run(
     };
     let origin = ClientId::new(local.client_id());
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let filters: Vec<rumqttc::SubscribeFilter> = rules
-        .iter()
-        .filter(|rule| rule.direction.carries_in())
-        .map(|rule| rumqttc::SubscribeFilter::new(rule.remote_filter.clone(), to_remote(rule.qos)))
-        .collect();
+    let filters = remote_subscriptions(&rules);
     let remote_stop = stop.child_token();
     let (events_tx, mut events) = mpsc::channel(EVENT_CAPACITY);
     let remote = tokio::spawn(
@@ -155,6 +151,22 @@ pub(super) async fn run(
     let _ = remote.await;
     bridge.announce_locally(false).await;
     local.park(bridge.take_unacked());
+}
+
+/// The `in` filters, subscribed on the remote at the line's QoS but at most
+/// 1: `rumqttc` 0.24 forgets the ids of QoS 2 messages it received when a
+/// connection ends and cannot send a PUBCOMP of its own, so a persistent
+/// remote's PUBREL after a reconnect would end every later connection. An
+/// `in` line at QoS 2 is carried at least once, not exactly once.
+fn remote_subscriptions(rules: &[TopicRule]) -> Vec<rumqttc::SubscribeFilter> {
+    rules
+        .iter()
+        .filter(|rule| rule.direction.carries_in())
+        .map(|rule| {
+            let qos = to_remote(rule.qos.min(QoS::AtLeastOnce));
+            rumqttc::SubscribeFilter::new(rule.remote_filter.clone(), qos)
+        })
+        .collect()
 }
 
 /// The bridge task's state (see the table in `mod.rs`).
@@ -408,5 +420,30 @@ fn from_remote(qos: rumqttc::QoS) -> QoS {
         rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
         rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
         rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_lines_are_subscribed_on_the_remote_at_qos_1_at_most() {
+        let rules: Vec<TopicRule> = ["a/# in 2", "b/# in 0", "c/# out 2", "d/# both 1"]
+            .iter()
+            .map(|line| TopicRule::parse(line).unwrap())
+            .collect();
+        let subscribed: Vec<(String, rumqttc::QoS)> = remote_subscriptions(&rules)
+            .into_iter()
+            .map(|filter| (filter.path, filter.qos))
+            .collect();
+        assert_eq!(
+            subscribed,
+            [
+                ("a/#".to_owned(), rumqttc::QoS::AtLeastOnce),
+                ("b/#".to_owned(), rumqttc::QoS::AtMostOnce),
+                ("d/#".to_owned(), rumqttc::QoS::AtLeastOnce),
+            ]
+        );
     }
 }

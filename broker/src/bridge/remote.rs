@@ -13,15 +13,14 @@
 //! | connected  | error                   | [`Remote::Lost`], back off                      | connecting |
 //! | start      | (a persistent remote session) | PUBREL for every packet id, first thing on the first connection | connecting |
 //! | connected  | PUBCOMP of such a PUBREL | dropped (nothing of ours was in flight under it) | connected |
-//! | any        | a PUBREL `rumqttc` does not know (the remote held a QoS 2 message of ours across our restart or reconnect) | PUBCOMP for it after the reconnect | connecting |
 //! | any        | stop token              | if connected: wait for what is in flight to be acknowledged (at most [`DRAIN`]), retained "0" notification, DISCONNECT; PUBACK, PUBCOMP and PUBLISHes written meanwhile forwarded | ended  |
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    PubComp, PubRel, Request, StateError, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, PubRel, Request,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -134,20 +133,6 @@ impl RemoteTask {
         was
     }
 
-    /// `rumqttc` forgets the QoS 2 ids it received when a connection ends,
-    /// so a persistent remote's PUBREL for one after the reconnect is
-    /// "unsolicited" and ends the connection, again at every reconnect.
-    /// Answering it with PUBCOMP first thing on the next connection lets
-    /// the remote complete it. (An unsolicited acknowledgement of ours gets
-    /// a PUBCOMP the remote ignores as unknown.)
-    fn answer_unsolicited(&mut self, error: &ConnectionError) {
-        if let ConnectionError::MqttState(StateError::Unsolicited(id)) = error {
-            self.eventloop
-                .pending
-                .push_front(Request::PubComp(PubComp::new(*id)));
-        }
-    }
-
     /// Polls until stopped, or until the bridge task is gone.
     pub(super) async fn run(mut self) {
         let name = self.config.name.clone();
@@ -185,7 +170,6 @@ impl RemoteTask {
                 Ok(Event::Outgoing(Outgoing::Publish(id))) => Remote::Sent(id),
                 Ok(_) => continue,
                 Err(error) => {
-                    self.answer_unsolicited(&error);
                     if connected {
                         info!(bridge = %name, %address, %error, "bridge disconnected");
                     } else if !failing {
@@ -271,5 +255,146 @@ impl RemoteTask {
         };
         let sent = tokio::time::timeout_at(deadline, self.events.send(event)).await;
         matches!(sent, Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The remote task against a fake remote on 127.0.0.1: a listener that
+    //! reads the bridge's packets raw and answers what the test says.
+    use super::*;
+    use bytes::BytesMut;
+    use tidemq_protocol::Framer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn config(port: u16, clean_session: bool) -> BridgeConfig {
+        BridgeConfig {
+            name: "t".to_owned(),
+            address: format!("127.0.0.1:{port}"),
+            client_id: None,
+            username: None,
+            password: None,
+            clean_session,
+            topics: Vec::new(),
+            reconnect_min_ms: 10,
+            reconnect_max_ms: 10,
+            tls: None,
+            notifications: false,
+            notification_topic: None,
+        }
+    }
+
+    /// Starts the remote task for `config`; its events and its client.
+    fn start(config: BridgeConfig) -> (mpsc::Receiver<Remote>, AsyncClient, CancellationToken) {
+        let options = options(&config, None, 1 << 20).unwrap();
+        let (client, eventloop) = AsyncClient::new(options, 256);
+        let (events, rx) = mpsc::channel(256);
+        let stop = CancellationToken::new();
+        let task = RemoteTask {
+            eventloop,
+            client: client.clone(),
+            filters: Vec::new(),
+            config,
+            events,
+            stop: stop.clone(),
+            metrics: Arc::default(),
+            releasing: 0,
+        };
+        tokio::spawn(task.run());
+        (rx, client, stop)
+    }
+
+    /// One side of the fake remote's connection.
+    struct Peer {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        /// Accepts the bridge, reads its CONNECT, answers CONNACK with
+        /// session present.
+        async fn accept(listener: &TcpListener) -> Peer {
+            let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut peer = Peer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            assert_eq!(peer.next().await[0] >> 4, 1, "CONNECT");
+            peer.send(&[0x20, 0x02, 0x01, 0x00]).await;
+            peer
+        }
+
+        /// The next whole packet, raw.
+        async fn next(&mut self) -> Vec<u8> {
+            let framer = Framer::new(1 << 20);
+            loop {
+                if let Some(frame) = framer.next_frame(&mut self.buf).unwrap() {
+                    return frame.bytes.to_vec();
+                }
+                let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("a packet in time")
+                    .unwrap();
+                assert!(read > 0, "the bridge closed the connection");
+            }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_persistent_remote_session_has_every_packet_id_released_before_a_publish() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut events, client, stop) = start(config(port, false));
+        let mut peer = Peer::accept(&listener).await;
+        client
+            .publish("t", rumqttc::QoS::ExactlyOnce, false, "new")
+            .await
+            .unwrap();
+        for id in 1..=REMOTE_INFLIGHT {
+            let [hi, lo] = id.to_be_bytes();
+            assert_eq!(peer.next().await, [0x62, 0x02, hi, lo], "PUBREL {id}");
+        }
+        // Answered in order: only then may the PUBLISH take an id.
+        for id in 1..=REMOTE_INFLIGHT {
+            let [hi, lo] = id.to_be_bytes();
+            peer.send(&[0x70, 0x02, hi, lo]).await;
+        }
+        let publish = peer.next().await;
+        assert_eq!(publish[0], 0x34, "PUBLISH QoS 2: {publish:?}");
+        // The releases' PUBCOMPs are nothing the bridge task waits for.
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout(WAIT, events.recv()).await {
+            let sent = matches!(event, Remote::Sent(_));
+            seen.push(format!("{event:?}"));
+            if sent {
+                break;
+            }
+        }
+        assert_eq!(seen, ["Connected", "Sent(1)"]);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_clean_session_releases_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_events, client, stop) = start(config(port, true));
+        let mut peer = Peer::accept(&listener).await;
+        client
+            .publish("t", rumqttc::QoS::ExactlyOnce, false, "new")
+            .await
+            .unwrap();
+        assert_eq!(peer.next().await[0], 0x34, "the PUBLISH first");
+        stop.cancel();
     }
 }
