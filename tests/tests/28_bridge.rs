@@ -283,6 +283,19 @@ async fn retain_on_remote(mosquitto: &Mosquitto, watcher: &mut Client, topic: &s
     next_on(watcher, topic).await;
 }
 
+/// Publishes `payload` to `topic` at QoS 1 from an MQTT client of `broker`
+/// (not through the embedding API); the client is returned, to be kept
+/// until its message has arrived.
+async fn publish_from_client(broker: &TestBroker, topic: &str, payload: &'static str) -> Client {
+    let publisher = Client::connect(mqtt_options(broker, "local-pub")).await;
+    publisher
+        .client
+        .publish(topic, RQoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    publisher
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_the_bridge_both_ways() {
     let mosquitto = Mosquitto::start("both-ways").await;
@@ -290,12 +303,7 @@ async fn messages_cross_the_bridge_both_ways() {
     let broker = start_bridged(&mosquitto, &["out/# out 1", "in/# in 1"]).await;
     assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
     // From an MQTT client here too, not only from the embedding API.
-    let local_pub = Client::connect(mqtt_options(&broker, "local-pub")).await;
-    local_pub
-        .client
-        .publish("out/b", RQoS::AtLeastOnce, false, "from a client")
-        .await
-        .unwrap();
+    let _publisher = publish_from_client(&broker, "out/b", "from a client").await;
     let out = next_on(&mut remote, "out/b").await;
     assert_eq!(&out.payload[..], b"from a client");
     // Larger than rumqttc's default packet limit (10 KiB).
@@ -444,12 +452,7 @@ async fn a_both_topic_does_not_loop() {
     // What came in does not go back out (No Local on the local side).
     assert_eq!(count_quietly(&mut remote, "loop/ready").await, 0);
 
-    let local_pub = Client::connect(mqtt_options(&broker, "local-pub")).await;
-    local_pub
-        .client
-        .publish("loop/x", RQoS::AtLeastOnce, false, "once")
-        .await
-        .unwrap();
+    let _publisher = publish_from_client(&broker, "loop/x", "once").await;
     let out = next_on(&mut remote, "loop/x").await;
     assert_eq!(&out.payload[..], b"once");
     next_on(&mut local, "loop/x").await;
