@@ -277,8 +277,13 @@ impl Broker {
             let bind = current.endpoint.config.bind;
             match settings.listeners.iter().find(|new| new.bind == bind) {
                 None => {
-                    info!(addr = %current.addr, "SIGHUP: listener removed; its connections stay");
                     current.stop.cancel();
+                    // The port is free once the accept loop has dropped its
+                    // socket; only then is the removal true to log.
+                    if let Err(error) = current.task.await {
+                        warn!(addr = %current.addr, %error, "SIGHUP: a removed listener's accept loop failed");
+                    }
+                    info!(addr = %current.addr, "SIGHUP: listener removed; its connections stay");
                 }
                 Some(new) => {
                     if !same_shape(&current.endpoint.config, new) {
