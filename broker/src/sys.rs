@@ -166,6 +166,11 @@ impl SysTree {
             ("messages/sent", m.packets_sent.to_string()),
             ("messages/stored", stored.to_string()),
             ("store/messages/count", stored.to_string()),
+            // The memory budget's count: messages (topic + payload) held for
+            // queues, in-flight windows and the retained store, once each
+            // however many share them, plus queue slots and partly read
+            // packets.
+            ("store/messages/bytes", m.memory_accounted_bytes.to_string()),
             ("bytes/received", m.bytes_received.to_string()),
             ("bytes/sent", m.bytes_sent.to_string()),
             ("subscriptions/count", m.subscriptions_current.to_string()),
@@ -298,6 +303,7 @@ mod tests {
             connections_max: 7,
             sessions_offline_current: 2,
             retained_messages_current: 4,
+            memory_accounted_bytes: 1234,
             dropped_queue_full: 1,
             dropped_storage_full: 1,
             messages_received: 9,
@@ -318,6 +324,7 @@ mod tests {
         assert_eq!(value(&topics, "clients/maximum"), "7");
         assert_eq!(value(&topics, "messages/stored"), "9");
         assert_eq!(value(&topics, "retained messages/count"), "4");
+        assert_eq!(value(&topics, "store/messages/bytes"), "1234");
         assert_eq!(value(&topics, "publish/messages/dropped"), "2");
         assert_eq!(value(&topics, "tidemq/messages_received"), "9");
         assert_eq!(value(&topics, "load/publish/received/1min"), "0.00");
