@@ -52,7 +52,7 @@ async fn mqtt_4_7_2_1_hash_does_not_receive_sys_topics() {
 }
 
 /// mosquitto's `$SYS/broker/` names, below the prefix.
-const MOSQUITTO_NAMES: [&str; 21] = [
+const MOSQUITTO_NAMES: [&str; 22] = [
     "version",
     "uptime",
     "clients/connected",
@@ -64,6 +64,7 @@ const MOSQUITTO_NAMES: [&str; 21] = [
     "messages/sent",
     "messages/stored",
     "store/messages/count",
+    "store/messages/bytes",
     "bytes/received",
     "bytes/sent",
     "subscriptions/count",
@@ -257,6 +258,10 @@ async fn mosquitto_names_follow_the_traffic() {
             // 5 queued for the offline session, and the retained ones.
             && sys.number("messages/stored") == sys.number("retained messages/count") + 5
             && sys.number("store/messages/count") == sys.number("messages/stored")
+            // At least the topics and payloads of the 15 messages held:
+            // 10 × ("retained/N" + "kept") + 5 × ("queue/jobs" + "job") =
+            // 205 bytes, less a margin for $SYS values grown shorter.
+            && sys.number("store/messages/bytes") >= count("store/messages/bytes") + 150
             // The dashboard and the publisher, and the offline session.
             && sys.number("clients/connected") == 2
             && sys.number("clients/total") == 3
