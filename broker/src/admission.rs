@@ -250,13 +250,8 @@ impl Drop for Admission {
         if let Some(pending) = self.pending.take() {
             self.gate.leave_pending(pending.0);
         }
-        if std::mem::take(&mut self.connected) {
-            if let Some(listener) = &self.listener {
-                listener.give_back();
-            }
-            self.gate.open.fetch_sub(1, Ordering::AcqRel);
-            Metrics::decr(&self.gate.metrics.connections_current);
-        }
+        // The address's count first: whoever sees the gauge below go down
+        // may connect again from the same address at once.
         if let Some(addr) = self.addr.take() {
             let mut counts = lock(&self.gate.per_address);
             if let Some(count) = counts.get_mut(&*addr) {
@@ -265,6 +260,13 @@ impl Drop for Admission {
                     counts.remove(&*addr);
                 }
             }
+        }
+        if std::mem::take(&mut self.connected) {
+            if let Some(listener) = &self.listener {
+                listener.give_back();
+            }
+            self.gate.open.fetch_sub(1, Ordering::AcqRel);
+            Metrics::decr(&self.gate.metrics.connections_current);
         }
     }
 }

@@ -283,8 +283,10 @@ pub async fn run_with_reload(
     signal: impl std::future::Future<Output = ()>,
     mut reload: impl FnMut() -> Result<Settings, crate::ConfigError>,
 ) -> Result<(), StartError> {
-    let broker = Broker::start(settings).await?;
+    // Before the start: a SIGHUP sent as soon as the broker says it is
+    // listening must find the handler, not end the process.
     let mut hangups = crate::reload::hangups();
+    let broker = Broker::start(settings).await?;
     tokio::pin!(signal);
     loop {
         tokio::select! {
