@@ -932,10 +932,14 @@ fn mqtt_3_1_3_9_a_delayed_will_is_cancelled_by_a_reconnect_after_kill_9() {
 /// finds session present 0.
 #[test]
 fn a_session_that_expired_while_stopped_is_dropped_at_recovery() {
-    let expiry = Duration::from_secs(1);
+    // Longer than a stop takes on a loaded machine (the final fsync).
+    let expiry = Duration::from_secs(5);
     let dir = TempDir::new("expired");
     let broker = Broker::start(dir.path(), &[]);
-    let (mut client, _) = Client::connect(broker.port, &v5("exp-client", true, 1));
+    let (mut client, _) = Client::connect(
+        broker.port,
+        &v5("exp-client", true, expiry.as_secs() as u32),
+    );
     client.subscribe(1, &[("exp/t", QoS::AtLeastOnce)]);
     client.disconnect();
     let offline_since = Instant::now();

@@ -105,7 +105,18 @@ impl TestBroker {
 
     /// Waits until `check` holds for the metrics, or panics after [`WAIT`].
     pub async fn wait_metrics(&self, what: &str, check: impl Fn(&MetricsSnapshot) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_metrics_within(WAIT, what, check).await;
+    }
+
+    /// [`TestBroker::wait_metrics`] for something due later than [`WAIT`]
+    /// (a session expiry): panics after `patience`.
+    pub async fn wait_metrics_within(
+        &self,
+        patience: Duration,
+        what: &str,
+        check: impl Fn(&MetricsSnapshot) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + patience;
         while !check(&self.metrics()) {
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tidemq_protocol::QoS;
 use tidemq_tests::{
-    publish_bytes, settings, subscribe_bytes, ConnectOptions, RawClient, TestBroker, QUIET,
+    publish_bytes, settings, subscribe_bytes, ConnectOptions, RawClient, TestBroker, QUIET, WAIT,
 };
 
 const DISCONNECT: [u8; 2] = [0xE0, 0x00];
@@ -119,6 +119,7 @@ const ORPHANS: usize = 500;
 /// publish beyond it shows up in `dropped_queue_full` once per orphan.
 const ORPHAN_QUEUE: usize = 50;
 const PUBLISHES: u16 = 100;
+const ORPHAN_EXPIRY_SECS: u64 = 10;
 /// A live publisher's PUBACK must come back within this, orphans or not.
 const ROUND_TRIP_BOUND: Duration = Duration::from_secs(2);
 
@@ -126,7 +127,9 @@ const ROUND_TRIP_BOUND: Duration = Duration::from_secs(2);
 // at QoS 1), then 100 QoS 1 publishes", at 500 sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_sessions_slow_nobody_and_are_removed_with_their_subscriptions() {
-    let broker = TestBroker::start_with(broker_settings(3, ORPHAN_QUEUE)).await;
+    // Long enough for 500 sessions to be made and 100 publishes fanned out
+    // to them, on a loaded machine, before the first one expires.
+    let broker = TestBroker::start_with(broker_settings(ORPHAN_EXPIRY_SECS, ORPHAN_QUEUE)).await;
     let mut tasks = tokio::task::JoinSet::new();
     let addr = broker.addr;
     for n in 0..ORPHANS {
@@ -176,9 +179,11 @@ async fn abandoned_sessions_slow_nobody_and_are_removed_with_their_subscriptions
     );
 
     broker
-        .wait_metrics("every orphan expired", |m| {
-            m.sessions_expired == ORPHANS as u64
-        })
+        .wait_metrics_within(
+            Duration::from_secs(ORPHAN_EXPIRY_SECS) + WAIT,
+            "every orphan expired",
+            |m| m.sessions_expired == ORPHANS as u64,
+        )
         .await;
     let after = broker.metrics();
     assert_eq!(after.sessions_offline_current, 0);

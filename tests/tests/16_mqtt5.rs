@@ -17,7 +17,7 @@ use tidemq_protocol::{
 use tidemq_tests::v5::{connect, publish, subscribe, will, V5Client};
 use tidemq_tests::{
     publish_bytes, raw_packet_bytes, settings, subscribe_bytes, ConnectOptions, RawClient,
-    TestBroker,
+    TestBroker, WAIT,
 };
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -379,7 +379,8 @@ async fn mqtt_3_14_2_disconnect_may_shorten_the_session_expiry_to_0() {
 #[tokio::test]
 async fn mqtt_4_1_0_2_an_expired_session_is_removed_and_its_memory_freed() {
     let broker = TestBroker::start().await;
-    let (mut first, _) = V5Client::connected(broker.addr, &persistent("short-lived", 1)).await;
+    // Long enough for the 50 publishes below on a loaded machine.
+    let (mut first, _) = V5Client::connected(broker.addr, &persistent("short-lived", 3)).await;
     first.subscribe_qos("mem/t", QoS::AtLeastOnce).await;
     first.disconnect(Disconnect::default()).await;
     broker
@@ -395,7 +396,9 @@ async fn mqtt_4_1_0_2_an_expired_session_is_removed_and_its_memory_freed() {
     let queued = broker.metrics().memory_accounted_bytes;
     assert!(queued >= before + 50_000, "{before} -> {queued}");
     broker
-        .wait_metrics("expired", |m| m.sessions_expired == 1)
+        .wait_metrics_within(Duration::from_secs(3) + WAIT, "expired", |m| {
+            m.sessions_expired == 1
+        })
         .await;
     broker
         .wait_metrics("memory freed", |m| m.memory_accounted_bytes <= before)
@@ -543,14 +546,14 @@ async fn mqtt_3_3_4_9_never_more_unacknowledged_publishes_than_the_clients_recei
             .await;
     }
     let mut unacked = Vec::new();
-    while let Some(Outgoing::Publish(p)) = sub.recv_within(QUIET).await {
-        unacked.push(p);
+    for _ in 0..2 {
+        match sub.recv().await {
+            Some(Outgoing::Publish(p)) => unacked.push(p),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
     }
-    assert_eq!(
-        unacked.len(),
-        2,
-        "the window is the client's Receive Maximum"
-    );
+    // The window is the client's Receive Maximum: nothing more comes.
+    sub.assert_silent(QUIET).await;
     for p in &unacked {
         sub.acknowledge(p).await;
     }
