@@ -322,6 +322,32 @@ async fn messages_cross_the_bridge_both_ways() {
     broker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_bridge_brings_qos_2_in_at_qos_2() {
+    let mosquitto = Mosquitto::start("qos2-in").await;
+    let mut remote = remote_with_ready(&mosquitto).await;
+    let mut bridge = mosquitto.bridge(&["in/# in 2"]);
+    bridge.clean_session = true;
+    let broker = start_with_bridges(vec![bridge]).await;
+    let mut local = Client::connect(mqtt_options(&broker, "local-sub")).await;
+    local.subscribe("in/#", RQoS::ExactlyOnce).await;
+    // Retained at QoS 1 on the remote: the bridge has subscribed.
+    next_on(&mut local, "in/ready").await;
+    let remote_pub = Client::connect(mosquitto.options("remote-pub")).await;
+    remote_pub
+        .client
+        .publish("in/exactly", RQoS::ExactlyOnce, false, "once")
+        .await
+        .unwrap();
+    let exactly = next_on(&mut local, "in/exactly").await;
+    assert_eq!(exactly.qos, RQoS::ExactlyOnce, "QoS 2 end to end");
+    // The remote completed the exchange with the bridge: its own subscriber
+    // (at QoS 1) got the message, and nothing came here twice.
+    next_on(&mut remote, "in/exactly").await;
+    assert_eq!(count_quietly(&mut local, "in/exactly").await, 0);
+    broker.stop().await;
+}
+
 /// What the collector sends when its subscription is in place.
 const SUBSCRIBED: &str = "<subscribed>";
 
