@@ -170,7 +170,12 @@ impl Mosquitto {
     /// its sessions are as last autosaved; [`Mosquitto::run`] starts it
     /// again on the same port.
     async fn kill(&mut self) {
-        self.signal("-KILL");
+        self.end("-KILL").await;
+    }
+
+    /// Sends `signal` and waits for the exit.
+    async fn end(&mut self, signal: &str) {
+        self.signal(signal);
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + WAIT;
         while child.try_wait().unwrap().is_none() {
@@ -322,29 +327,95 @@ async fn messages_cross_the_bridge_both_ways() {
     broker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_session_bridge_brings_qos_2_in_at_qos_2() {
-    let mosquitto = Mosquitto::start("qos2-in").await;
-    let mut remote = remote_with_ready(&mosquitto).await;
-    let mut bridge = mosquitto.bridge(&["in/# in 2"]);
-    bridge.clean_session = true;
-    let broker = start_with_bridges(vec![bridge]).await;
-    let mut local = Client::connect(mqtt_options(&broker, "local-sub")).await;
+/// Publishes `payloads` at QoS 2 on `topic` to mosquitto, and returns
+/// once mosquitto has completed every exchange (PUBCOMP).
+async fn publish_qos2_on_remote(
+    mosquitto: &Mosquitto,
+    topic: &str,
+    payloads: std::ops::Range<usize>,
+) {
+    let count = payloads.len();
+    let mut options = mosquitto.options("remote-qos2-pub");
+    // mosquitto takes 20 incoming QoS 2 messages at a time from a client
+    // (`max_inflight_messages`) and drops the rest.
+    options.set_inflight(10);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, count + 1);
+    for n in payloads {
+        client
+            .publish(topic, RQoS::ExactlyOnce, false, n.to_string())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut completed = 0;
+    while completed < count {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => completed += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("{completed} of {count} completed at mosquitto: {other:?}"),
+        }
+    }
+}
+
+/// A bridge with its default persistent remote session and `in/# in 2`,
+/// and a local QoS 2 subscriber of `in/#` that has seen the bridge
+/// subscribed (the retained `in/ready` came in).
+async fn bringing_qos2_in(mosquitto: &Mosquitto) -> (TestBroker, Client) {
+    let remote = remote_with_ready(mosquitto).await;
+    let broker = start_bridged(mosquitto, &["in/# in 2"]).await;
+    let mut local = Client::connect(mqtt_options(&broker, "local-qos2")).await;
     local.subscribe("in/#", RQoS::ExactlyOnce).await;
-    // Retained at QoS 1 on the remote: the bridge has subscribed.
     next_on(&mut local, "in/ready").await;
-    let remote_pub = Client::connect(mosquitto.options("remote-pub")).await;
-    remote_pub
-        .client
-        .publish("in/exactly", RQoS::ExactlyOnce, false, "once")
-        .await
-        .unwrap();
-    let exactly = next_on(&mut local, "in/exactly").await;
-    assert_eq!(exactly.qos, RQoS::ExactlyOnce, "QoS 2 end to end");
-    // The remote completed the exchange with the bridge: its own subscriber
-    // (at QoS 1) got the message, and nothing came here twice.
-    next_on(&mut remote, "in/exactly").await;
-    assert_eq!(count_quietly(&mut local, "in/exactly").await, 0);
+    drop(remote.client.disconnect().await);
+    (broker, local)
+}
+
+/// Receives on `topic` until every payload of `0..count` came, then for
+/// [`QUIET`] more; asserts each came once, at QoS 2.
+async fn assert_each_once_at_qos2(local: &mut Client, topic: &str, count: usize) {
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let deadline = Instant::now() + RESTART_WAIT;
+    while seen.len() < count {
+        let publish = tokio::time::timeout_at(deadline, next_on(local, topic))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {count} arrived", seen.len()));
+        assert_eq!(publish.qos, RQoS::ExactlyOnce, "QoS 2 end to end");
+        *seen
+            .entry(String::from_utf8_lossy(&publish.payload).into_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(count_quietly(local, topic).await, 0, "nothing more");
+    let twice: Vec<_> = seen.iter().filter(|&(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "brought in more than once: {twice:?}");
+    let expected: HashSet<String> = (0..count).map(|n| n.to_string()).collect();
+    assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_line_at_qos_2_is_exactly_once_end_to_end() {
+    let mosquitto = Mosquitto::start("qos2-in").await;
+    let (broker, mut local) = bringing_qos2_in(&mosquitto).await;
+    publish_qos2_on_remote(&mosquitto, "in/n", 0..50).await;
+    assert_each_once_at_qos2(&mut local, "in/n", 50).await;
+    broker.stop().await;
+}
+
+// The remote keeps the bridge's session through a restart and resumes the
+// QoS 2 exchanges it had open with it: resent PUBLISHes (DUP) and PUBRELs
+// on the new connection [MQTT-4.4.0-1]. Each message still comes in once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_comes_in_exactly_once_across_a_remote_restart() {
+    let mut mosquitto = Mosquitto::start("qos2-restart").await;
+    let (broker, mut local) = bringing_qos2_in(&mosquitto).await;
+    publish_qos2_on_remote(&mosquitto, "in/n", 0..100).await;
+    // SIGTERM: mosquitto saves its sessions, open exchanges included.
+    mosquitto.end("-TERM").await;
+    mosquitto.run().await;
+    publish_qos2_on_remote(&mosquitto, "in/n", 100..200).await;
+    assert_each_once_at_qos2(&mut local, "in/n", 200).await;
+    broker
+        .wait_metrics("the bridge reconnected", |m| m.bridge_reconnects >= 1)
+        .await;
     broker.stop().await;
 }
 

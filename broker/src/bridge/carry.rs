@@ -78,7 +78,7 @@ pub(super) async fn run(
     };
     let origin = ClientId::new(local.client_id());
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let filters = remote_subscriptions(&rules, config.clean_session);
+    let filters = remote_subscriptions(&rules);
     let remote_stop = stop.child_token();
     let (events_tx, mut events) = mpsc::channel(EVENT_CAPACITY);
     let remote = tokio::spawn(
@@ -91,6 +91,7 @@ pub(super) async fn run(
             stop: remote_stop.clone(),
             metrics: ctx.metrics.clone(),
             releasing: 0,
+            received: Default::default(),
         }
         .run(),
     );
@@ -153,26 +154,13 @@ pub(super) async fn run(
     local.park(bridge.take_unacked());
 }
 
-/// The `in` filters, subscribed on the remote at the line's QoS; on a
-/// persistent remote session at most 1. `rumqttc` 0.24 forgets the ids of
-/// QoS 2 messages it received when a connection ends and cannot send a
-/// PUBCOMP of its own, so a persistent remote's PUBREL after a reconnect
-/// would end every later connection; there an `in` line at QoS 2 is carried
-/// at least once. A clean session's remote forgets its side of the exchange
-/// with the connection, so no PUBREL comes after one, and QoS 2 is kept.
-fn remote_subscriptions(rules: &[TopicRule], clean_session: bool) -> Vec<rumqttc::SubscribeFilter> {
-    let highest = if clean_session {
-        QoS::ExactlyOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+/// The `in` filters, subscribed on the remote at the line's QoS (QoS 2
+/// exchanges across reconnects: see `remote.rs`).
+fn remote_subscriptions(rules: &[TopicRule]) -> Vec<rumqttc::SubscribeFilter> {
     rules
         .iter()
         .filter(|rule| rule.direction.carries_in())
-        .map(|rule| {
-            let qos = to_remote(rule.qos.min(highest));
-            rumqttc::SubscribeFilter::new(rule.remote_filter.clone(), qos)
-        })
+        .map(|rule| rumqttc::SubscribeFilter::new(rule.remote_filter.clone(), to_remote(rule.qos)))
         .collect()
 }
 
@@ -434,33 +422,18 @@ fn from_remote(qos: rumqttc::QoS) -> QoS {
 mod tests {
     use super::*;
 
-    fn subscribed(clean_session: bool) -> Vec<(String, rumqttc::QoS)> {
+    #[test]
+    fn in_lines_are_subscribed_on_the_remote_at_their_qos() {
         let rules: Vec<TopicRule> = ["a/# in 2", "b/# in 0", "c/# out 2", "d/# both 1"]
             .iter()
             .map(|line| TopicRule::parse(line).unwrap())
             .collect();
-        remote_subscriptions(&rules, clean_session)
+        let subscribed: Vec<(String, rumqttc::QoS)> = remote_subscriptions(&rules)
             .into_iter()
             .map(|filter| (filter.path, filter.qos))
-            .collect()
-    }
-
-    #[test]
-    fn in_lines_on_a_persistent_remote_session_are_subscribed_at_qos_1_at_most() {
+            .collect();
         assert_eq!(
-            subscribed(false),
-            [
-                ("a/#".to_owned(), rumqttc::QoS::AtLeastOnce),
-                ("b/#".to_owned(), rumqttc::QoS::AtMostOnce),
-                ("d/#".to_owned(), rumqttc::QoS::AtLeastOnce),
-            ]
-        );
-    }
-
-    #[test]
-    fn in_lines_on_a_clean_remote_session_keep_their_qos() {
-        assert_eq!(
-            subscribed(true),
+            subscribed,
             [
                 ("a/#".to_owned(), rumqttc::QoS::ExactlyOnce),
                 ("b/#".to_owned(), rumqttc::QoS::AtMostOnce),
