@@ -22,6 +22,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{Event, MqttOptions, Packet, QoS as RQoS};
@@ -32,6 +33,7 @@ use tidemq_tests::tls::Pki;
 use tidemq_tests::{
     mqtt_options, settings, Client, ConnectOptions, RawClient, TestBroker, QUIET, WAIT,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
@@ -361,8 +363,13 @@ async fn publish_qos2_on_remote(
 /// and a local QoS 2 subscriber of `in/#` that has seen the bridge
 /// subscribed (the retained `in/ready` came in).
 async fn bringing_qos2_in(mosquitto: &Mosquitto) -> (TestBroker, Client) {
+    bringing_qos2_in_through(mosquitto, mosquitto.port).await
+}
+
+/// As [`bringing_qos2_in`], the bridge connecting to `port` (a relay).
+async fn bringing_qos2_in_through(mosquitto: &Mosquitto, port: u16) -> (TestBroker, Client) {
     let remote = remote_with_ready(mosquitto).await;
-    let broker = start_bridged(mosquitto, &["in/# in 2"]).await;
+    let broker = start_with_bridges(vec![bridge_config("test", port, &["in/# in 2"])]).await;
     let mut local = Client::connect(mqtt_options(&broker, "local-qos2")).await;
     local.subscribe("in/#", RQoS::ExactlyOnce).await;
     next_on(&mut local, "in/ready").await;
@@ -417,6 +424,135 @@ async fn qos_2_comes_in_exactly_once_across_a_remote_restart() {
         .wait_metrics("the bridge reconnected", |m| m.bridge_reconnects >= 1)
         .await;
     broker.stop().await;
+}
+
+/// Which way a packet goes through a [`Relay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Towards {
+    Remote,
+    Bridge,
+}
+
+type Armed = Arc<Mutex<Option<(Towards, u8)>>>;
+
+/// A TCP relay between the bridge and mosquitto that loses a connection at
+/// a chosen packet: it passes whole packets both ways, and the next packet
+/// of the armed type going the armed way is dropped and ends the
+/// connection on both sides, as a network failure at that point would.
+struct Relay {
+    port: u16,
+    armed: Armed,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Armed = Arc::default();
+        let cut = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((bridge, _)) = listener.accept().await {
+                let Ok(remote) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (bridge_in, bridge_out) = bridge.into_split();
+                let (remote_in, remote_out) = remote.into_split();
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    // Either way ending ends both: the sockets drop.
+                    tokio::select! {
+                        _ = pass(bridge_in, remote_out, Towards::Remote, cut.clone()) => {}
+                        _ = pass(remote_in, bridge_out, Towards::Bridge, cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, armed }
+    }
+
+    /// Loses the connection at the next packet of `packet_type` (the high
+    /// nibble of its first byte: 5 PUBREC, 6 PUBREL) going `towards`.
+    fn arm(&self, towards: Towards, packet_type: u8) {
+        *self.armed.lock().unwrap() = Some((towards, packet_type));
+    }
+
+    fn fired(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+}
+
+/// Passes whole packets from `from` to `to` until either ends or the armed
+/// packet comes.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    towards: Towards,
+    armed: Armed,
+) {
+    let framer = tidemq_protocol::Framer::new(1 << 21);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match from.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            let frame = match framer.next_frame(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            let packet_type = frame.bytes[0] >> 4;
+            {
+                let mut armed = armed.lock().unwrap();
+                if *armed == Some((towards, packet_type)) {
+                    *armed = None;
+                    return;
+                }
+            }
+            if to.write_all(&frame.bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes 20 QoS 2 messages on mosquitto with the relay armed to cut
+/// the bridge's connection at the first `packet_type` going `towards`, then
+/// 20 more; asserts each of the 40 comes in once, at QoS 2. The second 20
+/// show the connections after the cut work: they may be the first to
+/// carry anything new, the first 20 having all been sent before the cut.
+async fn assert_exactly_once_across_a_cut(towards: Towards, packet_type: u8) {
+    let mosquitto = Mosquitto::start(&format!("qos2-cut-{packet_type}")).await;
+    let relay = Relay::start(mosquitto.port).await;
+    let (broker, mut local) = bringing_qos2_in_through(&mosquitto, relay.port).await;
+    relay.arm(towards, packet_type);
+    publish_qos2_on_remote(&mosquitto, "in/n", 0..20).await;
+    publish_qos2_on_remote(&mosquitto, "in/n", 20..40).await;
+    assert_each_once_at_qos2(&mut local, "in/n", 40).await;
+    assert!(relay.fired(), "the connection was cut");
+    broker
+        .wait_metrics("the bridge reconnected", |m| m.bridge_reconnects >= 1)
+        .await;
+    broker.stop().await;
+}
+
+// The remote sent PUBREL and the connection was lost with it: the remote
+// sends it again on the next connection [MQTT-4.4.0-1], and the bridge
+// must complete it (PUBCOMP) rather than fail that connection and every
+// one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubrel_lost_with_the_connection_is_completed_on_the_next() {
+    assert_exactly_once_across_a_cut(Towards::Bridge, 6).await;
+}
+
+// The bridge's PUBREC was lost with the connection: the remote sends the
+// PUBLISH again (DUP) on the next one, which is acknowledged again and
+// not brought in twice [MQTT-4.3.3-9].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubrec_lost_with_the_connection_does_not_bring_the_message_in_twice() {
+    assert_exactly_once_across_a_cut(Towards::Remote, 5).await;
 }
 
 /// What the collector sends when its subscription is in place.
