@@ -549,7 +549,7 @@ async fn a_pubrel_lost_with_the_connection_is_completed_on_the_next() {
 
 // The bridge's PUBREC was lost with the connection: the remote sends the
 // PUBLISH again (DUP) on the next one, which is acknowledged again and
-// not brought in twice [MQTT-4.3.3-9].
+// not brought in twice ([MQTT-4.3.3-2] in 3.1.1, which the bridge speaks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pubrec_lost_with_the_connection_does_not_bring_the_message_in_twice() {
     assert_exactly_once_across_a_cut(Towards::Remote, 5).await;

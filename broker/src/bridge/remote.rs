@@ -151,7 +151,7 @@ impl RemoteTask {
     /// So after each CONNACK with a session, before the next poll reads
     /// what follows it, every id is marked as awaiting PUBREL: a PUBREL
     /// for any id is then answered with PUBCOMP, as the spec asks of a
-    /// receiver [MQTT-4.3.3-2 ff.], including ids of a bridge run before
+    /// receiver [MQTT-4.3.3-2], including ids of a bridge run before
     /// this one. The marks are made through `rumqttc`'s own handling of an
     /// incoming PUBLISH (with manual acks it only marks), whose events are
     /// taken back at once. About 65 000 marks per reconnect: milliseconds.
@@ -525,7 +525,7 @@ mod tests {
         (events, client, stop, peer, seven)
     }
 
-    // [MQTT-4.3.3-2 ff.]: the receiver answers PUBREL with PUBCOMP; a
+    // [MQTT-4.3.3-2] (3.1.1): the receiver answers PUBREL with PUBCOMP; a
     // persistent remote sends the PUBREL again on the next connection.
     #[tokio::test]
     async fn a_pubrel_after_a_reconnect_is_completed_and_the_connection_stays() {
@@ -546,8 +546,8 @@ mod tests {
         stop.cancel();
     }
 
-    // [MQTT-4.3.3-9]: once it has sent PUBREC the receiver must not bring
-    // in a resend of that id as a new message.
+    // [MQTT-4.3.3-2] (3.1.1): until the PUBREL, a resend of the id gets
+    // PUBREC again and is not brought in as a new message.
     #[tokio::test]
     async fn a_resend_after_the_pubrec_is_acknowledged_again_not_forwarded() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
