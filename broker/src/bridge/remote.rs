@@ -525,16 +525,24 @@ mod tests {
         (events, client, stop, peer, seven)
     }
 
+    /// As [`holding_message_7`], then 7 acknowledged (its PUBREC written)
+    /// and the connection lost; the remote's side of the next one.
+    async fn recorded_7_and_reconnected(
+        listener: &TcpListener,
+    ) -> (mpsc::Receiver<Remote>, CancellationToken, Peer) {
+        let (events, client, stop, mut peer, seven) = holding_message_7(listener).await;
+        client.ack(&seven).await.unwrap();
+        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7");
+        drop(peer);
+        (events, stop, Peer::accept(listener).await)
+    }
+
     // [MQTT-4.3.3-2] (3.1.1): the receiver answers PUBREL with PUBCOMP; a
     // persistent remote sends the PUBREL again on the next connection.
     #[tokio::test]
     async fn a_pubrel_after_a_reconnect_is_completed_and_the_connection_stays() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut events, client, stop, mut peer, seven) = holding_message_7(&listener).await;
-        client.ack(&seven).await.unwrap();
-        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7");
-        drop(peer);
-        let mut peer = Peer::accept(&listener).await;
+        let (mut events, stop, mut peer) = recorded_7_and_reconnected(&listener).await;
         peer.send(&[0x62, 0x02, 0x00, 7]).await;
         assert_eq!(peer.next().await, [0x70, 0x02, 0x00, 7], "PUBCOMP 7");
         // A PUBREL for an id this bridge never received (a run before it).
@@ -551,12 +559,8 @@ mod tests {
     #[tokio::test]
     async fn a_resend_after_the_pubrec_is_acknowledged_again_not_forwarded() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut events, client, stop, mut peer, seven) = holding_message_7(&listener).await;
-        client.ack(&seven).await.unwrap();
-        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7");
-        drop(peer);
+        let (mut events, stop, mut peer) = recorded_7_and_reconnected(&listener).await;
         // The PUBREC was lost with the connection: the remote sends again.
-        let mut peer = Peer::accept(&listener).await;
         peer.publish_qos2(7, true).await;
         assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7 again");
         peer.publish_qos2(8, false).await;
