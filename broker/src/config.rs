@@ -73,6 +73,11 @@ pub struct BridgeConfig {
     /// `$SYS/broker/connection/<client id on the remote>/state`.
     #[serde(default)]
     pub notification_topic: Option<String>,
+    /// mosquitto's `notifications_local_only` (default false): the
+    /// connection state is published here only; the remote gets neither
+    /// the "1" nor the will.
+    #[serde(default)]
+    pub notifications_local_only: bool,
 }
 
 /// A bridge's `tls = { ... }`: PEM files, named after mosquitto's
@@ -129,6 +134,15 @@ impl BridgeConfig {
                 format!("$SYS/broker/connection/{}/state", self.remote_client_id())
             }),
         )
+    }
+
+    /// Where the connection state is published on the remote; `None`
+    /// without notifications, or with them here only.
+    pub fn remote_notification_topic(&self) -> Option<String> {
+        if self.notifications_local_only {
+            return None;
+        }
+        self.notification_topic()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -911,6 +925,19 @@ mod bridge_tests {
             Some("$SYS/broker/connection/tidemq-bridge-hq/state")
         );
         assert_eq!(settings.bridges[1].notification_topic(), None);
+        assert_eq!(
+            settings.bridges[0].remote_notification_topic(),
+            settings.bridges[0].notification_topic()
+        );
+        let local_only = load_text(
+            "notify-local.toml",
+            "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\
+             notifications_local_only = true\n",
+        )
+        .unwrap();
+        let bridge = &local_only.bridges[0];
+        assert!(bridge.notification_topic().is_some());
+        assert_eq!(bridge.remote_notification_topic(), None);
         let error = load_text(
             "bad-notify.toml",
             "[[bridge]]\nname = \"hq\"\naddress = \"10.0.0.1:1883\"\ntopics = [\"a\"]\n\

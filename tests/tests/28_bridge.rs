@@ -235,6 +235,7 @@ fn bridge_config(name: &str, port: u16, topics: &[&str]) -> BridgeConfig {
         tls: None,
         notifications: true,
         notification_topic: None,
+        notifications_local_only: false,
     }
 }
 
@@ -951,6 +952,49 @@ async fn notifications_say_1_on_both_sides_and_the_will_says_0() {
     let mut late = Client::connect(mosquitto.options("late-watcher")).await;
     late.subscribe(&topic, RQoS::AtLeastOnce).await;
     assert!(expect_next(&mut late, &topic, "0").await.retain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_local_only_say_1_here_and_nothing_on_the_remote() {
+    let mosquitto = Mosquitto::start("notify-local").await;
+    let mut remote = Client::connect(mosquitto.options("remote-watcher")).await;
+    remote
+        .subscribe("$SYS/broker/connection/#", RQoS::AtLeastOnce)
+        .await;
+    remote.subscribe("out/#", RQoS::AtLeastOnce).await;
+    let mut settings = settings();
+    let mut bridge = mosquitto.bridge(&["out/# out 1"]);
+    bridge.notifications_local_only = true;
+    settings.bridges = vec![bridge];
+    let tidemq = Crashable::start(settings).await;
+    let topic = state_topic("test");
+    let options = MqttOptions::new("local-watcher", "127.0.0.1", tidemq.port);
+    let mut local = Client::connect(options).await;
+    local.subscribe(&topic, RQoS::AtLeastOnce).await;
+    assert!(expect_next(&mut local, &topic, "1").await.retain);
+
+    // The bridge sends its "1" to the remote before anything else after
+    // a CONNACK: what comes first shows it sent none.
+    let publisher = Client::connect(MqttOptions::new("local-pub", "127.0.0.1", tidemq.port)).await;
+    publisher
+        .client
+        .publish("out/first", RQoS::AtLeastOnce, false, "out/first")
+        .await
+        .unwrap();
+    expect_next(&mut remote, "out/first", "out/first").await;
+
+    // No will on the remote either: after mosquitto has seen the
+    // connection drop, nothing is retained on the topic.
+    tidemq.crash().await;
+    wait_for_log(
+        &mosquitto,
+        "Client tidemq-bridge-test closed its connection",
+        1,
+    )
+    .await;
+    let mut late = Client::connect(mosquitto.options("late-watcher")).await;
+    late.subscribe(&topic, RQoS::AtLeastOnce).await;
+    assert_eq!(count_quietly(&mut late, &topic).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,7 @@ pub(super) async fn run(
         origin,
         name: config.name.clone(),
         notification: config.notification_topic(),
+        notify_remote: config.remote_notification_topic().is_some(),
         announced: false,
         unassigned: VecDeque::new(),
         in_flight: VecDeque::new(),
@@ -174,6 +175,8 @@ struct Bridge {
     name: String,
     /// Where the connection state goes; `None` without notifications.
     notification: Option<String>,
+    /// Whether it goes to the remote too (not `notifications_local_only`).
+    notify_remote: bool,
     /// "1" is the local retained state.
     announced: bool,
     /// Handed to the client, no packet id seen yet, in that order.
@@ -293,6 +296,9 @@ impl Bridge {
             return;
         };
         self.announce_locally(true).await;
+        if !self.notify_remote {
+            return;
+        }
         self.remember_if_bridged_in(&topic, b"1");
         let sent = self
             .client

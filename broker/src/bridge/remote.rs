@@ -84,7 +84,7 @@ pub(super) fn options(
     if let Some(username) = &config.username {
         options.set_credentials(username, config.password.clone().unwrap_or_default());
     }
-    if let Some(topic) = config.notification_topic() {
+    if let Some(topic) = config.remote_notification_topic() {
         options.set_last_will(LastWill::new(topic, "0", rumqttc::QoS::AtLeastOnce, true));
     }
     if let Some(tls) = tls {
@@ -307,7 +307,7 @@ impl RemoteTask {
                 Err(_) => break,
             }
         }
-        if let Some(topic) = self.config.notification_topic() {
+        if let Some(topic) = self.config.remote_notification_topic() {
             let _ = self
                 .client
                 .try_publish(topic, rumqttc::QoS::AtMostOnce, true, "0");
@@ -369,6 +369,7 @@ mod tests {
             tls: None,
             notifications: false,
             notification_topic: None,
+            notifications_local_only: false,
         }
     }
 
