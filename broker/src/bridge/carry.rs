@@ -92,6 +92,7 @@ pub(super) async fn run(
             metrics: ctx.metrics.clone(),
             releasing: 0,
             received: Default::default(),
+            connection: 0,
         }
         .run(),
     );

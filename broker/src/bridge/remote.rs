@@ -13,11 +13,12 @@
 //! | connected  | error                   | [`Remote::Lost`], back off                      | connecting |
 //! | start      | (a persistent remote session) | PUBREL for every packet id, first thing on the first connection | connecting |
 //! | connected  | PUBCOMP of such a PUBREL | dropped (nothing of ours was in flight under it) | connected |
-//! | connecting | CONNACK, session present | every packet id marked as awaiting PUBREL in `rumqttc` (see [`RemoteTask::expect_releases`]) | connected |
+//! | connecting | CONNACK                 | every packet id marked as awaiting PUBREL in `rumqttc` (see [`RemoteTask::expect_releases`]) | connected |
 //! | connecting | CONNACK, no session     | the QoS 2 exchanges of [`RemoteTask::received`] forgotten | connected |
-//! | connected  | QoS 2 PUBLISH, id new   | recorded as forwarded; forwarded                | connected  |
-//! | connected  | QoS 2 PUBLISH, id forwarded, PUBREC not written | dropped: the first copy's acknowledgement answers it | connected |
-//! | connected  | QoS 2 PUBLISH, id PUBREC written | PUBREC again, not forwarded            | connected  |
+//! | connected  | QoS 2 PUBLISH, DUP 0, or an id not in `received` | a new message: recorded as forwarded; forwarded | connected |
+//! | connected  | QoS 2 PUBLISH, DUP 1, id forwarded, PUBREC not written | dropped: the first copy's acknowledgement answers it | connected |
+//! | connected  | QoS 2 PUBLISH, DUP 1, id's PUBREC written on this connection | dropped: that PUBREC answers it | connected |
+//! | connected  | QoS 2 PUBLISH, DUP 1, id's PUBREC written on an earlier connection | PUBREC again, not forwarded | connected |
 //! | connected  | PUBREC written, PUBCOMP written | the exchange's state moves; ends       | connected  |
 //! | any        | stop token              | if connected: wait for what is in flight to be acknowledged (at most [`DRAIN`]), retained "0" notification, DISCONNECT; PUBACK, PUBCOMP and PUBLISHes written meanwhile forwarded | ended  |
 
@@ -26,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, PubRel, Request,
-    TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, PubRec, PubRel,
+    Request, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -109,6 +110,8 @@ pub(super) struct RemoteTask {
     /// (no PUBCOMP written yet), by packet id: kept across reconnects, so a
     /// resend is recognised and each message is brought in once.
     pub received: HashMap<u16, Received>,
+    /// Counts CONNACKs: which connection a PUBREC was written on.
+    pub connection: u64,
 }
 
 /// Where a QoS 2 message from the remote stands.
@@ -116,8 +119,9 @@ pub(super) struct RemoteTask {
 pub(super) enum Received {
     /// Handed to the bridge task, which acknowledges it once routed.
     Forwarded,
-    /// Its PUBREC was written; the remote's PUBREL ends it.
-    Recorded,
+    /// Its PUBREC was written on this connection (by CONNACK count); the
+    /// remote's PUBREL ends it.
+    Recorded(u64),
 }
 
 impl RemoteTask {
@@ -148,15 +152,21 @@ impl RemoteTask {
     /// messages it received await PUBREL, and takes a PUBREL for an id it
     /// does not know for a protocol error that ends the connection; a
     /// persistent remote would send that PUBREL again on every new one.
-    /// So after each CONNACK with a session, before the next poll reads
-    /// what follows it, every id is marked as awaiting PUBREL: a PUBREL
-    /// for any id is then answered with PUBCOMP, as the spec asks of a
-    /// receiver [MQTT-4.3.3-2], including ids of a bridge run before
-    /// this one. The marks are made through `rumqttc`'s own handling of an
-    /// incoming PUBLISH (with manual acks it only marks), whose events are
-    /// taken back at once. About 65 000 marks per reconnect: milliseconds.
+    /// A remote without our session may send one too, for a PUBREC that
+    /// crossed the reconnect (written from `rumqttc`'s queue after it).
+    /// So after each CONNACK, before the next poll reads what follows it,
+    /// every id is marked as awaiting PUBREL: a PUBREL for any id is then
+    /// answered with PUBCOMP, as the spec asks of a receiver
+    /// [MQTT-4.3.3-2], including ids of a bridge run before this one. The
+    /// marks are made through `rumqttc`'s own handling of an incoming
+    /// PUBLISH (with manual acks it only marks), whose one event each is
+    /// taken back at once. About 65 000 marks per connect: milliseconds.
     fn expect_releases(&mut self) {
         let state = &mut self.eventloop.state;
+        // With automatic acks each mark would write a PUBREC.
+        if !state.manual_acks {
+            return;
+        }
         for id in 1..=u16::MAX {
             let mut mark = rumqttc::Publish::new("", rumqttc::QoS::ExactlyOnce, Vec::new());
             mark.pkid = id;
@@ -175,17 +185,26 @@ impl RemoteTask {
         if publish.qos != rumqttc::QoS::ExactlyOnce {
             return Some(Remote::Publish(publish));
         }
-        match self.received.get(&publish.pkid) {
+        // A resend carries DUP 1 [MQTT-3.3.1-1]: DUP 0 is a new message,
+        // whatever an id's old entry says (the remote may have forgotten it).
+        let known = if publish.dup {
+            self.received.get(&publish.pkid).copied()
+        } else {
+            None
+        };
+        match known {
             None => {
                 self.received.insert(publish.pkid, Received::Forwarded);
                 Some(Remote::Publish(publish))
             }
             Some(Received::Forwarded) => None,
-            Some(Received::Recorded) => {
-                // The PUBREC went with a connection that ended.
-                if let Err(error) = self.client.try_ack(&publish) {
-                    warn!(bridge = %self.config.name, %error, "bridge: cannot acknowledge a resent message");
-                }
+            Some(Received::Recorded(on)) if on == self.connection => None,
+            Some(Received::Recorded(_)) => {
+                // The PUBREC went with a connection that ended. Queued
+                // inside `rumqttc`, which cannot refuse it; written first.
+                self.eventloop
+                    .pending
+                    .push_back(Request::PubRec(PubRec::new(publish.pkid)));
                 None
             }
         }
@@ -223,9 +242,9 @@ impl RemoteTask {
                         Metrics::incr(&self.metrics.bridge_reconnects);
                     }
                     (connected, ever_connected, failing, delay) = (true, true, false, min);
-                    if connack.session_present {
-                        self.expect_releases();
-                    } else {
+                    self.connection += 1;
+                    self.expect_releases();
+                    if !connack.session_present {
                         self.received.clear();
                     }
                     if !self.filters.is_empty() {
@@ -241,7 +260,7 @@ impl RemoteTask {
                 },
                 Ok(Event::Outgoing(Outgoing::PubRec(id))) => {
                     if let Some(state) = self.received.get_mut(&id) {
-                        *state = Received::Recorded;
+                        *state = Received::Recorded(self.connection);
                     }
                     continue;
                 }
@@ -389,6 +408,7 @@ mod tests {
             metrics: Arc::default(),
             releasing: 0,
             received: HashMap::new(),
+            connection: 0,
         };
         tokio::spawn(task.run());
         (rx, client, stop)
@@ -404,6 +424,11 @@ mod tests {
         /// Accepts the bridge, reads its CONNECT, answers CONNACK with
         /// session present.
         async fn accept(listener: &TcpListener) -> Peer {
+            Peer::accept_with(listener, true).await
+        }
+
+        /// As [`Peer::accept`], with or without a session.
+        async fn accept_with(listener: &TcpListener, session_present: bool) -> Peer {
             let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
                 .await
                 .unwrap()
@@ -413,7 +438,8 @@ mod tests {
                 buf: BytesMut::new(),
             };
             assert_eq!(peer.next().await[0] >> 4, 1, "CONNECT");
-            peer.send(&[0x20, 0x02, 0x01, 0x00]).await;
+            peer.send(&[0x20, 0x02, u8::from(session_present), 0x00])
+                .await;
             peer
         }
 
@@ -568,6 +594,54 @@ mod tests {
         assert_eq!(next_forwarded(&mut events).await.pkid, 8, "7 not twice");
         peer.send(&[0x62, 0x02, 0x00, 7]).await;
         assert_eq!(peer.next().await, [0x70, 0x02, 0x00, 7], "PUBCOMP 7");
+        stop.cancel();
+    }
+
+    // [MQTT-3.3.1-1]: a resend carries DUP 1; DUP 0 is a new message even
+    // under an id whose exchange this side still holds.
+    #[tokio::test]
+    async fn a_dup_0_publish_under_a_recorded_id_is_a_new_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut events, stop, mut peer) = recorded_7_and_reconnected(&listener).await;
+        peer.publish_qos2(7, false).await;
+        assert_eq!(next_forwarded(&mut events).await.pkid, 7);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_resend_answered_on_this_connection_gets_no_second_pubrec() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut events, client, stop, mut peer, seven) = holding_message_7(&listener).await;
+        client.ack(&seven).await.unwrap();
+        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7");
+        // Sent before our PUBREC reached the remote: that PUBREC answers it.
+        peer.publish_qos2(7, true).await;
+        peer.publish_qos2(8, false).await;
+        let eight = next_forwarded(&mut events).await;
+        assert_eq!(eight.pkid, 8, "7 not twice");
+        client.ack(&eight).await.unwrap();
+        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 8], "PUBREC 8, not 7");
+        stop.cancel();
+    }
+
+    // [MQTT-4.3.3-2] (3.1.1): a remote that kept no session may still send
+    // a PUBREL for a PUBREC that crossed the reconnect; it is completed.
+    #[tokio::test]
+    async fn a_pubrel_on_a_connection_without_a_session_is_completed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut events, client, stop) = start(config(port, true));
+        let mut peer = Peer::accept_with(&listener, false).await;
+        peer.publish_qos2(7, false).await;
+        let seven = next_forwarded(&mut events).await;
+        drop(peer);
+        let mut peer = Peer::accept_with(&listener, false).await;
+        client.ack(&seven).await.unwrap();
+        assert_eq!(peer.next().await, [0x50, 0x02, 0x00, 7], "PUBREC 7");
+        peer.send(&[0x62, 0x02, 0x00, 7]).await;
+        assert_eq!(peer.next().await, [0x70, 0x02, 0x00, 7], "PUBCOMP 7");
+        peer.publish_qos2(8, false).await;
+        assert_eq!(next_forwarded(&mut events).await.pkid, 8, "still connected");
         stop.cancel();
     }
 
