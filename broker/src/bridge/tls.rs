@@ -6,8 +6,9 @@
 //! naming it. Pure set-up: no socket, no task.
 //!
 //! `rumqttc` 0.24 speaks rustls 0.22 (its re-exported `tokio_rustls`), not
-//! the 0.23 of our listeners (`crate::transport::tls`): every rustls type
-//! here is that older crate's. The server certificate is checked by
+//! the 0.23 of our listeners (`crate::transport::tls`): the configuration
+//! types here are that older crate's. Both share `rustls-pki-types`, so the
+//! PEM files are read by the listeners' own loaders. The server certificate is checked by
 //! [`Verifier`]: webpki's chain check against `ca_file`, then the name:
 //!
 //! | `server_name` | `insecure` | the certificate must name                  |
@@ -16,8 +17,6 @@
 //! | set           | false      | `server_name`                               |
 //! | either        | true       | anything: only the chain is checked         |
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,20 +24,27 @@ use rumqttc::tokio_rustls::rustls::{
     self,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     client::WebPkiServerVerifier,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, ServerName, UnixTime},
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use rumqttc::TlsConfiguration;
 
 use crate::config::BridgeTls;
+use crate::transport::tls::{load_certs, load_key, TlsError};
 
 /// Why a bridge's TLS files cannot be used; names the bridge and the file.
 #[derive(Debug, thiserror::Error)]
-#[error("bridge {bridge:?}: tls: {path}: {problem}")]
-pub struct BridgeTlsError {
-    pub bridge: String,
-    pub path: PathBuf,
-    pub problem: String,
+pub enum BridgeTlsError {
+    /// A file that does not read as PEM (the error names it).
+    #[error("bridge {bridge:?}: {error}")]
+    File { bridge: String, error: TlsError },
+    /// A file that reads but that rustls refuses, or a bad `server_name`.
+    #[error("bridge {bridge:?}: tls: {path}: {problem}")]
+    Rejected {
+        bridge: String,
+        path: PathBuf,
+        problem: String,
+    },
 }
 
 /// Loads `tls`'s files into the client configuration of bridge `bridge`.
@@ -46,14 +52,18 @@ pub(crate) fn client_config(
     bridge: &str,
     tls: &BridgeTls,
 ) -> Result<TlsConfiguration, BridgeTlsError> {
-    let fail = |path: &Path, problem: String| BridgeTlsError {
+    let fail = |path: &Path, problem: String| BridgeTlsError::Rejected {
         bridge: bridge.to_owned(),
         path: path.to_path_buf(),
         problem,
     };
+    let unreadable = |error| BridgeTlsError::File {
+        bridge: bridge.to_owned(),
+        error,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(&tls.ca_file).map_err(|problem| fail(&tls.ca_file, problem))? {
+    for cert in load_certs(&tls.ca_file).map_err(unreadable)? {
         roots
             .add(cert)
             .map_err(|error| fail(&tls.ca_file, error.to_string()))?;
@@ -80,8 +90,8 @@ pub(crate) fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier));
     let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert_file), Some(key_file)) => {
-            let certs = load_certs(cert_file).map_err(|problem| fail(cert_file, problem))?;
-            let key = load_key(key_file).map_err(|problem| fail(key_file, problem))?;
+            let certs = load_certs(cert_file).map_err(unreadable)?;
+            let key = load_key(key_file).map_err(unreadable)?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|error| fail(key_file, error.to_string()))?
@@ -90,30 +100,6 @@ pub(crate) fn client_config(
         _ => builder.with_no_client_auth(),
     };
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-fn open(path: &Path) -> Result<BufReader<File>, String> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|error| format!("cannot read it: {error}"))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = rustls_pemfile::certs(&mut open(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("cannot read it: {error}"))?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificate".to_owned());
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    match rustls_pemfile::private_key(&mut open(path)?) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err("holds no PEM private key".to_owned()),
-        Err(error) => Err(format!("cannot read it: {error}")),
-    }
 }
 
 /// webpki's check of the server certificate, against `server_name` when

@@ -99,7 +99,9 @@ fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
         })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates of `path`; at least one. The bridge's client side
+/// reads its files with this too.
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Read {
@@ -114,7 +116,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The first PEM private key of `path`.
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     match rustls_pemfile::private_key(&mut open(path)?) {
         Ok(Some(key)) => Ok(key),
         Ok(None) => Err(TlsError::NoKey {
