@@ -57,7 +57,7 @@ use crate::registry::{Opened, Ownership, SessionSlot};
 use crate::router::{RouterMsg, SubscribeRequest, Subscribed, RETAINED_BATCH};
 use crate::server::Broker;
 use crate::session::SessionState;
-use crate::store::{unix_ms_now, Record, StoredSession};
+use crate::store::Record;
 use crate::types::{ClientId, ConnId, Delivery, Receipt, RetainedCursor};
 
 /// The start of every embedded session's client id. No MQTT client can
@@ -267,7 +267,7 @@ impl Subscription {
         slot.set_in_flight(0);
         if let Some(store) = &ctx.store {
             slot.mark_stored();
-            let settings = bridge_settings(&client_id, false);
+            let settings = crate::connection::stored_settings(&client_id, None, None, false);
             store.commit(None, |w| w.record(&Record::Session(settings)));
         }
         Ok((subscription, unacked))
@@ -458,9 +458,6 @@ impl Subscription {
         }
     }
 
-    /// Takes a bridge's session offline, keeping its subscriptions and its
-    /// queue: `unacked` (taken, not finished, in sending order) is parked
-    /// in flight, handed back first by the next [`Subscription::open_bridge`].
     /// Records the deliveries in flight, as a connection does for the
     /// admin API and the in-flight gauges.
     pub(crate) fn set_in_flight(&self, in_flight: usize) {
@@ -469,6 +466,9 @@ impl Subscription {
         }
     }
 
+    /// Takes a bridge's session offline, keeping its subscriptions and its
+    /// queue: `unacked` (taken, not finished, in sending order) is parked
+    /// in flight, handed back first by the next [`Subscription::open_bridge`].
     pub(crate) fn park(mut self, unacked: Vec<Delivery>) {
         if let Some(ownership) = self.ownership.take() {
             park(&self.ctx, ownership, self.conn_id, unacked);
@@ -517,23 +517,13 @@ fn park(ctx: &Context, ownership: Ownership, conn_id: ConnId, unacked: Vec<Deliv
     }
     slot.set_in_flight(state.outbound.in_flight());
     if let Some(store) = &ctx.store {
-        let settings = bridge_settings(&slot.client_id, true);
+        let settings = crate::connection::stored_settings(&slot.client_id, None, None, true);
         store.commit(None, |w| w.record(&Record::Session(settings)));
     }
     slot.park(state);
     // Let go first, so a claim that comes next finds the slot free.
     drop(ownership);
     ctx.registry.went_offline(&slot, conn_id, None, None);
-}
-
-/// A bridge session's settings as the store keeps them: no expiry, no will.
-fn bridge_settings(client_id: &ClientId, offline: bool) -> StoredSession {
-    StoredSession {
-        client_id: client_id.to_string(),
-        expiry_secs: None,
-        will: None,
-        offline_at_ms: offline.then(unix_ms_now),
-    }
 }
 
 /// Writes a persistent session's stored delivery done (the remote

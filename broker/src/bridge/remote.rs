@@ -43,6 +43,8 @@ use crate::metrics::Metrics;
 /// [`super::WINDOW`] plus a notification, so a new publish never waits for
 /// an id while acknowledgements come in order.
 const REMOTE_INFLIGHT: u16 = 100;
+// `releasing` keeps one bit per id in a u128.
+const _: () = assert!(REMOTE_INFLIGHT < 128);
 /// Keepalive on the remote connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a stopping bridge waits for the remote to acknowledge what is
@@ -202,11 +204,28 @@ impl RemoteTask {
             Some(Received::Recorded(_)) => {
                 // The PUBREC went with a connection that ended. Queued
                 // inside `rumqttc`, which cannot refuse it; written first.
+                // Counted as this connection's at once, so more copies
+                // before it is written queue nothing more.
                 self.eventloop
                     .pending
                     .push_back(Request::PubRec(PubRec::new(publish.pkid)));
+                self.received
+                    .insert(publish.pkid, Received::Recorded(self.connection));
                 None
             }
+        }
+    }
+
+    /// What the bridge task hears of an acknowledgement from the remote or
+    /// a PUBLISH written; `None` for anything else, and for the PUBCOMP of
+    /// a start-up release.
+    fn ack_or_sent(&mut self, event: &Event) -> Option<Remote> {
+        match event {
+            Event::Incoming(Packet::PubAck(ack)) => Some(Remote::Acked(ack.pkid)),
+            Event::Incoming(Packet::PubComp(comp)) if self.released(comp.pkid) => None,
+            Event::Incoming(Packet::PubComp(comp)) => Some(Remote::Acked(comp.pkid)),
+            Event::Outgoing(Outgoing::Publish(id)) => Some(Remote::Sent(*id)),
+            _ => None,
         }
     }
 
@@ -268,11 +287,10 @@ impl RemoteTask {
                     self.received.remove(&id);
                     continue;
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => Remote::Acked(ack.pkid),
-                Ok(Event::Incoming(Packet::PubComp(comp))) if self.released(comp.pkid) => continue,
-                Ok(Event::Incoming(Packet::PubComp(comp))) => Remote::Acked(comp.pkid),
-                Ok(Event::Outgoing(Outgoing::Publish(id))) => Remote::Sent(id),
-                Ok(_) => continue,
+                Ok(event) => match self.ack_or_sent(&event) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Err(error) => {
                     if connected {
                         info!(bridge = %name, %address, %error, "bridge disconnected");
@@ -350,12 +368,8 @@ impl RemoteTask {
     /// Forwards a PUBLISH written or an acknowledgement read while
     /// stopping; `false` once the bridge task no longer listens.
     async fn forward_late(&mut self, event: Event, deadline: Instant) -> bool {
-        let event = match event {
-            Event::Incoming(Packet::PubAck(ack)) => Remote::Acked(ack.pkid),
-            Event::Incoming(Packet::PubComp(comp)) if self.released(comp.pkid) => return true,
-            Event::Incoming(Packet::PubComp(comp)) => Remote::Acked(comp.pkid),
-            Event::Outgoing(Outgoing::Publish(id)) => Remote::Sent(id),
-            _ => return true,
+        let Some(event) = self.ack_or_sent(&event) else {
+            return true;
         };
         let sent = tokio::time::timeout_at(deadline, self.events.send(event)).await;
         matches!(sent, Ok(Ok(())))

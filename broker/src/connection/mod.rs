@@ -91,6 +91,7 @@ use crate::types::{ClientId, ConnId, Message, MessageExtra};
 use close::close;
 pub(crate) use close::{delay_will, forget_session, publish_will};
 use end::End;
+pub(crate) use persist::settings as stored_settings;
 use reader::{Inbound, ReadBuffer, ReadConfig, ReadError, ReadLimit};
 use rest::rest;
 use session::Session;
