@@ -160,11 +160,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// resting or not: its place among the pending sockets until its CONNECT is
 /// accepted, then its `max_connections` slot; its share of its address's
 /// count throughout. All given back on drop.
-#[derive(Debug)]
 ///
 /// It lives in every resting connection, so it is kept small: what only a
 /// pending socket or a per-address count needs is boxed, and the slot is a
-/// flag (its permit is forgotten when taken and given back on drop).
+/// flag (`Gate::open` counts it: raised when taken, lowered on drop).
+#[derive(Debug)]
 pub struct Admission {
     gate: Arc<Gate>,
     /// Counted under `max_connections_per_address`.

@@ -115,8 +115,9 @@ pub struct Context {
     pub dormitory: Dormitory,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<Budget>,
-    /// Topic caps, shared with the router.
-    pub router_limits: RouterLimits,
+    /// How shared subscriptions pick a member (restart-only): `hash` needs
+    /// every message's publisher.
+    pub shared_strategy: crate::router::shared::Strategy,
     /// Pending sockets, connection slots, per-address counts.
     pub gate: Arc<Gate>,
     /// One log line a second at most per kind of refusal.
@@ -163,7 +164,7 @@ impl Context {
             dormitory: Dormitory::start()?,
             metrics,
             budget,
-            router_limits,
+            shared_strategy: router_limits.shared_strategy,
             gate,
             throttles: Throttles::default(),
             logins,

@@ -241,9 +241,7 @@ impl<R: AsyncRead + Unpin> ReadTask<R> {
                 packets += 1;
                 bytes += frame.bytes.len() as u64;
                 let packet = decode_packet(&frame, self.version)?;
-                if let Some(&first) = frame.bytes.first() {
-                    self.tally.count(first);
-                }
+                self.tally.add(usize::from(frame.packet_type()), 1);
                 if self.tx.send(Inbound::Packet(packet)).await.is_err() {
                     return Ok(());
                 }

@@ -931,8 +931,8 @@ impl Session {
         }
         // No Local needs the publisher of every MQTT 5 message; the `hash`
         // strategy of shared subscriptions, that of every message.
-        let by_publisher = self.client.v5.is_some()
-            || self.client.ctx.router_limits.shared_strategy == Strategy::Hash;
+        let by_publisher =
+            self.client.v5.is_some() || self.client.ctx.shared_strategy == Strategy::Hash;
         let message = match by_publisher {
             true => message.published_by_client(self.client.ownership.slot.client_id.clone()),
             false => message,

@@ -54,6 +54,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::HttpSettings;
 use crate::connection::Context;
+use crate::registry::lock;
 
 /// HTTP connections served at once; a connection beyond it is closed at
 /// once.
@@ -257,12 +258,6 @@ impl Http {
             let _ = task.await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {

@@ -90,7 +90,9 @@ fn help(doc: &str) -> String {
 impl Collector for Broker {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metrics = &self.ctx.metrics;
-        for ((name, value), doc) in metrics.snapshot().named().into_iter().zip(DOCS) {
+        // One snapshot for the whole scrape, so its figures agree.
+        let snapshot = metrics.snapshot();
+        for ((name, value), doc) in snapshot.named().into_iter().zip(DOCS) {
             if matches!(
                 name,
                 "messages_received" | "packets_received" | "packets_sent"
@@ -154,7 +156,6 @@ impl Collector for Broker {
                 family.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
         }
-        let snapshot = metrics.snapshot();
         let offline = snapshot.sessions_offline_current;
         let online = snapshot.sessions_current.saturating_sub(offline);
         let mut sessions = encoder.encode_descriptor(
