@@ -65,13 +65,7 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let Local { mut local, unacked } = local;
-    let Prepared { config, tls } = prepared;
-    // Validated with the config: a line that does not parse is not there.
-    let rules: Vec<TopicRule> = config
-        .topics
-        .iter()
-        .filter_map(|line| TopicRule::parse(line).ok())
-        .collect();
+    let Prepared { config, tls, rules } = prepared;
     let Some(options) = remote::options(&config, tls, ctx.live.get().limits.max_packet_size) else {
         local.park(unacked);
         return;

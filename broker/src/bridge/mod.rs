@@ -123,6 +123,9 @@ pub fn server_name_is_valid(name: &str) -> Result<(), String> {
 pub(crate) struct Prepared {
     config: BridgeConfig,
     tls: Option<TlsConfiguration>,
+    /// `config.topics`, parsed once (validated with the config: a line that
+    /// does not parse is not there).
+    rules: Vec<TopicRule>,
 }
 
 impl Prepared {
@@ -132,9 +135,15 @@ impl Prepared {
             Some(files) => Some(tls::client_config(&config.name, files)?),
             None => None,
         };
+        let rules = config
+            .topics
+            .iter()
+            .filter_map(|line| TopicRule::parse(line).ok())
+            .collect();
         Ok(Prepared {
             config: config.clone(),
             tls,
+            rules,
         })
     }
 
@@ -239,7 +248,7 @@ impl Bridges {
 /// Opens (or resumes) the bridge's local session and spawns its bridge
 /// task.
 async fn start_one(ctx: &Arc<Context>, prepared: Prepared) -> Option<Running> {
-    let (local, unacked) = open_locally(ctx, &prepared.config).await?;
+    let (local, unacked) = open_locally(ctx, &prepared.config.name, &prepared.rules).await?;
     let config = prepared.config.clone();
     let stop = ctx.shutdown.child_token();
     let local = carry::Local { local, unacked };
@@ -272,9 +281,9 @@ async fn remove_one(ctx: &Arc<Context>, bridge: Running) {
 /// with what it had in flight when it was parked.
 async fn open_locally(
     ctx: &Arc<Context>,
-    config: &BridgeConfig,
+    name: &str,
+    rules: &[TopicRule],
 ) -> Option<(Subscription, Vec<Delivery>)> {
-    let name = &config.name;
     let (mut local, unacked) = match Subscription::open_bridge(ctx, name).await {
         Ok(opened) => opened,
         Err(error) => {
@@ -282,13 +291,8 @@ async fn open_locally(
             return None;
         }
     };
-    let rules: Vec<TopicRule> = config
-        .topics
-        .iter()
-        .filter_map(|line| TopicRule::parse(line).ok())
-        .filter(|rule| rule.direction.carries_out())
-        .collect();
-    for rule in &rules {
+    let rules = rules.iter().filter(|rule| rule.direction.carries_out());
+    for rule in rules.clone() {
         let options = SubscriptionOptions {
             no_local: true,
             ..SubscriptionOptions::qos(rule.qos)
@@ -298,7 +302,7 @@ async fn open_locally(
         }
     }
     // A resumed session may hold the filters of lines since removed.
-    let keep: Vec<String> = rules.into_iter().map(|rule| rule.local_filter).collect();
+    let keep: Vec<String> = rules.map(|rule| rule.local_filter.clone()).collect();
     if let Err(error) = local.unsubscribe_all_but(&keep).await {
         warn!(bridge = %name, %error, "bridge: old local subscriptions not removed");
     }
