@@ -273,9 +273,18 @@ impl Broker {
         ctx.live.set(settings.clone());
         let mut running = self.listeners().lock().await;
         let mut kept = Vec::new();
+        // Listeners are matched by their configured address, in order, so
+        // that several on port 0 (each bound to a port of its own) pair up
+        // with their own configs rather than all with the first.
+        let mut unclaimed: Vec<Option<&ListenerConfig>> =
+            settings.listeners.iter().map(Some).collect();
         for current in running.drain(..) {
             let bind = current.endpoint.config.bind;
-            match settings.listeners.iter().find(|new| new.bind == bind) {
+            let claimed = unclaimed
+                .iter_mut()
+                .find(|new| new.is_some_and(|new| new.bind == bind))
+                .and_then(Option::take);
+            match claimed {
                 None => {
                     current.stop.cancel();
                     // The port is free once the accept loop has dropped its
@@ -299,10 +308,7 @@ impl Broker {
                 }
             }
         }
-        for new in &settings.listeners {
-            if kept.iter().any(|k| k.endpoint.config.bind == new.bind) {
-                continue;
-            }
+        for new in unclaimed.into_iter().flatten() {
             match add(new, settings, ctx).await {
                 Ok(started) => kept.push(started),
                 Err(problem) => error!(bind = %new.bind, %problem, "SIGHUP: listener not added"),

@@ -3,7 +3,8 @@
 //! server certificate and one from a CA it does not trust; client
 //! certificates (`require_certificate`, `use_identity_as_username`, the
 //! identity as the ACL's user name); unreadable PEM files stop the start
-//! with an error naming the file; TLS connections rest and wake; sockets
+//! with an error naming the file; a reload serves new certificate files to
+//! new handshakes; TLS connections rest and wake; sockets
 //! that never finish the handshake are closed after `connect_timeout_ms`
 //! and evicted under `max_pending`. Certificates are made per test (see
 //! `tidemq_tests::tls`).
@@ -226,6 +227,60 @@ async fn a_client_trusting_another_ca_refuses_the_server() {
     let stream = tls_connect(broker.addrs[1], config).await.unwrap();
     let mut client = StreamClient::connected(stream, "trusting").await;
     client.ping().await;
+    broker.stop().await;
+}
+
+/// A reload (`Broker::reload`, what SIGHUP calls) loads a listener's
+/// certificate and key again: the next handshake gets the new certificate,
+/// so a client trusting only the old CA now refuses the broker, and one
+/// trusting the new CA is served; a TLS client connected before the reload
+/// stays connected and gets a message the new client publishes. The plain
+/// listener beside it, also on port 0, keeps serving plain MQTT (each
+/// listener is paired with its own config, not the first on that address).
+#[tokio::test]
+async fn a_reload_serves_the_new_certificate_and_keeps_connected_clients() {
+    let old = Pki::new("reload-old");
+    let new = Pki::new("reload-new");
+    let settings = with_tls([old.server_tls()]);
+    let broker = TestBroker::start_with(settings.clone()).await;
+    let addr = broker.addrs[1];
+    let trusts_old = || old.client_config(Trust::OurCa, ClientCert::None);
+    let stream = tls_connect(addr, trusts_old()).await.unwrap();
+    let mut connected = StreamClient::connected(stream, "before-reload").await;
+    connected
+        .subscribe_granted(1, &[("reload/t", QoS::AtLeastOnce)])
+        .await;
+
+    // The same paths, new contents: a certificate from another CA.
+    std::fs::copy(new.path("server.pem"), old.path("server.pem")).unwrap();
+    std::fs::copy(new.path("server.key"), old.path("server.key")).unwrap();
+    broker.broker().reload(&settings).await;
+
+    let error = tls_connect(addr, trusts_old())
+        .await
+        .expect_err("the old CA does not vouch for the reloaded certificate");
+    assert!(
+        matches!(
+            rustls_error(&error),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        "{error:?}"
+    );
+    let stream = tls_connect(addr, new.client_config(Trust::OurCa, ClientCert::None))
+        .await
+        .unwrap();
+    let mut after = StreamClient::connected(stream, "after-reload").await;
+    after.publish_qos1("reload/t", 1, b"new certificate").await;
+    connected
+        .expect_publish("reload/t", b"new certificate")
+        .await;
+    connected.ping().await;
+    // Asserts a CONNACK accepting the client.
+    let (mut plain, _) =
+        RawClient::connected(broker.addrs[0], &ConnectOptions::new("plain-after")).await;
+    plain.send(&[0xC0, 0x00]).await;
+    let pingresp = plain.recv().await.expect("PINGRESP on the plain listener");
+    assert_eq!(pingresp.wire_bytes(), [0xD0, 0x00]);
     broker.stop().await;
 }
 
