@@ -61,6 +61,12 @@ pub struct BridgeConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// QoS 1/2 messages sent to the remote and not yet acknowledged, at
+    /// most (mosquitto's `max_inflight_messages`, default 20, which is
+    /// also how many QoS 2 messages a mosquitto remote takes from a
+    /// client at a time: it acknowledges and drops those past it).
+    #[serde(default = "default_bridge_max_inflight")]
+    pub max_inflight: u16,
     /// TLS to the remote; absent: plain TCP.
     #[serde(default)]
     pub tls: Option<BridgeTls>,
@@ -109,6 +115,10 @@ fn default_reconnect_min_ms() -> u64 {
 
 fn default_reconnect_max_ms() -> u64 {
     30_000
+}
+
+fn default_bridge_max_inflight() -> u16 {
+    20
 }
 
 fn default_notifications() -> bool {
@@ -164,6 +174,12 @@ impl BridgeConfig {
             return Err(invalid(
                 "bridge.reconnect_max_ms",
                 "must be at least bridge.reconnect_min_ms, which must be positive",
+            ));
+        }
+        if !(1..=crate::bridge::MAX_INFLIGHT).contains(&self.max_inflight) {
+            return Err(invalid(
+                "bridge.max_inflight",
+                &format!("must be 1 to {}", crate::bridge::MAX_INFLIGHT),
             ));
         }
         if let Some(topic) = self.notification_topic() {

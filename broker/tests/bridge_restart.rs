@@ -21,7 +21,7 @@ use tidemq_protocol::QoS;
 use support::*;
 
 /// QoS 1 messages published while the remote is down: more than the
-/// bridge's window (64), so some were taken by the bridge task when the
+/// bridge's `max_inflight` (20), so some were taken by the bridge task when the
 /// broker stopped and the rest were still queued.
 const HELD_BACK: usize = 150;
 
@@ -36,7 +36,7 @@ struct Mosquitto {
 impl Mosquitto {
     /// Writes its config; [`Mosquitto::run`] starts it.
     fn new(name: &str) -> Mosquitto {
-        let port = free_port();
+        let port = mosquitto_port();
         let dir = std::env::temp_dir().join(format!(
             "tidemq-bridge-restart-{name}-{}",
             std::process::id()
@@ -58,19 +58,39 @@ impl Mosquitto {
         }
     }
 
-    /// Starts it and waits until it accepts connections.
+    /// Starts it and waits for its `running` line (its listener is open;
+    /// a connect alone would not tell whether mosquitto or a taker of its
+    /// port answers).
     fn run(&mut self) {
+        let log_path = self.dir.join("mosquitto.log");
+        let running = || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches(" running")
+                .count()
+        };
+        let before = running();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("cannot run mosquitto: install the mosquitto package, CI does");
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while running() == before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "mosquitto exited: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -45,12 +45,16 @@ fn state_topic(name: &str) -> String {
     format!("$SYS/broker/connection/tidemq-bridge-{name}/state")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A free port for mosquitto, below Linux's ephemeral range (32768 and
+/// up by default): a listener bound to port 0 elsewhere in the suite
+/// cannot take it between this check and mosquitto's bind.
+fn mosquitto_port() -> u16 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    (0u64..)
+        .map(|n| 10_000 + (random.hash_one(n) % 22_000) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// How mosquitto's TLS listener is set up.
@@ -66,7 +70,13 @@ struct Mosquitto {
     tls_port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// The test clients' user name and password, when mosquitto has a
+    /// password file (see [`Mosquitto::start_with_users`]).
+    login: Option<(&'static str, &'static str)>,
 }
+
+/// The user the test clients log in as on a mosquitto with a password file.
+const WATCHER: (&str, &str) = ("watcher", "watch");
 
 impl Mosquitto {
     /// Starts mosquitto on a free port, with its persistence file in a
@@ -86,50 +96,95 @@ impl Mosquitto {
         Mosquitto::start_with(name, Some(tls)).await
     }
 
+    /// As [`Mosquitto::start`], refusing anonymous clients: a password file
+    /// (written by the real `mosquitto_passwd`) holds `users` and
+    /// [`WATCHER`], whom the test clients log in as.
+    async fn start_with_users(name: &str, users: &[(&str, &str)]) -> Mosquitto {
+        let mut mosquitto = Mosquitto::start_with(name, None).await;
+        mosquitto.end("-TERM").await;
+        let passwords = mosquitto.dir.join("passwords");
+        std::fs::write(&passwords, "").unwrap();
+        for (user, password) in users.iter().chain([&WATCHER]) {
+            let status = Command::new("mosquitto_passwd")
+                .args(["-b", passwords.to_str().unwrap(), user, password])
+                .status()
+                .expect("mosquitto_passwd (package mosquitto)");
+            assert!(status.success());
+        }
+        // Readable by the user mosquitto drops to.
+        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let conf = mosquitto.dir.join("mosquitto.conf");
+        let config = std::fs::read_to_string(&conf)
+            .unwrap()
+            .replace("allow_anonymous true", "allow_anonymous false")
+            + &format!("password_file {}\n", passwords.display());
+        std::fs::write(&conf, config).unwrap();
+        mosquitto.login = Some(WATCHER);
+        mosquitto.run().await;
+        mosquitto
+    }
+
+    /// Writes its config on two free ports and starts it; when one of them
+    /// is taken before mosquitto binds it (another test's listener got it
+    /// meanwhile), picks two others.
     async fn start_with(name: &str, tls: Option<TlsListener<'_>>) -> Mosquitto {
-        let (port, tls_port) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("tidemq-bridge-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Run as root, mosquitto drops to its own user, which must be able
         // to write its persistence file here.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             autosave_on_changes true\nautosave_interval 1\n",
-            dir.display()
-        );
-        if let Some(TlsListener {
-            pki,
-            require_certificate,
-        }) = tls
-        {
-            config.push_str(&format!(
-                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
-                pki.path("ca.pem").display(),
-                pki.path("server.pem").display(),
-                pki.path("server.key").display(),
-            ));
+        for _ in 0..3 {
+            let (port, tls_port) = (mosquitto_port(), mosquitto_port());
+            let mut config = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 autosave_on_changes true\nautosave_interval 1\n",
+                dir.display()
+            );
+            if let Some(TlsListener {
+                pki,
+                require_certificate,
+            }) = tls
+            {
+                config.push_str(&format!(
+                    "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
+                    pki.path("ca.pem").display(),
+                    pki.path("server.pem").display(),
+                    pki.path("server.key").display(),
+                ));
+            }
+            std::fs::write(dir.join("mosquitto.conf"), config).unwrap();
+            let mut mosquitto = Mosquitto {
+                port,
+                tls_port,
+                dir: dir.clone(),
+                child: None,
+                login: None,
+            };
+            if mosquitto.try_run().await {
+                return mosquitto;
+            }
         }
-        std::fs::write(dir.join("mosquitto.conf"), config).unwrap();
-        let mut mosquitto = Mosquitto {
-            port,
-            tls_port,
-            dir,
-            child: None,
-        };
-        mosquitto.run().await;
-        mosquitto
+        panic!("mosquitto found no free port in 3 tries");
     }
 
+    /// Starts it again on its ports, which must still be free.
     async fn run(&mut self) {
+        assert!(self.try_run().await, "mosquitto could not listen");
+    }
+
+    /// Starts it and waits for its `running` line (its listeners are open);
+    /// false if it exited first, which it does when a port is taken. A
+    /// connect alone would not tell: the taker may be listening.
+    async fn try_run(&mut self) -> bool {
+        let before = self.log_lines(" running");
         // Its log (stderr), kept across restarts: a test counts its lines.
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("mosquitto.log"))
             .unwrap();
-        let child = Command::new("mosquitto")
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdin(Stdio::null())
@@ -137,13 +192,30 @@ impl Mosquitto {
             .stderr(log)
             .spawn()
             .expect("cannot run mosquitto: install the mosquitto package, CI does");
-        self.child = Some(child);
         let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
+        while self.log_lines(" running") == before {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
             assert!(Instant::now() < deadline, "mosquitto did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.child = Some(child);
+        true
+    }
+
+    /// The first line of mosquitto's log containing `text`, waited for.
+    async fn log_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+            if let Some(line) = log.lines().find(|line| line.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?}:\n{log}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -191,6 +263,9 @@ impl Mosquitto {
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = self.login {
+            options.set_credentials(user, password);
+        }
         options
     }
 
@@ -232,6 +307,7 @@ fn bridge_config(name: &str, port: u16, topics: &[&str]) -> BridgeConfig {
         topics: topics.iter().map(|line| line.to_string()).collect(),
         reconnect_min_ms: 20,
         reconnect_max_ms: 200,
+        max_inflight: 20,
         tls: None,
         notifications: true,
         notification_topic: None,
@@ -405,6 +481,129 @@ async fn an_in_line_at_qos_2_is_exactly_once_end_to_end() {
     let (broker, mut local) = bringing_qos2_in(&mosquitto).await;
     publish_qos2_on_remote(&mosquitto, "in/n", 0..50).await;
     assert_each_once_at_qos2(&mut local, "in/n", 50).await;
+    broker.stop().await;
+}
+
+/// An `out` line at QoS 2: local QoS 2 messages reach a QoS 2 subscriber
+/// on mosquitto at QoS 2, each once (the bridge publishes them at QoS 2
+/// and completes each exchange). 50 at once: more than the 20 QoS 2
+/// messages mosquitto takes from a client at a time (it acknowledges and
+/// drops the rest), which the bridge's `max_inflight` keeps to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_line_at_qos_2_is_exactly_once_end_to_end() {
+    let mosquitto = Mosquitto::start("qos2-out").await;
+    let mut remote = Client::connect(mosquitto.options("remote-qos2-sub")).await;
+    remote.subscribe("out/#", RQoS::ExactlyOnce).await;
+    let broker = start_bridged(&mosquitto, &["out/# out 2"]).await;
+    let local = Client::connect(mqtt_options(&broker, "local-qos2-pub")).await;
+    for n in 0..50 {
+        local
+            .client
+            .publish("out/n", RQoS::ExactlyOnce, false, n.to_string())
+            .await
+            .unwrap();
+    }
+    assert_each_once_at_qos2(&mut remote, "out/n", 50).await;
+    broker
+        .wait_metrics("50 carried out", |m| m.bridge_messages_out == 50)
+        .await;
+    broker.stop().await;
+}
+
+/// The bridge logs in to a mosquitto that refuses anonymous clients with
+/// its `client_id`, `username`, `password` and `clean_session`, as
+/// mosquitto's log of the CONNECT shows, and carries both ways; a bridge
+/// with a wrong password is refused there, keeps trying, and carries
+/// nothing. mosquitto's one-topic lines (`""` as the pattern, the prefixes
+/// as the topics) map `here/lamp` to `there/lamp` and back for
+/// `there/switch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_logs_in_with_its_client_id_and_credentials() {
+    let mosquitto = Mosquitto::start_with_users("login", &[("bridge-user", "s3cret")]).await;
+    let mut remote = remote_with_ready(&mosquitto).await;
+    remote.subscribe("there/lamp", RQoS::AtLeastOnce).await;
+    remote.subscribe("intruder/#", RQoS::AtLeastOnce).await;
+    let bridge = BridgeConfig {
+        client_id: Some("site-7".to_owned()),
+        username: Some("bridge-user".to_owned()),
+        password: Some("s3cret".to_owned()),
+        clean_session: true,
+        ..mosquitto.bridge(&[
+            "out/# out 1",
+            "in/# in 1",
+            "\"\" out 1 here/lamp there/lamp",
+            "\"\" in 1 here/switch there/switch",
+        ])
+    };
+    let intruder = BridgeConfig {
+        client_id: Some("intruder".to_owned()),
+        username: Some("bridge-user".to_owned()),
+        password: Some("wrong".to_owned()),
+        ..mosquitto.named_bridge("intruder", &["intruder/# out 1"])
+    };
+    let broker = start_with_bridges(vec![bridge, intruder]).await;
+    broker
+        .broker()
+        .publish("intruder/x", "refused", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
+    // mosquitto: "New client connected from ADDR as ID (p2, c1, k60, u'USER')."
+    let login = mosquitto.log_line("as site-7 (").await;
+    assert!(
+        login.contains("(p2, c1,") && login.contains("u'bridge-user'"),
+        "MQTT 3.1.1, clean session, the user name: {login}"
+    );
+
+    carries_out_to(&broker, &mut remote, "here/lamp", "there/lamp").await;
+    let mut local = Client::connect(mqtt_options(&broker, "local-switch")).await;
+    local.subscribe("here/#", RQoS::AtLeastOnce).await;
+    let remote_pub = Client::connect(mosquitto.options("remote-switch")).await;
+    remote_pub
+        .client
+        .publish("there/switch", RQoS::AtLeastOnce, false, "on")
+        .await
+        .unwrap();
+    expect_next(&mut local, "here/switch", "on").await;
+
+    // Refused at every attempt; "intruder/x" never reached mosquitto.
+    wait_for_log(&mosquitto, "disconnected, not authorised", 2).await;
+    remote.assert_no_publish().await;
+    broker.stop().await;
+}
+
+/// Between failed attempts the bridge waits `reconnect_min_ms`, doubling
+/// up to `reconnect_max_ms`: a remote that accepts and at once closes
+/// every connection sees attempts at least 100, then 200 ms apart (lower
+/// bounds: a busy machine only stretches them), and the fifth gap, which
+/// would be 1.6 s uncapped, stays near the 200 ms cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_back_off_doubling_up_to_the_maximum() {
+    let remote = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = remote.local_addr().unwrap().port();
+    let bridge = BridgeConfig {
+        reconnect_min_ms: 100,
+        reconnect_max_ms: 200,
+        ..bridge_config("backoff", port, &["t/# out 1"])
+    };
+    let broker = start_with_bridges(vec![bridge]).await;
+    let mut attempts = Vec::new();
+    while attempts.len() < 6 {
+        let (socket, _) = timeout(WAIT, remote.accept()).await.unwrap().unwrap();
+        attempts.push(Instant::now());
+        drop(socket);
+    }
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, at_least) in gaps.iter().zip([100, 200, 200, 200, 200]) {
+        assert!(
+            *gap >= Duration::from_millis(at_least - 5),
+            "gaps {gaps:?}: one under {at_least} ms"
+        );
+    }
+    assert!(
+        gaps[4] < Duration::from_millis(1000),
+        "not capped: {gaps:?}"
+    );
     broker.stop().await;
 }
 
@@ -718,12 +917,18 @@ async fn expect_next(client: &mut Client, topic: &str, payload: &str) -> rumqttc
 /// Publishes on `topic` here (its name as the payload) and asserts it is
 /// the next thing `remote` receives.
 async fn carries_out(broker: &TestBroker, remote: &mut Client, topic: &str) {
+    carries_out_to(broker, remote, topic, topic).await;
+}
+
+/// Publishes on `topic` here (its name as the payload) and asserts it is
+/// the next thing `remote` receives, on `remote_topic`.
+async fn carries_out_to(broker: &TestBroker, remote: &mut Client, topic: &str, remote_topic: &str) {
     broker
         .broker()
         .publish(topic, topic.to_owned(), QoS::AtLeastOnce, false)
         .await
         .unwrap();
-    expect_next(remote, topic, topic).await;
+    expect_next(remote, remote_topic, topic).await;
 }
 
 /// With `remote` subscribed to `out/#` and `in/#` on mosquitto, and
@@ -1082,7 +1287,7 @@ async fn a_reload_starts_added_bridges_stops_removed_ones_and_keeps_the_rest() {
 }
 
 /// QoS 1 messages published here while the remote cannot take them: more
-/// than the bridge's window (64), so some are in flight to the remote and
+/// than the bridge's `max_inflight` (20), so some are in flight to the remote and
 /// the rest wait in the bridge's queue.
 const HELD_BACK: usize = 150;
 
@@ -1192,7 +1397,8 @@ async fn a_reload_that_changes_a_bridge_loses_nothing_queued_or_in_flight() {
     // publishes sit unread in mosquitto's socket), the rest stays queued.
     mosquitto.freeze();
     publish_acked_out(&broker, "local-pub", 1..HELD_BACK + 1).await;
-    wait_queued(&broker, "test", (HELD_BACK - 64) as u64).await;
+    let in_flight = usize::from(bridge.max_inflight);
+    wait_queued(&broker, "test", (HELD_BACK - in_flight) as u64).await;
 
     // Changed: the old bridge task stops, the new one resumes its session.
     settings.bridges = vec![BridgeConfig {

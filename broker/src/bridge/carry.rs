@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::remote::{self, Remote, RemoteTask};
-use super::{Prepared, TopicRule, WINDOW};
+use super::{Prepared, TopicRule};
 use crate::connection::Context;
 use crate::embed::{record_done, Subscription};
 use crate::metrics::Metrics;
@@ -97,6 +97,7 @@ pub(super) async fn run(
         rules,
         origin,
         name: config.name.clone(),
+        max_inflight: usize::from(config.max_inflight),
         notification: config.notification_topic(),
         notify_remote: config.remote_notification_topic().is_some(),
         announced: false,
@@ -106,7 +107,7 @@ pub(super) async fn run(
         echoes: VecDeque::new(),
     };
     loop {
-        let room = bridge.unassigned.len() + bridge.in_flight.len() < WINDOW;
+        let room = bridge.unassigned.len() + bridge.in_flight.len() < bridge.max_inflight;
         if room && !stop.is_cancelled() {
             if let Some(delivery) = bridge.resend.pop_front() {
                 bridge.send_out(delivery).await;
@@ -168,6 +169,8 @@ struct Bridge {
     /// The local session's client id, on every message routed in.
     origin: ClientId,
     name: String,
+    /// `unassigned` and `in_flight` together, at most.
+    max_inflight: usize,
     /// Where the connection state goes; `None` without notifications.
     notification: Option<String>,
     /// Whether it goes to the remote too (not `notifications_local_only`).

@@ -35,7 +35,7 @@
 //! | stop (or a claim of the session) | goodbye (what is acknowledged meanwhile still counts); park the session with the deliveries not acknowledged, in flight first |
 //!
 //! `rumqttc` resends what was in flight after a reconnect, so a remote
-//! restart loses nothing queued or in flight; at most [`WINDOW`] local
+//! restart loses nothing queued or in flight; at most `max_inflight` local
 //! deliveries leave the mailbox before the remote acknowledges them.
 //!
 //! The local session is persistent, under a client id named after the
@@ -100,9 +100,9 @@ use crate::connection::Context;
 use crate::embed::{self, Subscription};
 use crate::types::Delivery;
 
-/// Local deliveries taken from the mailbox and not yet acknowledged by the
-/// remote, at most.
-pub const WINDOW: usize = 64;
+/// The highest `max_inflight` a bridge may have: local deliveries taken
+/// from the mailbox and not yet acknowledged by the remote.
+pub const MAX_INFLIGHT: u16 = 100;
 
 /// Splits "host:port"; `None` when it is not that.
 pub fn split_address(address: &str) -> Option<(String, u16)> {

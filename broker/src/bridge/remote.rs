@@ -40,9 +40,9 @@ use crate::config::BridgeConfig;
 use crate::metrics::Metrics;
 
 /// `rumqttc`'s in-flight limit and packet id range: above
-/// [`super::WINDOW`] plus a notification, so a new publish never waits for
-/// an id while acknowledgements come in order.
-const REMOTE_INFLIGHT: u16 = 100;
+/// [`super::MAX_INFLIGHT`] plus a notification, so a new publish never
+/// waits for an id while acknowledgements come in order.
+const REMOTE_INFLIGHT: u16 = super::MAX_INFLIGHT + 8;
 // `releasing` keeps one bit per id in a u128.
 const _: () = assert!(REMOTE_INFLIGHT < 128);
 /// Keepalive on the remote connection.
@@ -399,6 +399,7 @@ mod tests {
             topics: Vec::new(),
             reconnect_min_ms: 10,
             reconnect_max_ms: 10,
+            max_inflight: 20,
             tls: None,
             notifications: false,
             notification_topic: None,

@@ -1,7 +1,10 @@
 //! A bridge's `topics` lines, read as mosquitto reads its `topic` lines:
 //! `PATTERN [in|out|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]` (direction
-//! `out` and QoS 0 when left out; `""` for an empty prefix). Pure: parsing
-//! and the mapping of a topic between the two sides, nothing else.
+//! `out` and QoS 0 when left out; `""` for an empty prefix, and as the
+//! pattern, with both prefixes given, for one topic mapped to another:
+//! `"" in 1 here/lamp there/lamp`). Prefixes are topic names (no
+//! wildcards), as mosquitto checks them. Pure: parsing and the mapping of a
+//! topic between the two sides, nothing else.
 //!
 //! | direction | subscribed on          | republished on                                 |
 //! |-----------|------------------------|------------------------------------------------|
@@ -59,15 +62,21 @@ impl TopicRule {
             Some("2") => QoS::ExactlyOnce,
             Some(other) => return Err(format!("QoS {other:?} is not 0, 1 or 2")),
         };
-        let prefix = |word: &str| match word {
-            "\"\"" => String::new(),
-            word => word.to_owned(),
-        };
         let (local_prefix, remote_prefix) = match rest.get(2..) {
             None | Some([]) => (String::new(), String::new()),
-            Some([local, remote]) => (prefix(local), prefix(remote)),
+            Some([local, remote]) => (unquoted(local), unquoted(remote)),
             Some(_) => return Err("needs both prefixes or neither".to_owned()),
         };
+        for prefix in [&local_prefix, &remote_prefix] {
+            if prefix.contains(['+', '#']) {
+                return Err(format!("prefix {prefix:?} has a wildcard"));
+            }
+        }
+        // mosquitto's empty pattern: the prefixes are the whole topics.
+        let pattern = unquoted(pattern);
+        if pattern.is_empty() && (local_prefix.is_empty() || remote_prefix.is_empty()) {
+            return Err("pattern \"\" needs a local and a remote topic as prefixes".to_owned());
+        }
         let local_filter = format!("{local_prefix}{pattern}");
         let remote_filter = format!("{remote_prefix}{pattern}");
         for filter in [&local_filter, &remote_filter] {
@@ -99,6 +108,14 @@ impl TopicRule {
         }
         let rest = remote.strip_prefix(&self.remote_prefix)?;
         Some(format!("{}{rest}", self.local_prefix))
+    }
+}
+
+/// A word of the line, with `""` read as the empty string.
+fn unquoted(word: &str) -> String {
+    match word {
+        "\"\"" => String::new(),
+        word => word.to_owned(),
     }
 }
 
@@ -135,7 +152,23 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_pattern_maps_one_topic_to_another_as_mosquitto_does() {
+        let rule = TopicRule::parse("\"\" both 1 here/lamp there/lamp").unwrap();
+        assert_eq!(rule.local_filter, "here/lamp");
+        assert_eq!(rule.remote_filter, "there/lamp");
+        assert_eq!(rule.outgoing("here/lamp").as_deref(), Some("there/lamp"));
+        assert_eq!(rule.incoming("there/lamp").as_deref(), Some("here/lamp"));
+        assert_eq!(rule.outgoing("here/lamp/x"), None);
+        assert_eq!(rule.incoming("there/lampshade"), None);
+        assert!(TopicRule::parse("\"\" in 1").is_err());
+        assert!(TopicRule::parse("\"\" in 1 \"\" there/lamp").is_err());
+    }
+
+    #[test]
     fn bad_lines_say_why() {
+        assert!(TopicRule::parse("t in 1 here/+/ there/")
+            .unwrap_err()
+            .contains("wildcard"));
         assert!(TopicRule::parse("").is_err());
         assert!(TopicRule::parse("a sideways 1")
             .unwrap_err()

@@ -141,6 +141,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a mosquitto started by a test, below Linux's
+/// ephemeral range (32768 and up by default): a broker given
+/// [`free_port`] or a client's outgoing socket cannot take it while
+/// mosquitto is down between restarts.
+pub fn mosquitto_port() -> u16 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    (0u64..)
+        .map(|n| 10_000 + (random.hash_one(n) % 22_000) as u16)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .unwrap()
+}
+
 /// One `tidemq` process. Killed if still running when dropped, so a failed
 /// test leaves no broker behind.
 pub struct Broker {
