@@ -3,8 +3,8 @@
 //! listeners change while clients stay connected. A user added to the file
 //! gets in and a removed one is refused, a listener added to the config is
 //! bound and one removed stops accepting while its connections stay, a
-//! `[limits]` change is named as needing a restart, and nothing connected
-//! is dropped. (The harness: tests/support/.)
+//! `[limits]` change is named as needing a restart, nothing connected
+//! is dropped, and a new `log.level` takes effect. (The harness: tests/support/.)
 
 mod support;
 
@@ -240,5 +240,48 @@ fn sighup_applies_connection_and_topic_caps_to_what_comes_next() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     b.ping();
+    broker.stop_without_store();
+}
+
+/// `log.level` changed by SIGHUP takes effect at once: at `info` (the
+/// default) the log has no DEBUG line; after a reload to `debug`, a
+/// client's DISCONNECT is logged (at DEBUG, "client disconnected").
+#[test]
+fn sighup_changes_the_log_level() {
+    let dir = TempDir::new("reload-log");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let config = dir.path().join("tidemq.toml");
+    let write = |level: &str| {
+        let text = format!("[[listener]]\nbind = \"127.0.0.1:1\"\n[log]\nlevel = \"{level}\"\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    write("info");
+    let broker = Broker::start_with_args(
+        dir.path(),
+        &[("TIDEMQ_STORAGE__ENABLED", "false")],
+        &["-c", config.to_str().unwrap()],
+    );
+    let (before, _) = Client::connect(broker.port, &v311("before", true));
+    before.disconnect();
+    assert!(
+        !broker.stdout.text().contains("DEBUG"),
+        "{}",
+        broker.stdout.text()
+    );
+
+    write("debug");
+    broker.signal("HUP");
+    let set = broker
+        .stdout
+        .wait_for("SIGHUP: log filter set", WAIT)
+        .expect("the reload's log line");
+    assert!(set.contains("level=debug"), "{set}");
+    let (after, _) = Client::connect(broker.port, &v311("after", true));
+    after.disconnect();
+    let line = broker
+        .stdout
+        .wait_for("client disconnected", WAIT)
+        .expect("a DEBUG line once the level is debug");
+    assert!(line.contains("DEBUG"), "{line}");
     broker.stop_without_store();
 }
