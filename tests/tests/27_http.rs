@@ -719,8 +719,11 @@ async fn a_reloaded_empty_bind_turns_the_listener_off_and_an_address_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connacks_are_counted_by_reason_and_queues_are_gauges() {
-    let (broker, http) = http_broker(http_settings()).await;
+async fn refusals_by_reason_and_the_queue_session_and_retained_gauges() {
+    let mut config = http_settings();
+    // No retained $SYS topics: the retained gauges count this test's own.
+    config.sys.interval_secs = 0;
+    let (broker, http) = http_broker(config).await;
     // [MQTT-3.1.3-8]: an empty client id with clean session 0 is refused
     // with return code 0x02 (MQTT 5's 0x85, Client Identifier not valid).
     let mut options = ConnectOptions::new("");
@@ -766,5 +769,55 @@ async fn refused_connacks_are_counted_by_reason_and_queues_are_gauges() {
         sample(&body, "tidemq_sessions{state=\"offline\"}"),
         Some(0.0)
     );
+
+    // A persistent subscriber gone offline: what it is sent now waits in
+    // its queue; holder takes three more unacknowledged.
+    let mut options = ConnectOptions::new("away");
+    options.clean_session = false;
+    let (mut away, _) = RawClient::connected(broker.addr, &options).await;
+    away.subscribe_granted(1, &[("q/#", QoS::AtLeastOnce)])
+        .await;
+    away.send(&[0xE0, 0x00]).await;
+    assert!(away.closed_by_broker().await);
+    wait_sample(http, "tidemq_sessions{state=\"offline\"}", 1.0).await;
+    for n in 3..=5 {
+        publisher
+            .publish_acked("q/x", QoS::AtLeastOnce, n, b"x", false)
+            .await;
+        holder.next_publish().await;
+    }
+    let body = wait_sample(http, "tidemq_queued_messages", 3.0).await;
+    assert_eq!(sample(&body, "tidemq_inflight_messages"), Some(5.0));
+    let clients = get(http, "/api/clients").await.json();
+    let listed = |id: &str| {
+        clients["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client_id"] == id)
+            .unwrap_or_else(|| panic!("{id} listed: {clients}"))
+            .clone()
+    };
+    assert_eq!(listed("holder")["in_flight"], 5, "{clients}");
+    assert_eq!(listed("away")["online"], false, "{clients}");
+    assert_eq!(listed("away")["queued"], 3, "{clients}");
+
+    // Retained count and bytes (topic + payload) follow the store.
+    publisher
+        .publish_acked("r/one", QoS::AtLeastOnce, 6, b"12345", true)
+        .await;
+    publisher
+        .publish_acked("r/two", QoS::AtLeastOnce, 7, b"123", true)
+        .await;
+    let body = wait_sample(http, "tidemq_retained_messages_current", 2.0).await;
+    assert_eq!(
+        sample(&body, "tidemq_retained_bytes_current"),
+        Some((5 + 5 + 5 + 3) as f64)
+    );
+    publisher
+        .publish_acked("r/one", QoS::AtLeastOnce, 8, b"", true)
+        .await;
+    let body = wait_sample(http, "tidemq_retained_messages_current", 1.0).await;
+    assert_eq!(sample(&body, "tidemq_retained_bytes_current"), Some(8.0));
     broker.stop().await;
 }
