@@ -5,8 +5,9 @@
 //! the client may never read is refused in its place in the SUBACK (0x80 /
 //! 0x87); a filter allowed in part delivers only the allowed topics; wills,
 //! retained messages and `$SYS` follow the same rules; `%c` and `%u`
-//! patterns substitute the client's own id and user name; and an anonymous
-//! client gets the anonymous section only. Each path is shown denied and
+//! patterns substitute the client's own id and user name; an anonymous
+//! client gets the anonymous section only; and what embedding code
+//! publishes reaches only the subscribers that may read it. Each path is shown denied and
 //! allowed, and every "nothing arrives" follows an allowed message that did.
 //!
 //! There is no password file: the user name in CONNECT is taken as given,
@@ -312,6 +313,26 @@ async fn a_filter_readable_in_part_delivers_only_the_readable_topics() {
     assert_eq!(next_topic(&mut alice).await.0, "a/ok");
     alice.assert_silent(QUIET).await;
     assert_eq!(broker.metrics().acl_denied_delivery, 2);
+}
+
+/// `Broker::publish` from embedding code is not checked against the ACL
+/// (the application is trusted), but each delivery still is: alice's
+/// `a/#` gets `a/ok` and not `a/secret`.
+#[tokio::test]
+async fn an_embedded_publish_reaches_only_subscribers_that_may_read_it() {
+    let (broker, _dir) = acl_broker("embedded").await;
+    let mut alice = v5_as(&broker, "alice-embedded", Some("alice")).await;
+    alice.subscribe_qos("a/#", QoS::AtLeastOnce).await;
+    let embedded = broker.broker();
+    for topic in ["a/secret", "a/ok"] {
+        embedded
+            .publish(topic, "x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(next_topic(&mut alice).await.0, "a/ok");
+    alice.assert_silent(QUIET).await;
+    assert_eq!(broker.metrics().acl_denied_delivery, 1);
 }
 
 // --------------------------------------------------------------- wills
