@@ -387,6 +387,18 @@ impl Subscription {
         })
     }
 
+    /// This subscription as a [`Stream`](futures_util::Stream) of its
+    /// messages, for code written against streams (`StreamExt::next`,
+    /// combinators); it ends when the broker shuts down. Each item is
+    /// [`Subscription::recv`]'s, with the same acknowledgement rules;
+    /// dropping the stream drops the subscription.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Message> + Send {
+        futures_util::stream::unfold(self, |mut subscription| async move {
+            let message = subscription.recv().await?;
+            Some((message, subscription))
+        })
+    }
+
     /// The next delivery itself: whoever holds it holds the publisher's
     /// receipt it may carry, until it is dropped. Cancel-safe.
     pub(crate) async fn recv_delivery(&mut self) -> Option<Delivery> {

@@ -328,3 +328,37 @@ async fn recv_ends_when_the_broker_shuts_down() {
     let ended = tokio::time::timeout(WAIT, waiting).await.expect("in time");
     assert_eq!(ended.unwrap(), None);
 }
+
+/// `into_stream`: the same messages through `StreamExt::next`, in order,
+/// and the stream ends when the broker shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_as_a_stream_yields_each_message_then_ends() {
+    use futures_util::StreamExt;
+    let broker = TestBroker::start().await;
+    let subscription = broker
+        .broker()
+        .subscribe("feed/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut stream = Box::pin(subscription.into_stream());
+    let (mut source, _) = RawClient::connected(broker.addr, &ConnectOptions::new("source")).await;
+    for (n, payload) in [&b"one"[..], b"two"].iter().enumerate() {
+        source
+            .publish_acked("feed/x", QoS::AtLeastOnce, n as u16 + 1, payload, false)
+            .await;
+    }
+    for expected in [&b"one"[..], b"two"] {
+        let message = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream goes on");
+        assert_eq!(
+            (message.topic.as_str(), &message.payload[..], message.qos),
+            ("feed/x", expected, QoS::AtLeastOnce)
+        );
+    }
+    let waiting = tokio::spawn(async move { stream.next().await });
+    broker.stop().await;
+    let ended = tokio::time::timeout(WAIT, waiting).await.expect("in time");
+    assert!(ended.unwrap().is_none(), "the stream ends at shutdown");
+}
