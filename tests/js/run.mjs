@@ -427,7 +427,7 @@ async function launchChromium(profile) {
   return browser;
 }
 
-test('dashboard: numbers and charts move while clients publish; kick closes a client', async (track) => {
+test('dashboard: retained topics paged; numbers and charts move while clients publish; kick closes a client', async (track) => {
   const base = `js/dashboard/${uid()}`;
   const victimId = `dash-victim-${uid()}`;
   const profile = mkdtempSync(path.join(tmpdir(), 'tidemq-js-chromium-'));
@@ -439,6 +439,12 @@ test('dashboard: numbers and charts move while clients publish; kick closes a cl
     const victim = await client(tcpUrl(), { clientId: victimId, protocolVersion: 5 }, track);
     const victimClosed = new Promise((resolve) => victim.once('close', resolve));
     const publisher = await client(wsUrl(), {}, track);
+    // One more retained message than the dashboard's page of 100 ($SYS is
+    // off in this broker, so these are all it stores).
+    const retainedTopic = (n) => `${base}/retained/${String(n).padStart(3, '0')}`;
+    for (let n = 0; n <= 100; n++) {
+      await publish(publisher, retainedTopic(n), `kept ${n}`, { qos: 1, retain: true });
+    }
 
     browser = await launchChromium(profile);
     const page = await browser.newPage();
@@ -448,6 +454,24 @@ test('dashboard: numbers and charts move while clients publish; kick closes a cl
     await page.goto(`http://${A.http}/`, { waitUntil: 'load', timeout: WAIT_MS });
     await page.waitForFunction(() => window.__dashboard && window.__dashboard.polls >= 2, { timeout: WAIT_MS, polling: 50 });
     const before = await page.evaluate(() => window.__dashboard.stats.metrics.messages_received);
+
+    // The retained topics: a first page of 100 rows and a `more` button
+    // that brings the 101st.
+    const retainedRows = () =>
+      page.evaluate(() => [...document.querySelectorAll('#retained tbody tr')].map((r) => [...r.cells].map((c) => c.textContent)));
+    await page.waitForFunction(() => document.querySelectorAll('#retained tbody tr').length === 100, { timeout: WAIT_MS, polling: 50 });
+    const firstPage = await retainedRows();
+    assertEq(firstPage[0], [retainedTopic(0), '1', String('kept 0'.length), 'kept 0'], 'first retained row');
+    assertEq(await page.$eval('#retained-count', (e) => e.textContent), '101', 'retained tile');
+    assertEq(await page.$eval('#retained-more', (e) => e.hidden), false, 'the more button shown');
+    await page.click('#retained-more');
+    await page.waitForFunction(() => document.querySelectorAll('#retained tbody tr').length === 101, { timeout: WAIT_MS, polling: 50 });
+    const last = (await retainedRows())[100];
+    assertEq([last[0], last[3]], [retainedTopic(100), 'kept 100'], 'the 101st retained row');
+    assertEq(await page.$eval('#retained-more', (e) => e.hidden), true, 'no more pages');
+    for (let n = 0; n <= 100; n++) {
+      await publish(publisher, retainedTopic(n), '', { qos: 1, retain: true });
+    }
 
     // A steady publisher (QoS 0, every 20 ms) for as long as the test runs.
     publishing = (async () => {
