@@ -179,16 +179,24 @@ pub const PACKET_TYPES: [&str; 16] = [
 /// The type number of PUBLISH in [`PACKET_TYPES`].
 pub const PUBLISH: usize = 3;
 
-/// Packets by type, shared by every connection.
+/// Packets by type, and PUBLISH packets by QoS, shared by every
+/// connection. (Only the sent side is told PUBLISH QoS: what is received
+/// by QoS is [`Census::received`], counted where it is decoded.)
 #[derive(Debug, Default)]
-pub struct PacketCounts([AtomicU64; 16]);
+pub struct PacketCounts {
+    by_type: [AtomicU64; 16],
+    publish_by_qos: [AtomicU64; 3],
+}
 
 impl PacketCounts {
     /// Counts one packet from its encoded bytes (nothing for an empty
     /// slice).
     pub fn one(&self, packet: &[u8]) {
         if let Some(&first) = packet.first() {
-            self.0[usize::from(first >> 4)].fetch_add(1, Ordering::Relaxed);
+            self.by_type[usize::from(first >> 4)].fetch_add(1, Ordering::Relaxed);
+            if let Some(qos) = publish_qos(first) {
+                self.publish_by_qos[qos].fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -197,7 +205,9 @@ impl PacketCounts {
         if !tally.any {
             return;
         }
-        for (counter, count) in self.0.iter().zip(&mut tally.counts) {
+        let counters = self.by_type.iter().chain(&self.publish_by_qos);
+        let counts = tally.counts.iter_mut().chain(&mut tally.publish_by_qos);
+        for (counter, count) in counters.zip(counts) {
             if *count > 0 {
                 counter.fetch_add(u64::from(*count), Ordering::Relaxed);
                 *count = 0;
@@ -208,23 +218,41 @@ impl PacketCounts {
 
     /// Packets counted so far, by type number.
     pub fn by_type(&self) -> [u64; 16] {
-        std::array::from_fn(|kind| self.0[kind].load(Ordering::Relaxed))
+        std::array::from_fn(|kind| self.by_type[kind].load(Ordering::Relaxed))
+    }
+
+    /// PUBLISH packets counted so far with a known QoS, by QoS 0, 1, 2.
+    pub fn publish_by_qos(&self) -> [u64; 3] {
+        std::array::from_fn(|qos| self.publish_by_qos[qos].load(Ordering::Relaxed))
     }
 }
 
-/// One connection's packets by type since its last hand-over to
-/// [`PacketCounts::add`]: counted locally, so the shared atomics are
-/// touched once per read or flush and per type seen, not per packet.
+/// The QoS of a PUBLISH from its first byte; `None` for other packets
+/// (and for the malformed QoS 3, which is never sent).
+fn publish_qos(first: u8) -> Option<usize> {
+    let qos = usize::from((first >> 1) & 0b11);
+    (usize::from(first >> 4) == PUBLISH && qos < 3).then_some(qos)
+}
+
+/// One connection's packets by type (and sent PUBLISHes by QoS) since its
+/// last hand-over to [`PacketCounts::add`]: counted locally, so the shared
+/// atomics are touched once per read or flush and per type seen, not per
+/// packet.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     counts: [u32; 16],
+    publish_by_qos: [u32; 3],
     any: bool,
 }
 
 impl Tally {
-    /// Counts one packet from its first byte.
+    /// Counts one packet from its first byte (a PUBLISH under its QoS
+    /// too).
     pub fn count(&mut self, first: u8) {
         self.add(usize::from(first >> 4), 1);
+        if let Some(qos) = publish_qos(first) {
+            self.publish_by_qos[qos] = self.publish_by_qos[qos].saturating_add(1);
+        }
     }
 
     /// Counts `n` packets of type number `kind`.
@@ -232,6 +260,17 @@ impl Tally {
         if let Some(count) = self.counts.get_mut(kind) {
             *count = count.saturating_add(n);
             self.any = true;
+        }
+    }
+
+    /// Counts PUBLISHes by QoS 0, 1, 2 (`by_qos`), under their type too.
+    pub fn publishes(&mut self, by_qos: [u32; 3]) {
+        self.add(
+            PUBLISH,
+            by_qos.iter().fold(0, |sum, n| sum.saturating_add(*n)),
+        );
+        for (count, n) in self.publish_by_qos.iter_mut().zip(by_qos) {
+            *count = count.saturating_add(n);
         }
     }
 }
@@ -273,17 +312,19 @@ mod tests {
         tally.count(0x30); // PUBLISH QoS 0
         tally.count(0x32); // PUBLISH QoS 1
         tally.count(0xc0); // PINGREQ
-        tally.add(PUBLISH, 5);
+        tally.publishes([2, 2, 1]);
         counts.add(&mut tally);
         counts.add(&mut tally); // emptied: adds nothing
         counts.one(&[0x20, 0x02, 0, 0]); // CONNACK
+        counts.one(&[0x34, 0x05, 0, 1, b't', 0, 1]); // PUBLISH QoS 2
         counts.one(&[]);
         let by_type = counts.by_type();
-        assert_eq!(by_type[PUBLISH], 7);
+        assert_eq!(by_type[PUBLISH], 8);
         assert_eq!(by_type[12], 1);
         assert_eq!(PACKET_TYPES[12], "pingreq");
         assert_eq!(by_type[2], 1);
-        assert_eq!(by_type.iter().sum::<u64>(), 9);
+        assert_eq!(by_type.iter().sum::<u64>(), 10);
+        assert_eq!(counts.publish_by_qos(), [3, 3, 2]);
     }
 
     #[test]

@@ -819,5 +819,30 @@ async fn refusals_by_reason_and_the_queue_session_and_retained_gauges() {
         .await;
     let body = wait_sample(http, "tidemq_retained_messages_current", 1.0).await;
     assert_eq!(sample(&body, "tidemq_retained_bytes_current"), Some(8.0));
+
+    // Messages sent by the QoS they go out at: holder's five so far at
+    // QoS 1, then a QoS 0 one, and a QoS 2 one its QoS 1 subscription
+    // downgrades [MQTT-3.8.4-6].
+    let sent = |qos: u8| format!("tidemq_messages_sent_total{{qos=\"{qos}\"}}");
+    let body = get(http, "/metrics").await.body;
+    assert_eq!(sample(&body, &sent(1)), Some(5.0), "{body}");
+    assert_eq!(sample(&body, &sent(0)), Some(0.0));
+    publisher
+        .publish_acked("q/x", QoS::AtMostOnce, 0, b"x", false)
+        .await;
+    publisher
+        .publish_acked("q/x", QoS::ExactlyOnce, 9, b"x", false)
+        .await;
+    for _ in 0..2 {
+        holder.next_publish().await;
+    }
+    let body = wait_sample(http, &sent(1), 6.0).await;
+    assert_eq!(sample(&body, &sent(0)), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &sent(2)), Some(0.0), "{body}");
+    assert_eq!(
+        sample(&body, "tidemq_messages_sent_total"),
+        None,
+        "only by QoS"
+    );
     broker.stop().await;
 }

@@ -349,10 +349,7 @@ impl Session {
             self.drop_too_large(&mut batch, now);
         }
         self.record_latency(&batch);
-        self.tally.add(
-            crate::census::PUBLISH,
-            u32::try_from(batch.len()).unwrap_or(u32::MAX),
-        );
+        self.tally.publishes(count_by_qos(&batch));
         // Every delivery enters the in-flight window before any is written,
         // so a write failure midway leaves QoS 1/2 ones to be resent. Each
         // PUBLISH is encoded straight from the shared message.
@@ -1110,10 +1107,16 @@ impl Session {
     }
 }
 
-/// The PUBLISH that carries `delivery`: with `alias` (an MQTT 5 client's
-/// connection), also its properties, the expiry it has left (`now` is set
-/// when a message of the batch can expire), its subscription identifiers
-/// and the topic alias.
+/// How many of `batch` go out at QoS 0, 1 and 2 (the sent-by-QoS counts).
+fn count_by_qos(batch: &[Delivery]) -> [u32; 3] {
+    let mut by_qos = [0u32; 3];
+    for delivery in batch {
+        let count = &mut by_qos[delivery.qos as usize];
+        *count = count.saturating_add(1);
+    }
+    by_qos
+}
+
 /// The SUBACK codes in the SUBSCRIBE's order: the router's for the
 /// filters it took, 0x80 (3.1.1) / 0x87 (MQTT 5) where the ACL refused.
 fn merge_denied(codes: Vec<ReasonCode>, denied: &[usize], v5: bool) -> Vec<ReasonCode> {
@@ -1136,6 +1139,10 @@ fn merge_denied(codes: Vec<ReasonCode>, denied: &[usize], v5: bool) -> Vec<Reaso
         .collect()
 }
 
+/// The PUBLISH that carries `delivery`: with `alias` (an MQTT 5 client's
+/// connection), also its properties, the expiry it has left (`now` is set
+/// when a message of the batch can expire), its subscription identifiers
+/// and the topic alias.
 fn delivery_publish(
     delivery: &Delivery,
     packet_id: Option<PacketId>,

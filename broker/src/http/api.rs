@@ -98,6 +98,7 @@ fn stats(state: &State) -> Reply {
         "version": env!("CARGO_PKG_VERSION"),
         "resident_memory_bytes": super::prom::resident_memory_bytes(),
         "messages_received_by_qos": metrics.census.received_by_qos(),
+        "messages_sent_by_qos": metrics.census.packets_out.publish_by_qos(),
         "router_queue_depth": state.ctx.router.queued(),
         "metrics": counters,
     }))

@@ -9,7 +9,7 @@
 //! |------------------------------------------|------------------------------------------|
 //! | a counter of `metrics` (`takeovers`)     | `tidemq_takeovers_total` (counter)        |
 //! | a gauge of `metrics` (`*_current`, `*_bytes`) | `tidemq_retained_messages_current` (gauge) |
-//! | `messages_received` by QoS (`census`)    | `tidemq_messages_received_total{qos}`     |
+//! | `messages_received`, `messages_sent` by QoS (`census`) | `tidemq_messages_received_total{qos}`, `tidemq_messages_sent_total{qos}` |
 //! | `packets_received`, `packets_sent` by type (`census`) | `tidemq_packets_received_total{type="publish"}`, ... |
 //! | sampled publish-to-delivery latency (`latency`) | `tidemq_delivery_latency_seconds` (histogram) |
 //! | connections by listener and version      | `tidemq_connections{listener,protocol,tls,version}` |
@@ -95,7 +95,7 @@ impl Collector for Broker {
         for ((name, value), doc) in snapshot.named().into_iter().zip(DOCS) {
             if matches!(
                 name,
-                "messages_received" | "packets_received" | "packets_sent"
+                "messages_received" | "messages_sent" | "packets_received" | "packets_sent"
             ) {
                 // Exported with labels below: the sum of those is this
                 // counter.
@@ -112,16 +112,25 @@ impl Collector for Broker {
             }
         }
         let census = &metrics.census;
-        let mut received = encoder.encode_descriptor(
-            "messages_received",
-            "PUBLISH packets received from clients, by QoS.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (qos, count) in census.received_by_qos().iter().enumerate() {
-            let labels = [("qos", qos.to_string())];
-            let mut family = received.encode_family(&labels)?;
-            family.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        let by_qos = [
+            (
+                "messages_received",
+                "PUBLISH packets received from clients, by QoS.",
+                census.received_by_qos(),
+            ),
+            (
+                "messages_sent",
+                "PUBLISH packets handed to write tasks, by the QoS they go out at (resends included).",
+                census.packets_out.publish_by_qos(),
+            ),
+        ];
+        for (name, doc, counts) in by_qos {
+            let mut metric = encoder.encode_descriptor(name, doc, None, MetricType::Counter)?;
+            for (qos, count) in counts.iter().enumerate() {
+                let labels = [("qos", qos.to_string())];
+                let mut family = metric.encode_family(&labels)?;
+                family.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
         }
         let by_type = [
             (
