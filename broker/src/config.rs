@@ -42,6 +42,8 @@ pub struct BridgeConfig {
     /// Names the bridge in logs and in the default client id; unique.
     pub name: String,
     /// The remote broker, "host:port": plain TCP, or TLS with `tls`.
+    /// Several, separated by spaces: tried in turn, the next one after
+    /// each failed attempt or lost connection.
     pub address: String,
     /// The client id on the remote; default `tidemq-bridge-<name>`.
     #[serde(default)]
@@ -159,8 +161,11 @@ impl BridgeConfig {
         if self.name.is_empty() {
             return Err(invalid("bridge.name", "must not be empty"));
         }
-        let Some((host, _)) = crate::bridge::split_address(&self.address) else {
-            return Err(invalid("bridge.address", "must be \"host:port\""));
+        let Some(addresses) = crate::bridge::split_addresses(&self.address) else {
+            return Err(invalid(
+                "bridge.address",
+                "must be \"host:port\", or several separated by spaces",
+            ));
         };
         if self.topics.is_empty() {
             return Err(invalid("bridge.topics", "must list at least one topic"));
@@ -191,7 +196,9 @@ impl BridgeConfig {
             }
         }
         if let Some(tls) = &self.tls {
-            tls.validate(&host)?;
+            for (host, _) in &addresses {
+                tls.validate(host)?;
+            }
         }
         Ok(())
     }

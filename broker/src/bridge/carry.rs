@@ -66,12 +66,16 @@ pub(super) async fn run(
 ) {
     let Local { mut local, unacked } = local;
     let Prepared { config, tls, rules } = prepared;
-    let Some(options) = remote::options(&config, tls, ctx.live.get().limits.max_packet_size) else {
+    let addresses = remote::options(&config, tls, ctx.live.get().limits.max_packet_size);
+    let Some((addresses, first)) = addresses.and_then(|all| {
+        let first = all.first()?.clone();
+        Some((all, first))
+    }) else {
         local.park(unacked);
         return;
     };
     let origin = ClientId::new(local.client_id());
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (client, eventloop) = AsyncClient::new(first, REQUEST_CAPACITY);
     let filters = remote_subscriptions(&rules);
     let remote_stop = stop.child_token();
     let (events_tx, mut events) = mpsc::channel(EVENT_CAPACITY);
@@ -87,6 +91,8 @@ pub(super) async fn run(
             releasing: 0,
             received: Default::default(),
             connection: 0,
+            addresses,
+            current: 0,
         }
         .run(),
     );

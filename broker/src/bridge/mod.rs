@@ -111,6 +111,14 @@ pub fn split_address(address: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_owned(), port))
 }
 
+/// A bridge's `address`: one or more "host:port", separated by spaces as
+/// in mosquitto's `address` line; `None` when one is not "host:port" or
+/// there is none.
+pub fn split_addresses(addresses: &str) -> Option<Vec<(String, u16)>> {
+    let split: Option<Vec<_>> = addresses.split_whitespace().map(split_address).collect();
+    split.filter(|list| !list.is_empty())
+}
+
 /// Whether `name` can be a TLS server name (a DNS name or an IP address);
 /// the error says why not.
 pub fn server_name_is_valid(name: &str) -> Result<(), String> {
@@ -311,7 +319,7 @@ async fn open_locally(
 
 #[cfg(test)]
 mod tests {
-    use super::{server_name_is_valid, split_address};
+    use super::{server_name_is_valid, split_address, split_addresses};
 
     #[test]
     fn addresses_are_host_colon_port() {
@@ -323,6 +331,12 @@ mod tests {
         assert_eq!(split_address("host"), None);
         assert_eq!(split_address(":1883"), None);
         assert_eq!(split_address("host:port"), None);
+        assert_eq!(
+            split_addresses(" a:1  [::1]:2 "),
+            Some(vec![("a".into(), 1), ("::1".into(), 2)])
+        );
+        assert_eq!(split_addresses("a:1 b"), None);
+        assert_eq!(split_addresses("  "), None);
     }
 
     #[test]

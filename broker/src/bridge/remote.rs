@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::split_address;
+use super::split_addresses;
 use crate::config::BridgeConfig;
 use crate::metrics::Metrics;
 
@@ -67,14 +67,28 @@ pub(super) enum Remote {
     Acked(u16),
 }
 
-/// The client options of one bridge: its identity, its will (the "0"
-/// notification), its transport.
+/// The client options of one bridge, one per address in its order: its
+/// identity, its will (the "0" notification), its transport.
 pub(super) fn options(
     config: &BridgeConfig,
     tls: Option<TlsConfiguration>,
     max_packet_size: usize,
-) -> Option<MqttOptions> {
-    let (host, port) = split_address(&config.address)?;
+) -> Option<Vec<MqttOptions>> {
+    let addresses = split_addresses(&config.address)?;
+    let options = addresses
+        .into_iter()
+        .map(|(host, port)| options_for(config, host, port, tls.clone(), max_packet_size))
+        .collect();
+    Some(options)
+}
+
+fn options_for(
+    config: &BridgeConfig,
+    host: String,
+    port: u16,
+    tls: Option<TlsConfiguration>,
+    max_packet_size: usize,
+) -> MqttOptions {
     let mut options = MqttOptions::new(config.remote_client_id(), host, port);
     options
         .set_clean_session(config.clean_session)
@@ -93,7 +107,7 @@ pub(super) fn options(
     if let Some(tls) = tls {
         options.set_transport(Transport::tls_with_config(tls));
     }
-    Some(options)
+    options
 }
 
 /// The remote task's state.
@@ -114,6 +128,11 @@ pub(super) struct RemoteTask {
     pub received: HashMap<u16, Received>,
     /// Counts CONNACKs: which connection a PUBREC was written on.
     pub connection: u64,
+    /// The options for each of the bridge's addresses; the event loop has
+    /// the one at `current`, and the next after each failed attempt or
+    /// lost connection.
+    pub addresses: Vec<MqttOptions>,
+    pub current: usize,
 }
 
 /// Where a QoS 2 message from the remote stands.
@@ -238,10 +257,27 @@ impl RemoteTask {
         was
     }
 
+    /// "host:port" of the address the event loop connects to.
+    fn address(&self) -> String {
+        let (host, port) = self.eventloop.mqtt_options.broker_address();
+        format!("{host}:{port}")
+    }
+
+    /// Moves on to the next address, if there are several: after a failed
+    /// attempt, and after a lost connection (mosquitto's round robin).
+    fn next_address(&mut self) {
+        if self.addresses.len() < 2 {
+            return;
+        }
+        self.current = (self.current + 1) % self.addresses.len();
+        if let Some(options) = self.addresses.get(self.current) {
+            self.eventloop.mqtt_options = options.clone();
+        }
+    }
+
     /// Polls until stopped, or until the bridge task is gone.
     pub(super) async fn run(mut self) {
         let name = self.config.name.clone();
-        let address = self.config.address.clone();
         let min = Duration::from_millis(self.config.reconnect_min_ms);
         let max = Duration::from_millis(self.config.reconnect_max_ms);
         let mut delay = min;
@@ -256,6 +292,7 @@ impl RemoteTask {
             };
             let event = match polled {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    let address = self.address();
                     info!(bridge = %name, %address, session_present = connack.session_present, "bridge connected");
                     if ever_connected {
                         Metrics::incr(&self.metrics.bridge_reconnects);
@@ -292,6 +329,7 @@ impl RemoteTask {
                     None => continue,
                 },
                 Err(error) => {
+                    let address = self.address();
                     if connected {
                         info!(bridge = %name, %address, %error, "bridge disconnected");
                     } else if !failing {
@@ -306,6 +344,7 @@ impl RemoteTask {
                     if was_connected && self.events.send(Remote::Lost).await.is_err() {
                         break;
                     }
+                    self.next_address();
                     tokio::select! {
                         _ = self.stop.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -409,8 +448,8 @@ mod tests {
 
     /// Starts the remote task for `config`; its events and its client.
     fn start(config: BridgeConfig) -> (mpsc::Receiver<Remote>, AsyncClient, CancellationToken) {
-        let options = options(&config, None, 1 << 20).unwrap();
-        let (client, eventloop) = AsyncClient::new(options, 256);
+        let addresses = options(&config, None, 1 << 20).unwrap();
+        let (client, eventloop) = AsyncClient::new(addresses[0].clone(), 256);
         let (events, rx) = mpsc::channel(256);
         let stop = CancellationToken::new();
         let task = RemoteTask {
@@ -424,6 +463,8 @@ mod tests {
             releasing: 0,
             received: HashMap::new(),
             connection: 0,
+            addresses,
+            current: 0,
         };
         tokio::spawn(task.run());
         (rx, client, stop)
