@@ -3,7 +3,7 @@
 # `cargo test` and scripts/js-test. Each test binary cargo starts
 # ("Running ... (target/.../deps/NAME)" or "Doc-tests NAME") must print its
 # own `test result:` line; one that ended without it (a crash, an abort, a
-# signal) is named and counted as one failed test.
+# signal) is named by its path and counted as one failed test.
 
 function close_binary() {
     if (binary != "" && !reported) {
@@ -15,7 +15,10 @@ function close_binary() {
 
 /^ +Running .*\(.*\)$/ {
     close_binary()
-    binary = $2
+    # The binary's path, in the line's last parentheses.
+    binary = $0
+    sub(/^.*\(/, "", binary)
+    sub(/\)$/, "", binary)
     reported = 0
 }
 /^ +Doc-tests / {

@@ -822,7 +822,7 @@ async fn refusals_by_reason_and_the_queue_session_and_retained_gauges() {
 
     // Messages sent by the QoS they go out at: holder's five so far at
     // QoS 1, then a QoS 0 one, and a QoS 2 one its QoS 1 subscription
-    // downgrades [MQTT-3.8.4-6].
+    // downgrades (MQTT 3.1.1 section 3.8.4: the minimum of the two).
     let sent = |qos: u8| format!("tidemq_messages_sent_total{{qos=\"{qos}\"}}");
     let body = get(http, "/metrics").await.body;
     assert_eq!(sample(&body, &sent(1)), Some(5.0), "{body}");

@@ -89,6 +89,11 @@ impl Output {
         }
     }
 
+    /// The lines read so far, without waiting for more.
+    pub fn so_far(&self) -> String {
+        self.state.lock().unwrap().0.join("\n")
+    }
+
     /// Everything written so far (all of it, once the process has exited
     /// and the pipe closed).
     pub fn text(&self) -> String {
