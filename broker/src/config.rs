@@ -63,10 +63,12 @@ pub struct BridgeConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
-    /// QoS 1/2 messages sent to the remote and not yet acknowledged, at
-    /// most (mosquitto's `max_inflight_messages`, default 20, which is
-    /// also how many QoS 2 messages a mosquitto remote takes from a
-    /// client at a time: it acknowledges and drops those past it).
+    /// Messages taken for the remote and not yet done, at most: QoS 1/2
+    /// ones until the remote acknowledges them, QoS 0 ones and
+    /// notifications until they are handed to the client library
+    /// (mosquitto's `max_inflight_messages`, default 20, which is also how
+    /// many QoS 2 messages a mosquitto remote takes from a client at a
+    /// time: it acknowledges and drops those past it).
     #[serde(default = "default_bridge_max_inflight")]
     pub max_inflight: u16,
     /// TLS to the remote; absent: plain TCP.

@@ -66,11 +66,9 @@ pub(super) async fn run(
 ) {
     let Local { mut local, unacked } = local;
     let Prepared { config, tls, rules } = prepared;
-    let addresses = remote::options(&config, tls, ctx.live.get().limits.max_packet_size);
-    let Some((addresses, first)) = addresses.and_then(|all| {
-        let first = all.first()?.clone();
-        Some((all, first))
-    }) else {
+    let max_packet_size = ctx.live.get().limits.max_packet_size;
+    let addresses = remote::options(&config, tls, max_packet_size).unwrap_or_default();
+    let Some(first) = addresses.first().cloned() else {
         local.park(unacked);
         return;
     };
