@@ -212,7 +212,7 @@ impl Mosquitto {
     async fn log_line(&self, text: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let log = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+            let log = self.log();
             if let Some(line) = log.lines().find(|line| line.contains(text)) {
                 return line.to_owned();
             }
@@ -224,11 +224,12 @@ impl Mosquitto {
         }
     }
 
-    /// How many lines of mosquitto's log contain `text`.
+    /// mosquitto's log so far (its stderr, kept across restarts).
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// How many lines of mosquitto's log contain `text`.
     fn log_lines(&self, text: &str) -> usize {
         self.log()
             .lines()
@@ -399,11 +400,7 @@ async fn messages_cross_the_bridge_both_ways() {
     assert_eq!(&out.payload[..], b"from a client");
     // Larger than rumqttc's default packet limit (10 KiB).
     let large = vec![b'x'; 50_000];
-    broker
-        .broker()
-        .publish("out/large", large.clone(), QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "out/large", large.clone()).await;
     assert_eq!(next_on(&mut remote, "out/large").await.payload, large);
     broker
         .wait_metrics("bridged both ways", |m| {
@@ -549,11 +546,7 @@ async fn the_bridge_logs_in_with_its_client_id_and_credentials() {
         ..mosquitto.named_bridge("intruder", &["intruder/# out 1"])
     };
     let broker = start_with_bridges(vec![bridge, intruder]).await;
-    broker
-        .broker()
-        .publish("intruder/x", "refused", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "intruder/x", "refused").await;
     assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
     // mosquitto: "New client connected from ADDR as ID (p2, c1, k60, u'USER')."
     let login = mosquitto.log_line("as site-7 (").await;
@@ -874,20 +867,12 @@ async fn nothing_is_lost_when_the_remote_restarts() {
     assert_eq!(subscribed, SUBSCRIBED);
     let mut seen = HashSet::new();
     // The collector subscribed and the bridge carries: the first arrives.
-    broker
-        .broker()
-        .publish("out/0", "0", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "out/0", "0").await;
     collect_until(&mut received, &mut seen, 1, WAIT).await;
 
     for n in 1..100 {
         let payload = n.to_string();
-        broker
-            .broker()
-            .publish("out/n", payload, QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
+        publish_here(&broker, "out/n", payload).await;
     }
     collect_until(&mut received, &mut seen, 100, WAIT).await;
     // The second half goes to a mosquitto that takes it and acknowledges
@@ -895,11 +880,7 @@ async fn nothing_is_lost_when_the_remote_restarts() {
     mosquitto.freeze();
     for n in 100..200 {
         let payload = n.to_string();
-        broker
-            .broker()
-            .publish("out/n", payload, QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
+        publish_here(&broker, "out/n", payload).await;
     }
     mosquitto.kill().await;
     mosquitto.run().await;
@@ -958,6 +939,15 @@ async fn expect_next(client: &mut Client, topic: &str, payload: &str) -> rumqttc
     publish
 }
 
+/// Publishes `payload` on `topic` here at QoS 1, from embedding code.
+async fn publish_here(broker: &TestBroker, topic: &str, payload: impl Into<bytes::Bytes>) {
+    broker
+        .broker()
+        .publish(topic, payload, QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+}
+
 /// Publishes on `topic` here (its name as the payload) and asserts it is
 /// the next thing `remote` receives.
 async fn carries_out(broker: &TestBroker, remote: &mut Client, topic: &str) {
@@ -967,11 +957,7 @@ async fn carries_out(broker: &TestBroker, remote: &mut Client, topic: &str) {
 /// Publishes on `topic` here (its name as the payload) and asserts it is
 /// the next thing `remote` receives, on `remote_topic`.
 async fn carries_out_to(broker: &TestBroker, remote: &mut Client, topic: &str, remote_topic: &str) {
-    broker
-        .broker()
-        .publish(topic, topic.to_owned(), QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(broker, topic, topic.to_owned()).await;
     expect_next(remote, remote_topic, topic).await;
 }
 
@@ -993,11 +979,7 @@ async fn assert_carries_both_ways(broker: &TestBroker, mosquitto: &Mosquitto, re
     let live = next_on(&mut local, "in/live").await;
     assert_eq!(&live.payload[..], b"from mosquitto");
     assert_eq!(live.qos, RQoS::AtLeastOnce);
-    broker
-        .broker()
-        .publish("out/a", "from tidemq", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(broker, "out/a", "from tidemq").await;
     assert_eq!(&next_on(remote, "out/a").await.payload[..], b"from tidemq");
 }
 
@@ -1042,11 +1024,7 @@ async fn mutual_tls_needs_cert_file_and_key_file() {
         ..mosquitto.tls_bridge(&[], &pki, "ca.pem")
     };
     let broker = start_with_bridges(vec![with_cert, without_cert]).await;
-    broker
-        .broker()
-        .publish("anonymous/x", "refused", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "anonymous/x", "refused").await;
     assert_carries_both_ways(&broker, &mosquitto, &mut remote).await;
     // The one without was turned away, twice at least: it keeps trying.
     wait_for_log(&mosquitto, "peer did not return a certificate", 2).await;
@@ -1078,11 +1056,7 @@ async fn a_bridge_trusting_another_ca_carries_nothing_and_keeps_trying() {
         .await;
     let bridge = mosquitto.tls_bridge(&["out/# out 1"], &pki, "other-ca.pem");
     let broker = start_with_bridges(vec![bridge]).await;
-    broker
-        .broker()
-        .publish("out/x", "never", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "out/x", "never").await;
     // Mosquitto logs every connection to its TLS listener (before the
     // handshake): the bridge keeps trying.
     let tls_connections = format!("on port {}.", mosquitto.tls_port);
@@ -1315,11 +1289,7 @@ async fn a_reload_starts_added_bridges_stops_removed_ones_and_keeps_the_rest() {
     settings.bridges = vec![keep.clone()];
     broker.broker().reload(&settings).await;
     expect_next(&mut remote, &state_topic("gone"), "0").await;
-    broker
-        .broker()
-        .publish("gone/2", "after", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    publish_here(&broker, "gone/2", "after").await;
     remote_pub
         .client
         .publish("back/2", RQoS::AtLeastOnce, false, "after")
